@@ -1,0 +1,1 @@
+//! septa controller: Kubernetes watches, learning from flows, recommendations. Built out by later issues.

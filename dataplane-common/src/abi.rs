@@ -1,0 +1,457 @@
+//! Map keys and values, constants and the event record shared by kernel and userspace.
+//!
+//! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so one map
+//! serves both families and one code path handles both.
+
+/// Map names, as the eBPF object declares them and as they are pinned under bpffs.
+pub mod maps {
+    /// [`crate::Config`] at index 0.
+    pub const CONFIG: &str = "SEPTA_CONFIG";
+    /// ifindex of the host-side veth → [`crate::EndpointInfo`].
+    pub const ENDPOINTS: &str = "SEPTA_ENDPOINTS";
+    /// LPM trie: address prefix → [`crate::IpcacheEntry`].
+    pub const IPCACHE: &str = "SEPTA_IPCACHE";
+    /// [`crate::PolicyKey`] → [`crate::PolicyValue`].
+    pub const POLICY: &str = "SEPTA_POLICY";
+    /// LRU: [`crate::CtKey`] → [`crate::CtEntry`].
+    pub const CONNTRACK: &str = "SEPTA_CT";
+    /// LRU: [`crate::FragKey`] → [`crate::FragPorts`], ports of in-flight IP fragments.
+    pub const FRAGS: &str = "SEPTA_FRAGS";
+    /// LRU: [`crate::CtKey`] → last denial event time (ns), for per-flow rate limiting.
+    pub const DENY_RATELIMIT: &str = "SEPTA_DENY_RL";
+    /// Ring buffer of [`crate::FlowEvent`].
+    pub const EVENTS: &str = "SEPTA_EVENTS";
+    /// Per-CPU array of u64 counters indexed by [`crate::stats`].
+    pub const STATS: &str = "SEPTA_STATS";
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// TC on the host-side veth, ingress hook: packets leaving the pod (pod egress policy).
+    pub const TC_FROM_POD: &str = "tc_from_pod";
+    /// TC on the host-side veth, egress hook: packets entering the pod (pod ingress policy).
+    pub const TC_TO_POD: &str = "tc_to_pod";
+}
+
+/// Default map sizes (entries); the loader can override them.
+pub mod sizes {
+    pub const ENDPOINTS: u32 = 16_384;
+    pub const IPCACHE: u32 = 1_048_576;
+    pub const POLICY: u32 = 262_144;
+    pub const CONNTRACK: u32 = 262_144;
+    pub const FRAGS: u32 = 8_192;
+    pub const DENY_RATELIMIT: u32 = 65_536;
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 1 << 22;
+}
+
+/// Reserved identities. Workload and CIDR identities are allocated from [`IDENTITY_FIRST_DYNAMIC`].
+pub mod identity {
+    /// Wildcard peer in policy keys: "any peer", including addresses outside the cluster.
+    pub const ANY: u32 = 0;
+    /// The node itself (its addresses are in the ipcache with this identity).
+    pub const HOST: u32 = 1;
+    /// Any address the ipcache has no more specific entry for.
+    pub const WORLD: u32 = 2;
+    /// The subject could not be determined (no endpoint entry, fail-open mode only).
+    pub const UNKNOWN: u32 = 3;
+}
+/// First identity the policy compiler may allocate.
+pub const IDENTITY_FIRST_DYNAMIC: u32 = 256;
+
+/// Reserved rule ids; compiled rules use ids below [`rule::FIRST_RESERVED`].
+pub mod rule {
+    /// Lowest reserved id.
+    pub const FIRST_RESERVED: u32 = 0xffff_ff00;
+    /// No rule (not a decision).
+    pub const NONE: u32 = 0;
+    /// Denied because the endpoint is isolated in this direction and nothing allows it.
+    pub const DEFAULT_DENY: u32 = 0xffff_ffff;
+    /// Allowed because no policy isolates the endpoint in this direction.
+    pub const DEFAULT_ALLOW: u32 = 0xffff_fffe;
+    /// Traffic from or to the node itself, always allowed (as Kubernetes requires for probes).
+    pub const HOST: u32 = 0xffff_fffd;
+    /// The packet was not evaluated (malformed, missing endpoint): the node's fail mode decided.
+    pub const FAIL_MODE: u32 = 0xffff_fffc;
+    /// The source address is not the endpoint's own address.
+    pub const ANTI_SPOOF: u32 = 0xffff_fffb;
+}
+
+/// Verdicts (what happened to the packet).
+pub mod verdict {
+    pub const FORWARDED: u8 = 1;
+    pub const DROPPED: u8 = 2;
+    /// Let through, but an audit-mode policy would have denied it.
+    pub const AUDIT: u8 = 3;
+}
+
+/// Why a packet was dropped (or, for AUDIT, would have been).
+pub mod reason {
+    pub const NONE: u8 = 0;
+    /// Isolated endpoint and no policy entry allows it.
+    pub const POLICY_DENIED: u8 = 1;
+    /// Truncated or invalid L2/L3/L4 header.
+    pub const MALFORMED: u8 = 2;
+    /// A non-first IP fragment whose first fragment was not seen.
+    pub const FRAG_UNKNOWN: u8 = 3;
+    /// The interface carries the program but has no endpoint entry.
+    pub const NO_ENDPOINT: u8 = 4;
+    /// Pod egress with a source address that is not the pod's.
+    pub const SPOOFED: u8 = 5;
+    /// An established connection whose allowing policy was removed.
+    pub const REVOKED: u8 = 6;
+    /// More IPv6 extension headers than the parser follows.
+    pub const EXT_HDR_LIMIT: u8 = 7;
+}
+
+/// Policy direction, from the subject endpoint's point of view.
+pub mod direction {
+    /// Traffic entering the subject endpoint.
+    pub const INGRESS: u8 = 0;
+    /// Traffic leaving the subject endpoint.
+    pub const EGRESS: u8 = 1;
+}
+
+/// Isolation bits of an endpoint, per direction ([`EndpointInfo::isolation`]).
+pub mod isolation {
+    /// An enforcing policy selects the endpoint for this direction: unmatched traffic is dropped.
+    pub const ENFORCE: u8 = 1;
+    /// An audit-mode policy selects the endpoint for this direction: unmatched traffic that
+    /// enforcement lets through is marked AUDIT.
+    pub const AUDIT: u8 = 2;
+}
+
+/// Flags of [`PolicyValue::flags`].
+pub mod allow {
+    /// An enforcing policy allows the traffic.
+    pub const ENFORCE: u32 = 1;
+    /// An audit-mode policy allows the traffic.
+    pub const AUDIT: u32 = 2;
+}
+
+/// Flags of [`Config::flags`].
+pub mod config_flags {
+    /// Fail open: packets that cannot be evaluated (malformed, no endpoint entry) pass instead
+    /// of being dropped. Off by default: policy fails closed.
+    pub const FAIL_OPEN: u32 = 1;
+    /// Subject traffic from and to the node's own addresses to policy (off: always allowed).
+    pub const POLICY_HOST: u32 = 2;
+}
+
+/// Flags of [`EndpointInfo::flags`].
+pub mod endpoint_flags {
+    /// `ipv4` holds the endpoint's IPv4 address; pod egress from other IPv4 sources is dropped.
+    pub const HAS_IPV4: u8 = 1;
+    /// `ipv6` holds the endpoint's IPv6 address; pod egress from other global IPv6 sources is dropped.
+    pub const HAS_IPV6: u8 = 2;
+}
+
+/// Event kinds of [`FlowEvent::kind`].
+pub mod event {
+    /// A new connection was accepted (verdict FORWARDED or AUDIT).
+    pub const NEW: u8 = 1;
+    /// A packet was dropped (rate-limited per flow), or a connection was revoked.
+    pub const DENY: u8 = 2;
+    /// A connection ended (TCP FIN both ways or RST) with its packet and byte counts.
+    pub const END: u8 = 3;
+}
+
+/// Indices of the per-CPU counters in the stats map.
+pub mod stats {
+    pub const FORWARDED: u32 = 0;
+    pub const DROPPED: u32 = 1;
+    pub const AUDIT: u32 = 2;
+    pub const EVENTS_LOST: u32 = 3;
+    pub const CT_CREATED: u32 = 4;
+    pub const CT_REVALIDATED: u32 = 5;
+    pub const CT_REVOKED: u32 = 6;
+    pub const MALFORMED: u32 = 7;
+    pub const FRAG_UNKNOWN: u32 = 8;
+    pub const NON_IP: u32 = 9;
+    pub const FAIL_OPEN_PASSED: u32 = 10;
+    pub const NO_ENDPOINT: u32 = 11;
+    pub const SPOOFED: u32 = 12;
+    pub const DENY_EVENTS_SUPPRESSED: u32 = 13;
+    /// Number of counters.
+    pub const COUNT: u32 = 16;
+}
+
+/// Global data-path configuration, index 0 of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bumped by the agent after every policy change; conntrack entries approved under an older
+    /// revision are re-checked once on their next packet.
+    pub policy_revision: u32,
+    /// [`config_flags`].
+    pub flags: u32,
+    /// Minimum interval between two denial events of the same flow.
+    pub deny_event_interval_ns: u64,
+}
+
+/// What the data path knows about the endpoint behind one host-side interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// The endpoint's security identity (subject of its policy keys).
+    pub identity: u32,
+    /// Bit `n` (1..=15) set: this identity has ingress policy entries with port prefix length `n`
+    /// (port ranges). Lengths 16 (one port) and 0 (all ports) are always looked up.
+    pub ingress_port_plens: u32,
+    /// The same for egress.
+    pub egress_port_plens: u32,
+    /// [`isolation`] bits, indexed by [`direction`].
+    pub isolation: [u8; 2],
+    /// [`endpoint_flags`].
+    pub flags: u8,
+    pub _pad: u8,
+    /// IPv4-mapped IPv4 address (when `HAS_IPV4`).
+    pub ipv4: [u8; 16],
+    /// IPv6 address (when `HAS_IPV6`).
+    pub ipv6: [u8; 16],
+    /// The agent's id for this endpoint (reported in events).
+    pub endpoint_id: u32,
+}
+
+impl EndpointInfo {
+    /// Port prefix lengths in use for `dir`.
+    #[inline(always)]
+    pub fn port_plens(&self, dir: u8) -> u32 {
+        if dir == direction::INGRESS {
+            self.ingress_port_plens
+        } else {
+            self.egress_port_plens
+        }
+    }
+
+    /// Isolation bits for `dir`.
+    #[inline(always)]
+    pub fn isolation_for(&self, dir: u8) -> u8 {
+        if dir == direction::INGRESS {
+            self.isolation[0]
+        } else {
+            self.isolation[1]
+        }
+    }
+}
+
+/// Value of the ipcache LPM trie (key: prefix length + 16-byte address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheEntry {
+    pub identity: u32,
+    pub flags: u32,
+}
+
+/// Policy map key. Lookups go from most to least specific (see [`crate::policy::lookup`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// Identity of the endpoint the policy is for.
+    pub subject: u32,
+    /// Identity of the other side, or [`identity::ANY`].
+    pub peer: u32,
+    /// Destination port, host byte order, masked to `port_plen` leading bits.
+    pub port: u16,
+    /// IP protocol number, 0 = any protocol.
+    pub proto: u8,
+    /// [`direction`].
+    pub direction: u8,
+    /// Number of leading port bits that matter: 16 one port, 0 all ports, 1..=15 a range block.
+    pub port_plen: u8,
+    pub _pad: [u8; 3],
+}
+
+impl PolicyKey {
+    /// A key for `port` with the given prefix length (the port is masked here).
+    #[inline(always)]
+    pub fn new(subject: u32, direction: u8, peer: u32, proto: u8, port: u16, port_plen: u8) -> Self {
+        PolicyKey {
+            subject,
+            peer,
+            port: port & port_mask(port_plen),
+            proto,
+            direction,
+            port_plen,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Mask of the `plen` leading bits of a port.
+#[inline(always)]
+pub fn port_mask(plen: u8) -> u16 {
+    if plen == 0 {
+        0
+    } else if plen >= 16 {
+        0xffff
+    } else {
+        !(0xffffu16 >> plen)
+    }
+}
+
+/// Policy map value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// The rule that allows it (the enforcing one when there is one).
+    pub rule_id: u32,
+    /// [`allow`] bits: the union over every rule this key and its fallbacks cover.
+    pub flags: u32,
+}
+
+/// Conntrack key: the tuple in the direction of the packet that created the connection, and
+/// the interface (so the two ends of a same-node connection are tracked separately).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub ifindex: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The same connection seen from the other side.
+    #[inline(always)]
+    pub fn reversed(&self) -> Self {
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            ifindex: self.ifindex,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// [`CtEntry::state`] bits.
+pub mod ct_state {
+    pub const FIN_FWD: u8 = 1;
+    pub const FIN_REV: u8 = 2;
+    /// The END event was sent; the entry stays for the last ACKs and ages out.
+    pub const CLOSED: u8 = 4;
+    pub const SEEN_REPLY: u8 = 8;
+}
+
+/// Conntrack entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets_fwd: u64,
+    pub bytes_fwd: u64,
+    pub packets_rev: u64,
+    pub bytes_rev: u64,
+    /// [`Config::policy_revision`] this connection was last approved under.
+    pub policy_revision: u32,
+    pub rule_id: u32,
+    pub subject_identity: u32,
+    pub peer_identity: u32,
+    /// FORWARDED or AUDIT.
+    pub verdict: u8,
+    /// Policy direction of the original packet.
+    pub direction: u8,
+    /// [`ct_state`] bits.
+    pub state: u8,
+    /// TCP flags seen, OR-ed.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 4],
+}
+
+/// Key of the fragment map: identifies one fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Ports learnt from a first fragment, applied to the later ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// One record on the events ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub timestamp_ns: u64,
+    pub packets_fwd: u64,
+    pub bytes_fwd: u64,
+    pub packets_rev: u64,
+    pub bytes_rev: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub ifindex: u32,
+    pub rule_id: u32,
+    pub subject_identity: u32,
+    pub peer_identity: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// [`event`].
+    pub kind: u8,
+    /// [`verdict`].
+    pub verdict: u8,
+    /// [`reason`].
+    pub reason: u8,
+    /// [`direction`] of the connection's original packet.
+    pub direction: u8,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub tcp_flags: u8,
+    pub _pad: u8,
+    pub policy_revision: u32,
+}
+
+/// IPv4-mapped IPv6 form of an IPv4 address.
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+}
+
+/// Whether a 16-byte address is IPv4-mapped.
+#[inline(always)]
+pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+// Layout is the contract: a size change here is a kernel/user mismatch.
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 52);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 104);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)], Copy, made of integers and byte arrays with explicit padding
+    // fields, so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for IpcacheEntry {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for FlowEvent {}
+}

@@ -1,0 +1,304 @@
+//! Packet parsing shared by the eBPF programs and host tests.
+//!
+//! The parser reads through [`PacketBytes`], so the kernel side implements it with
+//! `bpf_skb_load_bytes` and host tests with a byte slice. It handles on purpose:
+//! - up to two VLAN tags (802.1Q / 802.1ad): the policy applies to the inner packet, so a pod
+//!   cannot bypass it by tagging;
+//! - IPv4 options (IHL > 5): the L4 header is found past them;
+//! - IPv6 extension headers (hop-by-hop, routing, destination options, fragment, AH), at most
+//!   [`MAX_IPV6_EXT_HEADERS`] of them; more is an error (the caller fails closed);
+//! - IP fragments: the first carries the ports, later ones are marked [`FRAG_LATER`] and get
+//!   their ports from the fragment map in the data path;
+//! - truncated headers, bad versions, bad IHL and lengths: an error, never a guess.
+//!
+//! Non-IP frames (ARP, LLDP, ...) parse to a [`Packet`] with `family == 0`.
+
+/// Read bytes of the packet at an offset (from the start of the Ethernet header).
+pub trait PacketBytes {
+    /// `N` bytes at `offset`, or `None` if the packet is shorter.
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+    /// Total length of the packet in bytes.
+    fn len(&self) -> usize;
+    /// Whether the packet is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl PacketBytes for [u8] {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        let s = self.get(offset..end)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(s);
+        Some(out)
+    }
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+}
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_NONE: u8 = 59;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// Extension headers followed before giving up (and failing closed).
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// VLAN tags followed (QinQ).
+pub const MAX_VLAN_TAGS: usize = 2;
+
+/// [`Packet::frag`]: not a fragment.
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment (offset 0, more fragments follow): carries the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no L4 header, ports unknown here.
+pub const FRAG_LATER: u8 = 2;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Why a packet could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// A header ends past the end of the packet.
+    Truncated,
+    /// A header field is invalid (version, IHL, lengths, TCP data offset).
+    BadHeader,
+    /// More IPv6 extension headers than [`MAX_IPV6_EXT_HEADERS`], or more VLAN tags than
+    /// [`MAX_VLAN_TAGS`].
+    TooManyHeaders,
+}
+
+/// The fields of a packet the data path decides on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Packet {
+    /// 4, 6, or 0 for a non-IP frame.
+    pub family: u8,
+    /// L4 protocol (after extension headers).
+    pub proto: u8,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    pub frag: u8,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type (0 for other protocols).
+    pub icmp_type: u8,
+    /// Innermost ethertype.
+    pub ethertype: u16,
+    /// Source and destination, IPv4-mapped for IPv4.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Transport ports; for ICMP echo the identifier is the request's `sport` and the reply's
+    /// `dport`, so that a reply is the reverse tuple of its request.
+    pub sport: u16,
+    pub dport: u16,
+    /// Fragment identification (IPv4 16-bit id, IPv6 32-bit id).
+    pub frag_id: u32,
+}
+
+impl Packet {
+    /// Port that policy is keyed on: the destination port for TCP/UDP/SCTP, 0 otherwise
+    /// (ICMP and other protocols are matched by protocol only).
+    #[inline(always)]
+    pub fn policy_port(&self) -> u16 {
+        if has_ports(self.proto) {
+            self.dport
+        } else {
+            0
+        }
+    }
+
+    /// IPv6 neighbour discovery / MLD: link-local control traffic that must pass for IPv6 to
+    /// work at all, like ARP for IPv4. Never subject to policy.
+    #[inline(always)]
+    pub fn is_link_control(&self) -> bool {
+        self.family == 6
+            && self.proto == IPPROTO_ICMPV6
+            && matches!(self.icmp_type, 130..=137 | 143)
+    }
+}
+
+/// Protocols whose policy is keyed by port.
+#[inline(always)]
+pub fn has_ports(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Parse an Ethernet frame.
+pub fn parse<P: PacketBytes + ?Sized>(p: &P) -> Result<Packet, ParseError> {
+    let mut pkt = Packet::default();
+    parse_into(p, &mut pkt)?;
+    Ok(pkt)
+}
+
+/// Parse an Ethernet frame into `pkt`, which must start out as `Packet::default()`. (In place,
+/// so the kernel side can parse into per-CPU scratch memory instead of its small stack.)
+#[inline(always)]
+pub fn parse_into<P: PacketBytes + ?Sized>(p: &P, pkt: &mut Packet) -> Result<(), ParseError> {
+    let mut off = 12;
+    let mut ethertype = be16(p.load::<2>(off).ok_or(ParseError::Truncated)?);
+    off += 2;
+    let mut tags = 0;
+    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        if tags == MAX_VLAN_TAGS {
+            return Err(ParseError::TooManyHeaders);
+        }
+        ethertype = be16(p.load::<2>(off + 2).ok_or(ParseError::Truncated)?);
+        off += 4;
+        tags += 1;
+    }
+    pkt.ethertype = ethertype;
+    let l4 = match ethertype {
+        ETH_P_IP => parse_ipv4(p, off, pkt)?,
+        ETH_P_IPV6 => parse_ipv6(p, off, pkt)?,
+        _ => return Ok(()),
+    };
+    if pkt.frag != FRAG_LATER {
+        parse_l4(p, l4, pkt)?;
+    }
+    Ok(())
+}
+
+/// Returns the L4 offset.
+#[inline(always)]
+fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+    let h = p.load::<20>(off).ok_or(ParseError::Truncated)?;
+    if h[0] >> 4 != 4 {
+        return Err(ParseError::BadHeader);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let total = be16([h[2], h[3]]) as usize;
+    if ihl < 20 || total < ihl {
+        return Err(ParseError::BadHeader);
+    }
+    if off + total > p.len() {
+        return Err(ParseError::Truncated);
+    }
+    let frag = be16([h[6], h[7]]);
+    let more = frag & 0x2000 != 0;
+    let offset = frag & 0x1fff;
+    pkt.frag = if offset != 0 {
+        FRAG_LATER
+    } else if more {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    pkt.frag_id = be16([h[4], h[5]]) as u32;
+    pkt.family = 4;
+    pkt.proto = h[9];
+    pkt.saddr = crate::v4_mapped([h[12], h[13], h[14], h[15]]);
+    pkt.daddr = crate::v4_mapped([h[16], h[17], h[18], h[19]]);
+    Ok(off + ihl)
+}
+
+#[inline(always)]
+fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+    let h = p.load::<8>(off).ok_or(ParseError::Truncated)?;
+    if h[0] >> 4 != 6 {
+        return Err(ParseError::BadHeader);
+    }
+    let payload = be16([h[4], h[5]]) as usize;
+    if off + 40 + payload > p.len() {
+        return Err(ParseError::Truncated);
+    }
+    pkt.family = 6;
+    pkt.saddr = p.load::<16>(off + 8).ok_or(ParseError::Truncated)?;
+    pkt.daddr = p.load::<16>(off + 24).ok_or(ParseError::Truncated)?;
+    let mut next = h[6];
+    let mut off = off + 40;
+    let mut n = 0;
+    while n < MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let e = p.load::<2>(off).ok_or(ParseError::Truncated)?;
+                next = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let e = p.load::<2>(off).ok_or(ParseError::Truncated)?;
+                next = e[0];
+                off += (e[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let e = p.load::<8>(off).ok_or(ParseError::Truncated)?;
+                next = e[0];
+                let fo = be16([e[2], e[3]]);
+                pkt.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                pkt.frag = if fo >> 3 != 0 {
+                    FRAG_LATER
+                } else if fo & 1 != 0 {
+                    FRAG_FIRST
+                } else {
+                    FRAG_NONE
+                };
+                off += 8;
+                if pkt.frag == FRAG_LATER {
+                    pkt.proto = next;
+                    return Ok(off);
+                }
+            }
+            _ => {
+                pkt.proto = next;
+                return Ok(off);
+            }
+        }
+        n += 1;
+    }
+    Err(ParseError::TooManyHeaders)
+}
+
+#[inline(always)]
+fn parse_l4<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> Result<(), ParseError> {
+    match pkt.proto {
+        IPPROTO_TCP => {
+            let h = p.load::<14>(off).ok_or(ParseError::Truncated)?;
+            if h[12] >> 4 < 5 {
+                return Err(ParseError::BadHeader);
+            }
+            pkt.sport = be16([h[0], h[1]]);
+            pkt.dport = be16([h[2], h[3]]);
+            pkt.tcp_flags = h[13];
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let h = p.load::<4>(off).ok_or(ParseError::Truncated)?;
+            pkt.sport = be16([h[0], h[1]]);
+            pkt.dport = be16([h[2], h[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let h = p.load::<8>(off).ok_or(ParseError::Truncated)?;
+            pkt.icmp_type = h[0];
+            let id = be16([h[4], h[5]]);
+            let (request, reply) = if pkt.proto == IPPROTO_ICMP { (8, 0) } else { (128, 129) };
+            if h[0] == request {
+                pkt.sport = id;
+            } else if h[0] == reply {
+                pkt.dport = id;
+            }
+        }
+        IPPROTO_NONE => {}
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! TC programs on the host side of a pod's veth (attached with TCX).
+//!
+//! - `tc_from_pod` (host-veth ingress): packets the pod sends; the pod's EGRESS policy.
+//! - `tc_to_pod` (host-veth egress): packets the pod receives; the pod's INGRESS policy.
+//!
+//! # Fail mode
+//! - Non-IP frames (ARP, ...) and IPv6 neighbour discovery/MLD pass: they are link control,
+//!   outside NetworkPolicy, and the pod cannot work without them.
+//! - Malformed IP packets and interfaces with no endpoint entry fail **closed** (dropped and
+//!   counted), unless the node runs with `FAIL_OPEN`, in which case they pass and are counted
+//!   as fail-open passes. Policy must not be bypassable with a bad header.
+//! - A later IP fragment whose first fragment was not seen is dropped: its ports are unknown.
+//! - A full ring buffer never changes a verdict; the loss is counted.
+//! - A missing config entry reads as the default config (revision 0, fail closed).
+//!
+//! # Stack
+//! BPF has a 512-byte stack shared by the call chain, and BPF-to-BPF calls take at most five
+//! arguments. So the per-packet state is one [`Flow`] on `handle`'s frame, passed by reference
+//! to the non-inlined steps (`new_flow`, `established`, `emit`), which are siblings, not nested.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use dataplane_common::{
+    config_flags,
+    conntrack::{self, CtTransition},
+    ct_state, direction, event, identity,
+    parse::{self, Packet, PacketBytes},
+    policy::{self, Decision, PolicyMap},
+    reason, rule, sizes, stats, verdict, Config, CtEntry, CtKey, EndpointInfo, FlowEvent,
+    FragKey, FragPorts, IpcacheEntry, PolicyKey, PolicyValue,
+};
+
+/// Let the packet continue (TCX_NEXT: later programs on the hook still run).
+const PASS: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT as i32;
+
+#[map(name = "SEPTA_CONFIG")]
+static CONFIG: Array<Config> = Array::pinned(1, 0);
+#[map(name = "SEPTA_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(sizes::ENDPOINTS, 0);
+#[map(name = "SEPTA_IPCACHE")]
+static IPCACHE: LpmTrie<[u8; 16], IpcacheEntry> = LpmTrie::pinned(sizes::IPCACHE, 0);
+#[map(name = "SEPTA_POLICY")]
+static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(sizes::POLICY, 0);
+#[map(name = "SEPTA_CT")]
+static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(sizes::CONNTRACK, 0);
+#[map(name = "SEPTA_FRAGS")]
+static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(sizes::FRAGS, 0);
+#[map(name = "SEPTA_DENY_RL")]
+static DENY_RL: LruHashMap<CtKey, u64> = LruHashMap::pinned(sizes::DENY_RATELIMIT, 0);
+#[map(name = "SEPTA_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
+#[map(name = "SEPTA_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+/// Per-CPU scratch for the per-packet [`Flow`] (not pinned: it holds no state between packets).
+#[map(name = "SEPTA_SCRATCH")]
+static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+#[classifier]
+pub fn tc_from_pod(ctx: TcContext) -> i32 {
+    handle(&ctx, direction::EGRESS)
+}
+
+#[classifier]
+pub fn tc_to_pod(ctx: TcContext) -> i32 {
+    handle(&ctx, direction::INGRESS)
+}
+
+/// Per-packet state, in per-CPU scratch memory.
+struct Flow {
+    cfg: Config,
+    pkt: Packet,
+    key: CtKey,
+    rkey: CtKey,
+    bytes: u64,
+    now: u64,
+    dir: u8,
+}
+
+struct Skb<'a>(&'a TcContext);
+
+impl PacketBytes for Skb<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.0.load::<[u8; N]>(offset).ok()
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len() as usize
+    }
+}
+
+struct PolicyHash;
+
+impl PolicyMap for PolicyHash {
+    #[inline(always)]
+    fn get(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        // SAFETY: the value is copied out at once.
+        unsafe { POLICY.get(key).copied() }
+    }
+}
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(p) = STATS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// The verdict for a packet that could not be evaluated: fail closed unless the node opted in
+/// to fail open.
+#[inline(always)]
+fn fail(cfg: &Config) -> i32 {
+    if cfg.flags & config_flags::FAIL_OPEN != 0 {
+        count(stats::FAIL_OPEN_PASSED);
+        PASS
+    } else {
+        count(stats::DROPPED);
+        DROP
+    }
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, dir: u8) -> i32 {
+    let Some(f) = SCRATCH.get_ptr_mut(0) else {
+        // Cannot happen (a one-slot per-CPU array always has its slot); fail closed.
+        return DROP;
+    };
+    // SAFETY: per-CPU scratch, exclusively ours for this program run.
+    let f = unsafe { &mut *f };
+    f.cfg = CONFIG.get(0).copied().unwrap_or_default();
+    f.pkt = Packet::default();
+    if parse::parse_into(&Skb(ctx), &mut f.pkt).is_err() {
+        count(stats::MALFORMED);
+        return fail(&f.cfg);
+    }
+    if f.pkt.family == 0 {
+        count(stats::NON_IP);
+        return PASS;
+    }
+    if f.pkt.is_link_control() {
+        return PASS;
+    }
+    if f.pkt.frag == parse::FRAG_FIRST {
+        let ports = FragPorts {
+            sport: f.pkt.sport,
+            dport: f.pkt.dport,
+        };
+        let _ = FRAGS.insert(&conntrack::frag_key_of(&f.pkt), &ports, 0);
+    } else if f.pkt.frag == parse::FRAG_LATER {
+        // SAFETY: copied out at once.
+        match unsafe { FRAGS.get(&conntrack::frag_key_of(&f.pkt)) } {
+            Some(p) => {
+                f.pkt.sport = p.sport;
+                f.pkt.dport = p.dport;
+            }
+            None => {
+                count(stats::FRAG_UNKNOWN);
+                count(stats::DROPPED);
+                return DROP;
+            }
+        }
+    }
+    // SAFETY: the context pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    f.key = conntrack::key_of(&f.pkt, ifindex);
+    f.rkey = f.key.reversed();
+    f.bytes = ctx.len() as u64;
+    // SAFETY: helper without preconditions.
+    f.now = unsafe { bpf_ktime_get_ns() };
+    f.dir = dir;
+    if let Some(e) = CT.get_ptr_mut(&f.key) {
+        return established(f, &f.key, e, false);
+    }
+    if let Some(e) = CT.get_ptr_mut(&f.rkey) {
+        return established(f, &f.rkey, e, true);
+    }
+    new_flow(f)
+}
+
+#[inline(always)]
+fn peer_identity(addr: &[u8; 16]) -> u32 {
+    match IPCACHE.get(Key::new(128, *addr)) {
+        Some(e) => e.identity,
+        None => identity::WORLD,
+    }
+}
+
+#[inline(always)]
+fn spoofed(ep: &EndpointInfo, pkt: &Packet) -> bool {
+    use dataplane_common::endpoint_flags::{HAS_IPV4, HAS_IPV6};
+    if pkt.family == 4 {
+        ep.flags & HAS_IPV4 != 0 && pkt.saddr != ep.ipv4
+    } else {
+        // Link-local sources (fe80::/10) are the pod's own too; only global ones are pinned.
+        let link_local = pkt.saddr[0] == 0xfe && pkt.saddr[1] & 0xc0 == 0x80;
+        ep.flags & HAS_IPV6 != 0 && !link_local && pkt.saddr != ep.ipv6
+    }
+}
+
+/// Policy for the original packet of a connection: `peer_addr` is the other side.
+#[inline(never)]
+fn evaluate(cfg: &Config, ep: &EndpointInfo, dir: u8, key: &CtKey, peer: u32) -> Decision {
+    let port = if parse::has_ports(key.proto) { key.dport } else { 0 };
+    let host_exempt = cfg.flags & config_flags::POLICY_HOST == 0;
+    policy::evaluate(&PolicyHash, ep, dir, peer, key.proto, port, host_exempt)
+}
+
+#[inline(never)]
+fn new_flow(f: &Flow) -> i32 {
+    // SAFETY: a reference into the map value; endpoints are replaced, not freed, while in use.
+    let ep = match unsafe { ENDPOINTS.get(&f.key.ifindex) } {
+        Some(ep) => ep,
+        None => {
+            count(stats::NO_ENDPOINT);
+            return fail(&f.cfg);
+        }
+    };
+    let mut e = CtEntry {
+        created_ns: f.now,
+        last_seen_ns: f.now,
+        packets_fwd: 1,
+        bytes_fwd: f.bytes,
+        policy_revision: f.cfg.policy_revision,
+        subject_identity: ep.identity,
+        direction: f.dir,
+        tcp_flags: f.pkt.tcp_flags,
+        ..CtEntry::default()
+    };
+    if f.dir == direction::EGRESS && spoofed(ep, &f.pkt) {
+        count(stats::SPOOFED);
+        count(stats::DROPPED);
+        e.verdict = verdict::DROPPED;
+        e.rule_id = rule::ANTI_SPOOF;
+        e.peer_identity = identity::UNKNOWN;
+        deny_event(f, &e, reason::SPOOFED);
+        return DROP;
+    }
+    let peer_addr = if f.dir == direction::EGRESS { &f.key.daddr } else { &f.key.saddr };
+    let peer = peer_identity(peer_addr);
+    let d = evaluate(&f.cfg, ep, f.dir, &f.key, peer);
+    e.peer_identity = peer;
+    e.rule_id = d.rule_id;
+    e.verdict = d.verdict;
+    if d.verdict == verdict::DROPPED {
+        count(stats::DROPPED);
+        deny_event(f, &e, d.reason);
+        return DROP;
+    }
+    count(if d.verdict == verdict::AUDIT { stats::AUDIT } else { stats::FORWARDED });
+    // A first packet that is already a RST needs no entry.
+    if f.pkt.tcp_flags & parse::TCP_RST == 0 {
+        if CT.insert(&f.key, &e, 0).is_ok() {
+            count(stats::CT_CREATED);
+        }
+    } else {
+        e.state = ct_state::CLOSED;
+    }
+    emit(event::NEW, d.reason, &f.key, &e, f.pkt.family);
+    PASS
+}
+
+#[inline(never)]
+fn established(f: &Flow, orig: &CtKey, e: *mut CtEntry, reply: bool) -> i32 {
+    // SAFETY: a pointer into the LRU map; concurrent updates from another CPU only race on
+    // counters, which are statistics.
+    let e = unsafe { &mut *e };
+    if e.policy_revision != f.cfg.policy_revision {
+        count(stats::CT_REVALIDATED);
+        // Re-check the connection as its original packet, under today's policy and identities.
+        // SAFETY: reference into the map value, read at once.
+        let ep = match unsafe { ENDPOINTS.get(&orig.ifindex) } {
+            Some(ep) => ep,
+            None => {
+                count(stats::NO_ENDPOINT);
+                return fail(&f.cfg);
+            }
+        };
+        let dir = e.direction;
+        let peer_addr = if dir == direction::EGRESS { &orig.daddr } else { &orig.saddr };
+        let peer = peer_identity(peer_addr);
+        let d = evaluate(&f.cfg, ep, dir, orig, peer);
+        e.policy_revision = f.cfg.policy_revision;
+        e.rule_id = d.rule_id;
+        e.verdict = d.verdict;
+        e.subject_identity = ep.identity;
+        e.peer_identity = peer;
+        if d.verdict == verdict::DROPPED {
+            count(stats::CT_REVOKED);
+            count(stats::DROPPED);
+            emit(event::DENY, reason::REVOKED, orig, e, f.pkt.family);
+            let _ = CT.remove(orig);
+            return DROP;
+        }
+    }
+    count(if e.verdict == verdict::AUDIT { stats::AUDIT } else { stats::FORWARDED });
+    if conntrack::account(e, reply, f.pkt.tcp_flags, f.bytes, f.now) == CtTransition::Ended {
+        emit(event::END, reason::NONE, orig, e, f.pkt.family);
+    }
+    PASS
+}
+
+/// A denial event, at most one per flow per `deny_event_interval_ns`.
+#[inline(always)]
+fn deny_event(f: &Flow, e: &CtEntry, why: u8) {
+    // SAFETY: copied out at once.
+    if let Some(last) = unsafe { DENY_RL.get(&f.key) } {
+        if f.now.wrapping_sub(*last) < f.cfg.deny_event_interval_ns {
+            count(stats::DENY_EVENTS_SUPPRESSED);
+            return;
+        }
+    }
+    let _ = DENY_RL.insert(&f.key, &f.now, 0);
+    emit(event::DENY, why, &f.key, e, f.pkt.family);
+}
+
+#[inline(never)]
+fn emit(kind: u8, why: u8, key: &CtKey, e: &CtEntry, family: u8) {
+    let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
+        count(stats::EVENTS_LOST);
+        return;
+    };
+    slot.write(FlowEvent {
+        timestamp_ns: e.last_seen_ns,
+        packets_fwd: e.packets_fwd,
+        bytes_fwd: e.bytes_fwd,
+        packets_rev: e.packets_rev,
+        bytes_rev: e.bytes_rev,
+        saddr: key.saddr,
+        daddr: key.daddr,
+        ifindex: key.ifindex,
+        rule_id: e.rule_id,
+        subject_identity: e.subject_identity,
+        peer_identity: e.peer_identity,
+        sport: key.sport,
+        dport: key.dport,
+        kind,
+        verdict: e.verdict,
+        reason: why,
+        direction: e.direction,
+        proto: key.proto,
+        family,
+        tcp_flags: e.tcp_flags,
+        _pad: 0,
+        policy_revision: e.policy_revision,
+    });
+    slot.submit(0);
+}

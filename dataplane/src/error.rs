@@ -1,0 +1,64 @@
+//! Errors of the data-plane library, each naming what failed and where.
+
+use std::path::PathBuf;
+
+/// A data-plane operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the eBPF object is empty: the agent was built with AYA_BUILD_SKIP; rebuild without it")]
+    NoObject,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program `{name}`: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no {kind} named `{name}`")]
+    Missing { kind: &'static str, name: String },
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("interface `{iface}`: {reason}")]
+    Interface { iface: String, reason: String },
+    #[error("bpffs pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A short, bounded label for metrics (`septa_errors_total{kind=...}`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::NoObject => "no_object",
+            Error::Load(_) => "load",
+            Error::Program { .. } => "program",
+            Error::Missing { .. } => "missing",
+            Error::Map { .. } => "map",
+            Error::Interface { .. } => "interface",
+            Error::PinDir { .. } => "pin_dir",
+            Error::Netns { .. } => "netns",
+            Error::Io(_) => "io",
+        }
+    }
+}
+
+/// Map a map error to [`Error::Map`] with the map's name.
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
+    move |source| Error::Map { name, source }
+}

@@ -1,0 +1,301 @@
+//! Loading the eBPF object, attaching the TC programs, and typed access to the maps.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{tc::SchedClassifierLinkId, SchedClassifier, TcAttachType},
+    Ebpf, EbpfLoader,
+};
+use dataplane_common::{
+    maps, programs, sizes, stats, Config, CtEntry, CtKey, EndpointInfo, IpcacheEntry, PolicyKey,
+    PolicyValue,
+};
+use ipnetwork::IpNetwork;
+
+use crate::{error::map_err, events::EventReader, Error, EBPF_OBJECT};
+
+/// Where the default pin directory lives (under the bpffs mount).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/septa";
+
+/// How to load the data path.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Directory under bpffs where the maps are pinned (created if missing). Maps already
+    /// pinned there are reused, so a restarted agent keeps conntrack and policy state.
+    pub pin_dir: PathBuf,
+    /// Conntrack entries (LRU).
+    pub conntrack_entries: u32,
+    /// Policy map entries.
+    pub policy_entries: u32,
+    /// ipcache (LPM trie) entries.
+    pub ipcache_entries: u32,
+    /// Events ring buffer size in bytes (power of two, at least a page).
+    pub events_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            conntrack_entries: sizes::CONNTRACK,
+            policy_entries: sizes::POLICY,
+            ipcache_entries: sizes::IPCACHE,
+            events_bytes: sizes::EVENTS_BYTES,
+        }
+    }
+}
+
+/// The loaded data path: programs, maps and attachments.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    attached: BTreeMap<(String, &'static str), SchedClassifierLinkId>,
+}
+
+impl Datapath {
+    /// Load (or re-open, when pinned maps exist) the data path.
+    pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(Error::NoObject);
+        }
+        std::fs::create_dir_all(&opts.pin_dir).map_err(|source| Error::PinDir {
+            path: opts.pin_dir.clone(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .map_max_entries(maps::CONNTRACK, opts.conntrack_entries)
+            .map_max_entries(maps::POLICY, opts.policy_entries)
+            .map_max_entries(maps::IPCACHE, opts.ipcache_entries)
+            .map_max_entries(maps::EVENTS, opts.events_bytes)
+            .load(EBPF_OBJECT)?;
+        for name in [programs::TC_FROM_POD, programs::TC_TO_POD] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::Program {
+                    name: name.into(),
+                    source,
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The underlying aya object.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// Attach both TC programs (TCX) to the host-side interface `iface` of an endpoint, in the
+    /// caller's network namespace (see [`crate::netns::in_netns`]).
+    pub fn attach(&mut self, iface: &str) -> Result<(), Error> {
+        for (name, hook) in [
+            (programs::TC_FROM_POD, TcAttachType::Ingress),
+            (programs::TC_TO_POD, TcAttachType::Egress),
+        ] {
+            if self.attached.contains_key(&(iface.to_owned(), name)) {
+                continue;
+            }
+            let id = classifier(&mut self.ebpf, name)?
+                .attach(iface, hook)
+                .map_err(|e| Error::Interface {
+                    iface: iface.into(),
+                    reason: format!("attaching {name}: {e}"),
+                })?;
+            self.attached.insert((iface.to_owned(), name), id);
+        }
+        Ok(())
+    }
+
+    /// Detach both programs from `iface` (no error if they were not attached).
+    pub fn detach(&mut self, iface: &str) -> Result<(), Error> {
+        for name in [programs::TC_FROM_POD, programs::TC_TO_POD] {
+            if let Some(id) = self.attached.remove(&(iface.to_owned(), name)) {
+                classifier(&mut self.ebpf, name)?
+                    .detach(id)
+                    .map_err(|source| Error::Program {
+                        name: name.into(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces the programs are attached to.
+    pub fn attached_interfaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.attached.keys().map(|(i, _)| i.clone()).collect();
+        v.dedup();
+        v
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
+        self.ebpf.map_mut(name).ok_or_else(|| Error::Missing {
+            kind: "map",
+            name: name.into(),
+        })
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, Error> {
+        self.ebpf.map(name).ok_or_else(|| Error::Missing {
+            kind: "map",
+            name: name.into(),
+        })
+    }
+
+    /// The global configuration.
+    pub fn config(&self) -> Result<Config, Error> {
+        let a: Array<&MapData, Config> = Array::try_from(self.map(maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
+        a.get(&0, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    /// Replace the global configuration.
+    pub fn set_config(&mut self, cfg: &Config) -> Result<(), Error> {
+        let mut a: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
+        a.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    /// Increment the policy revision, so established connections are re-checked once against
+    /// the policy now in the maps. Call after every batch of policy/identity changes.
+    pub fn bump_revision(&mut self) -> Result<u32, Error> {
+        let mut cfg = self.config()?;
+        cfg.policy_revision = cfg.policy_revision.wrapping_add(1);
+        self.set_config(&cfg)?;
+        Ok(cfg.policy_revision)
+    }
+
+    fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, EndpointInfo>, Error> {
+        HashMap::try_from(self.map_mut(maps::ENDPOINTS)?).map_err(map_err(maps::ENDPOINTS))
+    }
+
+    /// Insert or replace the endpoint behind interface `ifindex`.
+    pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), Error> {
+        self.endpoints()?.insert(ifindex, info, 0).map_err(map_err(maps::ENDPOINTS))
+    }
+
+    /// Remove the endpoint behind `ifindex` (no error if absent).
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), Error> {
+        ignore_missing(self.endpoints()?.remove(&ifindex), maps::ENDPOINTS)
+    }
+
+    fn ipcache(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], IpcacheEntry>, Error> {
+        LpmTrie::try_from(self.map_mut(maps::IPCACHE)?).map_err(map_err(maps::IPCACHE))
+    }
+
+    /// Map every address in `net` (unless a longer prefix says otherwise) to `identity`.
+    pub fn set_ipcache(&mut self, net: IpNetwork, identity: u32) -> Result<(), Error> {
+        let entry = IpcacheEntry { identity, flags: 0 };
+        self.ipcache()?
+            .insert(&ipcache_key(net), entry, 0)
+            .map_err(map_err(maps::IPCACHE))
+    }
+
+    /// Remove the ipcache entry for exactly `net` (no error if absent).
+    pub fn remove_ipcache(&mut self, net: IpNetwork) -> Result<(), Error> {
+        ignore_missing(self.ipcache()?.remove(&ipcache_key(net)), maps::IPCACHE)
+    }
+
+    fn policy(&mut self) -> Result<HashMap<&mut MapData, PolicyKey, PolicyValue>, Error> {
+        HashMap::try_from(self.map_mut(maps::POLICY)?).map_err(map_err(maps::POLICY))
+    }
+
+    /// Insert or replace a policy entry.
+    pub fn set_policy(&mut self, key: &PolicyKey, value: &PolicyValue) -> Result<(), Error> {
+        self.policy()?.insert(key, value, 0).map_err(map_err(maps::POLICY))
+    }
+
+    /// Remove a policy entry (no error if absent).
+    pub fn remove_policy(&mut self, key: &PolicyKey) -> Result<(), Error> {
+        ignore_missing(self.policy()?.remove(key), maps::POLICY)
+    }
+
+    /// Every conntrack entry (a snapshot).
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>, Error> {
+        let m: HashMap<&MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map(maps::CONNTRACK)?).map_err(map_err(maps::CONNTRACK))?;
+        m.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::CONNTRACK))
+    }
+
+    /// The data-path counters, summed over CPUs, indexed by [`dataplane_common::stats`].
+    pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], Error> {
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(maps::STATS)?).map_err(map_err(maps::STATS))?;
+        let mut out = [0u64; stats::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = a.get(&(i as u32), 0).map_err(map_err(maps::STATS))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Take the events ring buffer (once: the reader owns it).
+    pub fn take_events(&mut self) -> Result<EventReader, Error> {
+        let map = self.ebpf.take_map(maps::EVENTS).ok_or_else(|| Error::Missing {
+            kind: "map (already taken?)",
+            name: maps::EVENTS.into(),
+        })?;
+        Ok(EventReader::new(
+            RingBuf::try_from(map).map_err(map_err(maps::EVENTS))?,
+        ))
+    }
+
+    /// Unpin every map of this data path (the kernel frees them once nothing else holds them).
+    /// For tests and `--remove-enforcement`; a normal restart keeps them.
+    pub fn unpin_all(&mut self) -> Result<(), Error> {
+        let names: Vec<String> = self.ebpf.maps().map(|(n, _)| n.to_owned()).collect();
+        for name in names {
+            // Maps that were never pinned (scratch) have no file; that is fine.
+            let _ = std::fs::remove_file(self.pin_dir.join(name));
+        }
+        let _ = std::fs::remove_dir(&self.pin_dir);
+        Ok(())
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Missing {
+            kind: "program",
+            name: name.into(),
+        })?
+        .try_into()
+        .map_err(|source| Error::Program {
+            name: name.into(),
+            source,
+        })
+}
+
+/// The LPM key of a network: IPv4 is stored IPv4-mapped with the prefix shifted by 96 bits.
+pub fn ipcache_key(net: IpNetwork) -> Key<[u8; 16]> {
+    match net {
+        IpNetwork::V4(n) => Key::new(
+            96 + n.prefix() as u32,
+            dataplane_common::v4_mapped(n.network().octets()),
+        ),
+        IpNetwork::V6(n) => Key::new(n.prefix() as u32, n.network().octets()),
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<(), Error> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}

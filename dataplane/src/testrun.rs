@@ -1,0 +1,56 @@
+//! Running a loaded program on a packet with `BPF_PROG_TEST_RUN`.
+//!
+//! The kernel runs TC programs on an skb whose device is the loopback (ifindex 1) unless the
+//! context names another; septa's tests and benchmarks register their endpoint on ifindex 1.
+
+use std::time::Duration;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+
+use crate::{Datapath, Error};
+
+/// The interface index `BPF_PROG_TEST_RUN` gives the skb by default (loopback).
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// The result of a test run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunResult {
+    /// The program's return value, as the TC action (`-1` pass/next, `2` drop).
+    pub action: i32,
+    /// Mean time per run, as the kernel measured it.
+    pub per_run: Duration,
+}
+
+impl Datapath {
+    /// Run program `name` on `packet` (an Ethernet frame) `repeat` times.
+    pub fn test_run(&self, name: &str, packet: &[u8], repeat: u32) -> Result<RunResult, Error> {
+        let prog: &SchedClassifier = self
+            .ebpf()
+            .program(name)
+            .ok_or_else(|| Error::Missing {
+                kind: "program",
+                name: name.into(),
+            })?
+            .try_into()
+            .map_err(|source| Error::Program {
+                name: name.into(),
+                source,
+            })?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat: repeat.max(1),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| Error::Program {
+                name: name.into(),
+                source,
+            })?;
+        Ok(RunResult {
+            action: res.return_value as i32,
+            per_run: res.duration,
+        })
+    }
+}

@@ -1,0 +1,34 @@
+//! The programs load and pass the verifier; pinned maps are reused by a second load.
+
+use dataplane::testing::ScratchDatapath;
+use dataplane_common::{maps, programs, Config};
+
+#[test]
+fn programs_pass_the_verifier() {
+    let dp = ScratchDatapath::load("verifier").expect("load (verifier log in the error)");
+    for name in [programs::TC_FROM_POD, programs::TC_TO_POD] {
+        let p = dp.ebpf().program(name).expect("program present");
+        assert!(p.fd().is_ok(), "{name} is loaded");
+    }
+}
+
+#[test]
+fn maps_are_pinned_and_reused() {
+    let mut first = ScratchDatapath::load("pins").unwrap();
+    let dir = first.pin_dir().to_owned();
+    for name in [maps::CONFIG, maps::ENDPOINTS, maps::IPCACHE, maps::POLICY, maps::CONNTRACK, maps::EVENTS] {
+        assert!(dir.join(name).exists(), "{name} pinned under {}", dir.display());
+    }
+    let cfg = Config { policy_revision: 41, flags: 0, deny_event_interval_ns: 7 };
+    first.set_config(&cfg).unwrap();
+    // A second load (an agent restart) sees the same maps.
+    let second = dataplane::Datapath::load(&dataplane::LoadOptions {
+        pin_dir: dir.clone(),
+        conntrack_entries: 65_536,
+        policy_entries: 65_536,
+        ipcache_entries: 65_536,
+        events_bytes: 1 << 20,
+    })
+    .unwrap();
+    assert_eq!(second.config().unwrap(), cfg);
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs everything septa needs on a fresh Debian 12 machine, idempotently.
+# Quiet when everything is already present; prints one line per thing it installs.
+set -euo pipefail
+
+TOOLCHAIN_FILE="$(dirname "$0")/../dataplane-ebpf/rust-toolchain.toml"
+NIGHTLY="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$TOOLCHAIN_FILE")"
+[ -n "$NIGHTLY" ] || { echo "setup: no channel in $TOOLCHAIN_FILE" >&2; exit 1; }
+LLVM_MAJOR=22
+
+APT_PACKAGES=(
+  # bpf-linker build
+  "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" libzstd-dev zlib1g-dev
+  # network namespaces, veths, inspection
+  iproute2 bpftool
+  # peers measured against in perf/
+  iptables ipset nftables
+  # CNI reference plugins (bridge, host-local, ...)
+  containernetworking-plugins
+  # plotting perf results
+  gnuplot-nox
+)
+
+log() { echo "setup: $*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  log "must run as root (installs apt packages, mounts bpffs, loads eBPF)"
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup toolchain list | grep -q "^${NIGHTLY}"; then
+  log "installing rust toolchain ${NIGHTLY} with rust-src"
+  rustup toolchain install "${NIGHTLY}" --profile minimal --component rust-src >/dev/null 2>&1
+elif ! rustup component list --toolchain "${NIGHTLY}" --installed 2>/dev/null | grep -q rust-src; then
+  log "adding rust-src to ${NIGHTLY}"
+  rustup component add rust-src --toolchain "${NIGHTLY}" >/dev/null 2>&1
+fi
+
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^${c}" || rustup component add "$c" >/dev/null 2>&1
+done
+
+if ! bpf-linker --version >/dev/null 2>&1; then
+  log "building bpf-linker against LLVM ${LLVM_MAJOR} (about 2 minutes)"
+  LLVM_PREFIX="/usr/lib/llvm-${LLVM_MAJOR}" cargo install bpf-linker --locked -q \
+    --no-default-features --features "llvm-${LLVM_MAJOR}"
+fi
+
+if ! mount | grep -q "on /sys/fs/bpf type bpf"; then
+  log "mounting bpffs on /sys/fs/bpf"
+  mkdir -p /sys/fs/bpf
+  mount -t bpf bpf /sys/fs/bpf
+fi
