@@ -1,4 +1,4 @@
-#![no_std]
+#![cfg_attr(not(any(test, feature = "user")), no_std)]
 //! The kernel/user contract of septa's data path.
 //!
 //! Everything the eBPF programs and the agent must agree on lives here: map keys and values
@@ -13,5 +13,8 @@ pub mod abi;
 pub mod conntrack;
 pub mod parse;
 pub mod policy;
+
+#[cfg(any(test, feature = "user"))]
+pub mod packets;
 
 pub use abi::*;

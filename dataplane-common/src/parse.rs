@@ -302,3 +302,180 @@ fn parse_l4<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packets::*;
+    use proptest::prelude::*;
+
+    const A: [u8; 4] = v4(10, 0, 0, 1);
+    const B: [u8; 4] = v4(10, 0, 0, 2);
+
+    fn ok(frame: &[u8]) -> Packet {
+        parse(frame).unwrap_or_else(|e| panic!("{e:?} for {frame:02x?}"))
+    }
+
+    #[test]
+    fn ipv4_tcp() {
+        let p = ok(&ipv4(A, B, IPPROTO_TCP, &tcp(40000, 80, TCP_SYN)));
+        assert_eq!((p.family, p.proto, p.sport, p.dport, p.frag), (4, 6, 40000, 80, FRAG_NONE));
+        assert_eq!(p.tcp_flags, TCP_SYN);
+        assert_eq!(p.saddr, crate::v4_mapped(A));
+        assert_eq!(p.daddr, crate::v4_mapped(B));
+        assert_eq!(p.policy_port(), 80);
+    }
+
+    #[test]
+    fn udp_and_sctp_ports() {
+        let p = ok(&ipv4(A, B, IPPROTO_UDP, &udp(5353, 53, 10)));
+        assert_eq!((p.proto, p.sport, p.dport), (17, 5353, 53));
+        let p = ok(&ipv4(A, B, IPPROTO_SCTP, &sctp(7, 9)));
+        assert_eq!((p.proto, p.sport, p.dport, p.policy_port()), (132, 7, 9, 9));
+    }
+
+    #[test]
+    fn icmp_echo_reply_is_the_reverse_tuple_of_its_request() {
+        let req = ok(&ipv4(A, B, IPPROTO_ICMP, &icmp4_echo(77, false)));
+        let rep = ok(&ipv4(B, A, IPPROTO_ICMP, &icmp4_echo(77, true)));
+        assert_eq!((req.sport, req.dport), (77, 0));
+        assert_eq!((rep.sport, rep.dport), (0, 77));
+        assert_eq!(req.policy_port(), 0, "ICMP is matched by protocol only");
+        let req6 = ok(&ipv6(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_echo(5, false)));
+        let rep6 = ok(&ipv6(v6(2), v6(1), IPPROTO_ICMPV6, &[], &icmp6_echo(5, true)));
+        assert_eq!((req6.sport, rep6.dport), (5, 5));
+    }
+
+    #[test]
+    fn ipv4_options_are_skipped() {
+        let mut h = ipv4_header(A, B, IPPROTO_TCP, 20);
+        h.options = [1u8, 1, 1, 1, 1, 1, 1, 0][..].try_into().unwrap(); // NOPs + EOL: IHL 7
+        let f = ipv4_with(h, &tcp(1234, 443, TCP_SYN));
+        assert_eq!(f[14] & 0x0f, 7);
+        let p = ok(&f);
+        assert_eq!((p.sport, p.dport), (1234, 443));
+    }
+
+    #[test]
+    fn bad_ipv4_headers_are_errors() {
+        let good = ipv4(A, B, IPPROTO_TCP, &tcp(1, 2, TCP_SYN));
+        let mut f = good.clone();
+        f[14] = 0x45 & 0x0f | 0x50; // version 5
+        assert_eq!(parse(&f[..]), Err(ParseError::BadHeader));
+        let mut f = good.clone();
+        f[14] = 0x44; // IHL 4
+        assert_eq!(parse(&f[..]), Err(ParseError::BadHeader));
+        let mut f = good.clone();
+        f[16..18].copy_from_slice(&10u16.to_be_bytes()); // total length < IHL
+        assert_eq!(parse(&f[..]), Err(ParseError::BadHeader));
+        let mut f = good.clone();
+        f[16..18].copy_from_slice(&1000u16.to_be_bytes()); // claims more than is there
+        assert_eq!(parse(&f[..]), Err(ParseError::Truncated));
+        let mut f = good.clone();
+        f[14 + 20 + 12] = 0x40; // TCP data offset 4
+        assert_eq!(parse(&f[..]), Err(ParseError::BadHeader));
+    }
+
+    #[test]
+    fn truncation_at_every_length_is_an_error_not_a_guess() {
+        let f = ipv4(A, B, IPPROTO_TCP, &tcp(1, 2, TCP_SYN));
+        for n in 0..f.len() {
+            let r = parse(&f[..n]);
+            if n < 14 {
+                assert_eq!(r, Err(ParseError::Truncated), "len {n}");
+            } else {
+                assert!(r.is_err(), "len {n} parsed as {r:?}");
+            }
+        }
+        let f6 = ipv6(v6(1), v6(2), IPPROTO_HOPOPTS, &ext6(IPPROTO_UDP), &udp(1, 2, 0));
+        for n in 14..f6.len() {
+            assert!(parse(&f6[..n]).is_err(), "v6 len {n}");
+        }
+    }
+
+    #[test]
+    fn ethernet_only_frames() {
+        // A frame with an IPv4 ethertype and no IP header at all.
+        assert_eq!(parse(&eth(0x0800, &[])[..]), Err(ParseError::Truncated));
+        let arp = ok(&eth(0x0806, &[0; 28]));
+        assert_eq!((arp.family, arp.ethertype), (0, 0x0806));
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let first = ok(&ipv4_fragment(A, B, IPPROTO_UDP, 99, 0, true, &udp(1000, 53, 16)));
+        assert_eq!((first.frag, first.frag_id, first.dport), (FRAG_FIRST, 99, 53));
+        let later = ok(&ipv4_fragment(A, B, IPPROTO_UDP, 99, 3, false, &[0xab; 16]));
+        assert_eq!((later.frag, later.frag_id, later.sport, later.dport), (FRAG_LATER, 99, 0, 0));
+        // A first fragment too short to hold the L4 header is refused.
+        assert_eq!(parse(&ipv4_fragment(A, B, IPPROTO_TCP, 1, 0, true, &[0; 8])[..]), Err(ParseError::Truncated));
+    }
+
+    #[test]
+    fn vlan_tags() {
+        let inner = ipv4(A, B, IPPROTO_TCP, &tcp(1, 8080, TCP_SYN));
+        let one = ok(&with_vlans(&inner, &[10]));
+        assert_eq!((one.family, one.dport), (4, 8080));
+        let two = ok(&with_vlans(&inner, &[10, 20]));
+        assert_eq!((two.family, two.dport), (4, 8080));
+        let mut three = with_vlans(&inner, &[10, 20]);
+        // A third tag before the inner type: MACs(12) + TPID(2) + TCI+type(4) + TCI(2).
+        let inner_type_at = 12 + 2 + 4 + 2;
+        three.splice(inner_type_at..inner_type_at, [0x81, 0x00, 0x00, 0x1e]);
+        assert_eq!(parse(&three[..]), Err(ParseError::TooManyHeaders));
+    }
+
+    #[test]
+    fn ipv6_extension_chains() {
+        let mut chain = ext6(IPPROTO_ROUTING);
+        chain.extend(ext6(IPPROTO_DSTOPTS));
+        chain.extend(ext6(IPPROTO_TCP));
+        let p = ok(&ipv6(v6(1), v6(2), IPPROTO_HOPOPTS, &chain, &tcp(5, 6, TCP_SYN)));
+        assert_eq!((p.family, p.proto, p.sport, p.dport), (6, 6, 5, 6));
+        // AH: length in 4-byte units minus 2.
+        let mut ah = vec![IPPROTO_UDP, 4, 0, 0];
+        ah.resize(24, 0);
+        let p = ok(&ipv6(v6(1), v6(2), IPPROTO_AH, &ah, &udp(7, 8, 0)));
+        assert_eq!((p.proto, p.dport), (17, 8));
+        // One more header than the parser follows.
+        let mut long = Vec::new();
+        for _ in 0..MAX_IPV6_EXT_HEADERS {
+            long.extend(ext6(IPPROTO_DSTOPTS));
+        }
+        let n = long.len();
+        long[n - 8] = IPPROTO_UDP;
+        assert_eq!(parse(&ipv6(v6(1), v6(2), IPPROTO_DSTOPTS, &long, &udp(1, 2, 0))[..]), Err(ParseError::TooManyHeaders));
+        // No next header.
+        let p = ok(&ipv6(v6(1), v6(2), IPPROTO_NONE, &[], &[]));
+        assert_eq!((p.proto, p.sport, p.dport), (IPPROTO_NONE, 0, 0));
+    }
+
+    #[test]
+    fn ipv6_fragments() {
+        let first = ok(&ipv6(v6(1), v6(2), IPPROTO_FRAGMENT, &frag6(IPPROTO_UDP, 0, true, 0xdead), &udp(9, 53, 8)));
+        assert_eq!((first.frag, first.frag_id, first.dport), (FRAG_FIRST, 0xdead, 53));
+        let later = ok(&ipv6(v6(1), v6(2), IPPROTO_FRAGMENT, &frag6(IPPROTO_UDP, 2, false, 0xdead), &[1; 8]));
+        assert_eq!((later.frag, later.proto, later.dport), (FRAG_LATER, 17, 0));
+    }
+
+    #[test]
+    fn neighbour_discovery_is_link_control() {
+        for t in [133u8, 134, 135, 136, 137, 143] {
+            assert!(ok(&ipv6(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_raw(t))).is_link_control(), "type {t}");
+        }
+        assert!(!ok(&ipv6(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_echo(1, false))).is_link_control());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&bytes[..]);
+        }
+
+        #[test]
+        fn arbitrary_ip_payloads_never_panic(v6h in any::<bool>(), body in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let f = eth(if v6h { 0x86dd } else { 0x0800 }, &body);
+            let _ = parse(&f[..]);
+        }
+    }
+}

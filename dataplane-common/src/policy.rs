@@ -147,3 +147,133 @@ pub fn evaluate<M: PolicyMap + ?Sized>(
     let entry = lookup(map, ep.identity, dir, peer, proto, port, ep.port_plens(dir));
     decide(iso, entry)
 }
+
+/// The host-side model of the kernel's policy map: the same lookup over a `HashMap`.
+#[cfg(any(test, feature = "user"))]
+impl<S: std::hash::BuildHasher> PolicyMap for std::collections::HashMap<PolicyKey, PolicyValue, S> {
+    fn get(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        std::collections::HashMap::get(self, key).copied()
+    }
+}
+
+/// The same over a `BTreeMap` (deterministic iteration for compilers and diffs).
+#[cfg(any(test, feature = "user"))]
+impl PolicyMap for std::collections::BTreeMap<PolicyKey, PolicyValue> {
+    fn get(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        std::collections::BTreeMap::get(self, key).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{direction::INGRESS, parse::IPPROTO_TCP, parse::IPPROTO_UDP, port_mask};
+    use std::collections::HashMap;
+
+    const SUBJ: u32 = 300;
+    const PEER: u32 = 400;
+
+    fn v(rule_id: u32, flags: u32) -> PolicyValue {
+        PolicyValue { rule_id, flags }
+    }
+
+    fn map(entries: &[(u32, u8, u16, u8, PolicyValue)]) -> HashMap<PolicyKey, PolicyValue> {
+        entries
+            .iter()
+            .map(|&(peer, proto, port, plen, val)| (PolicyKey::new(SUBJ, INGRESS, peer, proto, port, plen), val))
+            .collect()
+    }
+
+    fn look(m: &HashMap<PolicyKey, PolicyValue>, peer: u32, proto: u8, port: u16, plens: u32) -> Option<u32> {
+        lookup(m, SUBJ, INGRESS, peer, proto, port, plens).map(|v| v.rule_id)
+    }
+
+    #[test]
+    fn most_specific_first() {
+        let m = map(&[
+            (PEER, IPPROTO_TCP, 80, 16, v(1, allow::ENFORCE)),
+            (PEER, IPPROTO_TCP, 0, 0, v(2, allow::ENFORCE)),
+            (PEER, 0, 0, 0, v(3, allow::ENFORCE)),
+            (identity::ANY, IPPROTO_TCP, 443, 16, v(4, allow::ENFORCE)),
+            (identity::ANY, 0, 0, 0, v(5, allow::ENFORCE)),
+        ]);
+        assert_eq!(look(&m, PEER, IPPROTO_TCP, 80, 0), Some(1));
+        assert_eq!(look(&m, PEER, IPPROTO_TCP, 81, 0), Some(2));
+        assert_eq!(look(&m, PEER, IPPROTO_UDP, 80, 0), Some(3));
+        // The peer's own entries come before the wildcard peer's, even less specific ones:
+        // the compiler folds the wildcard's allows into them.
+        assert_eq!(look(&m, PEER, IPPROTO_TCP, 443, 0), Some(2));
+        assert_eq!(look(&m, 999, IPPROTO_TCP, 443, 0), Some(4));
+        assert_eq!(look(&m, 999, IPPROTO_UDP, 53, 0), Some(5));
+    }
+
+    #[test]
+    fn port_ranges_as_prefix_blocks() {
+        // 8000-8191 is one /3 block (8000 = 0x1f40 is not aligned; use 8192-16383: /3).
+        let m = map(&[(PEER, IPPROTO_TCP, 8192, 3, v(7, allow::ENFORCE))]);
+        assert_eq!(look(&m, PEER, IPPROTO_TCP, 8192, 1 << 3), Some(7));
+        assert_eq!(look(&m, PEER, IPPROTO_TCP, 16383, 1 << 3), Some(7));
+        assert_eq!(look(&m, PEER, IPPROTO_TCP, 16384, 1 << 3), None);
+        assert_eq!(look(&m, PEER, IPPROTO_TCP, 8191, 1 << 3), None);
+        // Lengths not announced by the endpoint are not looked up.
+        assert_eq!(look(&m, PEER, IPPROTO_TCP, 9000, 0), None);
+    }
+
+    #[test]
+    fn protocols_without_ports_only_match_protocol_entries() {
+        let m = map(&[
+            (PEER, 1, 0, 16, v(8, allow::ENFORCE)), // never emitted by a compiler; must not match
+            (PEER, 1, 0, 0, v(9, allow::ENFORCE)),
+        ]);
+        assert_eq!(look(&m, PEER, 1, 0, 0xfffe), Some(9));
+    }
+
+    #[test]
+    fn port_masks() {
+        assert_eq!(port_mask(0), 0);
+        assert_eq!(port_mask(16), 0xffff);
+        assert_eq!(port_mask(1), 0x8000);
+        assert_eq!(port_mask(12), 0xfff0);
+        assert_eq!(PolicyKey::new(1, 0, 2, 6, 0x1234, 8).port, 0x1200);
+    }
+
+    #[test]
+    fn decision_table() {
+        use isolation::{AUDIT as IA, ENFORCE as IE};
+        let e = Some(v(11, allow::ENFORCE));
+        let a = Some(v(12, allow::AUDIT));
+        let both = Some(v(13, allow::ENFORCE | allow::AUDIT));
+        let none: Option<PolicyValue> = None;
+        let cases = [
+            // (isolation, entry) -> (verdict, rule)
+            (0, none, verdict::FORWARDED, rule::DEFAULT_ALLOW),
+            (0, e, verdict::FORWARDED, rule::DEFAULT_ALLOW),
+            (IE, none, verdict::DROPPED, rule::DEFAULT_DENY),
+            (IE, e, verdict::FORWARDED, 11),
+            (IE, a, verdict::DROPPED, rule::DEFAULT_DENY),
+            (IA, none, verdict::AUDIT, rule::DEFAULT_DENY),
+            (IA, a, verdict::FORWARDED, 12),
+            (IE | IA, e, verdict::FORWARDED, 11),
+            (IE | IA, a, verdict::DROPPED, rule::DEFAULT_DENY),
+            (IE | IA, both, verdict::FORWARDED, 13),
+        ];
+        for (iso, entry, want_v, want_r) in cases {
+            let d = decide(iso, entry);
+            assert_eq!((d.verdict, d.rule_id), (want_v, want_r), "iso {iso} entry {entry:?}");
+            assert_eq!(d.reason == reason::NONE, want_v == verdict::FORWARDED);
+        }
+    }
+
+    #[test]
+    fn host_is_exempt_unless_configured() {
+        let ep = EndpointInfo { identity: SUBJ, isolation: [isolation::ENFORCE, 0], ..Default::default() };
+        let m = map(&[]);
+        let d = evaluate(&m, &ep, INGRESS, identity::HOST, IPPROTO_TCP, 80, true);
+        assert_eq!((d.verdict, d.rule_id), (verdict::FORWARDED, rule::HOST));
+        let d = evaluate(&m, &ep, INGRESS, identity::HOST, IPPROTO_TCP, 80, false);
+        assert_eq!(d.verdict, verdict::DROPPED);
+        // Egress is not isolated for this endpoint.
+        let d = evaluate(&m, &ep, crate::direction::EGRESS, PEER, IPPROTO_TCP, 80, false);
+        assert_eq!((d.verdict, d.rule_id), (verdict::FORWARDED, rule::DEFAULT_ALLOW));
+    }
+}
