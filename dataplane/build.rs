@@ -12,7 +12,9 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.split('"').nth(1))
         .ok_or_else(|| anyhow::anyhow!("no channel in {}", toolchain_file.display()))?
         .to_owned();
-    let root_dir = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let root_dir = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "dataplane-ebpf",

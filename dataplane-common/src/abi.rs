@@ -265,7 +265,14 @@ pub struct PolicyKey {
 impl PolicyKey {
     /// A key for `port` with the given prefix length (the port is masked here).
     #[inline(always)]
-    pub fn new(subject: u32, direction: u8, peer: u32, proto: u8, port: u16, port_plen: u8) -> Self {
+    pub fn new(
+        subject: u32,
+        direction: u8,
+        peer: u32,
+        proto: u8,
+        port: u16,
+        port_plen: u8,
+    ) -> Self {
         PolicyKey {
             subject,
             peer,
@@ -420,7 +427,9 @@ pub struct FlowEvent {
 /// IPv4-mapped IPv6 form of an IPv4 address.
 #[inline(always)]
 pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
 }
 
 /// Whether a 16-byte address is IPv4-mapped.

@@ -58,8 +58,14 @@ pub fn account(e: &mut CtEntry, reply: bool, tcp_flags: u8, bytes: u64, now: u64
         return CtTransition::Ended;
     }
     if tcp_flags & TCP_FIN != 0 {
-        e.state |= if reply { ct_state::FIN_REV } else { ct_state::FIN_FWD };
-        if e.state & (ct_state::FIN_FWD | ct_state::FIN_REV) == (ct_state::FIN_FWD | ct_state::FIN_REV) {
+        e.state |= if reply {
+            ct_state::FIN_REV
+        } else {
+            ct_state::FIN_FWD
+        };
+        if e.state & (ct_state::FIN_FWD | ct_state::FIN_REV)
+            == (ct_state::FIN_FWD | ct_state::FIN_REV)
+        {
             e.state |= ct_state::CLOSED;
             return CtTransition::Ended;
         }
@@ -75,12 +81,31 @@ mod tests {
     #[test]
     fn fin_both_ways_ends_once() {
         let mut e = CtEntry::default();
-        assert_eq!(account(&mut e, false, TCP_SYN, 60, 1), CtTransition::Continue);
-        assert_eq!(account(&mut e, true, TCP_SYN | TCP_ACK, 60, 2), CtTransition::Continue);
-        assert_eq!(account(&mut e, false, TCP_FIN | TCP_ACK, 52, 3), CtTransition::Continue);
-        assert_eq!(account(&mut e, true, TCP_FIN | TCP_ACK, 52, 4), CtTransition::Ended);
-        assert_eq!(account(&mut e, false, TCP_ACK, 52, 5), CtTransition::Continue, "END is reported once");
-        assert_eq!((e.packets_fwd, e.packets_rev, e.bytes_fwd, e.bytes_rev), (3, 2, 164, 112));
+        assert_eq!(
+            account(&mut e, false, TCP_SYN, 60, 1),
+            CtTransition::Continue
+        );
+        assert_eq!(
+            account(&mut e, true, TCP_SYN | TCP_ACK, 60, 2),
+            CtTransition::Continue
+        );
+        assert_eq!(
+            account(&mut e, false, TCP_FIN | TCP_ACK, 52, 3),
+            CtTransition::Continue
+        );
+        assert_eq!(
+            account(&mut e, true, TCP_FIN | TCP_ACK, 52, 4),
+            CtTransition::Ended
+        );
+        assert_eq!(
+            account(&mut e, false, TCP_ACK, 52, 5),
+            CtTransition::Continue,
+            "END is reported once"
+        );
+        assert_eq!(
+            (e.packets_fwd, e.packets_rev, e.bytes_fwd, e.bytes_rev),
+            (3, 2, 164, 112)
+        );
         assert_eq!(e.last_seen_ns, 5);
         assert!(e.state & ct_state::SEEN_REPLY != 0);
     }
@@ -89,14 +114,28 @@ mod tests {
     fn rst_ends_at_once() {
         let mut e = CtEntry::default();
         assert_eq!(account(&mut e, true, TCP_RST, 40, 1), CtTransition::Ended);
-        assert_eq!(account(&mut e, false, TCP_RST, 40, 2), CtTransition::Continue);
+        assert_eq!(
+            account(&mut e, false, TCP_RST, 40, 2),
+            CtTransition::Continue
+        );
     }
 
     #[test]
     fn reversed_key_swaps_the_tuple_only() {
-        let k = CtKey { saddr: [1; 16], daddr: [2; 16], sport: 3, dport: 4, ifindex: 9, proto: 6, _pad: [0; 3] };
+        let k = CtKey {
+            saddr: [1; 16],
+            daddr: [2; 16],
+            sport: 3,
+            dport: 4,
+            ifindex: 9,
+            proto: 6,
+            _pad: [0; 3],
+        };
         let r = k.reversed();
-        assert_eq!((r.saddr, r.daddr, r.sport, r.dport, r.ifindex, r.proto), ([2; 16], [1; 16], 4, 3, 9, 6));
+        assert_eq!(
+            (r.saddr, r.daddr, r.sport, r.dport, r.ifindex, r.proto),
+            ([2; 16], [1; 16], 4, 3, 9, 6)
+        );
         assert_eq!(r.reversed(), k);
     }
 }

@@ -8,7 +8,7 @@ extern crate std;
 use std::vec::Vec;
 
 use etherparse::{
-    EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IcmpEchoHeader,
+    EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type,
     IpFragOffset, IpNumber, Ipv4Header, Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader,
     SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
 };
@@ -68,20 +68,32 @@ pub fn sctp(sport: u16, dport: u16) -> Vec<u8> {
 /// An ICMPv4 echo request (or reply).
 pub fn icmp4_echo(id: u16, reply: bool) -> Vec<u8> {
     let echo = IcmpEchoHeader { id, seq: 1 };
-    let t = if reply { Icmpv4Type::EchoReply(echo) } else { Icmpv4Type::EchoRequest(echo) };
+    let t = if reply {
+        Icmpv4Type::EchoReply(echo)
+    } else {
+        Icmpv4Type::EchoRequest(echo)
+    };
     Icmpv4Header::new(t).to_bytes().to_vec()
 }
 
 /// An ICMPv6 echo request (or reply).
 pub fn icmp6_echo(id: u16, reply: bool) -> Vec<u8> {
     let echo = IcmpEchoHeader { id, seq: 1 };
-    let t = if reply { Icmpv6Type::EchoReply(echo) } else { Icmpv6Type::EchoRequest(echo) };
+    let t = if reply {
+        Icmpv6Type::EchoReply(echo)
+    } else {
+        Icmpv6Type::EchoRequest(echo)
+    };
     Icmpv6Header::new(t).to_bytes().to_vec()
 }
 
 /// An ICMPv6 message of a raw type (e.g. 135, neighbour solicitation) with an 8-byte header.
 pub fn icmp6_raw(icmp_type: u8) -> Vec<u8> {
-    let t = Icmpv6Type::Unknown { type_u8: icmp_type, code_u8: 0, bytes5to8: [0; 4] };
+    let t = Icmpv6Type::Unknown {
+        type_u8: icmp_type,
+        code_u8: 0,
+        bytes5to8: [0; 4],
+    };
     Icmpv6Header::new(t).to_bytes().to_vec()
 }
 
@@ -105,7 +117,15 @@ pub fn ipv4_with(mut h: Ipv4Header, l4: &[u8]) -> Vec<u8> {
 }
 
 /// An IPv4 fragment: `offset` in 8-byte units, `more` = more fragments follow.
-pub fn ipv4_fragment(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, offset: u16, more: bool, l4: &[u8]) -> Vec<u8> {
+pub fn ipv4_fragment(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    id: u16,
+    offset: u16,
+    more: bool,
+    l4: &[u8],
+) -> Vec<u8> {
     let mut h = ipv4_header(src, dst, proto, l4.len());
     h.identification = id;
     h.more_fragments = more;
@@ -134,7 +154,10 @@ pub fn ipv6(src: [u8; 16], dst: [u8; 16], first_next: u8, exts: &[u8], l4: &[u8]
 /// A generic 8-byte IPv6 extension header (hop-by-hop, routing, destination options) whose
 /// next header is `next`.
 pub fn ext6(next: u8) -> Vec<u8> {
-    Ipv6RawExtHeader::new_raw(IpNumber(next), &[0; 6]).expect("6 bytes").to_bytes().to_vec()
+    Ipv6RawExtHeader::new_raw(IpNumber(next), &[0; 6])
+        .expect("6 bytes")
+        .to_bytes()
+        .to_vec()
 }
 
 /// An IPv6 fragment header.

@@ -182,7 +182,11 @@ pub fn parse_into<P: PacketBytes + ?Sized>(p: &P, pkt: &mut Packet) -> Result<()
 
 /// Returns the L4 offset.
 #[inline(always)]
-fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+fn parse_ipv4<P: PacketBytes + ?Sized>(
+    p: &P,
+    off: usize,
+    pkt: &mut Packet,
+) -> Result<usize, ParseError> {
     let h = p.load::<20>(off).ok_or(ParseError::Truncated)?;
     if h[0] >> 4 != 4 {
         return Err(ParseError::BadHeader);
@@ -214,7 +218,11 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> R
 }
 
 #[inline(always)]
-fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+fn parse_ipv6<P: PacketBytes + ?Sized>(
+    p: &P,
+    off: usize,
+    pkt: &mut Packet,
+) -> Result<usize, ParseError> {
     let h = p.load::<8>(off).ok_or(ParseError::Truncated)?;
     if h[0] >> 4 != 6 {
         return Err(ParseError::BadHeader);
@@ -270,7 +278,11 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> R
 }
 
 #[inline(always)]
-fn parse_l4<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> Result<(), ParseError> {
+fn parse_l4<P: PacketBytes + ?Sized>(
+    p: &P,
+    off: usize,
+    pkt: &mut Packet,
+) -> Result<(), ParseError> {
     match pkt.proto {
         IPPROTO_TCP => {
             let h = p.load::<14>(off).ok_or(ParseError::Truncated)?;
@@ -290,7 +302,11 @@ fn parse_l4<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) -> Res
             let h = p.load::<8>(off).ok_or(ParseError::Truncated)?;
             pkt.icmp_type = h[0];
             let id = be16([h[4], h[5]]);
-            let (request, reply) = if pkt.proto == IPPROTO_ICMP { (8, 0) } else { (128, 129) };
+            let (request, reply) = if pkt.proto == IPPROTO_ICMP {
+                (8, 0)
+            } else {
+                (128, 129)
+            };
             if h[0] == request {
                 pkt.sport = id;
             } else if h[0] == reply {
@@ -319,7 +335,10 @@ mod tests {
     #[test]
     fn ipv4_tcp() {
         let p = ok(&ipv4(A, B, IPPROTO_TCP, &tcp(40000, 80, TCP_SYN)));
-        assert_eq!((p.family, p.proto, p.sport, p.dport, p.frag), (4, 6, 40000, 80, FRAG_NONE));
+        assert_eq!(
+            (p.family, p.proto, p.sport, p.dport, p.frag),
+            (4, 6, 40000, 80, FRAG_NONE)
+        );
         assert_eq!(p.tcp_flags, TCP_SYN);
         assert_eq!(p.saddr, crate::v4_mapped(A));
         assert_eq!(p.daddr, crate::v4_mapped(B));
@@ -341,8 +360,20 @@ mod tests {
         assert_eq!((req.sport, req.dport), (77, 0));
         assert_eq!((rep.sport, rep.dport), (0, 77));
         assert_eq!(req.policy_port(), 0, "ICMP is matched by protocol only");
-        let req6 = ok(&ipv6(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_echo(5, false)));
-        let rep6 = ok(&ipv6(v6(2), v6(1), IPPROTO_ICMPV6, &[], &icmp6_echo(5, true)));
+        let req6 = ok(&ipv6(
+            v6(1),
+            v6(2),
+            IPPROTO_ICMPV6,
+            &[],
+            &icmp6_echo(5, false),
+        ));
+        let rep6 = ok(&ipv6(
+            v6(2),
+            v6(1),
+            IPPROTO_ICMPV6,
+            &[],
+            &icmp6_echo(5, true),
+        ));
         assert_eq!((req6.sport, rep6.dport), (5, 5));
     }
 
@@ -387,7 +418,13 @@ mod tests {
                 assert!(r.is_err(), "len {n} parsed as {r:?}");
             }
         }
-        let f6 = ipv6(v6(1), v6(2), IPPROTO_HOPOPTS, &ext6(IPPROTO_UDP), &udp(1, 2, 0));
+        let f6 = ipv6(
+            v6(1),
+            v6(2),
+            IPPROTO_HOPOPTS,
+            &ext6(IPPROTO_UDP),
+            &udp(1, 2, 0),
+        );
         for n in 14..f6.len() {
             assert!(parse(&f6[..n]).is_err(), "v6 len {n}");
         }
@@ -403,12 +440,29 @@ mod tests {
 
     #[test]
     fn ipv4_fragments() {
-        let first = ok(&ipv4_fragment(A, B, IPPROTO_UDP, 99, 0, true, &udp(1000, 53, 16)));
-        assert_eq!((first.frag, first.frag_id, first.dport), (FRAG_FIRST, 99, 53));
+        let first = ok(&ipv4_fragment(
+            A,
+            B,
+            IPPROTO_UDP,
+            99,
+            0,
+            true,
+            &udp(1000, 53, 16),
+        ));
+        assert_eq!(
+            (first.frag, first.frag_id, first.dport),
+            (FRAG_FIRST, 99, 53)
+        );
         let later = ok(&ipv4_fragment(A, B, IPPROTO_UDP, 99, 3, false, &[0xab; 16]));
-        assert_eq!((later.frag, later.frag_id, later.sport, later.dport), (FRAG_LATER, 99, 0, 0));
+        assert_eq!(
+            (later.frag, later.frag_id, later.sport, later.dport),
+            (FRAG_LATER, 99, 0, 0)
+        );
         // A first fragment too short to hold the L4 header is refused.
-        assert_eq!(parse(&ipv4_fragment(A, B, IPPROTO_TCP, 1, 0, true, &[0; 8])[..]), Err(ParseError::Truncated));
+        assert_eq!(
+            parse(&ipv4_fragment(A, B, IPPROTO_TCP, 1, 0, true, &[0; 8])[..]),
+            Err(ParseError::Truncated)
+        );
     }
 
     #[test]
@@ -430,7 +484,13 @@ mod tests {
         let mut chain = ext6(IPPROTO_ROUTING);
         chain.extend(ext6(IPPROTO_DSTOPTS));
         chain.extend(ext6(IPPROTO_TCP));
-        let p = ok(&ipv6(v6(1), v6(2), IPPROTO_HOPOPTS, &chain, &tcp(5, 6, TCP_SYN)));
+        let p = ok(&ipv6(
+            v6(1),
+            v6(2),
+            IPPROTO_HOPOPTS,
+            &chain,
+            &tcp(5, 6, TCP_SYN),
+        ));
         assert_eq!((p.family, p.proto, p.sport, p.dport), (6, 6, 5, 6));
         // AH: length in 4-byte units minus 2.
         let mut ah = vec![IPPROTO_UDP, 4, 0, 0];
@@ -444,7 +504,10 @@ mod tests {
         }
         let n = long.len();
         long[n - 8] = IPPROTO_UDP;
-        assert_eq!(parse(&ipv6(v6(1), v6(2), IPPROTO_DSTOPTS, &long, &udp(1, 2, 0))[..]), Err(ParseError::TooManyHeaders));
+        assert_eq!(
+            parse(&ipv6(v6(1), v6(2), IPPROTO_DSTOPTS, &long, &udp(1, 2, 0))[..]),
+            Err(ParseError::TooManyHeaders)
+        );
         // No next header.
         let p = ok(&ipv6(v6(1), v6(2), IPPROTO_NONE, &[], &[]));
         assert_eq!((p.proto, p.sport, p.dport), (IPPROTO_NONE, 0, 0));
@@ -452,18 +515,43 @@ mod tests {
 
     #[test]
     fn ipv6_fragments() {
-        let first = ok(&ipv6(v6(1), v6(2), IPPROTO_FRAGMENT, &frag6(IPPROTO_UDP, 0, true, 0xdead), &udp(9, 53, 8)));
-        assert_eq!((first.frag, first.frag_id, first.dport), (FRAG_FIRST, 0xdead, 53));
-        let later = ok(&ipv6(v6(1), v6(2), IPPROTO_FRAGMENT, &frag6(IPPROTO_UDP, 2, false, 0xdead), &[1; 8]));
+        let first = ok(&ipv6(
+            v6(1),
+            v6(2),
+            IPPROTO_FRAGMENT,
+            &frag6(IPPROTO_UDP, 0, true, 0xdead),
+            &udp(9, 53, 8),
+        ));
+        assert_eq!(
+            (first.frag, first.frag_id, first.dport),
+            (FRAG_FIRST, 0xdead, 53)
+        );
+        let later = ok(&ipv6(
+            v6(1),
+            v6(2),
+            IPPROTO_FRAGMENT,
+            &frag6(IPPROTO_UDP, 2, false, 0xdead),
+            &[1; 8],
+        ));
         assert_eq!((later.frag, later.proto, later.dport), (FRAG_LATER, 17, 0));
     }
 
     #[test]
     fn neighbour_discovery_is_link_control() {
         for t in [133u8, 134, 135, 136, 137, 143] {
-            assert!(ok(&ipv6(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_raw(t))).is_link_control(), "type {t}");
+            assert!(
+                ok(&ipv6(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_raw(t))).is_link_control(),
+                "type {t}"
+            );
         }
-        assert!(!ok(&ipv6(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_echo(1, false))).is_link_control());
+        assert!(!ok(&ipv6(
+            v6(1),
+            v6(2),
+            IPPROTO_ICMPV6,
+            &[],
+            &icmp6_echo(1, false)
+        ))
+        .is_link_control());
     }
 
     proptest! {

@@ -15,7 +15,9 @@
 //! rule). This keeps the kernel to a fixed sequence of exact lookups and puts the set logic in
 //! userspace, where it is tested against the reference evaluator.
 
-use crate::{allow, identity, isolation, reason, rule, verdict, EndpointInfo, PolicyKey, PolicyValue};
+use crate::{
+    allow, identity, isolation, reason, rule, verdict, EndpointInfo, PolicyKey, PolicyValue,
+};
 
 /// Read access to the policy map.
 pub trait PolicyMap {
@@ -50,7 +52,9 @@ pub fn lookup<M: PolicyMap + ?Sized>(
                 let mut plen: u8 = 15;
                 while plen >= 1 {
                     if port_plens & (1 << plen) != 0 {
-                        if let Some(v) = map.get(&PolicyKey::new(subject, dir, p, proto, port, plen)) {
+                        if let Some(v) =
+                            map.get(&PolicyKey::new(subject, dir, p, proto, port, plen))
+                        {
                             return Some(v);
                         }
                     }
@@ -180,11 +184,19 @@ mod tests {
     fn map(entries: &[(u32, u8, u16, u8, PolicyValue)]) -> HashMap<PolicyKey, PolicyValue> {
         entries
             .iter()
-            .map(|&(peer, proto, port, plen, val)| (PolicyKey::new(SUBJ, INGRESS, peer, proto, port, plen), val))
+            .map(|&(peer, proto, port, plen, val)| {
+                (PolicyKey::new(SUBJ, INGRESS, peer, proto, port, plen), val)
+            })
             .collect()
     }
 
-    fn look(m: &HashMap<PolicyKey, PolicyValue>, peer: u32, proto: u8, port: u16, plens: u32) -> Option<u32> {
+    fn look(
+        m: &HashMap<PolicyKey, PolicyValue>,
+        peer: u32,
+        proto: u8,
+        port: u16,
+        plens: u32,
+    ) -> Option<u32> {
         lookup(m, SUBJ, INGRESS, peer, proto, port, plens).map(|v| v.rule_id)
     }
 
@@ -259,21 +271,40 @@ mod tests {
         ];
         for (iso, entry, want_v, want_r) in cases {
             let d = decide(iso, entry);
-            assert_eq!((d.verdict, d.rule_id), (want_v, want_r), "iso {iso} entry {entry:?}");
+            assert_eq!(
+                (d.verdict, d.rule_id),
+                (want_v, want_r),
+                "iso {iso} entry {entry:?}"
+            );
             assert_eq!(d.reason == reason::NONE, want_v == verdict::FORWARDED);
         }
     }
 
     #[test]
     fn host_is_exempt_unless_configured() {
-        let ep = EndpointInfo { identity: SUBJ, isolation: [isolation::ENFORCE, 0], ..Default::default() };
+        let ep = EndpointInfo {
+            identity: SUBJ,
+            isolation: [isolation::ENFORCE, 0],
+            ..Default::default()
+        };
         let m = map(&[]);
         let d = evaluate(&m, &ep, INGRESS, identity::HOST, IPPROTO_TCP, 80, true);
         assert_eq!((d.verdict, d.rule_id), (verdict::FORWARDED, rule::HOST));
         let d = evaluate(&m, &ep, INGRESS, identity::HOST, IPPROTO_TCP, 80, false);
         assert_eq!(d.verdict, verdict::DROPPED);
         // Egress is not isolated for this endpoint.
-        let d = evaluate(&m, &ep, crate::direction::EGRESS, PEER, IPPROTO_TCP, 80, false);
-        assert_eq!((d.verdict, d.rule_id), (verdict::FORWARDED, rule::DEFAULT_ALLOW));
+        let d = evaluate(
+            &m,
+            &ep,
+            crate::direction::EGRESS,
+            PEER,
+            IPPROTO_TCP,
+            80,
+            false,
+        );
+        assert_eq!(
+            (d.verdict, d.rule_id),
+            (verdict::FORWARDED, rule::DEFAULT_ALLOW)
+        );
     }
 }

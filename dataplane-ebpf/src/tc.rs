@@ -31,8 +31,8 @@ use dataplane_common::{
     ct_state, direction, event, identity,
     parse::{self, Packet, PacketBytes},
     policy::{self, Decision, PolicyMap},
-    reason, rule, sizes, stats, verdict, Config, CtEntry, CtKey, EndpointInfo, FlowEvent,
-    FragKey, FragPorts, IpcacheEntry, PolicyKey, PolicyValue,
+    reason, rule, sizes, stats, verdict, Config, CtEntry, CtKey, EndpointInfo, FlowEvent, FragKey,
+    FragPorts, IpcacheEntry, PolicyKey, PolicyValue,
 };
 
 /// Let the packet continue (TCX_NEXT: later programs on the hook still run).
@@ -207,7 +207,11 @@ fn spoofed(ep: &EndpointInfo, pkt: &Packet) -> bool {
 /// Policy for the original packet of a connection: `peer_addr` is the other side.
 #[inline(never)]
 fn evaluate(cfg: &Config, ep: &EndpointInfo, dir: u8, key: &CtKey, peer: u32) -> Decision {
-    let port = if parse::has_ports(key.proto) { key.dport } else { 0 };
+    let port = if parse::has_ports(key.proto) {
+        key.dport
+    } else {
+        0
+    };
     let host_exempt = cfg.flags & config_flags::POLICY_HOST == 0;
     policy::evaluate(&PolicyHash, ep, dir, peer, key.proto, port, host_exempt)
 }
@@ -242,7 +246,11 @@ fn new_flow(f: &Flow) -> i32 {
         deny_event(f, &e, reason::SPOOFED);
         return DROP;
     }
-    let peer_addr = if f.dir == direction::EGRESS { &f.key.daddr } else { &f.key.saddr };
+    let peer_addr = if f.dir == direction::EGRESS {
+        &f.key.daddr
+    } else {
+        &f.key.saddr
+    };
     let peer = peer_identity(peer_addr);
     let d = evaluate(&f.cfg, ep, f.dir, &f.key, peer);
     e.peer_identity = peer;
@@ -253,7 +261,11 @@ fn new_flow(f: &Flow) -> i32 {
         deny_event(f, &e, d.reason);
         return DROP;
     }
-    count(if d.verdict == verdict::AUDIT { stats::AUDIT } else { stats::FORWARDED });
+    count(if d.verdict == verdict::AUDIT {
+        stats::AUDIT
+    } else {
+        stats::FORWARDED
+    });
     // A first packet that is already a RST needs no entry.
     if f.pkt.tcp_flags & parse::TCP_RST == 0 {
         if CT.insert(&f.key, &e, 0).is_ok() {
@@ -283,7 +295,11 @@ fn established(f: &Flow, orig: &CtKey, e: *mut CtEntry, reply: bool) -> i32 {
             }
         };
         let dir = e.direction;
-        let peer_addr = if dir == direction::EGRESS { &orig.daddr } else { &orig.saddr };
+        let peer_addr = if dir == direction::EGRESS {
+            &orig.daddr
+        } else {
+            &orig.saddr
+        };
         let peer = peer_identity(peer_addr);
         let d = evaluate(&f.cfg, ep, dir, orig, peer);
         e.policy_revision = f.cfg.policy_revision;
@@ -299,7 +315,11 @@ fn established(f: &Flow, orig: &CtKey, e: *mut CtEntry, reply: bool) -> i32 {
             return DROP;
         }
     }
-    count(if e.verdict == verdict::AUDIT { stats::AUDIT } else { stats::FORWARDED });
+    count(if e.verdict == verdict::AUDIT {
+        stats::AUDIT
+    } else {
+        stats::FORWARDED
+    });
     if conntrack::account(e, reply, f.pkt.tcp_flags, f.bytes, f.now) == CtTransition::Ended {
         emit(event::END, reason::NONE, orig, e, f.pkt.family);
     }

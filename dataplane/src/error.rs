@@ -5,7 +5,9 @@ use std::path::PathBuf;
 /// A data-plane operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the eBPF object is empty: the agent was built with AYA_BUILD_SKIP; rebuild without it")]
+    #[error(
+        "the eBPF object is empty: the agent was built with AYA_BUILD_SKIP; rebuild without it"
+    )]
     NoObject,
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),

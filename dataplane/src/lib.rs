@@ -15,4 +15,5 @@ pub use events::EventReader;
 pub use loader::{Datapath, LoadOptions};
 
 /// The eBPF object built by build.rs, embedded in the binary.
-pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/septa"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/septa"));

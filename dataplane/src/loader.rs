@@ -157,7 +157,8 @@ impl Datapath {
 
     /// The global configuration.
     pub fn config(&self) -> Result<Config, Error> {
-        let a: Array<&MapData, Config> = Array::try_from(self.map(maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
+        let a: Array<&MapData, Config> =
+            Array::try_from(self.map(maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
         a.get(&0, 0).map_err(map_err(maps::CONFIG))
     }
 
@@ -183,7 +184,9 @@ impl Datapath {
 
     /// Insert or replace the endpoint behind interface `ifindex`.
     pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), Error> {
-        self.endpoints()?.insert(ifindex, info, 0).map_err(map_err(maps::ENDPOINTS))
+        self.endpoints()?
+            .insert(ifindex, info, 0)
+            .map_err(map_err(maps::ENDPOINTS))
     }
 
     /// Remove the endpoint behind `ifindex` (no error if absent).
@@ -214,7 +217,9 @@ impl Datapath {
 
     /// Insert or replace a policy entry.
     pub fn set_policy(&mut self, key: &PolicyKey, value: &PolicyValue) -> Result<(), Error> {
-        self.policy()?.insert(key, value, 0).map_err(map_err(maps::POLICY))
+        self.policy()?
+            .insert(key, value, 0)
+            .map_err(map_err(maps::POLICY))
     }
 
     /// Remove a policy entry (no error if absent).
@@ -245,10 +250,13 @@ impl Datapath {
 
     /// Take the events ring buffer (once: the reader owns it).
     pub fn take_events(&mut self) -> Result<EventReader, Error> {
-        let map = self.ebpf.take_map(maps::EVENTS).ok_or_else(|| Error::Missing {
-            kind: "map (already taken?)",
-            name: maps::EVENTS.into(),
-        })?;
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or_else(|| Error::Missing {
+                kind: "map (already taken?)",
+                name: maps::EVENTS.into(),
+            })?;
         Ok(EventReader::new(
             RingBuf::try_from(map).map_err(map_err(maps::EVENTS))?,
         ))
@@ -295,7 +303,11 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Res
     match r {
         Ok(()) => Ok(()),
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(map_err(name)(e)),
     }
 }

@@ -16,10 +16,25 @@ fn programs_pass_the_verifier() {
 fn maps_are_pinned_and_reused() {
     let mut first = ScratchDatapath::load("pins").unwrap();
     let dir = first.pin_dir().to_owned();
-    for name in [maps::CONFIG, maps::ENDPOINTS, maps::IPCACHE, maps::POLICY, maps::CONNTRACK, maps::EVENTS] {
-        assert!(dir.join(name).exists(), "{name} pinned under {}", dir.display());
+    for name in [
+        maps::CONFIG,
+        maps::ENDPOINTS,
+        maps::IPCACHE,
+        maps::POLICY,
+        maps::CONNTRACK,
+        maps::EVENTS,
+    ] {
+        assert!(
+            dir.join(name).exists(),
+            "{name} pinned under {}",
+            dir.display()
+        );
     }
-    let cfg = Config { policy_revision: 41, flags: 0, deny_event_interval_ns: 7 };
+    let cfg = Config {
+        policy_revision: 41,
+        flags: 0,
+        deny_event_interval_ns: 7,
+    };
     first.set_config(&cfg).unwrap();
     // A second load (an agent restart) sees the same maps.
     let second = dataplane::Datapath::load(&dataplane::LoadOptions {
