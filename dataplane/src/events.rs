@@ -78,3 +78,72 @@ impl AsyncEventReader {
         self.fd.get_mut()
     }
 }
+
+/// A one-line, human-readable rendering of an event (for logs and the demo).
+pub fn describe(e: &FlowEvent) -> String {
+    use dataplane_common::{event, reason, rule, verdict};
+    let kind = match e.kind {
+        event::NEW => "NEW",
+        event::DENY => "DENY",
+        event::END => "END",
+        _ => "?",
+    };
+    let v = match e.verdict {
+        verdict::FORWARDED => "forwarded",
+        verdict::DROPPED => "dropped",
+        verdict::AUDIT => "audit",
+        _ => "?",
+    };
+    let why = match e.reason {
+        reason::NONE => "",
+        reason::POLICY_DENIED => " reason=policy-denied",
+        reason::MALFORMED => " reason=malformed",
+        reason::FRAG_UNKNOWN => " reason=fragment-unknown",
+        reason::NO_ENDPOINT => " reason=no-endpoint",
+        reason::SPOOFED => " reason=spoofed-source",
+        reason::REVOKED => " reason=revoked",
+        reason::EXT_HDR_LIMIT => " reason=ext-header-limit",
+        _ => " reason=?",
+    };
+    let rule_name = match e.rule_id {
+        rule::DEFAULT_DENY => "default-deny".to_owned(),
+        rule::DEFAULT_ALLOW => "default-allow".to_owned(),
+        rule::HOST => "host".to_owned(),
+        rule::FAIL_MODE => "fail-mode".to_owned(),
+        rule::ANTI_SPOOF => "anti-spoof".to_owned(),
+        id => format!("#{id}"),
+    };
+    let dir = if e.direction == dataplane_common::direction::INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    };
+    let proto = match e.proto {
+        6 => "TCP".to_owned(),
+        17 => "UDP".to_owned(),
+        132 => "SCTP".to_owned(),
+        1 => "ICMP".to_owned(),
+        58 => "ICMPv6".to_owned(),
+        p => format!("proto-{p}"),
+    };
+    format!(
+        "{kind:<4} {v:<9} {proto} {}:{} -> {}:{} {dir} rule={rule_name}{why} pkts={}/{} bytes={}/{}",
+        addr(&e.saddr),
+        e.sport,
+        addr(&e.daddr),
+        e.dport,
+        e.packets_fwd,
+        e.packets_rev,
+        e.bytes_fwd,
+        e.bytes_rev
+    )
+}
+
+/// A 16-byte address as text (IPv4-mapped shown as IPv4).
+pub fn addr(a: &[u8; 16]) -> std::net::IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => v4.into(),
+        None => v6.into(),
+    }
+}

@@ -262,16 +262,18 @@ impl Datapath {
         ))
     }
 
-    /// Unpin every map of this data path (the kernel frees them once nothing else holds them).
-    /// For tests and `--remove-enforcement`; a normal restart keeps them.
+    /// Unpin every map of this data path (the kernel frees them once nothing else holds them)
+    /// and remove the pin directory, which is septa's own. For tests and
+    /// `--remove-enforcement`; a normal restart keeps them.
     pub fn unpin_all(&mut self) -> Result<(), Error> {
-        let names: Vec<String> = self.ebpf.maps().map(|(n, _)| n.to_owned()).collect();
-        for name in names {
-            // Maps that were never pinned (scratch) have no file; that is fine.
-            let _ = std::fs::remove_file(self.pin_dir.join(name));
+        let pin_err = |source| Error::PinDir {
+            path: self.pin_dir.clone(),
+            source,
+        };
+        for entry in std::fs::read_dir(&self.pin_dir).map_err(pin_err)? {
+            std::fs::remove_file(entry.map_err(pin_err)?.path()).map_err(pin_err)?;
         }
-        let _ = std::fs::remove_dir(&self.pin_dir);
-        Ok(())
+        std::fs::remove_dir(&self.pin_dir).map_err(pin_err)
     }
 }
 

@@ -46,4 +46,11 @@ fn maps_are_pinned_and_reused() {
     })
     .unwrap();
     assert_eq!(second.config().unwrap(), cfg);
+    drop(second);
+    let _events = first.take_events().unwrap();
+    first.unpin_all().unwrap();
+    assert!(
+        !dir.exists(),
+        "unpin_all removes the pin directory, taken maps included"
+    );
 }

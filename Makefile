@@ -1,0 +1,20 @@
+# The two commands a user needs are `make demo` and `make test`; both install what they need.
+.PHONY: setup demo test perf build
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build --release --workspace
+
+demo: setup
+	cargo build --release -q -p septa-tests --bin septa-demo
+	./target/release/septa-demo
+
+test: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -q -- -D warnings
+	cargo test --workspace --no-fail-fast
+
+perf: setup
+	cargo run --release -q -p perf --bin septa-perf -- --out perf/results
