@@ -12,9 +12,7 @@ demo: setup
 	./target/release/septa-demo
 
 test: setup
-	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -q -- -D warnings
-	cargo test --workspace --no-fail-fast
+	@bash scripts/test.sh
 
 perf: setup
 	cargo run --release -q -p perf --bin septa-perf -- --out perf/results
