@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -85,8 +85,16 @@ struct Flow {
 struct Skb<'a>(&'a TcContext);
 
 impl PacketBytes for Skb<'_> {
+    /// Direct packet access when the bytes are in the linear part of the skb (no helper
+    /// call); `bpf_skb_load_bytes` otherwise, so non-linear skbs parse the same.
     #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if offset < 0xffff && start + offset + N <= end {
+            // SAFETY: bounds checked against data_end just above (the verifier checks too).
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
+        }
         self.0.load::<[u8; N]>(offset).ok()
     }
     #[inline(always)]
@@ -170,17 +178,21 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     f.key = conntrack::key_of(&f.pkt, ifindex);
-    f.rkey = f.key.reversed();
     f.bytes = ctx.len() as u64;
+    // The fast path only refreshes `last_seen`, for which the coarse clock (one tick) is
+    // enough and far cheaper; new flows and their events read the precise clock.
     // SAFETY: helper without preconditions.
-    f.now = unsafe { bpf_ktime_get_ns() };
+    f.now = unsafe { bpf_ktime_get_coarse_ns() };
     f.dir = dir;
     if let Some(e) = CT.get_ptr_mut(&f.key) {
         return established(f, &f.key, e, false);
     }
+    f.rkey = f.key.reversed();
     if let Some(e) = CT.get_ptr_mut(&f.rkey) {
         return established(f, &f.rkey, e, true);
     }
+    // SAFETY: helper without preconditions.
+    f.now = unsafe { bpf_ktime_get_ns() };
     new_flow(f)
 }
 

@@ -9,7 +9,8 @@
 //!   each run must see a new 5-tuple, so it is measured over many distinct flows, one run each,
 //!   and the kernel-reported time averaged.
 //!
-//! Each figure is the median of `--rounds` rounds. Writes CSV, Markdown and a gnuplot plot.
+//! Each figure is the median of `--rounds` rounds, interleaved across sizes. Writes CSV,
+//! Markdown and a gnuplot plot.
 
 use std::{fmt::Write as _, path::PathBuf, process::Command};
 
@@ -114,76 +115,113 @@ fn setup(size: u32, new_flows: u32) -> Result<ScratchDatapath> {
     Ok(dp)
 }
 
-fn measure(args: &Args, size: u32) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    let mut dp = setup(size, args.new_flows * args.rounds as u32)?;
-    let mut events = dp.take_events()?;
-    let run = |pkt: &[u8], repeat: u32| -> Result<f64> {
-        let r = dp.test_run(TC_TO_POD, pkt, repeat)?;
-        Ok(r.per_run.as_nanos() as f64)
-    };
-    let arp = eth(0x0806, &[0; 28]);
-    let syn = ipv4(PEER4, POD, IPPROTO_TCP, &tcp(40000, 80, TCP_SYN));
-    let ack = ipv4(PEER4, POD, IPPROTO_TCP, &tcp(40000, 80, TCP_ACK));
-    let denied = ipv4(PEER4, POD, IPPROTO_TCP, &tcp(40000, 81, TCP_SYN));
-    anyhow::ensure!(
-        dp.test_run(TC_TO_POD, &syn, 1)?.action == -1,
-        "setup: SYN must pass"
-    );
-    anyhow::ensure!(
-        dp.test_run(TC_TO_POD, &denied, 1)?.action == 2,
-        "setup: port 81 must drop"
-    );
-    for (name, pkt) in [
-        ("floor", &arp),
-        ("established", &ack),
-        ("new-denied", &denied),
-    ] {
-        let v: Result<Vec<f64>> = (0..args.rounds).map(|_| run(pkt, args.repeat)).collect();
-        rows.push(Row {
+/// One loaded data path per map size.
+struct Bench {
+    size: u32,
+    dp: ScratchDatapath,
+    events: dataplane::EventReader,
+    next_flow: u32,
+}
+
+const SCENARIOS: [&str; 4] = ["floor", "established", "new-denied", "new-allowed"];
+
+impl Bench {
+    fn new(args: &Args, size: u32) -> Result<Self> {
+        let mut dp = setup(size, args.new_flows * args.rounds as u32)?;
+        let events = dp.take_events()?;
+        let b = Bench {
             size,
-            scenario: name,
-            ns: median(v?),
-        });
+            dp,
+            events,
+            next_flow: 0,
+        };
+        anyhow::ensure!(
+            b.dp.test_run(TC_TO_POD, &b.packet("syn"), 1)?.action == -1,
+            "setup: SYN must pass"
+        );
+        anyhow::ensure!(
+            b.dp.test_run(TC_TO_POD, &b.packet("new-denied"), 1)?.action == 2,
+            "setup: port 81 must drop"
+        );
+        Ok(b)
     }
-    let mut per_round = Vec::new();
-    let mut flow = 0u32;
-    for _ in 0..args.rounds {
+
+    fn packet(&self, scenario: &str) -> Vec<u8> {
+        match scenario {
+            "floor" => eth(0x0806, &[0; 28]),
+            "syn" => ipv4(PEER4, POD, IPPROTO_TCP, &tcp(40000, 80, TCP_SYN)),
+            "established" => ipv4(PEER4, POD, IPPROTO_TCP, &tcp(40000, 80, TCP_ACK)),
+            _ => ipv4(PEER4, POD, IPPROTO_TCP, &tcp(40000, 81, TCP_SYN)),
+        }
+    }
+
+    fn run(&self, pkt: &[u8], repeat: u32) -> Result<f64> {
+        Ok(self.dp.test_run(TC_TO_POD, pkt, repeat)?.per_run.as_nanos() as f64)
+    }
+
+    /// One round of one scenario: mean ns/packet.
+    fn round(&mut self, args: &Args, scenario: &str) -> Result<f64> {
+        if scenario != "new-allowed" {
+            return self.run(&self.packet(scenario), args.repeat);
+        }
         let mut total = 0f64;
         for _ in 0..args.new_flows {
             // A distinct tuple per run: sources in 10.1.0.0/16 (the peer's identity) × ports.
+            let flow = self.next_flow;
+            self.next_flow += 1;
             let (hi, lo) = ((flow / 60_000 / 256) as u8, (flow / 60_000 % 256) as u8);
             let sport = 1024 + (flow % 60_000) as u16;
-            let pkt = ipv4(
-                v4(10, 1, hi, lo),
-                POD,
-                IPPROTO_TCP,
-                &tcp(sport, 80, TCP_SYN),
-            );
-            total += run(&pkt, 1)?;
-            flow += 1;
+            total += self.run(
+                &ipv4(
+                    v4(10, 1, hi, lo),
+                    POD,
+                    IPPROTO_TCP,
+                    &tcp(sport, 80, TCP_SYN),
+                ),
+                1,
+            )?;
             if flow.is_multiple_of(8192) {
-                events.drain();
+                self.events.drain();
             }
         }
-        per_round.push(total / args.new_flows as f64);
+        Ok(total / args.new_flows as f64)
     }
-    rows.push(Row {
-        size,
-        scenario: "new-allowed",
-        ns: median(per_round),
-    });
+}
+
+/// Rounds are interleaved across sizes (round 1 of every size, then round 2, ...), so drift
+/// of the machine over the run does not masquerade as growth with size.
+fn measure(args: &Args) -> Result<Vec<Row>> {
+    let mut benches = Vec::new();
+    for &size in &args.sizes {
+        eprintln!("septa-perf: loading {size} policy + {size} ipcache entries ...");
+        benches.push(Bench::new(args, size).with_context(|| format!("size {size}"))?);
+    }
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); SCENARIOS.len()]; benches.len()];
+    for r in 0..args.rounds {
+        eprintln!("septa-perf: round {}/{}", r + 1, args.rounds);
+        for (si, scenario) in SCENARIOS.iter().enumerate() {
+            for (bi, b) in benches.iter_mut().enumerate() {
+                samples[bi][si].push(b.round(args, scenario)?);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (bi, b) in benches.iter().enumerate() {
+        for (si, scenario) in SCENARIOS.iter().enumerate() {
+            rows.push(Row {
+                size: b.size,
+                scenario,
+                ns: median(samples[bi][si].clone()),
+            });
+        }
+    }
     Ok(rows)
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
-    let mut rows = Vec::new();
-    for &size in &args.sizes {
-        eprintln!("septa-perf: {size} policy + {size} ipcache entries ...");
-        rows.extend(measure(&args, size).with_context(|| format!("size {size}"))?);
-    }
+    let rows = measure(&args)?;
     let mut csv = String::from("entries,scenario,ns_per_packet\n");
     for r in &rows {
         writeln!(csv, "{},{},{:.1}", r.size, r.scenario, r.ns)?;
@@ -203,7 +241,7 @@ fn get(rows: &[Row], size: u32, s: &str) -> f64 {
 }
 
 fn markdown(args: &Args, rows: &[Row]) -> String {
-    let scen = ["floor", "established", "new-denied", "new-allowed"];
+    let scen = SCENARIOS;
     let mut md = String::new();
     let _ = writeln!(md, "# TC decision cost (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(md, "Reproduce: `make perf` (= `cargo run --release -p perf --bin septa-perf -- --out perf/results`).");
@@ -245,7 +283,7 @@ fn kernel() -> String {
 
 fn plot(args: &Args, rows: &[Row]) -> Result<()> {
     // A wide table for gnuplot: entries (0 drawn at 1 on the log axis), one column a scenario.
-    let scen = ["floor", "established", "new-denied", "new-allowed"];
+    let scen = SCENARIOS;
     let mut dat = format!("entries {}\n", scen.join(" "));
     for &size in &args.sizes {
         let _ = write!(dat, "{}", size.max(1));
