@@ -54,3 +54,31 @@ fn maps_are_pinned_and_reused() {
         "unpin_all removes the pin directory, taken maps included"
     );
 }
+
+#[test]
+fn bad_interfaces_are_clear_errors() {
+    let mut dp = ScratchDatapath::load("badif").unwrap();
+    let err = dp.attach("septa-no-such-if").unwrap_err().to_string();
+    assert!(
+        err.contains("septa-no-such-if"),
+        "names the interface: {err}"
+    );
+    let err = dataplane::netns::ifindex("bad\0name")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NUL"), "{err}");
+    assert!(
+        dp.attached_interfaces().is_empty(),
+        "a failed attach leaves nothing behind"
+    );
+    dp.detach("septa-no-such-if")
+        .expect("detaching what is not attached is not an error");
+}
+
+#[test]
+fn missing_netns_is_a_clear_error() {
+    let err = dataplane::netns::in_netns(std::path::Path::new("/run/netns/septa-absent"), || ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/run/netns/septa-absent"), "{err}");
+}

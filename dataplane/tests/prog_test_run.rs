@@ -978,3 +978,30 @@ fn full_ring_buffer_counts_losses() {
         "every event is either delivered or counted as lost"
     );
 }
+
+/// The async reader wakes on ring-buffer readiness (tokio AsyncFd) and returns the events.
+#[test]
+fn async_event_reader_wakes_on_events() {
+    let w = world("async", OPEN, &[], 0, true);
+    let World { dp, events } = w;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut reader = events.into_async().unwrap();
+        let waiter = tokio::spawn(async move { reader.next_batch().await });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            dp.test_run(FROM, &tcp4(POD, PEER4, 80), 1).unwrap().action,
+            PASS
+        );
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("woken within the deadline")
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!((batch[0].kind, batch[0].dport), (event::NEW, 80));
+    });
+}

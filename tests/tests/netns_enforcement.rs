@@ -97,3 +97,21 @@ fn traffic_from_the_node_reaches_isolated_pods() {
         tcp_connect(&s.bed.node_path(), addr(s.server.ipv4, 8080)).expect("node reaches the pod");
     echo(&mut conn, b"probe").unwrap();
 }
+
+#[test]
+fn detach_removes_enforcement() {
+    let mut s = Scenario::new("det").expect("test bed");
+    let _server = Server::start(&s.server.netns_path(), &[8081], &[]).unwrap();
+    let client_ns = s.client.netns_path();
+    assert!(
+        tcp_connect(&client_ns, addr(s.server.ipv4, 8081)).is_err(),
+        "denied while attached"
+    );
+    let iface = s.server.host_if.clone();
+    dataplane::netns::in_netns(&s.bed.node_path(), || s.dp.detach(&iface))
+        .unwrap()
+        .unwrap();
+    assert!(!s.dp.attached_interfaces().contains(&iface));
+    let mut c = tcp_connect(&client_ns, addr(s.server.ipv4, 8081)).expect("no program, no policy");
+    echo(&mut c, b"open").unwrap();
+}
