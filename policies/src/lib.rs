@@ -1,1 +1,25 @@
-//! septa policy engine. Built out by the policy-engine issue; the data-path ABI it compiles to lives in `dataplane-common`.
+//! septa's policy engine: pure functions from Kubernetes objects to decisions and to the
+//! data-path map state. Used by the agent, the `septa` CLI and the controller.
+//!
+//! - [`load`] reads manifests (files, directories, multi-document YAML and JSON) into a
+//!   [`model::Cluster`], reporting bad objects with the file, object and field.
+//! - [`eval`] is the reference evaluator: (source, destination, protocol, port) → verdict and
+//!   the rules that decided it, straight from the policy text.
+//! - [`compile`] turns a cluster into the desired data-path state (identities, ipcache,
+//!   policy entries, per-endpoint isolation), deterministically, and diffs two states.
+//! - [`connlist`] lists every allowed connection between workloads and external ranges.
+//!
+//! The compiler is checked against the evaluator through the kernel's own lookup code
+//! (`dataplane_common::policy`), so the three agree by test, not by hope.
+
+pub mod compile;
+pub mod connlist;
+pub mod error;
+pub mod eval;
+pub mod load;
+pub mod model;
+pub mod ports;
+pub mod selector;
+
+pub use error::{Diagnostic, Diagnostics};
+pub use model::Cluster;

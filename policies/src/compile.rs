@@ -1,0 +1,708 @@
+//! Compiling a [`Cluster`] into the data path's desired map state, and diffing two states.
+//!
+//! # Identities
+//! An endpoint's *subject* identity is keyed by (namespace, labels, named ports): everything
+//! its own policies depend on. Each of its addresses gets a *peer* identity keyed by the same
+//! plus the set of ipBlocks that contain the address (usually none, and then the two are the
+//! same identity). Pods that policy cannot tell apart share an identity, so the number of
+//! policy entries grows with distinct identities, not with pods.
+//!
+//! Every ipBlock CIDR and `except` prefix goes into the ipcache. A prefix's identity stands for
+//! the addresses it covers minus its more specific prefixes (longest prefix wins), so it
+//! belongs to an ipBlock exactly when it lies inside the block's CIDR and inside none of its
+//! excepts. Prefixes in the same set of ipBlocks share one identity; prefixes in none get
+//! `world`.
+//!
+//! # Policy entries
+//! See `dataplane_common::policy` for the kernel's lookup order (first match wins). For each
+//! subject identity and direction, the rules that select it are turned into contributions
+//! (peer, protocol, port range, enforce/audit, rule id), and entries are emitted so that the
+//! first entry the kernel finds already holds the union of every rule that covers the packet.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use dataplane_common::{allow, identity, isolation, EndpointInfo, PolicyKey, PolicyValue};
+use ipnetwork::IpNetwork;
+
+use crate::{
+    eval::{Endpoint, RuleRef},
+    model::{Cluster, Direction, IpBlock, Peer, Pod, PortSel, Protocol},
+    ports::prefix_blocks,
+    selector::Labels,
+};
+
+/// What an identity stands for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IdentityKey {
+    Pod {
+        namespace: String,
+        labels: Labels,
+        named_ports: BTreeMap<String, (Protocol, u16)>,
+        /// ipBlocks containing the address (empty for subject identities).
+        blocks: BTreeSet<IpBlock>,
+    },
+    /// Addresses outside pods that are in exactly these ipBlocks (never empty).
+    Cidr { blocks: BTreeSet<IpBlock> },
+}
+
+impl IdentityKey {
+    fn subject_of(p: &Pod) -> Self {
+        IdentityKey::Pod {
+            namespace: p.namespace.clone(),
+            labels: p.labels.clone(),
+            named_ports: p.named_ports.clone(),
+            blocks: BTreeSet::new(),
+        }
+    }
+}
+
+/// Per-endpoint state in the data path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointState {
+    pub identity: u32,
+    /// `isolation` bits indexed by direction number.
+    pub isolation: [u8; 2],
+    /// Port prefix lengths in use, indexed by direction number.
+    pub port_plens: [u32; 2],
+}
+
+impl EndpointState {
+    /// The data-path value (addresses are the agent's to fill in).
+    pub fn to_info(&self) -> EndpointInfo {
+        EndpointInfo {
+            identity: self.identity,
+            ingress_port_plens: self.port_plens[0],
+            egress_port_plens: self.port_plens[1],
+            isolation: self.isolation,
+            ..Default::default()
+        }
+    }
+}
+
+/// The desired content of the data path's maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub identities: BTreeMap<IdentityKey, u32>,
+    /// By `namespace/pod`.
+    pub endpoints: BTreeMap<String, EndpointState>,
+    pub ipcache: BTreeMap<IpNetwork, u32>,
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// Rule id → the rule.
+    pub rules: BTreeMap<u32, RuleRef>,
+}
+
+/// Keeps identity and rule numbers stable across compilations, so a small change to the input
+/// is a small change to the maps. Numbers are never reused within a compiler's lifetime.
+#[derive(Clone, Debug)]
+pub struct Compiler {
+    identities: BTreeMap<IdentityKey, u32>,
+    next_identity: u32,
+    rules: BTreeMap<RuleRef, u32>,
+    next_rule: u32,
+}
+
+impl Default for Compiler {
+    fn default() -> Self {
+        Self {
+            identities: BTreeMap::new(),
+            next_identity: dataplane_common::IDENTITY_FIRST_DYNAMIC,
+            rules: BTreeMap::new(),
+            next_rule: 1,
+        }
+    }
+}
+
+/// The union of the rules that cover one (peer, protocol, port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Val {
+    flags: u32,
+    enforce_rule: u32,
+    audit_rule: u32,
+}
+
+impl Val {
+    const EMPTY: Val = Val {
+        flags: 0,
+        enforce_rule: u32::MAX,
+        audit_rule: u32::MAX,
+    };
+
+    fn add(mut self, flag: u32, rule: u32) -> Val {
+        self.flags |= flag;
+        if flag == allow::ENFORCE {
+            self.enforce_rule = self.enforce_rule.min(rule);
+        } else {
+            self.audit_rule = self.audit_rule.min(rule);
+        }
+        self
+    }
+
+    fn join(self, o: Val) -> Val {
+        Val {
+            flags: self.flags | o.flags,
+            enforce_rule: self.enforce_rule.min(o.enforce_rule),
+            audit_rule: self.audit_rule.min(o.audit_rule),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.flags == 0
+    }
+
+    fn value(&self) -> PolicyValue {
+        let rule_id = if self.enforce_rule != u32::MAX {
+            self.enforce_rule
+        } else {
+            self.audit_rule
+        };
+        PolicyValue {
+            rule_id,
+            flags: self.flags,
+        }
+    }
+}
+
+/// One rule's allowance for one peer: protocol 0 = every protocol (ports ignored).
+#[derive(Clone, Copy, Debug)]
+struct Contrib {
+    proto: u8,
+    lo: u16,
+    hi: u16,
+    flag: u32,
+    rule: u32,
+}
+
+impl Contrib {
+    fn covers(&self, lo: u32, hi: u32) -> bool {
+        self.lo as u32 <= lo && hi <= self.hi as u32
+    }
+    fn val(&self) -> Val {
+        Val::EMPTY.add(self.flag, self.rule)
+    }
+}
+
+impl Compiler {
+    /// Compile `c`. Deterministic: the same input and compiler history give the same state.
+    pub fn compile(&mut self, c: &Cluster) -> DesiredState {
+        let blocks: BTreeSet<IpBlock> = c
+            .policies
+            .iter()
+            .flat_map(|p| p.ingress.iter().chain(p.egress.iter()).flatten())
+            .flat_map(|r| r.peers.iter().flatten())
+            .filter_map(|p| match p {
+                Peer::Block(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect();
+
+        // Identity keys: subjects, per-address peers, CIDR sets.
+        let mut subjects: BTreeMap<IdentityKey, &Pod> = BTreeMap::new();
+        let mut addr_keys: Vec<(IpAddr, IdentityKey)> = Vec::new();
+        for p in c.endpoints() {
+            subjects.entry(IdentityKey::subject_of(p)).or_insert(p);
+            for &ip in &p.ips {
+                let IdentityKey::Pod {
+                    namespace,
+                    labels,
+                    named_ports,
+                    ..
+                } = IdentityKey::subject_of(p)
+                else {
+                    unreachable!()
+                };
+                let inside: BTreeSet<IpBlock> =
+                    blocks.iter().filter(|b| b.contains(ip)).cloned().collect();
+                addr_keys.push((
+                    ip,
+                    IdentityKey::Pod {
+                        namespace,
+                        labels,
+                        named_ports,
+                        blocks: inside,
+                    },
+                ));
+            }
+        }
+        let prefixes = cidr_prefixes(&blocks);
+        let mut prefix_keys: Vec<(IpNetwork, Option<IdentityKey>)> = Vec::new();
+        for net in &prefixes {
+            let inside: BTreeSet<IpBlock> = blocks
+                .iter()
+                .filter(|b| within(net, &b.cidr) && !b.except.iter().any(|e| within(net, e)))
+                .cloned()
+                .collect();
+            prefix_keys.push((
+                *net,
+                (!inside.is_empty()).then_some(IdentityKey::Cidr { blocks: inside }),
+            ));
+        }
+        let mut wanted: BTreeSet<IdentityKey> = subjects.keys().cloned().collect();
+        wanted.extend(addr_keys.iter().map(|(_, k)| k.clone()));
+        wanted.extend(prefix_keys.iter().filter_map(|(_, k)| k.clone()));
+        self.identities.retain(|k, _| wanted.contains(k));
+        for k in &wanted {
+            if !self.identities.contains_key(k) {
+                self.identities.insert(k.clone(), self.next_identity);
+                self.next_identity += 1;
+            }
+        }
+        let id = |k: &IdentityKey| self.identities[k];
+
+        // Rule ids.
+        let mut refs = BTreeSet::new();
+        for p in &c.policies {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                for index in 0..p.rules(dir).map_or(0, |r| r.len()) {
+                    refs.insert(RuleRef {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                        direction: dir,
+                        index,
+                    });
+                }
+            }
+        }
+        self.rules.retain(|r, _| refs.contains(r));
+        for r in &refs {
+            if !self.rules.contains_key(r) {
+                self.rules.insert(r.clone(), self.next_rule);
+                self.next_rule += 1;
+            }
+        }
+
+        let mut st = DesiredState {
+            identities: self.identities.clone(),
+            ..Default::default()
+        };
+        st.rules = self.rules.iter().map(|(r, i)| (*i, r.clone())).collect();
+        for (net, key) in &prefix_keys {
+            st.ipcache
+                .insert(*net, key.as_ref().map_or(identity::WORLD, id));
+        }
+        for (ip, key) in &addr_keys {
+            st.ipcache.insert(IpNetwork::from(*ip), id(key));
+        }
+
+        // Peer identities a selector can match: every Pod key and every CIDR key.
+        let peer_keys: Vec<(&IdentityKey, u32)> =
+            self.identities.iter().map(|(k, v)| (k, *v)).collect();
+        let mut subject_states: BTreeMap<u32, EndpointState> = BTreeMap::new();
+        for (skey, rep) in &subjects {
+            let sid = id(skey);
+            let mut es = EndpointState {
+                identity: sid,
+                ..Default::default()
+            };
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let d = dir.number() as usize;
+                let mut contribs: BTreeMap<u32, Vec<Contrib>> = BTreeMap::new();
+                for p in c.policies.iter().filter(|p| p.selects(rep)) {
+                    let Some(rules) = p.rules(dir) else { continue };
+                    let flag = if p.audit {
+                        allow::AUDIT
+                    } else {
+                        allow::ENFORCE
+                    };
+                    es.isolation[d] |= if p.audit {
+                        isolation::AUDIT
+                    } else {
+                        isolation::ENFORCE
+                    };
+                    for (index, rule) in rules.iter().enumerate() {
+                        let rid = self.rules[&RuleRef {
+                            namespace: p.namespace.clone(),
+                            name: p.name.clone(),
+                            direction: dir,
+                            index,
+                        }];
+                        let peers: Vec<(u32, Option<&IdentityKey>)> = match &rule.peers {
+                            None => vec![(identity::ANY, None)],
+                            Some(list) => {
+                                let mut v: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
+                                for pr in list {
+                                    for &(k, pid) in &peer_keys {
+                                        if key_matches(c, pr, &p.namespace, k) {
+                                            v.insert(pid, k);
+                                        }
+                                    }
+                                }
+                                v.into_iter().map(|(pid, k)| (pid, Some(k))).collect()
+                            }
+                        };
+                        // Egress to any peer on a named port means every pod whose port of
+                        // that name resolves: the wildcard peer cannot carry it.
+                        let named_any_egress = rule.peers.is_none() && dir == Direction::Egress;
+                        let pod_peers: Vec<(u32, Option<&IdentityKey>)> = if named_any_egress {
+                            peer_keys
+                                .iter()
+                                .filter(|(k, _)| matches!(k, IdentityKey::Pod { .. }))
+                                .map(|&(k, pid)| (pid, Some(k)))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        let Some(specs) = &rule.ports else {
+                            for (pid, _) in peers {
+                                contribs.entry(pid).or_default().push(Contrib {
+                                    proto: 0,
+                                    lo: 0,
+                                    hi: 65535,
+                                    flag,
+                                    rule: rid,
+                                });
+                            }
+                            continue;
+                        };
+                        for s in specs {
+                            let named = matches!(s.port, PortSel::Named(_));
+                            let targets = if named && named_any_egress {
+                                &pod_peers
+                            } else {
+                                &peers
+                            };
+                            for &(pid, pkey) in targets {
+                                // Named ports resolve against the destination: the subject for
+                                // ingress, the peer for egress.
+                                let dest_ports = match dir {
+                                    Direction::Ingress => Some(&rep.named_ports),
+                                    Direction::Egress => match pkey {
+                                        Some(IdentityKey::Pod { named_ports, .. }) => {
+                                            Some(named_ports)
+                                        }
+                                        _ => None,
+                                    },
+                                };
+                                let range = match &s.port {
+                                    PortSel::All => Some((0, 65535)),
+                                    PortSel::Range(a, b) => Some((*a, *b)),
+                                    PortSel::Named(n) => dest_ports
+                                        .and_then(|m| m.get(n))
+                                        .filter(|(pp, _)| *pp == s.protocol)
+                                        .map(|&(_, num)| (num, num)),
+                                };
+                                if let Some((lo, hi)) = range {
+                                    contribs.entry(pid).or_default().push(Contrib {
+                                        proto: s.protocol.number(),
+                                        lo,
+                                        hi,
+                                        flag,
+                                        rule: rid,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                if es.isolation[d] == 0 {
+                    continue; // Not isolated: the kernel never looks up entries.
+                }
+                let any = contribs.remove(&identity::ANY).unwrap_or_default();
+                let mut plens = 0u32;
+                emit(
+                    &mut st.policy,
+                    sid,
+                    dir.number(),
+                    identity::ANY,
+                    &any,
+                    &[],
+                    &mut plens,
+                );
+                for (pid, own) in &contribs {
+                    emit(
+                        &mut st.policy,
+                        sid,
+                        dir.number(),
+                        *pid,
+                        own,
+                        &any,
+                        &mut plens,
+                    );
+                }
+                es.port_plens[d] = plens;
+            }
+            subject_states.insert(sid, es);
+        }
+        for p in c.endpoints() {
+            st.endpoints
+                .insert(p.key(), subject_states[&id(&IdentityKey::subject_of(p))]);
+        }
+        st
+    }
+}
+
+/// Whether identity `k` is matched by peer `pr` of a policy in `policy_ns`.
+fn key_matches(c: &Cluster, pr: &Peer, policy_ns: &str, k: &IdentityKey) -> bool {
+    match (pr, k) {
+        (Peer::Block(b), IdentityKey::Pod { blocks, .. } | IdentityKey::Cidr { blocks }) => {
+            blocks.contains(b)
+        }
+        (
+            Peer::Pods { namespaces, pods },
+            IdentityKey::Pod {
+                namespace, labels, ..
+            },
+        ) => {
+            let ns_ok = match namespaces {
+                crate::model::NamespaceScope::Own => namespace == policy_ns,
+                crate::model::NamespaceScope::Selected(s) => {
+                    s.matches(&c.namespace_labels(namespace))
+                }
+            };
+            ns_ok && pods.matches(labels)
+        }
+        (Peer::Pods { .. }, IdentityKey::Cidr { .. }) => false,
+    }
+}
+
+/// Every prefix the ipcache needs for the ipBlocks: CIDRs and excepts. When an IPv6 prefix
+/// covers `::ffff:0:0/96` (where IPv4 lives, mapped, in the kernel's trie), IPv4's root
+/// 0.0.0.0/0 is added so IPv4 addresses never take an IPv6 block's identity.
+fn cidr_prefixes(blocks: &BTreeSet<IpBlock>) -> BTreeSet<IpNetwork> {
+    let mut out: BTreeSet<IpNetwork> = blocks
+        .iter()
+        .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied()))
+        .collect();
+    let mapped: IpNetwork = "::ffff:0:0/96".parse().expect("valid");
+    if out.iter().any(|n| n.is_ipv6() && within(&mapped, n)) {
+        out.insert("0.0.0.0/0".parse().expect("valid"));
+    }
+    out
+}
+
+/// Whether prefix `a` lies within prefix `b` (same family).
+pub fn within(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && a.prefix() >= b.prefix() && b.contains(a.network())
+}
+
+/// Emit the entries for one peer key of one subject and direction. `own` are the peer's own
+/// contributions; `any` the wildcard peer's, folded in because the kernel stops at the first
+/// match (empty when emitting the wildcard peer itself).
+fn emit(
+    out: &mut BTreeMap<PolicyKey, PolicyValue>,
+    subject: u32,
+    dir: u8,
+    peer: u32,
+    own: &[Contrib],
+    any: &[Contrib],
+    plens: &mut u32,
+) {
+    let all: Vec<Contrib> = own.iter().chain(any.iter()).copied().collect();
+    let anyproto = all
+        .iter()
+        .filter(|c| c.proto == 0)
+        .fold(Val::EMPTY, |v, c| v.join(c.val()));
+    let own_anyproto = own.iter().any(|c| c.proto == 0);
+    if own_anyproto {
+        out.insert(
+            PolicyKey::new(subject, dir, peer, 0, 0, 0),
+            anyproto.value(),
+        );
+    }
+    let mut protos: BTreeSet<u8> = own.iter().map(|c| c.proto).filter(|&p| p != 0).collect();
+    if own_anyproto {
+        // The peer's any-protocol entry stops the lookup before the wildcard peer's
+        // protocol entries, so those must be repeated here.
+        protos.extend(any.iter().map(|c| c.proto).filter(|&p| p != 0));
+    }
+    for proto in protos {
+        let cs: Vec<&Contrib> = all.iter().filter(|c| c.proto == proto).collect();
+        let base = cs
+            .iter()
+            .filter(|c| c.covers(0, 65535))
+            .fold(anyproto, |v, c| v.join(c.val()));
+        let mut bounds: BTreeSet<u32> = BTreeSet::from([0, 65536]);
+        for c in &cs {
+            bounds.insert(c.lo as u32);
+            bounds.insert(c.hi as u32 + 1);
+        }
+        let bounds: Vec<u32> = bounds.into_iter().collect();
+        // Elementary intervals, merged where the value is the same.
+        let mut runs: Vec<(u32, u32, Val)> = Vec::new();
+        for w in bounds.windows(2) {
+            let (lo, hi) = (w[0], w[1] - 1);
+            let v = cs
+                .iter()
+                .filter(|c| c.covers(lo, hi))
+                .fold(anyproto, |v, c| v.join(c.val()));
+            match runs.last_mut() {
+                Some(last) if last.2 == v && last.1 + 1 == lo => last.1 = hi,
+                _ => runs.push((lo, hi, v)),
+            }
+        }
+        if !base.is_empty() {
+            out.insert(
+                PolicyKey::new(subject, dir, peer, proto, 0, 0),
+                base.value(),
+            );
+        }
+        for (lo, hi, v) in runs {
+            if v == base || v.is_empty() {
+                continue;
+            }
+            for (start, plen) in prefix_blocks(lo as u16, hi as u16) {
+                if plen == 0 {
+                    continue; // The whole range: that is `base` above.
+                }
+                if plen < 16 {
+                    *plens |= 1 << plen;
+                }
+                out.insert(
+                    PolicyKey::new(subject, dir, peer, proto, start, plen),
+                    v.value(),
+                );
+            }
+        }
+    }
+}
+
+/// The changes that turn one map into another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapDiff<K, V> {
+    pub upsert: Vec<(K, V)>,
+    pub remove: Vec<K>,
+}
+
+impl<K, V> MapDiff<K, V> {
+    pub fn len(&self) -> usize {
+        self.upsert.len() + self.remove.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Diff two maps.
+pub fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> MapDiff<K, V> {
+    let upsert = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let remove = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    MapDiff { upsert, remove }
+}
+
+/// Everything that changes between two desired states. Apply in this order so that no
+/// moment exists with less enforcement than either state: policy upserts, then ipcache and
+/// endpoints, then removals, then bump the revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDiff {
+    pub policy: MapDiff<PolicyKey, PolicyValue>,
+    pub ipcache: MapDiff<IpNetwork, u32>,
+    pub endpoints: MapDiff<String, EndpointState>,
+}
+
+impl StateDiff {
+    pub fn between(old: &DesiredState, new: &DesiredState) -> Self {
+        Self {
+            policy: diff_map(&old.policy, &new.policy),
+            ipcache: diff_map(&old.ipcache, &new.ipcache),
+            endpoints: diff_map(&old.endpoints, &new.endpoints),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.policy.len() + self.ipcache.len() + self.endpoints.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The kernel's longest-prefix match over the ipcache, done the kernel's way (16-byte keys,
+/// IPv4 mapped), so tests see exactly what the kernel would.
+pub fn ipcache_lookup(ipcache: &BTreeMap<IpNetwork, u32>, ip: IpAddr) -> u32 {
+    let addr = u128::from_be_bytes(mapped(ip));
+    let mut best: Option<(u32, u32)> = None;
+    for (net, id) in ipcache {
+        let plen = if net.is_ipv4() {
+            96 + net.prefix() as u32
+        } else {
+            net.prefix() as u32
+        };
+        let key = u128::from_be_bytes(mapped(net.network()));
+        let mask = if plen == 0 {
+            0
+        } else {
+            u128::MAX << (128 - plen)
+        };
+        if addr & mask == key & mask && best.is_none_or(|(bp, _)| plen > bp) {
+            best = Some((plen, *id));
+        }
+    }
+    best.map_or(identity::WORLD, |(_, id)| id)
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => dataplane_common::v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The host-side model of the kernel's whole decision over a compiled state: the source's
+/// egress at its veth, the destination's ingress at its veth, each through
+/// `dataplane_common::policy::evaluate` (the code the eBPF program runs). Node traffic is not
+/// modelled here (the kernel exempts it before the lookup).
+pub fn kernel_verdict(
+    c: &Cluster,
+    st: &DesiredState,
+    src: Endpoint,
+    dst: Endpoint,
+    proto: Protocol,
+    port: u16,
+    v6: bool,
+) -> Option<u8> {
+    use dataplane_common::{policy, verdict};
+    let (sa, da) = (src.addr(v6)?, dst.addr(v6)?);
+    let mut verdicts = Vec::new();
+    let endpoint = |e: &Endpoint| match e {
+        Endpoint::Pod(p) if !p.host_network => st.endpoints.get(&p.key()).map(|s| s.to_info()),
+        _ => None,
+    };
+    let _ = c;
+    if let Some(ep) = endpoint(&src) {
+        verdicts.push(
+            policy::evaluate(
+                &st.policy,
+                &ep,
+                dataplane_common::direction::EGRESS,
+                ipcache_lookup(&st.ipcache, da),
+                proto.number(),
+                port,
+                false,
+            )
+            .verdict,
+        );
+    }
+    if let Some(ep) = endpoint(&dst) {
+        verdicts.push(
+            policy::evaluate(
+                &st.policy,
+                &ep,
+                dataplane_common::direction::INGRESS,
+                ipcache_lookup(&st.ipcache, sa),
+                proto.number(),
+                port,
+                false,
+            )
+            .verdict,
+        );
+    }
+    Some(if verdicts.contains(&verdict::DROPPED) {
+        verdict::DROPPED
+    } else if verdicts.contains(&verdict::AUDIT) {
+        verdict::AUDIT
+    } else {
+        verdict::FORWARDED
+    })
+}

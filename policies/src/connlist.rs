@@ -1,0 +1,1 @@
+//! Reachability: every allowed connection between workloads and external ranges.

@@ -1,0 +1,549 @@
+//! Reading Kubernetes manifests into a [`Cluster`].
+//!
+//! Files and directories (recursively: `.yaml`, `.yml`, `.json`), multi-document YAML, JSON,
+//! and `kind: List`. Kinds used: Namespace, Pod, Deployment, ReplicaSet, StatefulSet,
+//! DaemonSet, Job, CronJob (their pod templates stand for their pods), NetworkPolicy. Other
+//! Kubernetes kinds are ignored; documents that are not Kubernetes objects are errors.
+//!
+//! A bad object is reported with its file, object and field, and left out; the rest is still
+//! loaded, so callers can analyse what is safe and still exit non-zero.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
+        batch::v1::{CronJob, Job},
+        core::v1::{Namespace as K8sNamespace, Pod as K8sPod, PodSpec, PodTemplateSpec},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    error::Diagnostics,
+    model::{Cluster, Namespace, Pod, Policy, Protocol, WorkloadRef, NAMESPACE_NAME_LABEL},
+    selector::Labels,
+};
+
+/// Largest manifest file read (a guard against reading something that is not a manifest).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Load every manifest under `paths`. Returns the cluster (everything that loaded) and the
+/// problems found (empty when all is well).
+pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> (Cluster, Diagnostics) {
+    let mut b = Builder::default();
+    for p in paths {
+        let p = p.as_ref();
+        let mut files = Vec::new();
+        if let Err(e) = collect(p, &mut files) {
+            b.diags.push(&p.display().to_string(), "", "", e);
+            continue;
+        }
+        if files.is_empty() {
+            b.diags.push(
+                &p.display().to_string(),
+                "",
+                "",
+                "no .yaml, .yml or .json files here",
+            );
+        }
+        for f in files {
+            let name = f.display().to_string();
+            match std::fs::metadata(&f) {
+                Ok(m) if m.len() > MAX_FILE_BYTES => {
+                    b.diags.push(
+                        &name,
+                        "",
+                        "",
+                        format!(
+                            "file is {} bytes, more than the {MAX_FILE_BYTES}-byte limit",
+                            m.len()
+                        ),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    b.diags.push(&name, "", "", e.to_string());
+                    continue;
+                }
+                _ => {}
+            }
+            match std::fs::read_to_string(&f) {
+                Ok(text) => b.add_text(&name, &text),
+                Err(e) => b.diags.push(&name, "", "", format!("cannot read: {e}")),
+            }
+        }
+    }
+    b.finish()
+}
+
+/// Load manifests from a string (one "file" named `name`).
+pub fn load_str(name: &str, text: &str) -> (Cluster, Diagnostics) {
+    let mut b = Builder::default();
+    b.add_text(name, text);
+    b.finish()
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let meta = std::fs::metadata(p).map_err(|e| format!("cannot open: {e}"))?;
+    if meta.is_file() {
+        out.push(p.to_owned());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+        .map_err(|e| format!("cannot list: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for e in entries {
+        if e.is_dir() {
+            collect(&e, out)?;
+        } else if matches!(
+            e.extension().and_then(|x| x.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(e);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Builder {
+    cluster: Cluster,
+    diags: Diagnostics,
+    /// (kind, namespace, name) → where first seen, to report duplicates.
+    seen: BTreeMap<(String, String, String), String>,
+    /// Deployments seen, so a ReplicaSet they own is not counted twice.
+    deployments: BTreeSet<(String, String)>,
+    /// CronJobs seen (namespace, name).
+    owned_replicasets: Vec<(String, String, Pod)>,
+    jobs_by_cronjob: BTreeMap<(String, String), String>,
+}
+
+impl Builder {
+    fn add_text(&mut self, file: &str, text: &str) {
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let at = format!("{file}#{}", i + 1);
+            let value: serde_yaml::Value = match serde::Deserialize::deserialize(doc) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.diags.push(
+                        file,
+                        &format!("document {}", i + 1),
+                        "",
+                        format!("not valid YAML/JSON: {e}"),
+                    );
+                    // The YAML stream cannot be resynchronised after a syntax error.
+                    return;
+                }
+            };
+            if value.is_null() {
+                continue;
+            }
+            let json = match serde_json::to_value(&value) {
+                Ok(j) => j,
+                Err(e) => {
+                    self.diags
+                        .push(&at, "", "", format!("cannot convert to JSON: {e}"));
+                    continue;
+                }
+            };
+            self.add_value(&at, json);
+        }
+    }
+
+    fn add_value(&mut self, at: &str, v: serde_json::Value) {
+        let kind = v
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let api = v
+            .get("apiVersion")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if kind.is_empty() || api.is_empty() {
+            self.diags.push(
+                at,
+                "",
+                "",
+                "not a Kubernetes object (no apiVersion and kind)",
+            );
+            return;
+        }
+        let ns = v
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .to_owned();
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let object = if kind == "Namespace" {
+            format!("Namespace {name}")
+        } else {
+            format!("{kind} {ns}/{name}")
+        };
+        if kind == "List" {
+            for item in v
+                .get("items")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default()
+            {
+                self.add_value(at, item);
+            }
+            return;
+        }
+        let known = [
+            "Namespace",
+            "Pod",
+            "Deployment",
+            "ReplicaSet",
+            "StatefulSet",
+            "DaemonSet",
+            "Job",
+            "CronJob",
+            "NetworkPolicy",
+        ];
+        if !known.contains(&kind.as_str()) {
+            return; // Another Kubernetes kind: not ours to analyse.
+        }
+        if name.is_empty() {
+            self.diags.push(at, &object, "metadata.name", "missing");
+            return;
+        }
+        let key = (
+            kind.clone(),
+            if kind == "Namespace" {
+                String::new()
+            } else {
+                ns.clone()
+            },
+            name.clone(),
+        );
+        if let Some(first) = self.seen.get(&key) {
+            self.diags.push(
+                at,
+                &object,
+                "",
+                format!("duplicate object (first defined at {first}); this one is ignored"),
+            );
+            return;
+        }
+        self.seen.insert(key, at.to_owned());
+        let r = match kind.as_str() {
+            "Namespace" => typed::<K8sNamespace>(v).map(|n| self.namespace(&n.metadata)),
+            "NetworkPolicy" => typed::<NetworkPolicy>(v).and_then(|np| {
+                let p = Policy::from_k8s(&np, &ns).map_err(|e| (e.field, e.message))?;
+                self.cluster.policies.push(p);
+                Ok(())
+            }),
+            "Pod" => typed::<K8sPod>(v).and_then(|p| self.pod(&p, &ns)),
+            "Deployment" => typed::<Deployment>(v).and_then(|d| {
+                self.deployments.insert((ns.clone(), name.clone()));
+                self.template(
+                    &ns,
+                    &name,
+                    "Deployment",
+                    d.spec.as_ref().map(|s| &s.template),
+                    "spec.template",
+                )
+            }),
+            "StatefulSet" => typed::<StatefulSet>(v).and_then(|d| {
+                self.template(
+                    &ns,
+                    &name,
+                    "StatefulSet",
+                    d.spec.as_ref().map(|s| &s.template),
+                    "spec.template",
+                )
+            }),
+            "DaemonSet" => typed::<DaemonSet>(v).and_then(|d| {
+                self.template(
+                    &ns,
+                    &name,
+                    "DaemonSet",
+                    d.spec.as_ref().map(|s| &s.template),
+                    "spec.template",
+                )
+            }),
+            "ReplicaSet" => typed::<ReplicaSet>(v).and_then(|rs| self.replicaset(&rs, &ns, &name)),
+            "Job" => typed::<Job>(v).and_then(|j| {
+                if let Some(owner) = cronjob_owner(&j.metadata) {
+                    self.jobs_by_cronjob
+                        .insert((ns.clone(), name.clone()), owner);
+                }
+                self.template(
+                    &ns,
+                    &name,
+                    "Job",
+                    j.spec.as_ref().map(|s| &s.template),
+                    "spec.template",
+                )
+            }),
+            "CronJob" => typed::<CronJob>(v).and_then(|c| {
+                let t = c
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.job_template.spec.as_ref())
+                    .map(|s| &s.template);
+                self.template(&ns, &name, "CronJob", t, "spec.jobTemplate.spec.template")
+            }),
+            _ => Ok(()),
+        };
+        if let Err((field, message)) = r {
+            self.diags.push(at, &object, &field, message);
+        }
+    }
+
+    fn namespace(&mut self, meta: &ObjectMeta) {
+        let name = meta.name.clone().unwrap_or_default();
+        let mut labels: Labels = meta.labels.clone().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+        self.cluster
+            .namespaces
+            .insert(name.clone(), Namespace { name, labels });
+    }
+
+    fn pod(&mut self, p: &K8sPod, ns: &str) -> Result<(), (String, String)> {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        let workload = owner_of(&p.metadata, ns, &name, &labels);
+        let spec = p
+            .spec
+            .as_ref()
+            .ok_or(("spec".to_owned(), "missing".to_owned()))?;
+        let mut ips = Vec::new();
+        if let Some(st) = &p.status {
+            let listed = st.pod_ips.iter().flatten().map(|i| i.ip.clone());
+            for (i, s) in st.pod_ip.clone().into_iter().chain(listed).enumerate() {
+                let ip: IpAddr = s
+                    .parse()
+                    .map_err(|_| (format!("status.podIPs[{i}]"), format!("invalid IP {s:?}")))?;
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+        }
+        let mut pod = pod_from_spec(ns, &name, workload, labels, spec, "spec")?;
+        pod.ips = ips;
+        self.cluster.pods.push(pod);
+        Ok(())
+    }
+
+    fn template(
+        &mut self,
+        ns: &str,
+        name: &str,
+        kind: &str,
+        t: Option<&PodTemplateSpec>,
+        field: &str,
+    ) -> Result<(), (String, String)> {
+        let t = t.ok_or((field.to_owned(), "missing".to_owned()))?;
+        let labels = t
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let spec = t
+            .spec
+            .as_ref()
+            .ok_or((format!("{field}.spec"), "missing".to_owned()))?;
+        let w = WorkloadRef {
+            namespace: ns.into(),
+            name: name.into(),
+            kind: kind.into(),
+        };
+        let pod = pod_from_spec(ns, name, w, labels, spec, &format!("{field}.spec"))?;
+        self.cluster.pods.push(pod);
+        Ok(())
+    }
+
+    fn replicaset(
+        &mut self,
+        rs: &ReplicaSet,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), (String, String)> {
+        let owner = rs
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "Deployment")
+            .map(|o| o.name.clone());
+        let t = rs.spec.as_ref().and_then(|s| s.template.as_ref());
+        match owner {
+            Some(dep) => {
+                // Reported as its Deployment; dropped in finish() if the Deployment is present.
+                let before = self.cluster.pods.len();
+                self.template(ns, &dep, "Deployment", t, "spec.template")?;
+                let pod = self.cluster.pods.remove(before);
+                self.owned_replicasets.push((ns.to_owned(), dep, pod));
+                Ok(())
+            }
+            None => self.template(ns, name, "ReplicaSet", t, "spec.template"),
+        }
+    }
+
+    fn finish(mut self) -> (Cluster, Diagnostics) {
+        for (ns, dep, pod) in std::mem::take(&mut self.owned_replicasets) {
+            if !self.deployments.contains(&(ns, dep)) {
+                self.cluster.pods.push(pod);
+            }
+        }
+        // Pods owned by Jobs of a CronJob are reported as the CronJob.
+        for p in &mut self.cluster.pods {
+            if p.workload.kind == "Job" {
+                if let Some(cj) = self
+                    .jobs_by_cronjob
+                    .get(&(p.namespace.clone(), p.workload.name.clone()))
+                {
+                    p.workload = WorkloadRef {
+                        namespace: p.namespace.clone(),
+                        name: cj.clone(),
+                        kind: "CronJob".into(),
+                    };
+                }
+            }
+        }
+        // Real pods stand for their workload; its template is then only a duplicate.
+        let real: BTreeSet<WorkloadRef> = self
+            .cluster
+            .pods
+            .iter()
+            .filter(|p| p.name != p.workload.name || p.workload.kind == "Pod")
+            .map(|p| p.workload.clone())
+            .collect();
+        self.cluster.pods.retain(|p| {
+            !(p.name == p.workload.name && p.workload.kind != "Pod" && real.contains(&p.workload))
+        });
+        // Namespaces used but never declared exist with their name label.
+        let used: BTreeSet<String> = self
+            .cluster
+            .pods
+            .iter()
+            .map(|p| p.namespace.clone())
+            .chain(self.cluster.policies.iter().map(|p| p.namespace.clone()))
+            .collect();
+        for ns in used {
+            self.cluster
+                .namespaces
+                .entry(ns.clone())
+                .or_insert_with(|| Namespace {
+                    name: ns.clone(),
+                    labels: Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), ns)]),
+                });
+        }
+        self.cluster
+            .pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.cluster
+            .policies
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        (self.cluster, self.diags)
+    }
+}
+
+fn typed<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        (
+            if path == "." { String::new() } else { path },
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+fn cronjob_owner(meta: &ObjectMeta) -> Option<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "CronJob")
+        .map(|o| o.name.clone())
+}
+
+/// The workload a real pod belongs to, from its owner references.
+fn owner_of(meta: &ObjectMeta, ns: &str, name: &str, labels: &Labels) -> WorkloadRef {
+    let mk = |n: &str, k: &str| WorkloadRef {
+        namespace: ns.into(),
+        name: n.into(),
+        kind: k.into(),
+    };
+    let Some(o) = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| meta.owner_references.iter().flatten().next())
+    else {
+        return mk(name, "Pod");
+    };
+    match o.kind.as_str() {
+        // ReplicaSets made by a Deployment are named <deployment>-<pod-template-hash>.
+        "ReplicaSet" => match labels
+            .get("pod-template-hash")
+            .and_then(|h| o.name.strip_suffix(&format!("-{h}")))
+        {
+            Some(dep) => mk(dep, "Deployment"),
+            None => mk(&o.name, "ReplicaSet"),
+        },
+        k => mk(&o.name, k),
+    }
+}
+
+fn pod_from_spec(
+    ns: &str,
+    name: &str,
+    workload: WorkloadRef,
+    labels: Labels,
+    spec: &PodSpec,
+    field: &str,
+) -> Result<Pod, (String, String)> {
+    let mut named_ports = BTreeMap::new();
+    let containers = spec.containers.iter().map(|c| ("containers", c)).chain(
+        spec.init_containers
+            .iter()
+            .flatten()
+            .map(|c| ("initContainers", c)),
+    );
+    for (ci, (list, c)) in containers.enumerate() {
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            let f = format!("{field}.{list}[{ci}].ports[{pi}]");
+            let Some(pname) = &p.name else { continue };
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            let proto = Protocol::parse(proto).ok_or((
+                format!("{f}.protocol"),
+                format!("unknown protocol {proto:?}"),
+            ))?;
+            if !(1..=65535).contains(&p.container_port) {
+                return Err((
+                    format!("{f}.containerPort"),
+                    format!("port {} is outside 1-65535", p.container_port),
+                ));
+            }
+            named_ports.insert(pname.clone(), (proto, p.container_port as u16));
+        }
+    }
+    Ok(Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        workload,
+        labels,
+        named_ports,
+        ips: Vec::new(),
+        host_network: spec.host_network.unwrap_or(false),
+    })
+}

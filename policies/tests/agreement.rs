@@ -1,0 +1,307 @@
+//! The compiled map state, queried the way the kernel queries it, agrees with the reference
+//! evaluator on random clusters, policies and connections.
+
+use std::{collections::BTreeMap, collections::BTreeSet, net::IpAddr};
+
+use policies::{
+    compile::{kernel_verdict, Compiler},
+    eval::{evaluate, Endpoint},
+    model::*,
+    selector::{Requirement, Selector},
+};
+use proptest::prelude::*;
+
+fn sel_strategy() -> impl Strategy<Value = Selector> {
+    let req = prop_oneof![
+        (
+            prop::sample::select(vec!["app", "tier"]),
+            prop::sample::select(vec!["web", "api", "db", "fe", "be"])
+        )
+            .prop_map(|(k, v)| Requirement::In(k.into(), BTreeSet::from([v.to_string()]))),
+        (
+            prop::sample::select(vec!["app", "tier"]),
+            prop::sample::select(vec!["web", "db", "be"])
+        )
+            .prop_map(|(k, v)| Requirement::NotIn(k.into(), BTreeSet::from([v.to_string()]))),
+        prop::sample::select(vec!["app", "tier"]).prop_map(|k| Requirement::Exists(k.into())),
+        prop::sample::select(vec!["app", "tier"]).prop_map(|k| Requirement::DoesNotExist(k.into())),
+    ];
+    prop::collection::vec(req, 0..=2).prop_map(Selector)
+}
+
+fn ns_sel_strategy() -> impl Strategy<Value = Selector> {
+    let req = prop_oneof![
+        prop::sample::select(vec!["x", "y", "z"]).prop_map(|n| Requirement::In(
+            NAMESPACE_NAME_LABEL.into(),
+            BTreeSet::from([n.to_string()])
+        )),
+        prop::sample::select(vec!["a", "b"])
+            .prop_map(|v| Requirement::In("team".into(), BTreeSet::from([v.to_string()]))),
+        Just(Requirement::Exists("team".into())),
+    ];
+    prop::collection::vec(req, 0..=1).prop_map(Selector)
+}
+
+fn block_strategy() -> impl Strategy<Value = IpBlock> {
+    prop::sample::select(vec![
+        ("10.0.0.0/16", vec!["10.0.1.0/24"]),
+        ("10.0.0.0/8", vec![]),
+        ("10.0.2.5/32", vec![]),
+        ("0.0.0.0/0", vec!["10.0.0.0/8"]),
+        ("192.0.2.0/24", vec!["192.0.2.128/25"]),
+        ("fd00::/64", vec!["fd00::3/128"]),
+        ("::/0", vec![]),
+    ])
+    .prop_map(|(c, e)| IpBlock {
+        cidr: c.parse().unwrap(),
+        except: e.iter().map(|s| s.parse().unwrap()).collect(),
+    })
+}
+
+fn peer_strategy() -> impl Strategy<Value = Peer> {
+    prop_oneof![
+        3 => (prop::option::of(ns_sel_strategy()), sel_strategy()).prop_map(|(ns, pods)| Peer::Pods {
+            namespaces: ns.map_or(NamespaceScope::Own, NamespaceScope::Selected),
+            pods
+        }),
+        2 => block_strategy().prop_map(Peer::Block),
+    ]
+}
+
+fn port_strategy() -> impl Strategy<Value = PortSpec> {
+    let proto = prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]);
+    let sel = prop_oneof![
+        Just(PortSel::All),
+        prop::sample::select(vec![
+            (80, 80),
+            (81, 81),
+            (53, 53),
+            (80, 90),
+            (1, 1024),
+            (8000, 8191),
+            (8080, 8080)
+        ])
+        .prop_map(|(a, b)| PortSel::Range(a, b)),
+        prop::sample::select(vec!["http", "dns", "alt", "nope"])
+            .prop_map(|n| PortSel::Named(n.into())),
+    ];
+    (proto, sel).prop_map(|(protocol, port)| PortSpec { protocol, port })
+}
+
+fn rules_strategy() -> impl Strategy<Value = Option<Vec<Rule>>> {
+    let rule = (
+        prop::option::of(prop::collection::vec(peer_strategy(), 1..=2)),
+        prop::option::of(prop::collection::vec(port_strategy(), 1..=2)),
+    )
+        .prop_map(|(peers, ports)| Rule { peers, ports });
+    // Mostly present (the direction isolates), sometimes empty (deny all), sometimes absent.
+    prop_oneof![1 => Just(None), 4 => prop::collection::vec(rule, 0..=3).prop_map(Some)]
+}
+
+fn policy_strategy() -> impl Strategy<Value = Policy> {
+    (
+        prop::sample::select(vec!["x", "y", "z"]),
+        sel_strategy(),
+        prop::bool::weighted(0.4),
+        rules_strategy(),
+        rules_strategy(),
+        0u32..1000,
+    )
+        .prop_map(|(ns, pod_selector, audit, ingress, egress, n)| Policy {
+            namespace: ns.into(),
+            name: format!("p{n}"),
+            audit,
+            pod_selector,
+            ingress,
+            egress,
+        })
+}
+
+fn labels_strategy() -> impl Strategy<Value = Labels> {
+    (
+        prop::option::of(prop::sample::select(vec!["web", "api", "db"])),
+        prop::option::of(prop::sample::select(vec!["fe", "be"])),
+    )
+        .prop_map(|(a, t)| {
+            let mut l = Labels::new();
+            if let Some(a) = a {
+                l.insert("app".into(), a.into());
+            }
+            if let Some(t) = t {
+                l.insert("tier".into(), t.into());
+            }
+            l
+        })
+}
+
+fn cluster_strategy() -> impl Strategy<Value = Cluster> {
+    let pod = (
+        prop::sample::select(vec!["x", "y", "z"]),
+        labels_strategy(),
+        prop::sample::subsequence(vec!["http", "dns", "alt"], 0..=3),
+        prop::bool::ANY,
+    );
+    let nsl = prop::collection::vec(prop::option::of(prop::sample::select(vec!["a", "b"])), 3);
+    (
+        prop::collection::vec(pod, 1..=6),
+        prop::collection::vec(policy_strategy(), 1..=5),
+        nsl,
+    )
+        .prop_map(|(pods, mut policies, ns_teams)| {
+            let mut c = Cluster::default();
+            for (i, n) in ["x", "y", "z"].iter().enumerate() {
+                let mut labels = Labels::from([(NAMESPACE_NAME_LABEL.to_string(), n.to_string())]);
+                if let Some(t) = ns_teams[i] {
+                    labels.insert("team".into(), t.into());
+                }
+                c.namespaces.insert(
+                    n.to_string(),
+                    Namespace {
+                        name: n.to_string(),
+                        labels,
+                    },
+                );
+            }
+            for (i, (ns, labels, ports, alt81)) in pods.into_iter().enumerate() {
+                let mut named = BTreeMap::new();
+                for p in ports {
+                    named.insert(
+                        p.to_string(),
+                        match p {
+                            "http" => (Protocol::Tcp, 80),
+                            "dns" => (Protocol::Udp, 53),
+                            _ => (Protocol::Tcp, if alt81 { 81 } else { 8080 }),
+                        },
+                    );
+                }
+                let ips: Vec<IpAddr> = vec![
+                    format!("10.0.{}.{}", i % 3, i + 2).parse().unwrap(),
+                    format!("fd00::{}", i + 2).parse().unwrap(),
+                ];
+                c.pods.push(Pod {
+                    namespace: ns.into(),
+                    name: format!("pod{i}"),
+                    workload: WorkloadRef {
+                        namespace: ns.into(),
+                        name: format!("pod{i}"),
+                        kind: "Pod".into(),
+                    },
+                    labels,
+                    named_ports: named,
+                    ips,
+                    host_network: false,
+                });
+            }
+            for (i, p) in policies.iter_mut().enumerate() {
+                p.name = format!("p{i}");
+            }
+            c.policies = policies;
+            c
+        })
+}
+
+const EXTERNAL: [&str; 7] = [
+    "192.0.2.7",
+    "192.0.2.200",
+    "203.0.113.9",
+    "10.0.1.99",
+    "10.5.0.1",
+    "fd00::99",
+    "2001:db8::1",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1500), ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_entries_agree_with_the_evaluator(
+        c in cluster_strategy(),
+        conns in prop::collection::vec((0usize..13, 0usize..13, prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]), prop::sample::select(vec![53u16, 80, 81, 85, 443, 8080, 8191, 1024]), any::<bool>()), 60),
+    ) {
+        let st = Compiler::default().compile(&c);
+        let ext: Vec<IpAddr> = EXTERNAL.iter().map(|s| s.parse().unwrap()).collect();
+        let ep = |i: usize| if i < c.pods.len() { Endpoint::Pod(&c.pods[i]) } else { Endpoint::External(ext[(i - c.pods.len()) % ext.len()]) };
+        for (s, d, proto, port, v6) in conns {
+            let (src, dst) = (ep(s), ep(d));
+            let Some(kernel) = kernel_verdict(&c, &st, src, dst, proto, port, v6) else { continue };
+            let want = evaluate(&c, src, dst, proto, port, v6);
+            prop_assert_eq!(kernel, want.verdict, "{:?} -> {:?} {} {} v6={}\neval: {:?}\npolicies: {:#?}", src, dst, proto, port, v6, want, c.policies);
+        }
+    }
+
+    #[test]
+    fn compilation_is_deterministic(c in cluster_strategy()) {
+        prop_assert_eq!(Compiler::default().compile(&c), Compiler::default().compile(&c));
+    }
+}
+
+/// An enforcing any-peer rule must still be seen through a specific peer's audit-only
+/// all-protocols entry (the kernel stops at the peer's entry).
+#[test]
+fn wildcard_enforce_is_folded_into_peer_entries() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: x, labels: {app: web}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: api}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: audit-all-from-api, namespace: x, annotations: {septa.dev/mode: audit}}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: api}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: enforce-80-from-anyone, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: 80}]}]
+"#;
+    let (c, d) = policies::load::load_str("inline", yaml);
+    assert!(d.is_empty(), "{d}");
+    let st = Compiler::default().compile(&c);
+    let (client, server) = (&c.pods[0], &c.pods[1]);
+    assert_eq!(client.name, "client");
+    for port in [80u16, 81] {
+        let want = evaluate(
+            &c,
+            Endpoint::Pod(client),
+            Endpoint::Pod(server),
+            Protocol::Tcp,
+            port,
+            false,
+        )
+        .verdict;
+        let got = kernel_verdict(
+            &c,
+            &st,
+            Endpoint::Pod(client),
+            Endpoint::Pod(server),
+            Protocol::Tcp,
+            port,
+            false,
+        );
+        assert_eq!(got, Some(want), "port {port}");
+    }
+    assert_eq!(
+        evaluate(
+            &c,
+            Endpoint::Pod(client),
+            Endpoint::Pod(server),
+            Protocol::Tcp,
+            80,
+            false
+        )
+        .verdict,
+        dataplane_common::verdict::FORWARDED
+    );
+}
