@@ -1,1 +1,4 @@
-//! septa controller: Kubernetes watches, learning from flows, recommendations. Built out by later issues.
+//! septa controller and CLI: reachability reports today; Kubernetes watches, learning from
+//! flows and recommendations as their issues land.
+
+pub mod reachability;

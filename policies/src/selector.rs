@@ -82,12 +82,14 @@ impl Selector {
                         Requirement::DoesNotExist(e.key.clone())
                     }
                 }
-                other => return Err(FieldError::new(
-                    format!("{f}.operator"),
-                    format!(
+                other => {
+                    return Err(FieldError::new(
+                        format!("{f}.operator"),
+                        format!(
                         "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
                     ),
-                )),
+                    ))
+                }
             };
             reqs.push(r);
         }

@@ -305,3 +305,40 @@ spec:
         dataplane_common::verdict::FORWARDED
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// connlist says a port is open between two workloads (or a workload and an external range)
+    /// exactly when the evaluator allows a connection on it.
+    #[test]
+    fn connlist_agrees_with_the_evaluator(
+        c in cluster_strategy(),
+        probes in prop::collection::vec((prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]), prop::sample::select(vec![53u16, 80, 81, 85, 443, 8080, 8191])), 6),
+    ) {
+        use policies::connlist::{connlist, Node};
+        let list = connlist(&c, &Default::default());
+        let find = |s: &Node, d: &Node| list.iter().find(|x| &x.src == s && &x.dst == d).map(|x| x.conns.clone()).unwrap_or_default();
+        let ext4: Vec<std::net::Ipv4Addr> = EXTERNAL.iter().filter_map(|s| s.parse().ok()).collect();
+        for (i, a) in c.pods.iter().enumerate() {
+            for (j, b) in c.pods.iter().enumerate() {
+                if i == j { continue; }
+                let set = find(&Node::Workload(a.workload.clone()), &Node::Workload(b.workload.clone()));
+                for &(proto, port) in &probes {
+                    let want = evaluate(&c, Endpoint::Pod(a), Endpoint::Pod(b), proto, port, false).allowed();
+                    prop_assert_eq!(set.allows(proto, port), want, "{} -> {} {} {}", a.key(), b.key(), proto, port);
+                }
+            }
+            for e in &ext4 {
+                let range = list.iter().filter_map(|x| match (&x.src, &x.dst) {
+                    (Node::Workload(w), Node::External(lo, hi)) if w == &a.workload && lo <= e && e <= hi => Some(x.conns.clone()),
+                    _ => None,
+                }).next().unwrap_or_default();
+                for &(proto, port) in &probes {
+                    let want = evaluate(&c, Endpoint::Pod(a), Endpoint::External((*e).into()), proto, port, false).allowed();
+                    prop_assert_eq!(range.allows(proto, port), want, "{} -> {} {} {}", a.key(), e, proto, port);
+                }
+            }
+        }
+    }
+}

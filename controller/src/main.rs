@@ -1,0 +1,63 @@
+//! `septa`: the command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use controller::reachability::{cmd_connlist, cmd_diff, Format};
+
+#[derive(Parser)]
+#[command(
+    name = "septa",
+    version,
+    about = "septa: network microsegmentation for Kubernetes and Linux hosts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every connection the NetworkPolicies allow between workloads and external IPv4
+    /// ranges, one line per ordered pair: `SRC => DST : CONNS`.
+    ///
+    /// Reads Namespaces, Pods, Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs,
+    /// CronJobs and NetworkPolicies from YAML/JSON files and directories. Problems are printed
+    /// to stderr with file, object and field; what loaded is still analysed, and the exit code
+    /// is then 1.
+    Connlist {
+        /// Manifest files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Show the connections one set of manifests allows and the other does not
+    /// (`added`, `removed`, `changed`).
+    Diff {
+        /// The manifests before (a file or directory).
+        old: PathBuf,
+        /// The manifests after (a file or directory).
+        new: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
+    let r = match cli.command {
+        Command::Connlist { paths, output } => cmd_connlist(&paths, output, &mut out, &mut err),
+        Command::Diff { old, new, output } => cmd_diff(&[old], &[new], output, &mut out, &mut err),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Loading manifests: every supported kind, and bad input reported with file, object, field.
+
+use policies::{load::load_str, model::NAMESPACE_NAME_LABEL};
+
+const GOOD: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: a}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: shop}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template: {metadata: {labels: {app: db}}, spec: {containers: [{name: c, image: i}]}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: kube-system}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template: {metadata: {labels: {app: agent}}, spec: {hostNetwork: true, containers: [{name: c, image: i}]}}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report}
+spec:
+  schedule: "0 * * * *"
+  jobTemplate: {spec: {template: {metadata: {labels: {app: report}}, spec: {restartPolicy: Never, containers: [{name: c, image: i}]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-7d4b9-abcde
+  namespace: shop
+  labels: {app: web, pod-template-hash: 7d4b9}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4b9, uid: u1, controller: true}]
+spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.1.0.5, podIPs: [{ip: 10.1.0.5}, {ip: "fd00::5"}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ignored}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: http}]}]
+"#;
+
+#[test]
+fn every_kind_loads() {
+    let (c, d) = load_str("good.yaml", GOOD);
+    assert!(d.is_empty(), "{d}");
+    let names: Vec<String> = c
+        .pods
+        .iter()
+        .map(|p| format!("{}[{}]", p.key(), p.workload))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "default/report[default/report[CronJob]]",
+            "kube-system/agent[kube-system/agent[DaemonSet]]",
+            "shop/db[shop/db[StatefulSet]]",
+            // The real pod stands for its Deployment; the template is not listed twice.
+            "shop/web-7d4b9-abcde[shop/web[Deployment]]",
+        ]
+    );
+    let web = &c.pods[3];
+    assert_eq!(web.ips.len(), 2);
+    assert_eq!(web.named_ports["http"].1, 8080);
+    assert!(c.pods[1].host_network);
+    assert_eq!(c.namespaces["shop"].labels[NAMESPACE_NAME_LABEL], "shop");
+    assert_eq!(c.namespaces["shop"].labels["team"], "a");
+    assert!(
+        c.namespaces.contains_key("default"),
+        "namespaces in use exist implicitly"
+    );
+    assert_eq!(c.policies.len(), 1);
+}
+
+#[test]
+fn json_and_lists() {
+    let json = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny"}, "spec": {"podSelector": {}}}
+    ]}"#;
+    let (c, d) = load_str("list.json", json);
+    assert!(d.is_empty(), "{d}");
+    assert_eq!((c.pods.len(), c.policies.len()), (1, 1));
+    assert_eq!(c.pods[0].namespace, "default");
+    assert_eq!(
+        c.policies[0].ingress,
+        Some(vec![]),
+        "no policyTypes: ingress isolated, nothing allowed"
+    );
+    assert_eq!(c.policies[0].egress, None);
+}
+
+fn np(name: &str, spec: &str) -> String {
+    format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n{spec}\n")
+}
+
+#[test]
+fn bad_policies_name_file_object_and_field() {
+    let cases = [
+        ("bad-op", "  podSelector: {matchExpressions: [{key: a, operator: Equals, values: [x]}]}", "spec.podSelector.matchExpressions[0].operator", "Equals"),
+        ("exists-value", "  podSelector: {matchExpressions: [{key: a, operator: Exists, values: [x]}]}", "spec.podSelector.matchExpressions[0].values", "takes no values"),
+        ("bad-cidr", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]", "spec.ingress[0].from[0].ipBlock.cidr", "invalid CIDR"),
+        ("host-bits", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.1/8}}]}]", "spec.ingress[0].from[0].ipBlock.cidr", "host bits"),
+        ("except-outside", "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]", "spec.egress[0].to[0].ipBlock.except[0]", "not strictly inside"),
+        ("port-zero", "  podSelector: {}\n  ingress: [{ports: [{port: 0}]}]", "spec.ingress[0].ports[0].port", "outside 1-65535"),
+        ("port-big", "  podSelector: {}\n  ingress: [{ports: [{port: 70000}]}]", "spec.ingress[0].ports[0].port", "outside 1-65535"),
+        ("endport-alone", "  podSelector: {}\n  ingress: [{ports: [{endPort: 90}]}]", "spec.ingress[0].ports[0].endPort", "needs port"),
+        ("endport-below", "  podSelector: {}\n  ingress: [{ports: [{port: 90, endPort: 80}]}]", "spec.ingress[0].ports[0].endPort", "below port"),
+        ("bad-proto", "  podSelector: {}\n  ingress: [{ports: [{protocol: ICMP, port: 1}]}]", "spec.ingress[0].ports[0].protocol", "ICMP"),
+        ("bad-type", "  podSelector: {}\n  policyTypes: [Ingres]", "spec.policyTypes[0]", "Ingres"),
+        ("empty-peer", "  podSelector: {}\n  ingress: [{from: [{}]}]", "spec.ingress[0].from[0]", "needs podSelector"),
+        ("wrong-shape", "  podSelector: [a, b]", "spec.podSelector", "invalid type"),
+    ];
+    let mut text = String::from("apiVersion: v1\nkind: Pod\nmetadata: {name: survivor, namespace: ns}\nspec: {containers: [{name: c, image: i}]}\n");
+    for (name, spec, _, _) in &cases {
+        text.push_str(&np(name, spec));
+    }
+    text.push_str(&np("fine", "  podSelector: {}"));
+    let (c, d) = load_str("bad.yaml", &text);
+    for (name, _, field, msg) in &cases {
+        let hit =
+            d.0.iter()
+                .find(|x| x.object == format!("NetworkPolicy ns/{name}"));
+        let hit = hit.unwrap_or_else(|| panic!("no diagnostic for {name}:\n{d}"));
+        assert!(hit.file.starts_with("bad.yaml#"), "{hit}");
+        assert_eq!(hit.field, *field, "{name}: {hit}");
+        assert!(hit.message.contains(msg), "{name}: {hit}");
+    }
+    assert_eq!(d.0.len(), cases.len(), "{d}");
+    // What was fine still loaded.
+    assert_eq!(c.pods.len(), 1);
+    assert_eq!(
+        c.policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["fine"]
+    );
+}
+
+#[test]
+fn not_kubernetes_duplicates_and_broken_yaml() {
+    let (c, d) = load_str("x.yaml", "just: a map\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n");
+    assert_eq!(c.pods.len(), 1);
+    assert_eq!(d.0.len(), 2, "{d}");
+    assert!(d.0[0].message.contains("not a Kubernetes object"), "{d}");
+    assert!(
+        d.0[1].message.contains("duplicate") && d.0[1].message.contains("x.yaml#2"),
+        "{d}"
+    );
+
+    let (_, d) = load_str(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n",
+    );
+    assert_eq!(d.0.len(), 1);
+    assert!(d.0[0].message.contains("not valid YAML"), "{d}");
+
+    let (_, d) = load_str(
+        "noname.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {}\nspec: {containers: []}\n",
+    );
+    assert_eq!(d.0[0].field, "metadata.name");
+}
+
+#[test]
+fn hostile_inputs_do_not_crash() {
+    // Deep nesting, huge scalars, binary junk, anchors: errors or ignored, never a panic.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let _ = load_str("deep.yaml", &deep);
+    let _ = load_str(
+        "huge.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}}}\n",
+            "a".repeat(1 << 20)
+        ),
+    );
+    let _ = load_str("junk.yaml", "\u{0}\u{1}\u{2}\u{feff}--- !!binary x");
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n";
+    let (_, d) = load_str("bomb.yaml", bomb);
+    assert!(!d.is_empty());
+}
+
+#[test]
+fn paths_that_do_not_exist_or_hold_nothing() {
+    let (_, d) = policies::load::load_paths(&["/nonexistent/septa"]);
+    assert!(
+        d.0[0].file.contains("/nonexistent/septa") && d.0[0].message.contains("cannot open"),
+        "{d}"
+    );
+    let dir = std::env::temp_dir().join(format!("septa-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, d) = policies::load::load_paths(&[&dir]);
+    assert!(d.0[0].message.contains("no .yaml"), "{d}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
