@@ -462,10 +462,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Labels of a namespace; a namespace that was never declared has only its name label.
-    pub fn namespace_labels(&self, ns: &str) -> Labels {
+    pub fn namespace_labels(&self, ns: &str) -> std::borrow::Cow<'_, Labels> {
         match self.namespaces.get(ns) {
-            Some(n) => n.labels.clone(),
-            None => Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), ns.to_owned())]),
+            Some(n) => std::borrow::Cow::Borrowed(&n.labels),
+            None => std::borrow::Cow::Owned(Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), ns.to_owned())])),
         }
     }
 
