@@ -34,6 +34,9 @@ use crate::{
     selector::Labels,
 };
 
+/// Peer identities a rule matches (with their keys, for named-port resolution).
+type PeerList<'a> = Vec<(u32, Option<&'a IdentityKey>)>;
+
 /// What an identity stands for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IdentityKey {
@@ -292,7 +295,9 @@ impl Compiler {
         let mut in_blocks: Vec<(&IdentityKey, u32)> = Vec::new();
         for (k, &v) in &self.identities {
             match k {
-                IdentityKey::Pod { namespace, blocks, .. } => {
+                IdentityKey::Pod {
+                    namespace, blocks, ..
+                } => {
                     by_ns.entry(namespace.as_str()).or_default().push((k, v));
                     if !blocks.is_empty() {
                         in_blocks.push((k, v));
@@ -301,28 +306,43 @@ impl Compiler {
                 IdentityKey::Cidr { .. } => in_blocks.push((k, v)),
             }
         }
-        let all_pod_peers: Vec<(u32, Option<&IdentityKey>)> = by_ns.values().flatten().map(|&(k, v)| (v, Some(k))).collect();
-        let resolve = |rule: &crate::model::Rule, policy_ns: &str| -> Vec<(u32, Option<&IdentityKey>)> {
-            let Some(list) = &rule.peers else { return vec![(identity::ANY, None)] };
-            let mut v: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
-            for pr in list {
-                let candidates: Vec<&(&IdentityKey, u32)> = match pr {
-                    Peer::Block(_) => in_blocks.iter().collect(),
-                    Peer::Pods { namespaces: crate::model::NamespaceScope::Own, .. } => by_ns.get(policy_ns).into_iter().flatten().collect(),
-                    Peer::Pods { namespaces: crate::model::NamespaceScope::Selected(s), .. } => {
-                        by_ns.iter().filter(|(ns, _)| s.matches(&c.namespace_labels(ns))).flat_map(|(_, ks)| ks.iter()).collect()
-                    }
+        let all_pod_peers: Vec<(u32, Option<&IdentityKey>)> = by_ns
+            .values()
+            .flatten()
+            .map(|&(k, v)| (v, Some(k)))
+            .collect();
+        let resolve =
+            |rule: &crate::model::Rule, policy_ns: &str| -> Vec<(u32, Option<&IdentityKey>)> {
+                let Some(list) = &rule.peers else {
+                    return vec![(identity::ANY, None)];
                 };
-                for &&(k, pid) in &candidates {
-                    if key_matches(c, pr, policy_ns, k) {
-                        v.insert(pid, k);
+                let mut v: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
+                for pr in list {
+                    let candidates: Vec<&(&IdentityKey, u32)> = match pr {
+                        Peer::Block(_) => in_blocks.iter().collect(),
+                        Peer::Pods {
+                            namespaces: crate::model::NamespaceScope::Own,
+                            ..
+                        } => by_ns.get(policy_ns).into_iter().flatten().collect(),
+                        Peer::Pods {
+                            namespaces: crate::model::NamespaceScope::Selected(s),
+                            ..
+                        } => by_ns
+                            .iter()
+                            .filter(|(ns, _)| s.matches(&c.namespace_labels(ns)))
+                            .flat_map(|(_, ks)| ks.iter())
+                            .collect(),
+                    };
+                    for &&(k, pid) in &candidates {
+                        if key_matches(c, pr, policy_ns, k) {
+                            v.insert(pid, k);
+                        }
                     }
                 }
-            }
-            v.into_iter().map(|(pid, k)| (pid, Some(k))).collect()
-        };
+                v.into_iter().map(|(pid, k)| (pid, Some(k))).collect()
+            };
         // [policy][direction][rule] → (rule id, peers).
-        let resolved: Vec<[Vec<(u32, Vec<(u32, Option<&IdentityKey>)>)>; 2]> = c
+        let resolved: Vec<[Vec<(u32, PeerList)>; 2]> = c
             .policies
             .iter()
             .map(|p| {
@@ -331,29 +351,59 @@ impl Compiler {
                         .into_iter()
                         .flatten()
                         .enumerate()
-                        .map(|(index, rule)| (self.rules[&RuleRef { namespace: p.namespace.clone(), name: p.name.clone(), direction: dir, index }], resolve(rule, &p.namespace)))
+                        .map(|(index, rule)| {
+                            (
+                                self.rules[&RuleRef {
+                                    namespace: p.namespace.clone(),
+                                    name: p.name.clone(),
+                                    direction: dir,
+                                    index,
+                                }],
+                                resolve(rule, &p.namespace),
+                            )
+                        })
                         .collect()
                 })
             })
             .collect();
         let mut policies_by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, p) in c.policies.iter().enumerate() {
-            policies_by_ns.entry(p.namespace.as_str()).or_default().push(i);
+            policies_by_ns
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(i);
         }
 
         let mut subject_states: BTreeMap<u32, EndpointState> = BTreeMap::new();
         for (skey, rep) in &subjects {
             let sid = id(skey);
-            let mut es = EndpointState { identity: sid, ..Default::default() };
-            let selecting: Vec<usize> = policies_by_ns.get(rep.namespace.as_str()).into_iter().flatten().copied().filter(|&i| c.policies[i].selects(rep)).collect();
+            let mut es = EndpointState {
+                identity: sid,
+                ..Default::default()
+            };
+            let selecting: Vec<usize> = policies_by_ns
+                .get(rep.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&i| c.policies[i].selects(rep))
+                .collect();
             for dir in [Direction::Ingress, Direction::Egress] {
                 let d = dir.number() as usize;
                 let mut contribs: BTreeMap<u32, Vec<Contrib>> = BTreeMap::new();
                 for &pi in &selecting {
                     let p = &c.policies[pi];
                     let Some(rules) = p.rules(dir) else { continue };
-                    let flag = if p.audit { allow::AUDIT } else { allow::ENFORCE };
-                    es.isolation[d] |= if p.audit { isolation::AUDIT } else { isolation::ENFORCE };
+                    let flag = if p.audit {
+                        allow::AUDIT
+                    } else {
+                        allow::ENFORCE
+                    };
+                    es.isolation[d] |= if p.audit {
+                        isolation::AUDIT
+                    } else {
+                        isolation::ENFORCE
+                    };
                     for (index, rule) in rules.iter().enumerate() {
                         let (rid, peers) = &resolved[pi][d][index];
                         let (rid, peers) = (*rid, peers.as_slice());
@@ -362,30 +412,51 @@ impl Compiler {
                         let named_any_egress = rule.peers.is_none() && dir == Direction::Egress;
                         let Some(specs) = &rule.ports else {
                             for &(pid, _) in peers {
-                                contribs.entry(pid).or_default().push(Contrib { proto: 0, lo: 0, hi: 65535, flag, rule: rid });
+                                contribs.entry(pid).or_default().push(Contrib {
+                                    proto: 0,
+                                    lo: 0,
+                                    hi: 65535,
+                                    flag,
+                                    rule: rid,
+                                });
                             }
                             continue;
                         };
                         for s in specs {
                             let named = matches!(s.port, PortSel::Named(_));
-                            let targets = if named && named_any_egress { all_pod_peers.as_slice() } else { peers };
+                            let targets = if named && named_any_egress {
+                                all_pod_peers.as_slice()
+                            } else {
+                                peers
+                            };
                             for &(pid, pkey) in targets {
                                 // Named ports resolve against the destination: the subject for
                                 // ingress, the peer for egress.
                                 let dest_ports = match dir {
                                     Direction::Ingress => Some(&rep.named_ports),
                                     Direction::Egress => match pkey {
-                                        Some(IdentityKey::Pod { named_ports, .. }) => Some(named_ports),
+                                        Some(IdentityKey::Pod { named_ports, .. }) => {
+                                            Some(named_ports)
+                                        }
                                         _ => None,
                                     },
                                 };
                                 let range = match &s.port {
                                     PortSel::All => Some((0, 65535)),
                                     PortSel::Range(a, b) => Some((*a, *b)),
-                                    PortSel::Named(n) => dest_ports.and_then(|m| m.get(n)).filter(|(pp, _)| *pp == s.protocol).map(|&(_, num)| (num, num)),
+                                    PortSel::Named(n) => dest_ports
+                                        .and_then(|m| m.get(n))
+                                        .filter(|(pp, _)| *pp == s.protocol)
+                                        .map(|&(_, num)| (num, num)),
                                 };
                                 if let Some((lo, hi)) = range {
-                                    contribs.entry(pid).or_default().push(Contrib { proto: s.protocol.number(), lo, hi, flag, rule: rid });
+                                    contribs.entry(pid).or_default().push(Contrib {
+                                        proto: s.protocol.number(),
+                                        lo,
+                                        hi,
+                                        flag,
+                                        rule: rid,
+                                    });
                                 }
                             }
                         }

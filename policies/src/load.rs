@@ -18,7 +18,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{Namespace as K8sNamespace, Pod as K8sPod, PodSpec, PodTemplateSpec},
+        core::v1::{
+            Namespace as K8sNamespace, Pod as K8sPod, PodSpec, PodTemplateSpec,
+            Service as K8sService,
+        },
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -27,7 +30,10 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     error::Diagnostics,
-    model::{Cluster, Namespace, Pod, Policy, Protocol, WorkloadRef, NAMESPACE_NAME_LABEL},
+    model::{
+        Cluster, Namespace, Pod, Policy, Protocol, Service, ServicePort, TargetPort, WorkloadRef,
+        NAMESPACE_NAME_LABEL,
+    },
     selector::Labels,
 };
 
@@ -208,6 +214,7 @@ impl Builder {
         }
         let known = [
             "Namespace",
+            "Service",
             "Pod",
             "Deployment",
             "ReplicaSet",
@@ -251,6 +258,11 @@ impl Builder {
                 Ok(())
             }),
             "Pod" => typed::<K8sPod>(v).and_then(|p| self.pod(&p, &ns)),
+            "Service" => typed::<K8sService>(v).and_then(|svc| {
+                let s = service(&svc, &ns, &name)?;
+                self.cluster.services.push(s);
+                Ok(())
+            }),
             "Deployment" => typed::<Deployment>(v).and_then(|d| {
                 self.deployments.insert((ns.clone(), name.clone()));
                 self.template(
@@ -453,8 +465,75 @@ impl Builder {
         self.cluster
             .policies
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.cluster
+            .services
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         (self.cluster, self.diags)
     }
+}
+
+fn service(svc: &K8sService, ns: &str, name: &str) -> Result<Service, (String, String)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let spec = svc
+        .spec
+        .as_ref()
+        .ok_or(("spec".to_owned(), "missing".to_owned()))?;
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        let proto = p.protocol.as_deref().unwrap_or("TCP");
+        let protocol = Protocol::parse(proto).ok_or((
+            format!("{f}.protocol"),
+            format!("unknown protocol {proto:?}"),
+        ))?;
+        if !(1..=65535).contains(&p.port) {
+            return Err((
+                format!("{f}.port"),
+                format!("port {} is outside 1-65535", p.port),
+            ));
+        }
+        let target = match &p.target_port {
+            None => TargetPort::Number(p.port as u16),
+            Some(IntOrString::Int(n)) if (1..=65535).contains(n) => TargetPort::Number(*n as u16),
+            Some(IntOrString::Int(n)) => {
+                return Err((
+                    format!("{f}.targetPort"),
+                    format!("port {n} is outside 1-65535"),
+                ))
+            }
+            Some(IntOrString::String(s)) => TargetPort::Named(s.clone()),
+        };
+        ports.push(ServicePort {
+            name: p.name.clone(),
+            protocol,
+            port: p.port as u16,
+            target,
+        });
+    }
+    let mut cluster_ips = Vec::new();
+    for (i, s) in spec
+        .cluster_ip
+        .iter()
+        .chain(spec.cluster_ips.iter().flatten())
+        .enumerate()
+    {
+        if s == "None" || s.is_empty() {
+            continue;
+        }
+        let ip: IpAddr = s
+            .parse()
+            .map_err(|_| (format!("spec.clusterIPs[{i}]"), format!("invalid IP {s:?}")))?;
+        if !cluster_ips.contains(&ip) {
+            cluster_ips.push(ip);
+        }
+    }
+    Ok(Service {
+        namespace: ns.into(),
+        name: name.into(),
+        selector: spec.selector.clone().unwrap_or_default(),
+        cluster_ips,
+        ports,
+    })
 }
 
 fn typed<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, (String, String)> {

@@ -452,11 +452,64 @@ fn port_number(n: i64, field: &str) -> Result<u16, FieldError> {
     Ok(n as u16)
 }
 
-/// The whole input: namespaces, pods (or workload templates), and policies.
+/// A Service's target port: a number, or a container port name resolved per pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Named(String),
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target: TargetPort,
+}
+
+/// A Service: which pods it fronts and how its ports map to theirs (used to turn flows to a
+/// Service into rules on the pods' target ports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// Pod selector (empty: a Service without selector, fronting no pods here).
+    pub selector: Labels,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// The pod port a Service port reaches on `pod` (named targets resolve per pod).
+    pub fn target_on(&self, port: &ServicePort, pod: &Pod) -> Option<u16> {
+        match &port.target {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Named(name) => pod
+                .named_ports
+                .get(name)
+                .filter(|(p, _)| *p == port.protocol)
+                .map(|(_, n)| *n),
+        }
+    }
+
+    /// Whether the Service fronts `pod`.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        !self.selector.is_empty()
+            && self.namespace == pod.namespace
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
+}
+
+/// The whole input: namespaces, pods (or workload templates), services and policies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
     pub policies: Vec<Policy>,
 }
 
@@ -465,7 +518,10 @@ impl Cluster {
     pub fn namespace_labels(&self, ns: &str) -> std::borrow::Cow<'_, Labels> {
         match self.namespaces.get(ns) {
             Some(n) => std::borrow::Cow::Borrowed(&n.labels),
-            None => std::borrow::Cow::Owned(Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), ns.to_owned())])),
+            None => std::borrow::Cow::Owned(Labels::from([(
+                NAMESPACE_NAME_LABEL.to_owned(),
+                ns.to_owned(),
+            )])),
         }
     }
 

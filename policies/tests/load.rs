@@ -49,6 +49,14 @@ spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080
 status: {podIP: 10.1.0.5, podIPs: [{ip: 10.1.0.5}, {ip: "fd00::5"}]}
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: http}, {name: admin, port: 81, targetPort: 9000, protocol: TCP}]
+---
+apiVersion: v1
 kind: ConfigMap
 metadata: {name: ignored}
 ---
@@ -90,6 +98,18 @@ fn every_kind_loads() {
         "namespaces in use exist implicitly"
     );
     assert_eq!(c.policies.len(), 1);
+    let svc = &c.services[0];
+    assert!(svc.selects(web));
+    assert_eq!(
+        svc.cluster_ips,
+        vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        svc.target_on(&svc.ports[0], web),
+        Some(8080),
+        "named targetPort resolves per pod"
+    );
+    assert_eq!(svc.target_on(&svc.ports[1], web), Some(9000));
 }
 
 #[test]
@@ -131,12 +151,19 @@ fn bad_policies_name_file_object_and_field() {
         ("empty-peer", "  podSelector: {}\n  ingress: [{from: [{}]}]", "spec.ingress[0].from[0]", "needs podSelector"),
         ("wrong-shape", "  podSelector: [a, b]", "spec.podSelector", "invalid type"),
     ];
+    let svc = "---\napiVersion: v1\nkind: Service\nmetadata: {name: bad-svc, namespace: ns}\nspec: {ports: [{port: 80, protocol: ICMP}]}\n";
     let mut text = String::from("apiVersion: v1\nkind: Pod\nmetadata: {name: survivor, namespace: ns}\nspec: {containers: [{name: c, image: i}]}\n");
     for (name, spec, _, _) in &cases {
         text.push_str(&np(name, spec));
     }
     text.push_str(&np("fine", "  podSelector: {}"));
+    text.push_str(svc);
     let (c, d) = load_str("bad.yaml", &text);
+    let bad_svc =
+        d.0.iter()
+            .find(|x| x.object == "Service ns/bad-svc")
+            .expect("service diagnostic");
+    assert_eq!(bad_svc.field, "spec.ports[0].protocol");
     for (name, _, field, msg) in &cases {
         let hit =
             d.0.iter()
@@ -146,7 +173,7 @@ fn bad_policies_name_file_object_and_field() {
         assert_eq!(hit.field, *field, "{name}: {hit}");
         assert!(hit.message.contains(msg), "{name}: {hit}");
     }
-    assert_eq!(d.0.len(), cases.len(), "{d}");
+    assert_eq!(d.0.len(), cases.len() + 1, "{d}");
     // What was fine still loaded.
     assert_eq!(c.pods.len(), 1);
     assert_eq!(

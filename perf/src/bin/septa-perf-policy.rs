@@ -3,7 +3,10 @@
 //! peak memory (each size in its own child process, so peaks do not mix), then changes one
 //! pod's labels and measures the recompile + diff and the diff's size.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, path::PathBuf, process::Command, time::Instant};
+use std::{
+    collections::BTreeMap, fmt::Write as _, net::IpAddr, path::PathBuf, process::Command,
+    time::Instant,
+};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -34,7 +37,10 @@ struct Args {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) as usize) % n.max(1)
     }
 }
@@ -49,8 +55,12 @@ fn synth(pods: usize, policies: usize) -> Result<Cluster> {
     let mut c = Cluster::default();
     for n in 0..namespaces {
         let name = format!("ns{n}");
-        let labels = Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.clone()), ("team".to_string(), format!("t{}", n % 10))]);
-        c.namespaces.insert(name.clone(), Namespace { name, labels });
+        let labels = Labels::from([
+            (NAMESPACE_NAME_LABEL.to_string(), name.clone()),
+            ("team".to_string(), format!("t{}", n % 10)),
+        ]);
+        c.namespaces
+            .insert(name.clone(), Namespace { name, labels });
     }
     for i in 0..pods {
         let app = i % apps;
@@ -59,14 +69,32 @@ fn synth(pods: usize, policies: usize) -> Result<Cluster> {
         c.pods.push(Pod {
             namespace: ns.clone(),
             name: format!("app{app}-{i}"),
-            workload: WorkloadRef { namespace: ns, name: format!("app{app}"), kind: "Deployment".into() },
-            labels: Labels::from([("app".to_string(), format!("app{app}")), ("tier".to_string(), ["web", "api", "db"][app % 3].to_string())]),
-            named_ports: BTreeMap::from([("http".to_string(), (Protocol::Tcp, 8080)), ("metrics".to_string(), (Protocol::Tcp, 9090))]),
+            workload: WorkloadRef {
+                namespace: ns,
+                name: format!("app{app}"),
+                kind: "Deployment".into(),
+            },
+            labels: Labels::from([
+                ("app".to_string(), format!("app{app}")),
+                (
+                    "tier".to_string(),
+                    ["web", "api", "db"][app % 3].to_string(),
+                ),
+            ]),
+            named_ports: BTreeMap::from([
+                ("http".to_string(), (Protocol::Tcp, 8080)),
+                ("metrics".to_string(), (Protocol::Tcp, 9090)),
+            ]),
             ips: vec![ip],
             host_network: false,
         });
     }
-    let app_sel = |a: usize| Selector(vec![Requirement::In("app".into(), [format!("app{a}")].into())]);
+    let app_sel = |a: usize| {
+        Selector(vec![Requirement::In(
+            "app".into(),
+            [format!("app{a}")].into(),
+        )])
+    };
     for p in 0..policies {
         let target = p % apps;
         let mut ingress = Vec::new();
@@ -79,24 +107,42 @@ fn synth(pods: usize, policies: usize) -> Result<Cluster> {
             };
             ingress.push(Rule {
                 peers: Some(vec![Peer::Pods {
-                    namespaces: NamespaceScope::Selected(Selector(vec![Requirement::In("team".into(), [format!("t{}", (from % namespaces) % 10)].into())])),
+                    namespaces: NamespaceScope::Selected(Selector(vec![Requirement::In(
+                        "team".into(),
+                        [format!("t{}", (from % namespaces) % 10)].into(),
+                    )])),
                     pods: app_sel(from),
                 }]),
-                ports: Some(vec![PortSpec { protocol: Protocol::Tcp, port }]),
+                ports: Some(vec![PortSpec {
+                    protocol: Protocol::Tcp,
+                    port,
+                }]),
             });
         }
         let mut egress = vec![Rule {
-            peers: Some(vec![Peer::Pods { namespaces: NamespaceScope::Own, pods: app_sel(rng.next(apps)) }]),
-            ports: Some(vec![PortSpec { protocol: Protocol::Tcp, port: PortSel::Named("http".into()) }]),
+            peers: Some(vec![Peer::Pods {
+                namespaces: NamespaceScope::Own,
+                pods: app_sel(rng.next(apps)),
+            }]),
+            ports: Some(vec![PortSpec {
+                protocol: Protocol::Tcp,
+                port: PortSel::Named("http".into()),
+            }]),
         }];
         if p % 10 == 0 {
             let base = 0xc000_0000u32 + (p as u32) * 256;
             egress.push(Rule {
                 peers: Some(vec![Peer::Block(IpBlock {
                     cidr: ipnetwork::IpNetwork::V4(ipnetwork::Ipv4Network::new(base.into(), 24)?),
-                    except: vec![ipnetwork::IpNetwork::V4(ipnetwork::Ipv4Network::new((base + 128).into(), 25)?)],
+                    except: vec![ipnetwork::IpNetwork::V4(ipnetwork::Ipv4Network::new(
+                        (base + 128).into(),
+                        25,
+                    )?)],
                 })]),
-                ports: Some(vec![PortSpec { protocol: Protocol::Tcp, port: PortSel::Range(443, 443) }]),
+                ports: Some(vec![PortSpec {
+                    protocol: Protocol::Tcp,
+                    port: PortSel::Range(443, 443),
+                }]),
             });
         }
         c.policies.push(Policy {
@@ -113,7 +159,12 @@ fn synth(pods: usize, policies: usize) -> Result<Cluster> {
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 fn one(pods: usize, policies: usize) -> Result<serde_json::Value> {
@@ -154,23 +205,57 @@ fn main() -> Result<()> {
     for &pods in &args.pods {
         for &policies in &args.policies {
             eprintln!("septa-perf-policy: {pods} pods, {policies} policies ...");
-            let out = Command::new(&me).args(["--one", &pods.to_string(), &policies.to_string()]).output().context("child run")?;
-            anyhow::ensure!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(&me)
+                .args(["--one", &pods.to_string(), &policies.to_string()])
+                .output()
+                .context("child run")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             rows.push(serde_json::from_slice::<serde_json::Value>(&out.stdout)?);
         }
     }
-    let cols = ["pods", "policies", "compile_ms", "identities", "policy_entries", "ipcache_entries", "state_bytes", "peak_rss_mib", "change_ms", "diff_entries"];
+    let cols = [
+        "pods",
+        "policies",
+        "compile_ms",
+        "identities",
+        "policy_entries",
+        "ipcache_entries",
+        "state_bytes",
+        "peak_rss_mib",
+        "change_ms",
+        "diff_entries",
+    ];
     let mut csv = cols.join(",") + "\n";
     let mut md = String::from("# Policy compiler scale\n\nReproduce: `cargo run --release -p perf --bin septa-perf-policy -- --out perf/results`.\n");
     let _ = writeln!(md, "Synthetic clusters (10 replicas per app, 20 apps per namespace; each policy isolates one app, 2 ingress rules across namespaces on numbered/named/ranged ports, 1 egress rule, every 10th an ipBlock with except). Each size in its own process; `change` = recompile + diff after one pod's labels change.\n");
     let _ = writeln!(md, "| pods | policies | compile | identities | policy entries | ipcache entries | state | peak RSS | change (recompile+diff) | diff entries |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-        let _ = writeln!(csv, "{}", cols.iter().map(|k| format!("{}", f(k))).collect::<Vec<_>>().join(","));
+        let _ = writeln!(
+            csv,
+            "{}",
+            cols.iter()
+                .map(|k| format!("{}", f(k)))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let _ = writeln!(
             md,
             "| {} | {} | {:.0} ms | {} | {} | {} | {:.1} MiB | {:.0} MiB | {:.0} ms | {} |",
-            f("pods"), f("policies"), f("compile_ms"), f("identities"), f("policy_entries"), f("ipcache_entries"), f("state_bytes") / 1048576.0, f("peak_rss_mib"), f("change_ms"), f("diff_entries")
+            f("pods"),
+            f("policies"),
+            f("compile_ms"),
+            f("identities"),
+            f("policy_entries"),
+            f("ipcache_entries"),
+            f("state_bytes") / 1048576.0,
+            f("peak_rss_mib"),
+            f("change_ms"),
+            f("diff_entries")
         );
     }
     std::fs::write(args.out.join("policy_compile.csv"), csv)?;
