@@ -17,7 +17,7 @@ use ipnetwork::IpNetwork;
 
 use crate::{
     eval::Endpoint,
-    model::{Cluster, Direction, Peer, Pod, PortSel, Protocol, Rule},
+    model::{Cluster, Direction, Peer, Pod, PortSel, Protocol},
     ports::PortSet,
 };
 
@@ -199,7 +199,7 @@ pub fn allowance(c: &Cluster, subject: &Pod, peer: &Endpoint, dir: Direction) ->
         let Some(rules) = p.rules(dir) else { continue };
         isolated = true;
         for rule in rules {
-            if !peer_matches(c, rule, &p.namespace, peer) {
+            if !crate::eval::rule_peer_matches(c, rule, &p.namespace, peer, false) {
                 continue;
             }
             let Some(specs) = &rule.ports else {
@@ -230,19 +230,6 @@ pub fn allowance(c: &Cluster, subject: &Pod, peer: &Endpoint, dir: Direction) ->
     } else {
         ConnSet::all()
     }
-}
-
-fn peer_matches(c: &Cluster, rule: &Rule, policy_ns: &str, peer: &Endpoint) -> bool {
-    let Some(peers) = &rule.peers else {
-        return true;
-    };
-    peers.iter().any(|pr| match peer {
-        Endpoint::Pod(q) if !q.host_network => c.peer_matches_pod(pr, policy_ns, q, false),
-        _ => match pr {
-            Peer::Block(b) => peer.addr(false).is_some_and(|ip| b.contains(ip)),
-            Peer::Pods { .. } => false,
-        },
-    })
 }
 
 /// One difference between two connlists.

@@ -174,7 +174,14 @@ fn direction(
     r
 }
 
-fn rule_peer_matches(c: &Cluster, rule: &Rule, policy_ns: &str, peer: &Endpoint, v6: bool) -> bool {
+/// Whether `peer` is among a rule's peers (`None` peers: everyone).
+pub(crate) fn rule_peer_matches(
+    c: &Cluster,
+    rule: &Rule,
+    policy_ns: &str,
+    peer: &Endpoint,
+    v6: bool,
+) -> bool {
     let Some(peers) = &rule.peers else {
         return true;
     };

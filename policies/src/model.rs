@@ -255,32 +255,22 @@ impl Policy {
                 }
             }
         }
-        let ingress = if has_in {
-            let mut rules = Vec::new();
-            for (i, r) in spec.ingress.iter().flatten().enumerate() {
-                let f = format!("spec.ingress[{i}]");
-                rules.push(Rule {
-                    peers: peers(r.from.as_deref(), &format!("{f}.from"))?,
-                    ports: ports(r.ports.as_deref(), &format!("{f}.ports"))?,
-                });
-            }
-            Some(rules)
-        } else {
-            None
-        };
-        let egress = if has_eg {
-            let mut rules = Vec::new();
-            for (i, r) in spec.egress.iter().flatten().enumerate() {
-                let f = format!("spec.egress[{i}]");
-                rules.push(Rule {
-                    peers: peers(r.to.as_deref(), &format!("{f}.to"))?,
-                    ports: ports(r.ports.as_deref(), &format!("{f}.ports"))?,
-                });
-            }
-            Some(rules)
-        } else {
-            None
-        };
+        let ingress_rules = spec
+            .ingress
+            .iter()
+            .flatten()
+            .map(|r| (r.from.as_deref(), r.ports.as_deref()));
+        let egress_rules = spec
+            .egress
+            .iter()
+            .flatten()
+            .map(|r| (r.to.as_deref(), r.ports.as_deref()));
+        let ingress = has_in
+            .then(|| convert_rules(ingress_rules, "spec.ingress", "from"))
+            .transpose()?;
+        let egress = has_eg
+            .then(|| convert_rules(egress_rules, "spec.egress", "to"))
+            .transpose()?;
         Ok(Policy {
             namespace: namespace.to_owned(),
             name,
@@ -290,6 +280,29 @@ impl Policy {
             egress,
         })
     }
+}
+
+/// Convert the rules of one direction; `peers_field` is `from` or `to`.
+fn convert_rules<'a>(
+    rules: impl Iterator<
+        Item = (
+            Option<&'a [NetworkPolicyPeer]>,
+            Option<&'a [NetworkPolicyPort]>,
+        ),
+    >,
+    field: &str,
+    peers_field: &str,
+) -> Result<Vec<Rule>, FieldError> {
+    rules
+        .enumerate()
+        .map(|(i, (p, ports_list))| {
+            let f = format!("{field}[{i}]");
+            Ok(Rule {
+                peers: peers(p, &format!("{f}.{peers_field}"))?,
+                ports: ports(ports_list, &format!("{f}.ports"))?,
+            })
+        })
+        .collect()
 }
 
 fn peers(list: Option<&[NetworkPolicyPeer]>, field: &str) -> Result<Option<Vec<Peer>>, FieldError> {
