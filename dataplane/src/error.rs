@@ -39,6 +39,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("pinned map {path} {what}; it was pinned by another configuration or septa version: start with the same settings, or remove the pins (septa-agent --remove-enforcement) to recreate them")]
+    PinnedMismatch { path: PathBuf, what: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -55,6 +57,7 @@ impl Error {
             Error::Interface { .. } => "interface",
             Error::PinDir { .. } => "pin_dir",
             Error::Netns { .. } => "netns",
+            Error::PinnedMismatch { .. } => "pinned_mismatch",
             Error::Io(_) => "io",
         }
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod loader;
 pub mod netns;
+pub mod reconcile;
 pub mod testing;
 pub mod testrun;
 

@@ -66,6 +66,7 @@ impl Datapath {
             path: opts.pin_dir.clone(),
             source,
         })?;
+        check_pins(opts)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
             .map_max_entries(maps::CONNTRACK, opts.conntrack_entries)
@@ -275,6 +276,73 @@ impl Datapath {
         }
         std::fs::remove_dir(&self.pin_dir).map_err(pin_err)
     }
+}
+
+/// Refuse pinned maps that do not match what this build and these options would create: aya
+/// would reuse them silently, with the old size or, worse, an old layout.
+fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
+    use std::mem::size_of;
+    let u = |n: usize| n as u32;
+    // (map, key size, value size, max entries if set by options)
+    let expected = [
+        (maps::CONFIG, 4, u(size_of::<Config>()), None),
+        (maps::ENDPOINTS, 4, u(size_of::<EndpointInfo>()), None),
+        (
+            maps::IPCACHE,
+            20,
+            u(size_of::<IpcacheEntry>()),
+            Some(opts.ipcache_entries),
+        ),
+        (
+            maps::POLICY,
+            u(size_of::<PolicyKey>()),
+            u(size_of::<PolicyValue>()),
+            Some(opts.policy_entries),
+        ),
+        (
+            maps::CONNTRACK,
+            u(size_of::<CtKey>()),
+            u(size_of::<CtEntry>()),
+            Some(opts.conntrack_entries),
+        ),
+        (maps::EVENTS, 0, 0, Some(opts.events_bytes)),
+    ];
+    for (name, key, value, entries) in expected {
+        let path = opts.pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| Error::PinnedMismatch {
+            path: path.clone(),
+            what: format!("cannot be opened ({e})"),
+        })?;
+        let mut wrong = Vec::new();
+        if info.key_size() != key {
+            wrong.push(format!(
+                "has {}-byte keys, this build uses {key}",
+                info.key_size()
+            ));
+        }
+        if info.value_size() != value {
+            wrong.push(format!(
+                "has {}-byte values, this build uses {value}",
+                info.value_size()
+            ));
+        }
+        if let Some(n) = entries.filter(|&n| n != info.max_entries()) {
+            wrong.push(format!(
+                "holds {} entries, {n} were asked for",
+                info.max_entries()
+            ));
+        }
+        if !wrong.is_empty() {
+            return Err(Error::PinnedMismatch {
+                path,
+                what: wrong.join(" and "),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, Error> {
