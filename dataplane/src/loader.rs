@@ -7,7 +7,11 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{tc::SchedClassifierLinkId, SchedClassifier, TcAttachType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        SchedClassifier, TcAttachType,
+    },
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
@@ -50,10 +54,15 @@ impl Default for LoadOptions {
 }
 
 /// The loaded data path: programs, maps and attachments.
+///
+/// TCX links are pinned under `<pin dir>/links/<interface>_<hook>` (bpffs refuses names with
+/// a dot), so enforcement outlives
+/// the process: a restarted agent swaps its new program into the existing link atomically,
+/// and a stopped one leaves the last programs enforcing.
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    attached: BTreeMap<(String, &'static str), SchedClassifierLinkId>,
+    attached: BTreeMap<(String, &'static str), PathBuf>,
 }
 
 impl Datapath {
@@ -99,40 +108,100 @@ impl Datapath {
         &self.ebpf
     }
 
+    /// The underlying aya object, mutably.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Attach both TC programs (TCX) to the host-side interface `iface` of an endpoint, in the
-    /// caller's network namespace (see [`crate::netns::in_netns`]).
+    /// caller's network namespace (see [`crate::netns::in_netns`]). If a pinned link for the
+    /// interface exists (a previous agent), this program replaces the old one in it atomically:
+    /// there is no moment without a program.
     pub fn attach(&mut self, iface: &str) -> Result<(), Error> {
-        for (name, hook) in [
-            (programs::TC_FROM_POD, TcAttachType::Ingress),
-            (programs::TC_TO_POD, TcAttachType::Egress),
+        let links = self.pin_dir.join("links");
+        std::fs::create_dir_all(&links).map_err(|source| Error::PinDir {
+            path: links.clone(),
+            source,
+        })?;
+        for (name, hook, hook_name) in [
+            (programs::TC_FROM_POD, TcAttachType::Ingress, "ingress"),
+            (programs::TC_TO_POD, TcAttachType::Egress, "egress"),
         ] {
             if self.attached.contains_key(&(iface.to_owned(), name)) {
                 continue;
             }
-            let id = classifier(&mut self.ebpf, name)?
-                .attach(iface, hook)
-                .map_err(|e| Error::Interface {
-                    iface: iface.into(),
-                    reason: format!("attaching {name}: {e}"),
+            let pin = links.join(format!("{iface}_{hook_name}"));
+            let iface_err = |e: String| Error::Interface {
+                iface: iface.into(),
+                reason: e,
+            };
+            let prog = classifier(&mut self.ebpf, name)?;
+            let replaced = match PinnedLink::from_pin(&pin) {
+                Ok(old) => match SchedClassifierLink::try_from(FdLink::from(old)) {
+                    Ok(link) => prog.attach_to_link(link).ok(),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            let id = match replaced {
+                Some(id) => id,
+                None => {
+                    // No pin, or a stale one (its interface is gone): start afresh.
+                    let _ = std::fs::remove_file(&pin);
+                    prog.attach(iface, hook)
+                        .map_err(|e| iface_err(format!("attaching {name}: {e}")))?
+                }
+            };
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|source| Error::Program {
+                    name: name.into(),
+                    source,
+                })?
+                .try_into()
+                .map_err(|e| iface_err(format!("{name}: not an fd link: {e}")))?;
+            if !pin.exists() {
+                link.pin(&pin).map_err(|e| {
+                    iface_err(format!(
+                        "pinning {name} link at {}: {e} ({e:?})",
+                        pin.display()
+                    ))
                 })?;
-            self.attached.insert((iface.to_owned(), name), id);
+            }
+            self.attached.insert((iface.to_owned(), name), pin);
         }
         Ok(())
     }
 
-    /// Detach both programs from `iface` (no error if they were not attached).
+    /// Detach both programs from `iface` and remove their pins (no error if not attached).
     pub fn detach(&mut self, iface: &str) -> Result<(), Error> {
         for name in [programs::TC_FROM_POD, programs::TC_TO_POD] {
-            if let Some(id) = self.attached.remove(&(iface.to_owned(), name)) {
-                classifier(&mut self.ebpf, name)?
-                    .detach(id)
-                    .map_err(|source| Error::Program {
-                        name: name.into(),
-                        source,
-                    })?;
+            if let Some(pin) = self.attached.remove(&(iface.to_owned(), name)) {
+                // Unpinning drops the last reference: the kernel detaches the link.
+                if let Ok(link) = PinnedLink::from_pin(&pin) {
+                    let _ = link.unpin();
+                }
+                let _ = std::fs::remove_file(&pin);
             }
         }
         Ok(())
+    }
+
+    /// Interfaces with pinned links (attached by this or a previous agent).
+    pub fn pinned_interfaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.pin_dir.join("links"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().to_str()?.to_owned();
+                name.strip_suffix("_ingress")
+                    .or_else(|| name.strip_suffix("_egress"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Interfaces the programs are attached to.
@@ -271,6 +340,15 @@ impl Datapath {
             path: self.pin_dir.clone(),
             source,
         };
+        // Links first: removing a link's pin detaches it (nothing else holds it).
+        self.attached.clear();
+        let links = self.pin_dir.join("links");
+        if links.exists() {
+            for entry in std::fs::read_dir(&links).map_err(pin_err)? {
+                std::fs::remove_file(entry.map_err(pin_err)?.path()).map_err(pin_err)?;
+            }
+            std::fs::remove_dir(&links).map_err(pin_err)?;
+        }
         for entry in std::fs::read_dir(&self.pin_dir).map_err(pin_err)? {
             std::fs::remove_file(entry.map_err(pin_err)?.path()).map_err(pin_err)?;
         }

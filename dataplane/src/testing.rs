@@ -8,6 +8,8 @@ use crate::{Datapath, Error, LoadOptions};
 /// parallel without seeing each other's maps.
 pub struct ScratchDatapath {
     pub dp: Datapath,
+    opts: LoadOptions,
+    unpin_on_drop: bool,
 }
 
 impl ScratchDatapath {
@@ -30,13 +32,35 @@ impl ScratchDatapath {
         f(&mut opts);
         Ok(Self {
             dp: Datapath::load(&opts)?,
+            opts,
+            unpin_on_drop: true,
         })
+    }
+
+    /// Load a second data path on the same pins and sizes (an agent restart). It owns the
+    /// cleanup from now on; this one no longer unpins when dropped.
+    pub fn reopen(&mut self) -> Result<Self, Error> {
+        let dp = Datapath::load(&self.opts)?;
+        self.unpin_on_drop = false;
+        Ok(Self {
+            dp,
+            opts: self.opts.clone(),
+            unpin_on_drop: true,
+        })
+    }
+
+    /// Drop without unpinning (an agent that exits and leaves enforcement in place).
+    pub fn leave_pinned(mut self) -> LoadOptions {
+        self.unpin_on_drop = false;
+        self.opts.clone()
     }
 }
 
 impl Drop for ScratchDatapath {
     fn drop(&mut self) {
-        let _ = self.dp.unpin_all();
+        if self.unpin_on_drop {
+            let _ = self.dp.unpin_all();
+        }
     }
 }
 

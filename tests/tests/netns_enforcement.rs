@@ -115,3 +115,65 @@ fn detach_removes_enforcement() {
     let mut c = tcp_connect(&client_ns, addr(s.server.ipv4, 8081)).expect("no program, no policy");
     echo(&mut c, b"open").unwrap();
 }
+
+/// An agent restart: a new program instance is swapped into the pinned links while traffic
+/// flows. The established connection keeps working, the denied port stays denied, and the
+/// conntrack state (pinned) carries over.
+#[test]
+fn restart_swaps_programs_without_a_gap() {
+    let mut s = Scenario::new("rst").expect("test bed");
+    let _server = Server::start(&s.server.netns_path(), &[8080, 8081], &[]).unwrap();
+    let client_ns = s.client.netns_path();
+    s.allow(IPPROTO_TCP, 8080, 42).unwrap();
+    let mut conn = tcp_connect(&client_ns, addr(s.server.ipv4, 8080)).unwrap();
+    echo(&mut conn, b"before").unwrap();
+
+    let mut second = s.dp.reopen().expect("second agent loads on the same pins");
+    let node = s.bed.node_path();
+    for iface in [s.client.host_if.clone(), s.server.host_if.clone()] {
+        dataplane::netns::in_netns(&node, || second.attach(&iface))
+            .unwrap()
+            .unwrap();
+    }
+    // The first agent goes away; its programs are no longer in any link.
+    let old = std::mem::replace(&mut s.dp, second);
+    drop(old);
+
+    echo(&mut conn, b"after").expect("established connection survives the restart");
+    assert!(
+        tcp_connect(&client_ns, addr(s.server.ipv4, 8081)).is_err(),
+        "denied port stays denied"
+    );
+    assert!(
+        !s.dp.conntrack().unwrap().is_empty(),
+        "conntrack carried over"
+    );
+}
+
+/// A stopped agent leaves enforcement in place (pinned maps and links hold it).
+#[test]
+fn stopped_agent_leaves_enforcement() {
+    let s = Scenario::new("stop").expect("test bed");
+    let _server = Server::start(&s.server.netns_path(), &[8081], &[]).unwrap();
+    let client_ns = s.client.netns_path();
+    let Scenario {
+        dp,
+        events,
+        bed,
+        client: _,
+        server,
+        ..
+    } = s;
+    drop(events);
+    let opts = dp.leave_pinned();
+    assert!(
+        tcp_connect(&client_ns, addr(server.ipv4, 8081)).is_err(),
+        "still enforced with no agent running"
+    );
+    // Clean up: a new loader removes everything.
+    let mut again = dataplane::Datapath::load(&opts).unwrap();
+    again.unpin_all().unwrap();
+    let mut c = tcp_connect(&client_ns, addr(server.ipv4, 8081)).expect("enforcement removed");
+    echo(&mut c, b"x").unwrap();
+    drop(bed);
+}
