@@ -3,6 +3,8 @@
 //!
 //! The kernel/user contract (map layouts, constants) is `dataplane-common`.
 
+pub mod agent;
+pub mod cni;
 pub mod error;
 pub mod events;
 pub mod loader;

@@ -1,5 +1,4 @@
-//! septa's end-to-end test bed: pods as network namespaces, real sockets, the real data path.
+//! septa's end-to-end tests and the demo. The test bed itself lives in
+//! `dataplane::testing` (re-exported here) so the agent's own e2e tests can use it too.
 
-pub mod bed;
-pub mod scenario;
-pub mod traffic;
+pub use dataplane::testing::{bed, scenario, traffic};

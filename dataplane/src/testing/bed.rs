@@ -8,8 +8,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use crate::netns::{ifindex, in_netns};
 use anyhow::{bail, Context, Result};
-use dataplane::netns::{ifindex, in_netns};
 
 /// Run `ip` with arguments; fail with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {

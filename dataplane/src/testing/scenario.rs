@@ -3,14 +3,14 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use crate::{netns::in_netns, testing::ScratchDatapath, EventReader};
 use anyhow::Result;
-use dataplane::{netns::in_netns, testing::ScratchDatapath, EventReader};
 use dataplane_common::{
     allow, direction, endpoint_flags, identity, isolation, v4_mapped, Config, EndpointInfo,
     FlowEvent, PolicyKey, PolicyValue,
 };
 
-use crate::{
+use super::{
     bed::{Bed, Pod},
     traffic::poll_until,
 };

@@ -1,4 +1,12 @@
-//! Helpers for tests and benchmarks that load the real data path.
+//! Helpers for tests, benchmarks and the demo: a scratch data path, pods as network
+//! namespaces on a bridge ([`bed`]), real sockets ([`traffic`]), a client/server setting
+//! ([`scenario`]) and a CNI runtime that runs real plugin chains ([`cni`]).
+
+pub mod bed;
+pub mod cni;
+pub mod node;
+pub mod scenario;
+pub mod traffic;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

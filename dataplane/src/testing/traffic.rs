@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::netns::in_netns;
 use anyhow::{Context, Result};
-use dataplane::netns::in_netns;
 
 /// How long a probe waits for an answer before calling the path closed. A wait, not a
 /// threshold: tests also observe the kernel's DENY events to know a drop happened.

@@ -1,0 +1,238 @@
+//! Agent configuration: a YAML file, overridden by flags.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// septa node agent: enforces NetworkPolicies in the kernel (TC/TCX on pod veths).
+///
+/// Standalone mode: workloads and policies come from --manifests (a directory of Kubernetes
+/// YAML/JSON, watched for changes); pods are registered by the septa-cni plugin over --socket.
+/// Every change is applied to the BPF maps as a diff. Maps and program links are pinned under
+/// --pin-dir, so restarting the agent never opens or closes a connection.
+#[derive(Parser, Debug, Clone, Default)]
+#[command(name = "septa-agent", version)]
+pub struct Args {
+    /// YAML config file with the same keys as the long flags (flags win).
+    #[arg(long, env = "SEPTA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of manifests (Namespaces, Pods or workloads, NetworkPolicies) [default: none]
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links [default: /sys/fs/bpf/septa]
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// Unix socket septa-cni registers endpoints on (root-only) [default: /run/septa/septa.sock]
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Directory for the endpoint registry, so a restarted agent adopts existing pods [default: /run/septa]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Address of the health endpoint (GET /healthz, /readyz) [default: 127.0.0.1:9876]
+    #[arg(long)]
+    pub health_addr: Option<SocketAddr>,
+    /// Run in this network namespace (a path like /run/netns/node) [default: the current one]
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// Let packets that cannot be evaluated pass instead of dropping them [default: fail closed]
+    #[arg(long)]
+    pub fail_open: bool,
+    /// Apply policy to traffic with the node's own addresses too [default: node traffic always allowed]
+    #[arg(long)]
+    pub policy_host: bool,
+    /// How often the manifests directory is checked for changes, e.g. 100ms [default: 100ms]
+    #[arg(long, value_parser = parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// Minimum interval between two denial events of one flow, e.g. 1s [default: 1s]
+    #[arg(long, value_parser = parse_duration)]
+    pub deny_event_interval: Option<Duration>,
+    /// Conntrack entries [default: 262144]
+    #[arg(long)]
+    pub conntrack_entries: Option<u32>,
+    /// Policy map entries [default: 262144]
+    #[arg(long)]
+    pub policy_entries: Option<u32>,
+    /// ipcache entries [default: 1048576]
+    #[arg(long)]
+    pub ipcache_entries: Option<u32>,
+    /// On shutdown, detach programs and remove pinned state (default: leave enforcement in place)
+    #[arg(long)]
+    pub remove_enforcement: bool,
+}
+
+/// The file form of [`Args`] (kebab-case keys).
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    manifests: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    health_addr: Option<SocketAddr>,
+    netns: Option<PathBuf>,
+    fail_open: Option<bool>,
+    policy_host: Option<bool>,
+    poll_interval: Option<String>,
+    deny_event_interval: Option<String>,
+    conntrack_entries: Option<u32>,
+    policy_entries: Option<u32>,
+    ipcache_entries: Option<u32>,
+    remove_enforcement: Option<bool>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub manifests: Option<PathBuf>,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub health_addr: SocketAddr,
+    pub netns: Option<PathBuf>,
+    pub fail_open: bool,
+    pub policy_host: bool,
+    pub poll_interval: Duration,
+    pub deny_event_interval: Duration,
+    pub conntrack_entries: u32,
+    pub policy_entries: u32,
+    pub ipcache_entries: u32,
+    pub remove_enforcement: bool,
+}
+
+/// Parse `100ms`, `2s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 100ms, 2s, 1m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?}: unit must be ms, s or m")),
+    }
+}
+
+impl Config {
+    /// Merge the file (if any) and the flags over the defaults.
+    pub fn resolve(args: &Args) -> Result<Self, String> {
+        let file: FileConfig = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("config file {}: {e}", p.display()))?;
+                serde_yaml::from_str(&text)
+                    .map_err(|e| format!("config file {}: {e}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let dur = |flag: Option<Duration>,
+                   file: &Option<String>,
+                   default: Duration,
+                   key: &str|
+         -> Result<Duration, String> {
+            match (flag, file) {
+                (Some(d), _) => Ok(d),
+                (None, Some(s)) => parse_duration(s).map_err(|e| format!("config key {key}: {e}")),
+                (None, None) => Ok(default),
+            }
+        };
+        let sizes = dataplane_common::sizes::CONNTRACK;
+        Ok(Config {
+            manifests: args.manifests.clone().or(file.manifests),
+            pin_dir: args
+                .pin_dir
+                .clone()
+                .or(file.pin_dir)
+                .unwrap_or_else(|| crate::loader::DEFAULT_PIN_DIR.into()),
+            socket: args
+                .socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(|| "/run/septa/septa.sock".into()),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| "/run/septa".into()),
+            health_addr: args
+                .health_addr
+                .or(file.health_addr)
+                .unwrap_or_else(|| "127.0.0.1:9876".parse().expect("valid")),
+            netns: args.netns.clone().or(file.netns),
+            fail_open: args.fail_open || file.fail_open.unwrap_or(false),
+            policy_host: args.policy_host || file.policy_host.unwrap_or(false),
+            poll_interval: dur(
+                args.poll_interval,
+                &file.poll_interval,
+                Duration::from_millis(100),
+                "poll-interval",
+            )?,
+            deny_event_interval: dur(
+                args.deny_event_interval,
+                &file.deny_event_interval,
+                Duration::from_secs(1),
+                "deny-event-interval",
+            )?,
+            conntrack_entries: args
+                .conntrack_entries
+                .or(file.conntrack_entries)
+                .unwrap_or(sizes),
+            policy_entries: args
+                .policy_entries
+                .or(file.policy_entries)
+                .unwrap_or(dataplane_common::sizes::POLICY),
+            ipcache_entries: args
+                .ipcache_entries
+                .or(file.ipcache_entries)
+                .unwrap_or(dataplane_common::sizes::IPCACHE),
+            remove_enforcement: args.remove_enforcement || file.remove_enforcement.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("2h").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast")
+            .unwrap_err()
+            .contains("invalid duration"));
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("septa-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("agent.yaml");
+        std::fs::write(
+            &f,
+            "manifests: /etc/septa/policies\nfail-open: true\npoll-interval: 250ms\n",
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(f.clone()),
+            poll_interval: Some(Duration::from_millis(50)),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(
+            c.manifests.as_deref(),
+            Some(std::path::Path::new("/etc/septa/policies"))
+        );
+        assert!(c.fail_open);
+        assert_eq!(c.poll_interval, Duration::from_millis(50), "flags win");
+        std::fs::write(&f, "manifest: typo\n").unwrap();
+        let e = Config::resolve(&args).unwrap_err();
+        assert!(e.contains("unknown field") && e.contains("manifest"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,481 @@
+//! The agent's state and main loop: registry requests, manifest changes and shutdown, each
+//! followed by a compile and a reconcile of the maps.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    os::unix::fs::PermissionsExt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use dataplane_common::{endpoint_flags, identity, v4_mapped, Config as DpConfig, EndpointInfo};
+use ipnetwork::IpNetwork;
+use policies::{
+    compile::Compiler,
+    model::{Pod, WorkloadRef},
+    Cluster,
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    config::Config,
+    protocol::{Endpoint, Request, Response, MAX_LINE},
+    registry::{Registered, Registry},
+    source::Source,
+};
+use crate::{reconcile::MapState, Datapath, Error, LoadOptions};
+
+/// The agent: data path, compiler, inputs and the map state it last wrote.
+pub struct Agent {
+    pub cfg: Config,
+    pub dp: Datapath,
+    actual: MapState,
+    compiler: Compiler,
+    /// The last manifests that loaded without errors (None: none yet).
+    manifests: Option<Cluster>,
+    source: Option<Source>,
+    pub registry: Registry,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Agent {
+    /// Load (or re-open) the data path, adopt registered endpoints, read the manifests.
+    pub fn start(cfg: Config) -> Result<Self, Error> {
+        let mut dp = Datapath::load(&LoadOptions {
+            pin_dir: cfg.pin_dir.clone(),
+            conntrack_entries: cfg.conntrack_entries,
+            policy_entries: cfg.policy_entries,
+            ipcache_entries: cfg.ipcache_entries,
+            events_bytes: dataplane_common::sizes::EVENTS_BYTES,
+        })?;
+        let mut dcfg = dp.config()?;
+        dcfg.flags = 0;
+        if cfg.fail_open {
+            dcfg.flags |= dataplane_common::config_flags::FAIL_OPEN;
+        }
+        if cfg.policy_host {
+            dcfg.flags |= dataplane_common::config_flags::POLICY_HOST;
+        }
+        dcfg.deny_event_interval_ns = cfg.deny_event_interval.as_nanos() as u64;
+        dp.set_config(&DpConfig { ..dcfg })?;
+        let actual = dp.read_state()?;
+        info!(pin_dir = %cfg.pin_dir.display(), policy_entries = actual.policy.len(), ipcache_entries = actual.ipcache.len(), endpoints = actual.endpoints.len(), "data path loaded");
+        let (mut registry, problem) = Registry::load(&cfg.state_dir);
+        if let Some(p) = problem {
+            error!(problem = %p, "endpoint registry");
+        }
+        // Adopt endpoints whose interface still exists; forget the others.
+        let mut gone = Vec::new();
+        for (cid, r) in registry.endpoints.iter_mut() {
+            match crate::netns::ifindex(&r.endpoint.host_ifname) {
+                Ok(ifindex) => {
+                    r.ifindex = ifindex;
+                    dp.attach(&r.endpoint.host_ifname)?;
+                    info!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, "endpoint adopted");
+                }
+                Err(_) => gone.push(cid.clone()),
+            }
+        }
+        for cid in gone {
+            warn!(container = %cid, "registered endpoint's interface is gone; forgetting it");
+            registry.endpoints.remove(&cid);
+        }
+        let source = cfg.manifests.clone().map(Source::new);
+        let mut agent = Agent {
+            cfg,
+            dp,
+            actual,
+            compiler: Compiler::default(),
+            manifests: None,
+            source,
+            registry,
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        if agent.source.is_none() {
+            agent.manifests = Some(Cluster::default());
+        }
+        agent.poll_source();
+        if agent.manifests.is_some() {
+            agent.reconcile()?;
+        }
+        Ok(agent)
+    }
+
+    /// Re-read the manifests if they changed; apply them only when they load without errors.
+    /// Returns whether the state changed.
+    pub fn poll_source(&mut self) -> bool {
+        let Some(src) = self.source.as_mut() else {
+            return false;
+        };
+        let Some((cluster, problems)) = src.poll() else {
+            return false;
+        };
+        if !problems.is_empty() {
+            for d in &problems.0 {
+                error!(file = %d.file, object = %d.object, field = %d.field, "{}", d.message);
+            }
+            warn!(
+                errors = problems.0.len(),
+                "manifests have errors; keeping the last good state until they are fixed"
+            );
+            return false;
+        }
+        info!(dir = %src.dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), "manifests loaded");
+        self.manifests = Some(cluster);
+        true
+    }
+
+    /// The pod an endpoint stands for: its Pod object in the manifests if there is one,
+    /// else the labels the runtime gave, owned by a workload whose template they match.
+    fn pod_for(ep: &Endpoint, m: &Cluster) -> Pod {
+        let mut pod = m
+            .pods
+            .iter()
+            .find(|p| p.namespace == ep.namespace && p.name == ep.name && p.workload.kind == "Pod")
+            .cloned()
+            .unwrap_or_else(|| {
+                let labels = ep.labels.clone().unwrap_or_default();
+                let template = m.pods.iter().find(|t| {
+                    t.namespace == ep.namespace
+                        && t.name == t.workload.name
+                        && t.workload.kind != "Pod"
+                        && !t.labels.is_empty()
+                        && t.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+                });
+                Pod {
+                    namespace: ep.namespace.clone(),
+                    name: ep.name.clone(),
+                    workload: template.map_or_else(
+                        || WorkloadRef {
+                            namespace: ep.namespace.clone(),
+                            name: ep.name.clone(),
+                            kind: "Pod".into(),
+                        },
+                        |t| t.workload.clone(),
+                    ),
+                    named_ports: template.map(|t| t.named_ports.clone()).unwrap_or_default(),
+                    labels,
+                    ips: Vec::new(),
+                    host_network: false,
+                }
+            });
+        if let Some(l) = &ep.labels {
+            pod.labels.extend(l.clone());
+        }
+        pod.ips = ep.ips.clone();
+        pod
+    }
+
+    /// The desired map state: compiled policy over the registered endpoints, plus the node's
+    /// own addresses as `host`.
+    pub fn desired(&mut self) -> Option<MapState> {
+        let m = self.manifests.as_ref()?;
+        let mut cluster = Cluster {
+            namespaces: m.namespaces.clone(),
+            pods: Vec::new(),
+            services: m.services.clone(),
+            policies: m.policies.clone(),
+        };
+        for r in self.registry.endpoints.values() {
+            cluster.pods.push(Self::pod_for(&r.endpoint, m));
+        }
+        let st = self.compiler.compile(&cluster);
+        let mut ms = MapState {
+            policy: st.policy,
+            ipcache: st.ipcache,
+            endpoints: BTreeMap::new(),
+        };
+        for ip in host_addresses() {
+            ms.ipcache.insert(IpNetwork::from(ip), identity::HOST);
+        }
+        for r in self.registry.endpoints.values() {
+            let key = format!("{}/{}", r.endpoint.namespace, r.endpoint.name);
+            let Some(es) = st.endpoints.get(&key) else {
+                continue;
+            };
+            let mut info: EndpointInfo = es.to_info();
+            info.endpoint_id = r.endpoint_id;
+            for ip in &r.endpoint.ips {
+                match ip {
+                    IpAddr::V4(v4) => {
+                        info.ipv4 = v4_mapped(v4.octets());
+                        info.flags |= endpoint_flags::HAS_IPV4;
+                    }
+                    IpAddr::V6(v6) => {
+                        info.ipv6 = v6.octets();
+                        info.flags |= endpoint_flags::HAS_IPV6;
+                    }
+                }
+            }
+            ms.endpoints.insert(r.ifindex, info);
+        }
+        Some(ms)
+    }
+
+    /// Compile and write the difference to the maps.
+    pub fn reconcile(&mut self) -> Result<(), Error> {
+        let Some(desired) = self.desired() else {
+            debug!("no valid manifests yet; maps left as they are");
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        let stats = self.dp.reconcile(&mut self.actual, &desired)?;
+        if stats.upserts + stats.removals > 0 {
+            info!(
+                upserts = stats.upserts,
+                removals = stats.removals,
+                revision = stats.revision,
+                elapsed_us = t.elapsed().as_micros() as u64,
+                "maps reconciled"
+            );
+        }
+        self.ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Serve one registry request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status => {
+                if self.ready.load(Ordering::Relaxed) {
+                    Response::ok()
+                } else {
+                    Response::err("agent not ready: no valid manifests applied yet")
+                }
+            }
+            Request::Check { container_id } => match self.registry.endpoints.get(&container_id) {
+                None => Response::err(format!("container {container_id} is not registered")),
+                Some(r)
+                    if !self
+                        .dp
+                        .pinned_interfaces()
+                        .contains(&r.endpoint.host_ifname) =>
+                {
+                    Response::err(format!(
+                        "programs are not attached to {}",
+                        r.endpoint.host_ifname
+                    ))
+                }
+                Some(r) => Response {
+                    identity: self.actual.endpoints.get(&r.ifindex).map(|e| e.identity),
+                    ..Response::ok()
+                },
+            },
+            Request::Del { container_id } => {
+                if let Some(r) = self.registry.endpoints.remove(&container_id) {
+                    let _ = self.dp.detach(&r.endpoint.host_ifname);
+                    if let Err(e) = self.registry.save() {
+                        warn!(error = %e, "saving the endpoint registry");
+                    }
+                    if let Err(e) = self.reconcile() {
+                        error!(error = %e, "reconcile after delete");
+                    }
+                    info!(container = %container_id, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), "endpoint removed");
+                }
+                Response::ok()
+            }
+            Request::Add(ep) => self.add(ep),
+        }
+    }
+
+    fn add(&mut self, ep: Endpoint) -> Response {
+        if self.manifests.is_none() {
+            return Response::err("agent not ready: no valid manifests applied yet");
+        }
+        let ifindex = match crate::netns::ifindex(&ep.host_ifname) {
+            Ok(i) => i,
+            Err(e) => return Response::err(format!("host interface: {e}")),
+        };
+        let endpoint_id = match self.registry.endpoints.get(&ep.container_id) {
+            Some(r) => r.endpoint_id,
+            None => self.registry.allocate_id(),
+        };
+        let cid = ep.container_id.clone();
+        let pod = format!("{}/{}", ep.namespace, ep.name);
+        self.registry.endpoints.insert(
+            cid.clone(),
+            Registered {
+                endpoint: ep.clone(),
+                ifindex,
+                endpoint_id,
+            },
+        );
+        // Map entries first, programs second: the first packet already finds its endpoint.
+        if let Err(e) = self
+            .reconcile()
+            .and_then(|_| self.dp.attach(&ep.host_ifname))
+        {
+            self.registry.endpoints.remove(&cid);
+            let _ = self.dp.detach(&ep.host_ifname);
+            let _ = self.reconcile();
+            error!(container = %cid, pod = %pod, error = %e, "endpoint add failed");
+            return Response::err(e.to_string());
+        }
+        if let Err(e) = self.registry.save() {
+            warn!(error = %e, "saving the endpoint registry");
+        }
+        let identity = self.actual.endpoints.get(&ifindex).map(|e| e.identity);
+        info!(container = %cid, pod = %pod, iface = %ep.host_ifname, ifindex, identity, "endpoint added");
+        Response {
+            identity,
+            ..Response::ok()
+        }
+    }
+
+    /// On shutdown: leave enforcement in place, or remove everything when configured.
+    pub fn shutdown(mut self) {
+        if self.cfg.remove_enforcement {
+            match self.dp.unpin_all() {
+                Ok(()) => info!("enforcement removed: programs detached, pinned state deleted"),
+                Err(e) => error!(error = %e, "removing enforcement"),
+            }
+            let _ = std::fs::remove_file(self.cfg.state_dir.join("endpoints.json"));
+        } else {
+            info!("stopping; enforcement stays in place (pinned maps and links)");
+        }
+    }
+}
+
+/// Every address of every interface in this network namespace.
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; we only read sockaddrs of known families.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return out;
+        }
+        let mut p = ifap;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() {
+                match (*a).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(a as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(a as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    out.retain(|ip| !ip.is_loopback());
+    out.sort();
+    out.dedup();
+    out
+}
+
+type Job = (Request, oneshot::Sender<Response>);
+
+/// Accept registry connections on `socket` (mode 0600) and forward requests to the loop.
+async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 16));
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match lines.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let resp = if line.len() > MAX_LINE {
+                    Response::err(format!("request longer than {MAX_LINE} bytes"))
+                } else {
+                    match serde_json::from_str::<Request>(&line) {
+                        Err(e) => Response::err(format!("malformed request: {e}")),
+                        Ok(req) => {
+                            let (otx, orx) = oneshot::channel();
+                            if tx.send((req, otx)).await.is_err() {
+                                return;
+                            }
+                            orx.await
+                                .unwrap_or_else(|_| Response::err("agent shutting down"))
+                        }
+                    }
+                };
+                let mut out = serde_json::to_string(&resp).unwrap_or_default();
+                out.push('\n');
+                if w.write_all(out.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Run the agent until SIGTERM/SIGINT.
+pub async fn run(mut agent: Agent) -> Result<(), Error> {
+    let sock = agent.cfg.socket.clone();
+    if let Some(d) = sock.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    let (tx, mut rx) = mpsc::channel::<Job>(64);
+    tokio::spawn(serve_socket(listener, tx));
+    let health = tokio::net::TcpListener::bind(agent.cfg.health_addr)
+        .await
+        .map_err(|e| Error::Interface {
+            iface: agent.cfg.health_addr.to_string(),
+            reason: format!("health endpoint: {e}"),
+        })?;
+    tokio::spawn(super::health::serve(health, agent.ready.clone()));
+    if let Ok(events) = agent.dp.take_events() {
+        tokio::spawn(async move {
+            let Ok(mut r) = events.into_async() else {
+                return;
+            };
+            while let Ok(batch) = r.next_batch().await {
+                for e in batch {
+                    debug!(target: "septa::flow", "{}", crate::events::describe(&e));
+                }
+            }
+        });
+    }
+    info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
+    let mut tick = tokio::time::interval(agent.cfg.poll_interval);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some((req, reply)) = rx.recv() => {
+                let resp = agent.handle(req);
+                let _ = reply.send(resp);
+            }
+            _ = tick.tick() => {
+                if agent.poll_source() {
+                    if let Err(e) = agent.reconcile() {
+                        error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    agent.shutdown();
+    Ok(())
+}

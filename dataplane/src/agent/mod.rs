@@ -1,0 +1,11 @@
+//! `septa-agent`: the node agent. Standalone mode reads workloads and policies from a
+//! directory; endpoints (pods as network namespaces) are registered by `septa-cni` over a
+//! Unix socket. Each change is compiled by the policy engine and reconciled into the maps as a
+//! diff (see [`crate::reconcile`]).
+
+pub mod config;
+pub mod daemon;
+pub mod health;
+pub mod protocol;
+pub mod registry;
+pub mod source;

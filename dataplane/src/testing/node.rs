@@ -1,0 +1,242 @@
+//! A node running the real `septa-agent` binary in its own network namespace, with pods
+//! created through a real CNI chain (bridge + host-local + septa-cni). Used by the agent's
+//! end-to-end tests and by the demo.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{
+    bed::{ip, Bed},
+    cni::{septa_network, Attachment, Runtime},
+    traffic::poll_until,
+};
+use crate::agent::protocol::Request;
+
+/// Where the binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    /// Directory holding `septa-cni`.
+    pub cni_dir: PathBuf,
+}
+
+/// The node: namespace, agent process, CNI runtime, and the pods made so far.
+pub struct Node {
+    pub bed: Bed,
+    pub dir: PathBuf,
+    pub manifests: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub runtime: Runtime,
+    bins: Binaries,
+    agent: Option<Child>,
+    pub pods: Vec<(String, Attachment)>,
+    /// Extra agent flags.
+    pub agent_args: Vec<String>,
+}
+
+impl Node {
+    /// A node with an empty manifests directory (write files, then [`Node::start_agent`]).
+    pub fn new(tag: &str, bins: Binaries) -> Result<Self> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let bed = Bed::new(tag)?;
+        let dir = std::env::temp_dir().join(format!(
+            "septa-node-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        let socket = dir.join("septa.sock");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/septa-node-{}", bed.id));
+        let network = septa_network(
+            &format!("septa-{tag}"),
+            "cni-septa0",
+            "10.88.0.0/24",
+            &dir.join("ipam"),
+            &socket,
+        );
+        let runtime = Runtime {
+            node: bed.node_path(),
+            cni_path: vec![bins.cni_dir.clone(), PathBuf::from("/usr/lib/cni")],
+            network,
+        };
+        Ok(Node {
+            bed,
+            dir,
+            manifests,
+            socket,
+            pin_dir,
+            runtime,
+            bins,
+            agent: None,
+            pods: Vec::new(),
+            agent_args: Vec::new(),
+        })
+    }
+
+    /// Write a manifest file (replacing it atomically, as an editor would).
+    pub fn write_manifest(&self, name: &str, yaml: &str) -> Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.manifests.join(name))?;
+        Ok(())
+    }
+
+    /// Start the agent and wait until it answers `Status` ok.
+    pub fn start_agent(&mut self) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("agent already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        let child = Command::new(&self.bins.agent)
+            .args(["--netns", &self.bed.node_path().display().to_string()])
+            .args(["--manifests", &self.manifests.display().to_string()])
+            .args(["--pin-dir", &self.pin_dir.display().to_string()])
+            .args(["--socket", &self.socket.display().to_string()])
+            .args(["--state-dir", &self.dir.join("state").display().to_string()])
+            .args([
+                "--health-addr",
+                "127.0.0.1:9876",
+                "--poll-interval",
+                "50ms",
+                "--deny-event-interval",
+                "0ms",
+            ])
+            .args(&self.agent_args)
+            .env("SEPTA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bins.agent.display()))?;
+        self.agent = Some(child);
+        let ready = poll_until(Duration::from_secs(20), || {
+            crate::cni::plugin::call_agent(&self.socket, &Request::Status, Duration::from_secs(1))
+                .ok()
+                .filter(|r| r.ok)
+        });
+        if ready.is_none() {
+            bail!("agent not ready within 20 s; log:\n{}", self.agent_log());
+        }
+        Ok(())
+    }
+
+    /// Stop the agent with SIGTERM and wait for it.
+    pub fn stop_agent(&mut self) -> Result<()> {
+        if let Some(mut c) = self.agent.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait()?;
+            if !status.success() {
+                bail!("agent exited with {status}; log:\n{}", self.agent_log());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the agent process is still running.
+    pub fn agent_running(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Create a pod: a network namespace, then CNI ADD through the chain. `labels` is
+    /// `k=v,k2=v2`.
+    pub fn add_pod(&mut self, namespace: &str, name: &str, labels: &str) -> Result<Attachment> {
+        let labels = labels.replace('=', ":");
+        let netns = format!("septa-{}-{name}", self.bed.id);
+        ip(&["netns", "add", &netns])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};SEPTA_LABELS={labels}");
+        let path = PathBuf::from("/run/netns").join(&netns);
+        let a = match self.runtime.add(&format!("c-{name}"), &path, "eth0", &args) {
+            Ok(a) => a,
+            Err(e) => {
+                // As a runtime does after a failed ADD: DEL the chain, drop the namespace.
+                let failed = Attachment {
+                    container_id: format!("c-{name}"),
+                    netns: path,
+                    ifname: "eth0".into(),
+                    args,
+                    result: serde_json::Value::Null,
+                };
+                let _ = self.runtime.del(&failed);
+                let _ = ip(&["netns", "del", &netns]);
+                return Err(anyhow::anyhow!("CNI ADD {namespace}/{name}: {e}"));
+            }
+        };
+        self.pods.push((netns, a.clone()));
+        Ok(a)
+    }
+
+    /// The pod's IPv4 address from its CNI result.
+    pub fn pod_ip(a: &Attachment) -> std::net::IpAddr {
+        let cidr = a.result["ips"][0]["address"].as_str().unwrap_or_default();
+        cidr.split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .expect("pod address")
+    }
+
+    /// Delete a pod (CNI DEL, then its namespace).
+    pub fn del_pod(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .pods
+            .iter()
+            .position(|(_, a)| a.container_id == format!("c-{name}"))
+            .context("no such pod")?;
+        let (netns, a) = self.pods.remove(i);
+        self.runtime
+            .del(&a)
+            .map_err(|e| anyhow::anyhow!("CNI DEL {name}: {e}"))?;
+        ip(&["netns", "del", &netns])?;
+        Ok(())
+    }
+
+    /// The namespace path of a pod.
+    pub fn netns_of(a: &Attachment) -> &Path {
+        &a.netns
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for (_, a) in self.pods.clone().iter().rev() {
+            let _ = self.runtime.del(a);
+        }
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (ns, _) in &self.pods {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        // Remove enforcement state: pins of maps and links.
+        let links = self.pin_dir.join("links");
+        for d in [&links, &self.pin_dir] {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(d);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,315 @@
+//! The agent and the CNI plugin, end to end: real binaries, the Debian CNI reference plugins
+//! (bridge, host-local, macvlan) invoked per the spec, pods as network namespaces, real sockets.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use dataplane::testing::{
+    node::{Binaries, Node},
+    traffic::*,
+};
+
+const NAMESPACE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}
+"#;
+
+fn policy(port: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: web, namespace: demo}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: client}}}}}}], ports: [{{port: {port}}}]}}]\n"
+    )
+}
+
+fn bins() -> Binaries {
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_septa-agent"));
+    let cni = PathBuf::from(env!("CARGO_BIN_EXE_septa-cni"));
+    Binaries {
+        agent,
+        cni_dir: cni.parent().unwrap().to_owned(),
+    }
+}
+
+fn node(tag: &str) -> Node {
+    let mut n = Node::new(tag, bins()).unwrap();
+    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
+    n.write_manifest("10-policy.yaml", &policy("http")).unwrap();
+    n.start_agent().unwrap();
+    n
+}
+
+fn to(a: &dataplane::testing::cni::Attachment, port: u16) -> SocketAddr {
+    SocketAddr::new(Node::pod_ip(a), port)
+}
+
+#[test]
+fn cni_add_check_del_round_trips() {
+    let mut n = node("rt");
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
+    assert_eq!(
+        web.result["cniVersion"], "1.0.0",
+        "prevResult passed through"
+    );
+    assert!(web.result["interfaces"].as_array().unwrap().len() >= 2);
+    n.runtime.check(&web).expect("CHECK after ADD");
+
+    let _srv = Server::start(&web.netns, &[8080, 8081], &[]).unwrap();
+    let mut c =
+        tcp_connect(&client.netns, to(&web, 8080)).expect("client reaches web on the named port");
+    echo(&mut c, b"hi").unwrap();
+    assert!(
+        tcp_connect(&client.netns, to(&web, 8081)).is_err(),
+        "other ports denied"
+    );
+    assert!(
+        tcp_connect(&other.netns, to(&web, 8080)).is_err(),
+        "other pods denied"
+    );
+
+    n.del_pod("web-1").unwrap();
+    assert!(n.runtime.check(&web).is_err(), "CHECK fails once deleted");
+    n.runtime.del(&web).expect("a second DEL succeeds");
+    // Add the same pod again (new namespace, maybe a new address).
+    let web2 = n.add_pod("demo", "web-1", "app=web").unwrap();
+    n.runtime.check(&web2).unwrap();
+    let _srv2 = Server::start(&web2.netns, &[8080], &[]).unwrap();
+    echo(
+        &mut tcp_connect(&client.netns, to(&web2, 8080)).unwrap(),
+        b"again",
+    )
+    .unwrap();
+    assert!(tcp_connect(&other.netns, to(&web2, 8080)).is_err());
+}
+
+#[test]
+fn del_succeeds_with_the_agent_down_and_add_asks_to_retry() {
+    let mut n = node("down");
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    n.stop_agent().unwrap();
+    n.runtime
+        .del(&web)
+        .expect("DEL with the agent down succeeds");
+    let err = n
+        .add_pod("demo", "web-2", "app=web")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Some(11)") && err.contains("not reachable"),
+        "{err}"
+    );
+    n.start_agent().unwrap();
+}
+
+fn run_cni(env: &[(&str, &str)], stdin: &str) -> serde_json::Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_septa-cni"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "expected a failure for {stdin}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn malformed_cni_input_gets_spec_errors_and_the_agent_is_unaffected() {
+    let mut n = node("bad");
+    let sock = n.socket.display().to_string();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "x"),
+        ("CNI_NETNS", "/run/netns/none"),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    assert_eq!(run_cni(&env, "{{{")["code"], 6);
+    assert_eq!(
+        run_cni(
+            &env,
+            r#"{"cniVersion": "0.2.0", "name": "n", "type": "septa-cni"}"#
+        )["code"],
+        1
+    );
+    assert_eq!(
+        run_cni(
+            &env,
+            &format!(
+                r#"{{"cniVersion": "1.0.0", "name": "n", "type": "septa-cni", "agentSocket": "{sock}"}}"#
+            )
+        )["code"],
+        7
+    );
+    assert_eq!(
+        run_cni(
+            &[("CNI_COMMAND", "ADD")],
+            r#"{"cniVersion": "1.0.0", "name": "n", "type": "septa-cni"}"#
+        )["code"],
+        4
+    );
+    // A request the agent refuses: an interface that does not exist.
+    let bogus = format!(
+        r#"{{"cniVersion": "1.0.0", "name": "n", "type": "septa-cni", "agentSocket": "{sock}", "prevResult": {{"interfaces": [{{"name": "eth0", "sandbox": "/x"}}], "ips": []}}}}"#
+    );
+    let e = run_cni(&env, &bogus);
+    assert!(e["code"] == 5 || e["code"] == 7, "{e}");
+    // A pod whose interface is not a veth (macvlan), through a real chain.
+    n.bed
+        .exec(&[
+            "link", "add", "mvparent", "type", "veth", "peer", "name", "mvpeer",
+        ])
+        .unwrap();
+    n.bed.exec(&["link", "set", "mvparent", "up"]).unwrap();
+    let mut rt = dataplane::testing::cni::Runtime {
+        node: n.runtime.node.clone(),
+        cni_path: n.runtime.cni_path.clone(),
+        network: n.runtime.network.clone(),
+    };
+    rt.network["plugins"][0] = serde_json::json!({"type": "macvlan", "master": "mvparent", "mode": "bridge", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": n.dir.join("ipam-mv")}});
+    dataplane::testing::bed::ip(&["netns", "add", &format!("septa-{}-mv", n.bed.id)]).unwrap();
+    let a = rt
+        .add(
+            "c-mv",
+            &PathBuf::from(format!("/run/netns/septa-{}-mv", n.bed.id)),
+            "eth0",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=mv",
+        )
+        .unwrap_err();
+    assert_eq!((a.plugin.as_str(), a.code), ("septa-cni", Some(100)), "{a}");
+    assert!(a.msg.contains("macvlan"), "{a}");
+    let _ = dataplane::testing::bed::ip(&["netns", "del", &format!("septa-{}-mv", n.bed.id)]);
+    assert!(n.agent_running(), "the agent survived all of it");
+    let ok = dataplane::cni::plugin::call_agent(
+        &n.socket,
+        &dataplane::agent::protocol::Request::Status,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(ok.ok);
+}
+
+#[test]
+fn policy_changes_apply_to_new_and_established_connections() {
+    let mut n = node("chg");
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let _srv = Server::start(&web.netns, &[8080, 8081], &[]).unwrap();
+    let mut est = tcp_connect(&client.netns, to(&web, 8080)).unwrap();
+    echo(&mut est, b"1").unwrap();
+
+    n.write_manifest("10-policy.yaml", &policy("8081")).unwrap();
+    let opened = poll_until(Duration::from_secs(10), || {
+        tcp_connect(&client.netns, to(&web, 8081)).ok()
+    });
+    assert!(opened.is_some(), "the new port opens once the file changes");
+    assert!(
+        echo(&mut est, b"2").is_err(),
+        "the established connection on the old port is cut"
+    );
+    assert!(tcp_connect(&client.netns, to(&web, 8080)).is_err());
+
+    // A broken edit keeps the last good state.
+    n.write_manifest("10-policy.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: demo}\nspec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}\n").unwrap();
+    let logged = poll_until(Duration::from_secs(10), || {
+        n.agent_log()
+            .contains("keeping the last good state")
+            .then_some(())
+    });
+    assert!(
+        logged.is_some(),
+        "the agent reports the bad file:\n{}",
+        n.agent_log()
+    );
+    assert!(
+        tcp_connect(&client.netns, to(&web, 8080)).is_err(),
+        "still enforcing the last good policy"
+    );
+    assert!(n.agent_log().contains("port 0 is outside 1-65535"));
+
+    std::fs::remove_file(n.manifests.join("10-policy.yaml")).unwrap();
+    let open = poll_until(Duration::from_secs(10), || {
+        tcp_connect(&client.netns, to(&web, 8080)).ok()
+    });
+    assert!(open.is_some(), "no policy: web is not isolated any more");
+}
+
+#[test]
+fn agent_restart_keeps_allowed_and_denied_traffic_as_it_was() {
+    let mut n = node("restart");
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
+    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let mut est = tcp_connect(&client.netns, to(&web, 8080)).unwrap();
+    echo(&mut est, b"before").unwrap();
+
+    // Probe both directions continuously while the agent restarts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (bad, probes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let prober = {
+        let (stop, bad, probes) = (stop.clone(), bad.clone(), probes.clone());
+        let (cns, ons, dst) = (client.netns.clone(), other.netns.clone(), to(&web, 8080));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if tcp_connect(&cns, dst)
+                    .and_then(|mut c| echo(&mut c, b"p"))
+                    .is_err()
+                {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+                if tcp_connect(&ons, dst).is_ok() {
+                    bad.fetch_add(1_000_000, Ordering::Relaxed);
+                }
+                probes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    n.stop_agent().unwrap();
+    echo(&mut est, b"agent-down").expect("established connection works with no agent");
+    n.start_agent().unwrap();
+    echo(&mut est, b"after").expect("and after the new agent took over");
+    let before = probes.load(Ordering::Relaxed);
+    poll_until(Duration::from_secs(20), || {
+        (probes.load(Ordering::Relaxed) >= before + 2).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    prober.join().unwrap();
+    assert!(probes.load(Ordering::Relaxed) >= 2);
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "no allowed connection failed (units) and no denied one got through (millions)"
+    );
+    assert!(
+        n.agent_log().contains("endpoint adopted"),
+        "{}",
+        n.agent_log()
+    );
+}
