@@ -8,6 +8,7 @@ build: setup
 	cargo build --release --workspace
 
 demo: setup
+	cargo build --release -q -p dataplane --bins
 	cargo build --release -q -p septa-tests --bin septa-demo
 	./target/release/septa-demo
 

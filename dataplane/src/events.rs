@@ -81,6 +81,11 @@ impl AsyncEventReader {
 
 /// A one-line, human-readable rendering of an event (for logs and the demo).
 pub fn describe(e: &FlowEvent) -> String {
+    describe_with(e, |_| None)
+}
+
+/// As [`describe`], naming compiled rules with `rule_name` (e.g. `shop/api/ingress[0]`).
+pub fn describe_with(e: &FlowEvent, rule_name: impl Fn(u32) -> Option<String>) -> String {
     use dataplane_common::{event, reason, rule, verdict};
     let kind = match e.kind {
         event::NEW => "NEW",
@@ -111,7 +116,7 @@ pub fn describe(e: &FlowEvent) -> String {
         rule::HOST => "host".to_owned(),
         rule::FAIL_MODE => "fail-mode".to_owned(),
         rule::ANTI_SPOOF => "anti-spoof".to_owned(),
-        id => format!("#{id}"),
+        id => rule_name(id).unwrap_or_else(|| format!("#{id}")),
     };
     let dir = if e.direction == dataplane_common::direction::INGRESS {
         "ingress"

@@ -44,6 +44,8 @@ pub struct Agent {
     source: Option<Source>,
     pub registry: Registry,
     pub ready: Arc<AtomicBool>,
+    /// Rule id → `namespace/policy/direction[index]`, for naming rules in flow logs.
+    pub rule_names: Arc<std::sync::RwLock<BTreeMap<u32, String>>>,
 }
 
 impl Agent {
@@ -98,6 +100,7 @@ impl Agent {
             source,
             registry,
             ready: Arc::new(AtomicBool::new(false)),
+            rule_names: Default::default(),
         };
         if agent.source.is_none() {
             agent.manifests = Some(Cluster::default());
@@ -188,6 +191,13 @@ impl Agent {
             cluster.pods.push(Self::pod_for(&r.endpoint, m));
         }
         let st = self.compiler.compile(&cluster);
+        if let Ok(mut names) = self.rule_names.write() {
+            *names = st
+                .rules
+                .iter()
+                .map(|(id, r)| (*id, r.to_string()))
+                .collect();
+        }
         let mut ms = MapState {
             policy: st.policy,
             ipcache: st.ipcache,
@@ -444,13 +454,16 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         })?;
     tokio::spawn(super::health::serve(health, agent.ready.clone()));
     if let Ok(events) = agent.dp.take_events() {
+        let names = agent.rule_names.clone();
         tokio::spawn(async move {
             let Ok(mut r) = events.into_async() else {
                 return;
             };
             while let Ok(batch) = r.next_batch().await {
                 for e in batch {
-                    debug!(target: "septa::flow", "{}", crate::events::describe(&e));
+                    let line =
+                        crate::events::describe_with(&e, |id| names.read().ok()?.get(&id).cloned());
+                    debug!(target: "septa::flow", "{line}");
                 }
             }
         });

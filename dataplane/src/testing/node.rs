@@ -39,6 +39,8 @@ pub struct Node {
     pub pods: Vec<(String, Attachment)>,
     /// Extra agent flags.
     pub agent_args: Vec<String>,
+    /// The agent's SEPTA_LOG filter.
+    pub log_filter: String,
 }
 
 impl Node {
@@ -78,6 +80,7 @@ impl Node {
             agent: None,
             pods: Vec::new(),
             agent_args: Vec::new(),
+            log_filter: "info".into(),
         })
     }
 
@@ -113,19 +116,31 @@ impl Node {
                 "0ms",
             ])
             .args(&self.agent_args)
-            .env("SEPTA_LOG", "info")
+            .env("SEPTA_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.bins.agent.display()))?;
         self.agent = Some(child);
+        let (socket, mut child) = (self.socket.clone(), self.agent.take());
         let ready = poll_until(Duration::from_secs(20), || {
-            crate::cni::plugin::call_agent(&self.socket, &Request::Status, Duration::from_secs(1))
+            if child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                return Some(false); // exited
+            }
+            crate::cni::plugin::call_agent(&socket, &Request::Status, Duration::from_secs(1))
                 .ok()
                 .filter(|r| r.ok)
+                .map(|_| true)
         });
-        if ready.is_none() {
-            bail!("agent not ready within 20 s; log:\n{}", self.agent_log());
+        self.agent = child;
+        if ready != Some(true) {
+            bail!(
+                "agent not ready (it exited, or not within 20 s); log:\n{}",
+                self.agent_log()
+            );
         }
         Ok(())
     }
