@@ -23,7 +23,13 @@ pub mod maps {
     pub const EVENTS: &str = "SEPTA_EVENTS";
     /// Per-CPU array of u64 counters indexed by [`crate::stats`].
     pub const STATS: &str = "SEPTA_STATS";
+    /// cgroup id → endpoint slot (a key of [`ENDPOINTS`] at or above [`crate::CGROUP_SLOT_BASE`]).
+    pub const CGROUP_SLOTS: &str = "SEPTA_CG_SLOTS";
 }
+
+/// Endpoint slots of cgroup workloads start here (below it, slots are interface indexes):
+/// conntrack and the endpoints map treat a cgroup like an interface with this index.
+pub const CGROUP_SLOT_BASE: u32 = 0x8000_0000;
 
 /// Program names in the eBPF object.
 pub mod programs {
@@ -31,6 +37,10 @@ pub mod programs {
     pub const TC_FROM_POD: &str = "tc_from_pod";
     /// TC on the host-side veth, egress hook: packets entering the pod (pod ingress policy).
     pub const TC_TO_POD: &str = "tc_to_pod";
+    /// cgroup_skb egress: packets a cgroup workload sends (its egress policy).
+    pub const CG_EGRESS: &str = "cg_egress";
+    /// cgroup_skb ingress: packets a cgroup workload receives (its ingress policy).
+    pub const CG_INGRESS: &str = "cg_ingress";
 }
 
 /// Default map sizes (entries); the loader can override them.
@@ -41,6 +51,7 @@ pub mod sizes {
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGS: u32 = 8_192;
     pub const DENY_RATELIMIT: u32 = 65_536;
+    pub const CGROUP_SLOTS: u32 = 4_096;
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }

@@ -180,6 +180,26 @@ pub fn parse_into<P: PacketBytes + ?Sized>(p: &P, pkt: &mut Packet) -> Result<()
     Ok(())
 }
 
+/// Parse a packet that starts at its IP header (cgroup_skb programs see no L2 header);
+/// `ethertype` is the skb's protocol (0x0800 or 0x86dd, host order).
+#[inline(always)]
+pub fn parse_l3_into<P: PacketBytes + ?Sized>(
+    p: &P,
+    ethertype: u16,
+    pkt: &mut Packet,
+) -> Result<(), ParseError> {
+    pkt.ethertype = ethertype;
+    let l4 = match ethertype {
+        ETH_P_IP => parse_ipv4(p, 0, pkt)?,
+        ETH_P_IPV6 => parse_ipv6(p, 0, pkt)?,
+        _ => return Ok(()),
+    };
+    if pkt.frag != FRAG_LATER {
+        parse_l4(p, l4, pkt)?;
+    }
+    Ok(())
+}
+
 /// Returns the L4 offset.
 #[inline(always)]
 fn parse_ipv4<P: PacketBytes + ?Sized>(
@@ -330,6 +350,28 @@ mod tests {
 
     fn ok(frame: &[u8]) -> Packet {
         parse(frame).unwrap_or_else(|e| panic!("{e:?} for {frame:02x?}"))
+    }
+
+    #[test]
+    fn l3_parsing_matches_l2_parsing() {
+        let f = ipv4(A, B, IPPROTO_TCP, &tcp(40000, 80, TCP_SYN));
+        let mut l3 = Packet::default();
+        parse_l3_into(&f[14..], ETH_P_IP, &mut l3).unwrap();
+        assert_eq!(l3, ok(&f));
+        let f6 = ipv6(
+            v6(1),
+            v6(2),
+            IPPROTO_HOPOPTS,
+            &ext6(IPPROTO_UDP),
+            &udp(1, 53, 0),
+        );
+        let mut l3 = Packet::default();
+        parse_l3_into(&f6[14..], ETH_P_IPV6, &mut l3).unwrap();
+        assert_eq!(l3, ok(&f6));
+        assert_eq!(
+            parse_l3_into(&f[14..20], ETH_P_IP, &mut Packet::default()),
+            Err(ParseError::Truncated)
+        );
     }
 
     #[test]

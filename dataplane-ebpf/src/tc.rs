@@ -21,9 +21,9 @@
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-    macros::{classifier, map},
+    macros::{cgroup_skb, classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::TcContext,
+    programs::{SkBuffContext, TcContext},
 };
 use dataplane_common::{
     config_flags,
@@ -57,18 +57,76 @@ static DENY_RL: LruHashMap<CtKey, u64> = LruHashMap::pinned(sizes::DENY_RATELIMI
 static EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
 #[map(name = "SEPTA_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+#[map(name = "SEPTA_CG_SLOTS")]
+static CG_SLOTS: HashMap<u64, u32> = HashMap::pinned(sizes::CGROUP_SLOTS, 0);
 /// Per-CPU scratch for the per-packet [`Flow`] (not pinned: it holds no state between packets).
 #[map(name = "SEPTA_SCRATCH")]
 static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn tc_from_pod(ctx: TcContext) -> i32 {
-    handle(&ctx, direction::EGRESS)
+    tc(&ctx, direction::EGRESS)
 }
 
 #[classifier]
 pub fn tc_to_pod(ctx: TcContext) -> i32 {
-    handle(&ctx, direction::INGRESS)
+    tc(&ctx, direction::INGRESS)
+}
+
+/// cgroup_skb programs answer 1 (let through) or 0 (drop).
+#[cgroup_skb(egress)]
+pub fn cg_egress(ctx: SkBuffContext) -> i32 {
+    cgroup(&ctx, direction::EGRESS)
+}
+
+#[cgroup_skb(ingress)]
+pub fn cg_ingress(ctx: SkBuffContext) -> i32 {
+    cgroup(&ctx, direction::INGRESS)
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, dir: u8) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match handle(&Skb(ctx), None, ifindex, ctx.len() as u64, dir) {
+        Verdict::Pass => PASS,
+        Verdict::Drop => DROP,
+    }
+}
+
+#[inline(always)]
+fn cgroup(ctx: &SkBuffContext, dir: u8) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let id = unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(ctx.skb.skb) };
+    // A cgroup under an attached one but never registered gets the node's fail mode, through
+    // the "no endpoint" path (slot 0 has no entry).
+    // SAFETY: copied out at once.
+    let slot = unsafe { CG_SLOTS.get(&id).copied() }.unwrap_or(0);
+    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
+    match handle(&SkbL3(ctx), Some(ethertype), slot, ctx.len() as u64, dir) {
+        Verdict::Pass => 1,
+        Verdict::Drop => 0,
+    }
+}
+
+/// What the shared logic decided; each program kind encodes it its own way.
+enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// A cgroup skb starts at the IP header; read through the helper.
+struct SkbL3<'a>(&'a SkBuffContext);
+
+impl PacketBytes for SkbL3<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.0.load::<[u8; N]>(offset).ok()
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len() as usize
+    }
 }
 
 /// Per-packet state, in per-CPU scratch memory.
@@ -134,26 +192,33 @@ fn fail(cfg: &Config) -> i32 {
     }
 }
 
+/// The data path for one packet, whatever program saw it: `l3` is the protocol when the
+/// packet starts at the IP header (cgroup) and `None` for Ethernet frames (TC); `slot` is the
+/// endpoint key (interface index, or a cgroup slot).
 #[inline(always)]
-fn handle(ctx: &TcContext, dir: u8) -> i32 {
+fn handle<P: PacketBytes>(bytes: &P, l3: Option<u16>, slot: u32, len: u64, dir: u8) -> Verdict {
     let Some(f) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-slot per-CPU array always has its slot); fail closed.
-        return DROP;
+        return Verdict::Drop;
     };
     // SAFETY: per-CPU scratch, exclusively ours for this program run.
     let f = unsafe { &mut *f };
     f.cfg = CONFIG.get(0).copied().unwrap_or_default();
     f.pkt = Packet::default();
-    if parse::parse_into(&Skb(ctx), &mut f.pkt).is_err() {
+    let parsed = match l3 {
+        None => parse::parse_into(bytes, &mut f.pkt),
+        Some(ethertype) => parse::parse_l3_into(bytes, ethertype, &mut f.pkt),
+    };
+    if parsed.is_err() {
         count(stats::MALFORMED);
-        return fail(&f.cfg);
+        return verdict(fail(&f.cfg));
     }
     if f.pkt.family == 0 {
         count(stats::NON_IP);
-        return PASS;
+        return Verdict::Pass;
     }
     if f.pkt.is_link_control() {
-        return PASS;
+        return Verdict::Pass;
     }
     if f.pkt.frag == parse::FRAG_FIRST {
         let ports = FragPorts {
@@ -171,29 +236,36 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
             None => {
                 count(stats::FRAG_UNKNOWN);
                 count(stats::DROPPED);
-                return DROP;
+                return Verdict::Drop;
             }
         }
     }
-    // SAFETY: the context pointer is valid for the program's run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    f.key = conntrack::key_of(&f.pkt, ifindex);
-    f.bytes = ctx.len() as u64;
+    f.key = conntrack::key_of(&f.pkt, slot);
+    f.bytes = len;
     // The fast path only refreshes `last_seen`, for which the coarse clock (one tick) is
     // enough and far cheaper; new flows and their events read the precise clock.
     // SAFETY: helper without preconditions.
     f.now = unsafe { bpf_ktime_get_coarse_ns() };
     f.dir = dir;
     if let Some(e) = CT.get_ptr_mut(&f.key) {
-        return established(f, &f.key, e, false);
+        return verdict(established(f, &f.key, e, false));
     }
     f.rkey = f.key.reversed();
     if let Some(e) = CT.get_ptr_mut(&f.rkey) {
-        return established(f, &f.rkey, e, true);
+        return verdict(established(f, &f.rkey, e, true));
     }
     // SAFETY: helper without preconditions.
     f.now = unsafe { bpf_ktime_get_ns() };
-    new_flow(f)
+    verdict(new_flow(f))
+}
+
+#[inline(always)]
+fn verdict(action: i32) -> Verdict {
+    if action == DROP {
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    }
 }
 
 #[inline(always)]

@@ -91,6 +91,14 @@ impl Datapath {
                     source,
                 })?;
         }
+        for name in [programs::CG_EGRESS, programs::CG_INGRESS] {
+            cgroup_skb(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::Program {
+                    name: name.into(),
+                    source,
+                })?;
+        }
         Ok(Self {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
@@ -183,6 +191,85 @@ impl Datapath {
                 }
                 let _ = std::fs::remove_file(&pin);
             }
+        }
+        Ok(())
+    }
+
+    /// Attach both cgroup_skb programs to the cgroup v2 directory `path` and map the cgroup to
+    /// endpoint slot `slot` (at or above `CGROUP_SLOT_BASE`). Links are pinned as
+    /// `cgroups/<slot>_<hook>`; a pinned link from a previous agent is kept as it is (its
+    /// program reads the same pinned maps).
+    pub fn attach_cgroup(&mut self, path: &Path, slot: u32) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        let cg_err = |reason: String| Error::Interface {
+            iface: path.display().to_string(),
+            reason,
+        };
+        let dir = std::fs::File::open(path).map_err(|e| cg_err(format!("cgroup: {e}")))?;
+        let id = dir
+            .metadata()
+            .map_err(|e| cg_err(format!("cgroup: {e}")))?
+            .ino();
+        let links = self.pin_dir.join("cgroups");
+        std::fs::create_dir_all(&links).map_err(|source| Error::PinDir {
+            path: links.clone(),
+            source,
+        })?;
+        for (name, hook, hook_name) in [
+            (
+                programs::CG_EGRESS,
+                aya::programs::CgroupSkbAttachType::Egress,
+                "egress",
+            ),
+            (
+                programs::CG_INGRESS,
+                aya::programs::CgroupSkbAttachType::Ingress,
+                "ingress",
+            ),
+        ] {
+            let pin = links.join(format!("{slot}_{hook_name}"));
+            if pin.exists() {
+                continue;
+            }
+            let prog = cgroup_skb(&mut self.ebpf, name)?;
+            // Link-based cgroup attachments always coexist with others; the flags must be 0.
+            let lid = prog
+                .attach(&dir, hook, aya::programs::CgroupAttachMode::Single)
+                .map_err(|e| cg_err(format!("attaching {name}: {e} ({e:?})")))?;
+            let link: FdLink = prog
+                .take_link(lid)
+                .map_err(|source| Error::Program {
+                    name: name.into(),
+                    source,
+                })?
+                .try_into()
+                .map_err(|e| cg_err(format!("{name}: not an fd link: {e}")))?;
+            link.pin(&pin)
+                .map_err(|e| cg_err(format!("pinning {name} link: {e}")))?;
+        }
+        let mut slots: HashMap<&mut MapData, u64, u32> =
+            HashMap::try_from(self.map_mut(maps::CGROUP_SLOTS)?)
+                .map_err(map_err(maps::CGROUP_SLOTS))?;
+        slots
+            .insert(id, slot, 0)
+            .map_err(map_err(maps::CGROUP_SLOTS))
+    }
+
+    /// Detach the cgroup programs of `slot` and forget the cgroup `path` (if it still exists).
+    pub fn detach_cgroup(&mut self, path: &Path, slot: u32) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        for hook in ["egress", "ingress"] {
+            let pin = self.pin_dir.join("cgroups").join(format!("{slot}_{hook}"));
+            if let Ok(link) = PinnedLink::from_pin(&pin) {
+                let _ = link.unpin();
+            }
+            let _ = std::fs::remove_file(&pin);
+        }
+        if let Ok(m) = std::fs::metadata(path) {
+            let mut slots: HashMap<&mut MapData, u64, u32> =
+                HashMap::try_from(self.map_mut(maps::CGROUP_SLOTS)?)
+                    .map_err(map_err(maps::CGROUP_SLOTS))?;
+            ignore_missing(slots.remove(&m.ino()), maps::CGROUP_SLOTS)?;
         }
         Ok(())
     }
@@ -342,12 +429,14 @@ impl Datapath {
         };
         // Links first: removing a link's pin detaches it (nothing else holds it).
         self.attached.clear();
-        let links = self.pin_dir.join("links");
-        if links.exists() {
-            for entry in std::fs::read_dir(&links).map_err(pin_err)? {
-                std::fs::remove_file(entry.map_err(pin_err)?.path()).map_err(pin_err)?;
+        for sub in ["links", "cgroups"] {
+            let links = self.pin_dir.join(sub);
+            if links.exists() {
+                for entry in std::fs::read_dir(&links).map_err(pin_err)? {
+                    std::fs::remove_file(entry.map_err(pin_err)?.path()).map_err(pin_err)?;
+                }
+                std::fs::remove_dir(&links).map_err(pin_err)?;
             }
-            std::fs::remove_dir(&links).map_err(pin_err)?;
         }
         for entry in std::fs::read_dir(&self.pin_dir).map_err(pin_err)? {
             std::fs::remove_file(entry.map_err(pin_err)?.path()).map_err(pin_err)?;
@@ -421,6 +510,22 @@ fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn cgroup_skb<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut aya::programs::CgroupSkb, Error> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Missing {
+            kind: "program",
+            name: name.into(),
+        })?
+        .try_into()
+        .map_err(|source| Error::Program {
+            name: name.into(),
+            source,
+        })
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, Error> {

@@ -313,3 +313,121 @@ fn agent_restart_keeps_allowed_and_denied_traffic_as_it_was() {
         n.agent_log()
     );
 }
+
+/// The cgroup v2 mount point (hybrid layouts put it at /sys/fs/cgroup/unified).
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let m = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"));
+    PathBuf::from(m.expect("cgroup v2 must be mounted for cgroup workloads")[1])
+}
+
+/// Try a TCP connection from a process inside `cgroup`, in the node's namespace.
+fn connect_from_cgroup(cgroup: &std::path::Path, node: &std::path::Path, to: SocketAddr) -> bool {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").display().to_string()).unwrap();
+    let ns = std::fs::File::open(node).unwrap();
+    let ns_fd = ns.as_raw_fd();
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "3",
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{}/{}", to.ip(), to.port()),
+    ]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut buf = [0u8; 16];
+            let mut n = libc::getpid() as u32;
+            let mut i = buf.len();
+            loop {
+                i -= 1;
+                buf[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            let w = libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
+            libc::close(fd);
+            if w < 0 || libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let ok = cmd.status().unwrap().success();
+    drop(ns);
+    ok
+}
+
+#[test]
+fn cgroup_workload_allowed_and_denied_by_policy() {
+    let mut n = node("cg");
+    let loads = n.agent_log().matches("manifests loaded").count();
+    n.write_manifest(
+        "20-job.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: job, namespace: demo}\nspec:\n  podSelector: {matchLabels: {app: job}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 8080}]}]\n",
+    )
+    .unwrap();
+    poll_until(Duration::from_secs(10), || {
+        (n.agent_log().matches("manifests loaded").count() > loads).then_some(())
+    })
+    .expect("policy loaded");
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let _srv = Server::start(&web.netns, &[8080, 8081], &[]).unwrap();
+
+    let cg = cgroup2_root().join(format!("septa-test-{}-job", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    let ep = dataplane::agent::protocol::Endpoint {
+        container_id: "cg-job".into(),
+        netns: String::new(),
+        ifname: String::new(),
+        host_ifname: String::new(),
+        cgroup: Some(cg.display().to_string()),
+        namespace: "demo".into(),
+        name: "job-1".into(),
+        labels: Some([("app".to_string(), "job".to_string())].into()),
+        ips: vec![],
+    };
+    let r = dataplane::cni::plugin::call_agent(
+        &n.socket,
+        &dataplane::agent::protocol::Request::Add(ep),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(r.ok, "{r:?}\n{}", n.agent_log());
+    let node_ns = n.bed.node_path();
+    assert!(
+        connect_from_cgroup(&cg, &node_ns, to(&web, 8080)),
+        "the job may reach web:8080"
+    );
+    assert!(
+        !connect_from_cgroup(&cg, &node_ns, to(&web, 8081)),
+        "and nothing else"
+    );
+    // A process outside the cgroup is not the job: not subject to its policy.
+    assert!(tcp_connect(&node_ns, to(&web, 8081)).is_ok());
+
+    let r = dataplane::cni::plugin::call_agent(
+        &n.socket,
+        &dataplane::agent::protocol::Request::Del {
+            container_id: "cg-job".into(),
+        },
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(r.ok);
+    assert!(
+        connect_from_cgroup(&cg, &node_ns, to(&web, 8081)),
+        "deregistered: programs detached"
+    );
+    std::fs::remove_dir(&cg).unwrap();
+}

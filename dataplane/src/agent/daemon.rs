@@ -74,9 +74,18 @@ impl Agent {
         if let Some(p) = problem {
             error!(problem = %p, "endpoint registry");
         }
-        // Adopt endpoints whose interface still exists; forget the others.
+        // Adopt endpoints whose interface (or cgroup) still exists; forget the others.
         let mut gone = Vec::new();
         for (cid, r) in registry.endpoints.iter_mut() {
+            if let Some(cg) = &r.endpoint.cgroup {
+                if std::path::Path::new(cg).is_dir() {
+                    dp.attach_cgroup(std::path::Path::new(cg), r.ifindex)?;
+                    info!(container = %cid, cgroup = %cg, "cgroup workload adopted");
+                } else {
+                    gone.push(cid.clone());
+                }
+                continue;
+            }
             match crate::netns::ifindex(&r.endpoint.host_ifname) {
                 Ok(ifindex) => {
                     r.ifindex = ifindex;
@@ -263,16 +272,8 @@ impl Agent {
             }
             Request::Check { container_id } => match self.registry.endpoints.get(&container_id) {
                 None => Response::err(format!("container {container_id} is not registered")),
-                Some(r)
-                    if !self
-                        .dp
-                        .pinned_interfaces()
-                        .contains(&r.endpoint.host_ifname) =>
-                {
-                    Response::err(format!(
-                        "programs are not attached to {}",
-                        r.endpoint.host_ifname
-                    ))
+                Some(r) if !self.attached(r) => {
+                    Response::err(format!("programs are not attached for {container_id}"))
                 }
                 Some(r) => Response {
                     identity: self.actual.endpoints.get(&r.ifindex).map(|e| e.identity),
@@ -281,7 +282,7 @@ impl Agent {
             },
             Request::Del { container_id } => {
                 if let Some(r) = self.registry.endpoints.remove(&container_id) {
-                    let _ = self.dp.detach(&r.endpoint.host_ifname);
+                    self.detach_endpoint(&r.endpoint, r.ifindex);
                     if let Err(e) = self.registry.save() {
                         warn!(error = %e, "saving the endpoint registry");
                     }
@@ -300,13 +301,20 @@ impl Agent {
         if self.manifests.is_none() {
             return Response::err("agent not ready: no valid manifests applied yet");
         }
-        let ifindex = match crate::netns::ifindex(&ep.host_ifname) {
-            Ok(i) => i,
-            Err(e) => return Response::err(format!("host interface: {e}")),
-        };
         let endpoint_id = match self.registry.endpoints.get(&ep.container_id) {
             Some(r) => r.endpoint_id,
             None => self.registry.allocate_id(),
+        };
+        // A veth endpoint is keyed by its interface index, a cgroup by a slot above them.
+        let slot = match &ep.cgroup {
+            Some(cg) if !std::path::Path::new(cg).is_dir() => {
+                return Response::err(format!("cgroup {cg} is not a directory"))
+            }
+            Some(_) => dataplane_common::CGROUP_SLOT_BASE | endpoint_id,
+            None => match crate::netns::ifindex(&ep.host_ifname) {
+                Ok(i) => i,
+                Err(e) => return Response::err(format!("host interface: {e}")),
+            },
         };
         let cid = ep.container_id.clone();
         let pod = format!("{}/{}", ep.namespace, ep.name);
@@ -314,17 +322,17 @@ impl Agent {
             cid.clone(),
             Registered {
                 endpoint: ep.clone(),
-                ifindex,
+                ifindex: slot,
                 endpoint_id,
             },
         );
         // Map entries first, programs second: the first packet already finds its endpoint.
         if let Err(e) = self
             .reconcile()
-            .and_then(|_| self.dp.attach(&ep.host_ifname))
+            .and_then(|_| self.attach_endpoint(&ep, slot))
         {
             self.registry.endpoints.remove(&cid);
-            let _ = self.dp.detach(&ep.host_ifname);
+            self.detach_endpoint(&ep, slot);
             let _ = self.reconcile();
             error!(container = %cid, pod = %pod, error = %e, "endpoint add failed");
             return Response::err(e.to_string());
@@ -332,11 +340,43 @@ impl Agent {
         if let Err(e) = self.registry.save() {
             warn!(error = %e, "saving the endpoint registry");
         }
-        let identity = self.actual.endpoints.get(&ifindex).map(|e| e.identity);
-        info!(container = %cid, pod = %pod, iface = %ep.host_ifname, ifindex, identity, "endpoint added");
+        let identity = self.actual.endpoints.get(&slot).map(|e| e.identity);
+        info!(container = %cid, pod = %pod, iface = %ep.host_ifname, cgroup = ?ep.cgroup, slot, identity, "endpoint added");
         Response {
             identity,
             ..Response::ok()
+        }
+    }
+
+    fn attach_endpoint(&mut self, ep: &Endpoint, slot: u32) -> Result<(), Error> {
+        match &ep.cgroup {
+            Some(cg) => self.dp.attach_cgroup(std::path::Path::new(cg), slot),
+            None => self.dp.attach(&ep.host_ifname),
+        }
+    }
+
+    fn detach_endpoint(&mut self, ep: &Endpoint, slot: u32) {
+        let r = match &ep.cgroup {
+            Some(cg) => self.dp.detach_cgroup(std::path::Path::new(cg), slot),
+            None => self.dp.detach(&ep.host_ifname),
+        };
+        if let Err(e) = r {
+            warn!(error = %e, "detaching");
+        }
+    }
+
+    fn attached(&self, r: &Registered) -> bool {
+        match &r.endpoint.cgroup {
+            Some(_) => self
+                .dp
+                .pin_dir()
+                .join("cgroups")
+                .join(format!("{}_egress", r.ifindex))
+                .exists(),
+            None => self
+                .dp
+                .pinned_interfaces()
+                .contains(&r.endpoint.host_ifname),
         }
     }
 

@@ -13,8 +13,13 @@ pub struct Endpoint {
     pub netns: String,
     /// The interface inside the pod.
     pub ifname: String,
-    /// The host-side veth (in the agent's namespace).
+    /// The host-side veth (in the agent's namespace); empty for a cgroup workload.
+    #[serde(default)]
     pub host_ifname: String,
+    /// A cgroup v2 directory: the workload is the processes in it (no veth); its identity is
+    /// taken from the cgroup, its traffic enforced by cgroup_skb programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub namespace: String,
     pub name: String,
     /// Labels given by the runtime (standalone mode: optional; manifests may give them).

@@ -320,6 +320,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
                     .unwrap_or_else(|| env.container_id.chars().take(12).collect()),
                 labels: labels(env, &conf).map_err(fail)?,
                 ips,
+                cgroup: None,
             };
             let resp = call_agent(&socket, &Request::Add(ep), timeout).map_err(fail)?;
             if !resp.ok {
