@@ -12,6 +12,22 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::{Datapath, Error, LoadOptions};
 
+/// Remove a pin directory: files (maps, links) and its subdirectories of link pins. (bpffs
+/// has no recursive removal; unpinning a link's last reference detaches it.)
+pub fn remove_pins(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                remove_pins(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// A data path with its own pin directory, unpinned and removed on drop, so tests can run in
 /// parallel without seeing each other's maps.
 pub struct ScratchDatapath {

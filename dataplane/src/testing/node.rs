@@ -242,16 +242,8 @@ impl Drop for Node {
         for (ns, _) in &self.pods {
             let _ = ip(&["netns", "del", ns]);
         }
-        // Remove enforcement state: pins of maps and links.
-        let links = self.pin_dir.join("links");
-        for d in [&links, &self.pin_dir] {
-            if let Ok(rd) = std::fs::read_dir(d) {
-                for e in rd.flatten() {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-            let _ = std::fs::remove_dir(d);
-        }
+        // Remove enforcement state: pins of maps and of links (in subdirectories).
+        super::remove_pins(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
