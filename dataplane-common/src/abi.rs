@@ -41,6 +41,8 @@ pub mod programs {
     pub const CG_EGRESS: &str = "cg_egress";
     /// cgroup_skb ingress: packets a cgroup workload receives (its ingress policy).
     pub const CG_INGRESS: &str = "cg_ingress";
+    /// XDP on a host interface: the earliest hook, where threat-feed drops will happen.
+    pub const XDP_HOST: &str = "xdp_host";
 }
 
 /// Default map sizes (entries); the loader can override them.
@@ -183,6 +185,8 @@ pub mod stats {
     pub const NO_ENDPOINT: u32 = 11;
     pub const SPOOFED: u32 = 12;
     pub const DENY_EVENTS_SUPPRESSED: u32 = 13;
+    /// Packets seen by XDP on host interfaces.
+    pub const XDP_SEEN: u32 = 14;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 }

@@ -19,11 +19,12 @@
 //! to the non-inlined steps (`new_flow`, `established`, `emit`), which are siblings, not nested.
 
 use aya_ebpf::{
+    bindings::xdp_action,
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-    macros::{cgroup_skb, classifier, map},
+    macros::{cgroup_skb, classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, TcContext},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 use dataplane_common::{
     config_flags,
@@ -106,6 +107,34 @@ fn cgroup(ctx: &SkBuffContext, dir: u8) -> i32 {
     match handle(&SkbL3(ctx), Some(ethertype), slot, ctx.len() as u64, dir) {
         Verdict::Pass => 1,
         Verdict::Drop => 0,
+    }
+}
+
+/// XDP on a host interface: parses and counts, and passes everything. The threat-feed
+/// blocklist lookup goes here (drop before the stack sees the packet). Fails open: a host
+/// interface carries the node's own traffic, which policy does not govern.
+#[xdp]
+pub fn xdp_host(ctx: XdpContext) -> u32 {
+    let _ = XdpBytes(&ctx).len();
+    count(stats::XDP_SEEN);
+    xdp_action::XDP_PASS
+}
+
+struct XdpBytes<'a>(&'a XdpContext);
+
+impl PacketBytes for XdpBytes<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let (start, end) = (self.0.data(), self.0.data_end());
+        if offset < 0xffff && start + offset + N <= end {
+            // SAFETY: bounds checked against data_end just above.
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
+        }
+        None
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.data_end() - self.0.data()
     }
 }
 

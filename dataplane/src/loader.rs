@@ -91,6 +91,21 @@ impl Datapath {
                     source,
                 })?;
         }
+        let xdp: &mut aya::programs::Xdp = ebpf
+            .program_mut(programs::XDP_HOST)
+            .ok_or_else(|| Error::Missing {
+                kind: "program",
+                name: programs::XDP_HOST.into(),
+            })?
+            .try_into()
+            .map_err(|source| Error::Program {
+                name: programs::XDP_HOST.into(),
+                source,
+            })?;
+        xdp.load().map_err(|source| Error::Program {
+            name: programs::XDP_HOST.into(),
+            source,
+        })?;
         for name in [programs::CG_EGRESS, programs::CG_INGRESS] {
             cgroup_skb(&mut ebpf, name)?
                 .load()
@@ -274,6 +289,50 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attach XDP to a host interface (in the caller's network namespace), pinned as
+    /// `xdp/<interface>`; a pinned link from a previous agent is kept.
+    pub fn attach_xdp(&mut self, iface: &str) -> Result<(), Error> {
+        let dir = self.pin_dir.join("xdp");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let pin = dir.join(iface);
+        if pin.exists() {
+            return Ok(());
+        }
+        let err = |reason: String| Error::Interface {
+            iface: iface.into(),
+            reason,
+        };
+        let prog: &mut aya::programs::Xdp = self
+            .ebpf
+            .program_mut(programs::XDP_HOST)
+            .ok_or_else(|| Error::Missing {
+                kind: "program",
+                name: programs::XDP_HOST.into(),
+            })?
+            .try_into()
+            .map_err(|source| Error::Program {
+                name: programs::XDP_HOST.into(),
+                source,
+            })?;
+        let id = prog
+            .attach(iface, aya::programs::XdpMode::Default)
+            .map_err(|e| err(format!("attaching XDP: {e}")))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|source| Error::Program {
+                name: programs::XDP_HOST.into(),
+                source,
+            })?
+            .try_into()
+            .map_err(|e| err(format!("XDP link: {e}")))?;
+        link.pin(&pin)
+            .map_err(|e| err(format!("pinning XDP link: {e}")))?;
+        Ok(())
+    }
+
     /// Interfaces with pinned links (attached by this or a previous agent).
     pub fn pinned_interfaces(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.pin_dir.join("links"))
@@ -429,7 +488,7 @@ impl Datapath {
         };
         // Links first: removing a link's pin detaches it (nothing else holds it).
         self.attached.clear();
-        for sub in ["links", "cgroups"] {
+        for sub in ["links", "cgroups", "xdp"] {
             let links = self.pin_dir.join(sub);
             if links.exists() {
                 for entry in std::fs::read_dir(&links).map_err(pin_err)? {

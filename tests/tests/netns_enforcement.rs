@@ -177,3 +177,25 @@ fn stopped_agent_leaves_enforcement() {
     echo(&mut c, b"x").unwrap();
     drop(bed);
 }
+
+/// XDP on a host interface sees the traffic and lets it through (the hook the threat-feed
+/// blocklist will use).
+#[test]
+fn xdp_on_a_host_interface_counts_and_passes() {
+    let mut s = Scenario::new("xdp").expect("test bed");
+    let _server = Server::start(&s.server.netns_path(), &[8080], &[]).unwrap();
+    s.allow(IPPROTO_TCP, 8080, 1).unwrap();
+    let iface = s.client.host_if.clone();
+    dataplane::netns::in_netns(&s.bed.node_path(), || s.dp.attach_xdp(&iface))
+        .unwrap()
+        .expect("XDP attaches");
+    let mut c =
+        tcp_connect(&s.client.netns_path(), addr(s.server.ipv4, 8080)).expect("traffic passes XDP");
+    echo(&mut c, b"x").unwrap();
+    let seen = s.dp.stats().unwrap()[dataplane_common::stats::XDP_SEEN as usize];
+    assert!(seen >= 3, "XDP saw the client's packets ({seen})");
+    assert!(
+        s.dp.pin_dir().join("xdp").join(&iface).exists(),
+        "link pinned"
+    );
+}

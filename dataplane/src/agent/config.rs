@@ -35,6 +35,9 @@ pub struct Args {
     /// Run in this network namespace (a path like /run/netns/node) [default: the current one]
     #[arg(long)]
     pub netns: Option<PathBuf>,
+    /// Attach XDP to this host interface (repeatable); threat feeds drop there [default: none]
+    #[arg(long = "xdp-interface")]
+    pub xdp_interfaces: Vec<String>,
     /// Let packets that cannot be evaluated pass instead of dropping them [default: fail closed]
     #[arg(long)]
     pub fail_open: bool,
@@ -71,6 +74,7 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     health_addr: Option<SocketAddr>,
     netns: Option<PathBuf>,
+    xdp_interfaces: Option<Vec<String>>,
     fail_open: Option<bool>,
     policy_host: Option<bool>,
     poll_interval: Option<String>,
@@ -90,6 +94,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub health_addr: SocketAddr,
     pub netns: Option<PathBuf>,
+    pub xdp_interfaces: Vec<String>,
     pub fail_open: bool,
     pub policy_host: bool,
     pub poll_interval: Duration,
@@ -163,6 +168,11 @@ impl Config {
                 .or(file.health_addr)
                 .unwrap_or_else(|| "127.0.0.1:9876".parse().expect("valid")),
             netns: args.netns.clone().or(file.netns),
+            xdp_interfaces: if args.xdp_interfaces.is_empty() {
+                file.xdp_interfaces.unwrap_or_default()
+            } else {
+                args.xdp_interfaces.clone()
+            },
             fail_open: args.fail_open || file.fail_open.unwrap_or(false),
             policy_host: args.policy_host || file.policy_host.unwrap_or(false),
             poll_interval: dur(

@@ -99,6 +99,10 @@ impl Agent {
             warn!(container = %cid, "registered endpoint's interface is gone; forgetting it");
             registry.endpoints.remove(&cid);
         }
+        for iface in &cfg.xdp_interfaces {
+            dp.attach_xdp(iface)?;
+            info!(iface = %iface, "XDP attached");
+        }
         let source = cfg.manifests.clone().map(Source::new);
         let mut agent = Agent {
             cfg,
