@@ -16,4 +16,7 @@ test: setup
 	@bash scripts/test.sh
 
 perf: setup
+	cargo build --release -q -p dataplane --bins
 	cargo run --release -q -p perf --bin septa-perf -- --out perf/results
+	cargo run --release -q -p perf --bin septa-perf-policy -- --out perf/results
+	cargo run --release -q -p perf --bin septa-perf-agent -- --out perf/results

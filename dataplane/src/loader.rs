@@ -159,11 +159,22 @@ impl Datapath {
                 reason: e,
             };
             let prog = classifier(&mut self.ebpf, name)?;
+            let ours = prog.info().ok().map(|i| i.tag());
             let replaced = match PinnedLink::from_pin(&pin) {
-                Ok(old) => match SchedClassifierLink::try_from(FdLink::from(old)) {
-                    Ok(link) => prog.attach_to_link(link).ok(),
-                    Err(_) => None,
-                },
+                Ok(old) => {
+                    let old = FdLink::from(old);
+                    // Same build already running in the link: keep it. Swapping costs the
+                    // kernel an RCU grace period per link (tens of ms), which adds up over
+                    // thousands of endpoints at agent start.
+                    if ours.is_some() && program_tag_of_link(&old) == ours {
+                        self.attached.insert((iface.to_owned(), name), pin);
+                        continue;
+                    }
+                    match SchedClassifierLink::try_from(old) {
+                        Ok(link) => prog.attach_to_link(link).ok(),
+                        Err(_) => None,
+                    }
+                }
                 Err(_) => None,
             };
             let id = match replaced {
@@ -569,6 +580,15 @@ fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The tag of the program a link runs.
+fn program_tag_of_link(link: &FdLink) -> Option<u64> {
+    let id = link.info().ok()?.program_id();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .map(|p| p.tag())
 }
 
 fn cgroup_skb<'a>(

@@ -431,3 +431,25 @@ fn cgroup_workload_allowed_and_denied_by_policy() {
     );
     std::fs::remove_dir(&cg).unwrap();
 }
+
+fn http_get(node: &std::path::Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    dataplane::netns::in_netns(node, || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9876").unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .unwrap()
+}
+
+#[test]
+fn health_endpoints() {
+    let n = node("health");
+    let node_ns = n.bed.node_path();
+    assert!(http_get(&node_ns, "/healthz").starts_with("HTTP/1.0 200"));
+    assert!(http_get(&node_ns, "/readyz").starts_with("HTTP/1.0 200"));
+    assert!(http_get(&node_ns, "/nope").starts_with("HTTP/1.0 404"));
+}

@@ -73,6 +73,9 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     #[serde(default)]
     pub args: Option<Value>,
+    /// Runtime-supplied values for declared capabilities (`septa.dev/labels`).
+    #[serde(default)]
+    pub runtime_config: Option<Value>,
 }
 
 /// The CNI_* environment.
@@ -245,10 +248,25 @@ pub fn endpoint_from_prev(
     Ok((host, ips))
 }
 
-/// Labels from CNI_ARGS `SEPTA_LABELS=k:v,k2:v2` or the conf's `args.cni.labels`. (CNI_ARGS
+/// Labels from, in order: `runtimeConfig` capability `septa.dev/labels`, the conf's
+/// `args.cni.labels`, CNI_ARGS `SEPTA_LABELS=k:v,k2:v2`. (CNI_ARGS
 /// values may not contain `=`, which the reference plugins reject; `:` is in neither label
 /// keys nor values, so it separates them unambiguously.)
 pub fn labels(env: &Env, conf: &NetConf) -> Result<Option<BTreeMap<String, String>>, CniError> {
+    if let Some(l) = conf
+        .runtime_config
+        .as_ref()
+        .and_then(|r| r.get("septa.dev/labels"))
+    {
+        let m: BTreeMap<String, String> = serde_json::from_value(l.clone()).map_err(|e| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "runtimeConfig septa.dev/labels must map strings to strings",
+                e.to_string(),
+            )
+        })?;
+        return Ok(Some(m));
+    }
     if let Some(l) = conf.args.as_ref().and_then(|a| a.pointer("/cni/labels")) {
         let m: BTreeMap<String, String> = serde_json::from_value(l.clone()).map_err(|e| {
             CniError::new(
@@ -498,6 +516,17 @@ mod tests {
         let mut bad = env("ADD");
         bad.args = "SEPTA_LABELS=app=web".into();
         assert!(labels(&bad, &conf).is_err());
+        let rc = parse_conf(br#"{"cniVersion": "1.0.0", "runtimeConfig": {"septa.dev/labels": {"app": "db"}}, "args": {"cni": {"labels": {"app": "x"}}}}"#).unwrap();
+        assert_eq!(
+            labels(&env("ADD"), &rc).unwrap().unwrap()["app"],
+            "db",
+            "runtimeConfig first"
+        );
+        let bad_rc = parse_conf(
+            br#"{"cniVersion": "1.0.0", "runtimeConfig": {"septa.dev/labels": ["app"]}}"#,
+        )
+        .unwrap();
+        assert!(labels(&env("ADD"), &bad_rc).is_err());
     }
 
     #[test]

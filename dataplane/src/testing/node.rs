@@ -41,6 +41,8 @@ pub struct Node {
     pub agent_args: Vec<String>,
     /// The agent's SEPTA_LOG filter.
     pub log_filter: String,
+    /// How long `start_agent` waits for readiness.
+    pub ready_timeout: Duration,
 }
 
 impl Node {
@@ -81,6 +83,7 @@ impl Node {
             pods: Vec::new(),
             agent_args: Vec::new(),
             log_filter: "info".into(),
+            ready_timeout: Duration::from_secs(20),
         })
     }
 
@@ -101,20 +104,23 @@ impl Node {
             .create(true)
             .append(true)
             .open(self.dir.join("agent.log"))?;
+        // Defaults for tests, unless the caller passes the flag itself.
+        let defaults: Vec<&str> = [
+            ("--health-addr", "127.0.0.1:9876"),
+            ("--poll-interval", "50ms"),
+            ("--deny-event-interval", "0ms"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| !self.agent_args.iter().any(|a| a == flag))
+        .flat_map(|(f, v)| [f, v])
+        .collect();
         let child = Command::new(&self.bins.agent)
             .args(["--netns", &self.bed.node_path().display().to_string()])
             .args(["--manifests", &self.manifests.display().to_string()])
             .args(["--pin-dir", &self.pin_dir.display().to_string()])
             .args(["--socket", &self.socket.display().to_string()])
             .args(["--state-dir", &self.dir.join("state").display().to_string()])
-            .args([
-                "--health-addr",
-                "127.0.0.1:9876",
-                "--poll-interval",
-                "50ms",
-                "--deny-event-interval",
-                "0ms",
-            ])
+            .args(defaults)
             .args(&self.agent_args)
             .env("SEPTA_LOG", &self.log_filter)
             .stdout(Stdio::null())
@@ -123,7 +129,7 @@ impl Node {
             .with_context(|| format!("starting {}", self.bins.agent.display()))?;
         self.agent = Some(child);
         let (socket, mut child) = (self.socket.clone(), self.agent.take());
-        let ready = poll_until(Duration::from_secs(20), || {
+        let ready = poll_until(self.ready_timeout, || {
             if child
                 .as_mut()
                 .is_some_and(|c| c.try_wait().ok().flatten().is_some())
@@ -156,6 +162,11 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|c| c.id())
     }
 
     /// Whether the agent process is still running.
