@@ -84,30 +84,20 @@ impl Datapath {
             .map_max_entries(maps::EVENTS, opts.events_bytes)
             .load(EBPF_OBJECT)?;
         for name in [programs::TC_FROM_POD, programs::TC_TO_POD] {
-            classifier(&mut ebpf, name)?
+            program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| Error::Program {
                     name: name.into(),
                     source,
                 })?;
         }
-        let xdp: &mut aya::programs::Xdp = ebpf
-            .program_mut(programs::XDP_HOST)
-            .ok_or_else(|| Error::Missing {
-                kind: "program",
-                name: programs::XDP_HOST.into(),
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                name: programs::XDP_HOST.into(),
-                source,
-            })?;
+        let xdp = program::<aya::programs::Xdp>(&mut ebpf, programs::XDP_HOST)?;
         xdp.load().map_err(|source| Error::Program {
             name: programs::XDP_HOST.into(),
             source,
         })?;
         for name in [programs::CG_EGRESS, programs::CG_INGRESS] {
-            cgroup_skb(&mut ebpf, name)?
+            program::<aya::programs::CgroupSkb>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| Error::Program {
                     name: name.into(),
@@ -158,7 +148,7 @@ impl Datapath {
                 iface: iface.into(),
                 reason: e,
             };
-            let prog = classifier(&mut self.ebpf, name)?;
+            let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
             let ours = prog.info().ok().map(|i| i.tag());
             let replaced = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
@@ -257,7 +247,7 @@ impl Datapath {
             if pin.exists() {
                 continue;
             }
-            let prog = cgroup_skb(&mut self.ebpf, name)?;
+            let prog = program::<aya::programs::CgroupSkb>(&mut self.ebpf, name)?;
             // Link-based cgroup attachments always coexist with others; the flags must be 0.
             let lid = prog
                 .attach(&dir, hook, aya::programs::CgroupAttachMode::Single)
@@ -316,18 +306,7 @@ impl Datapath {
             iface: iface.into(),
             reason,
         };
-        let prog: &mut aya::programs::Xdp = self
-            .ebpf
-            .program_mut(programs::XDP_HOST)
-            .ok_or_else(|| Error::Missing {
-                kind: "program",
-                name: programs::XDP_HOST.into(),
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                name: programs::XDP_HOST.into(),
-                source,
-            })?;
+        let prog = program::<aya::programs::Xdp>(&mut self.ebpf, programs::XDP_HOST)?;
         let id = prog
             .attach(iface, aya::programs::XdpMode::Default)
             .map_err(|e| err(format!("attaching XDP: {e}")))?;
@@ -591,23 +570,11 @@ fn program_tag_of_link(link: &FdLink) -> Option<u64> {
         .map(|p| p.tag())
 }
 
-fn cgroup_skb<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> Result<&'a mut aya::programs::CgroupSkb, Error> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| Error::Missing {
-            kind: "program",
-            name: name.into(),
-        })?
-        .try_into()
-        .map_err(|source| Error::Program {
-            name: name.into(),
-            source,
-        })
-}
-
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, Error> {
+/// A loaded program by name, as its concrete type (SchedClassifier, CgroupSkb, Xdp).
+pub(crate) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or_else(|| Error::Missing {
             kind: "program",
