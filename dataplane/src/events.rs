@@ -128,6 +128,7 @@ pub fn describe_with(e: &FlowEvent, rule_name: impl Fn(u32) -> Option<String>) -
         17 => "UDP".to_owned(),
         132 => "SCTP".to_owned(),
         1 => "ICMP".to_owned(),
+        2 => "IGMP".to_owned(),
         58 => "ICMPv6".to_owned(),
         p => format!("proto-{p}"),
     };
