@@ -243,12 +243,12 @@ fn main() -> Result<()> {
     if flows.is_empty() {
         println!("  (none logged yet)");
     }
-    for f in flows
-        .iter()
-        .filter(|f| f.starts_with("DENY"))
-        .take(4)
-        .chain(flows.iter().filter(|f| f.starts_with("NEW")).take(4))
-    {
+    let tcp = |kind: &'static str| {
+        flows
+            .iter()
+            .filter(move |f| f.starts_with(kind) && f.contains(" TCP "))
+    };
+    for f in tcp("DENY").take(4).chain(tcp("NEW").take(4)) {
         println!("  {f}");
     }
 
