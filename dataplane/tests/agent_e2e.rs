@@ -453,3 +453,128 @@ fn health_endpoints() {
     assert!(http_get(&node_ns, "/readyz").starts_with("HTTP/1.0 200"));
     assert!(http_get(&node_ns, "/nope").starts_with("HTTP/1.0 404"));
 }
+
+#[test]
+fn flow_log_records_are_complete_and_enriched() {
+    let mut n = Node::new("flowlog", bins()).unwrap();
+    let log = n.dir.join("flows.jsonl");
+    n.agent_args = vec![
+        "--flow-log".into(),
+        log.display().to_string(),
+        "--node-name".into(),
+        "node-a".into(),
+    ];
+    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
+    n.write_manifest("10-policy.yaml", &policy("http")).unwrap();
+    n.start_agent().unwrap();
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
+    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    echo(
+        &mut tcp_connect(&client.netns, to(&web, 8080)).unwrap(),
+        b"x",
+    )
+    .unwrap();
+    assert!(tcp_connect(&other.netns, to(&web, 8080)).is_err());
+
+    let records = poll_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let recs: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        let has_new = recs.iter().any(|r| {
+            r["kind"] == "new" && r["destination"]["pod"] == "web-1" && r["direction"] == "ingress"
+        });
+        let has_deny = recs
+            .iter()
+            .any(|r| r["kind"] == "deny" && r["source"]["pod"] == "other-1");
+        (has_new && has_deny).then_some(recs)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "flow log incomplete:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    // Every field of schema version 1 is there, with its type.
+    for r in &records {
+        assert_eq!(r["version"], 1);
+        for (k, ty) in [
+            ("time", "s"),
+            ("kind", "s"),
+            ("verdict", "s"),
+            ("direction", "s"),
+            ("protocol", "s"),
+            ("decided_by", "s"),
+            ("node", "s"),
+            ("ip_version", "n"),
+            ("rule_id", "n"),
+            ("source", "o"),
+            ("destination", "o"),
+            ("packets", "o"),
+            ("bytes", "o"),
+            ("tcp_flags", "a"),
+            ("dns_names", "a"),
+        ] {
+            let v = &r[k];
+            let ok = match ty {
+                "s" => v.is_string(),
+                "n" => v.is_u64(),
+                "o" => v.is_object(),
+                _ => v.is_array(),
+            };
+            assert!(ok, "field {k} in {r}");
+        }
+        assert!(
+            r.get("drop_reason").is_some() && r.get("policy").is_some(),
+            "nullable fields present: {r}"
+        );
+        assert!(r["source"]["ip"].is_string() && r["destination"]["port"].is_u64());
+        assert_eq!(r["node"], "node-a");
+    }
+    let new = records
+        .iter()
+        .find(|r| {
+            r["kind"] == "new" && r["destination"]["pod"] == "web-1" && r["direction"] == "ingress"
+        })
+        .unwrap();
+    assert_eq!(new["verdict"], "forwarded");
+    assert_eq!(new["decided_by"], "rule");
+    assert_eq!(new["policy"]["name"], "web");
+    assert_eq!(new["policy"]["direction"], "ingress");
+    assert_eq!(new["source"]["pod"], "client-1");
+    assert_eq!(new["destination"]["workload"], "Deployment/web");
+    assert_eq!(new["destination"]["labels"]["app"], "web");
+    assert_eq!(new["destination"]["port"], 8080);
+    assert!(new["tcp_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "SYN"));
+    let deny = records
+        .iter()
+        .find(|r| r["kind"] == "deny" && r["source"]["pod"] == "other-1")
+        .unwrap();
+    assert_eq!(
+        (
+            deny["verdict"].as_str(),
+            deny["decided_by"].as_str(),
+            deny["drop_reason"].as_str()
+        ),
+        (Some("dropped"), Some("default-deny"), Some("policy-denied"))
+    );
+}
+
+#[test]
+fn unwritable_flow_log_fails_at_start_with_the_path() {
+    let mut n = Node::new("badlog", bins()).unwrap();
+    n.agent_args = vec!["--flow-log".into(), "/nonexistent/septa/flows.jsonl".into()];
+    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
+    let err = n.start_agent().unwrap_err().to_string();
+    assert!(
+        err.contains("flow log /nonexistent/septa/flows.jsonl"),
+        "{err}"
+    );
+}

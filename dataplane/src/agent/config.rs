@@ -59,6 +59,18 @@ pub struct Args {
     /// ipcache entries [default: 1048576]
     #[arg(long)]
     pub ipcache_entries: Option<u32>,
+    /// Write flow records as JSON lines to this file ("-" for stdout) [default: none]
+    #[arg(long)]
+    pub flow_log: Option<PathBuf>,
+    /// Rotate the flow log at this size in bytes [default: 104857600]
+    #[arg(long)]
+    pub flow_log_max_bytes: Option<u64>,
+    /// Rotated flow-log files kept [default: 5]
+    #[arg(long)]
+    pub flow_log_keep: Option<usize>,
+    /// This node's name in flow records [default: the host name]
+    #[arg(long)]
+    pub node_name: Option<String>,
     /// On shutdown, detach programs and remove pinned state (default: leave enforcement in place)
     #[arg(long)]
     pub remove_enforcement: bool,
@@ -83,6 +95,10 @@ struct FileConfig {
     policy_entries: Option<u32>,
     ipcache_entries: Option<u32>,
     remove_enforcement: Option<bool>,
+    flow_log: Option<PathBuf>,
+    flow_log_max_bytes: Option<u64>,
+    flow_log_keep: Option<usize>,
+    node_name: Option<String>,
 }
 
 /// The effective configuration.
@@ -103,6 +119,17 @@ pub struct Config {
     pub policy_entries: u32,
     pub ipcache_entries: u32,
     pub remove_enforcement: bool,
+    pub flow_log: Option<PathBuf>,
+    pub flow_log_max_bytes: u64,
+    pub flow_log_keep: usize,
+    pub node_name: String,
+}
+
+/// The host name (for flow records), or `localhost`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Parse `100ms`, `2s`, `1m`.
@@ -200,6 +227,17 @@ impl Config {
                 .or(file.ipcache_entries)
                 .unwrap_or(dataplane_common::sizes::IPCACHE),
             remove_enforcement: args.remove_enforcement || file.remove_enforcement.unwrap_or(false),
+            flow_log: args.flow_log.clone().or(file.flow_log),
+            flow_log_max_bytes: args
+                .flow_log_max_bytes
+                .or(file.flow_log_max_bytes)
+                .unwrap_or(100 << 20),
+            flow_log_keep: args.flow_log_keep.or(file.flow_log_keep).unwrap_or(5),
+            node_name: args
+                .node_name
+                .clone()
+                .or(file.node_name)
+                .unwrap_or_else(hostname),
         })
     }
 }

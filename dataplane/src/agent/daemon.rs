@@ -44,8 +44,8 @@ pub struct Agent {
     source: Option<Source>,
     pub registry: Registry,
     pub ready: Arc<AtomicBool>,
-    /// Rule id → `namespace/policy/direction[index]`, for naming rules in flow logs.
-    pub rule_names: Arc<std::sync::RwLock<BTreeMap<u32, String>>>,
+    /// What flow records are enriched with; refreshed after every compile.
+    pub enricher: Arc<std::sync::RwLock<crate::flows::Enricher>>,
 }
 
 impl Agent {
@@ -113,7 +113,7 @@ impl Agent {
             source,
             registry,
             ready: Arc::new(AtomicBool::new(false)),
-            rule_names: Default::default(),
+            enricher: Default::default(),
         };
         if agent.source.is_none() {
             agent.manifests = Some(Cluster::default());
@@ -204,12 +204,37 @@ impl Agent {
             cluster.pods.push(Self::pod_for(&r.endpoint, m));
         }
         let st = self.compiler.compile(&cluster);
-        if let Ok(mut names) = self.rule_names.write() {
-            *names = st
+        if let Ok(mut en) = self.enricher.write() {
+            en.rules = st
                 .rules
                 .iter()
-                .map(|(id, r)| (*id, r.to_string()))
+                .map(|(id, r)| {
+                    (
+                        *id,
+                        crate::flows::PolicyRef {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                            direction: r.direction.to_string(),
+                            rule_index: r.index,
+                        },
+                    )
+                })
                 .collect();
+            en.endpoints.clear();
+            for p in &cluster.pods {
+                for ip in &p.ips {
+                    en.endpoints.insert(
+                        *ip,
+                        (
+                            p.namespace.clone(),
+                            p.name.clone(),
+                            format!("{}/{}", p.workload.kind, p.workload.name),
+                            p.labels.clone(),
+                        ),
+                    );
+                }
+            }
+            en.node = self.cfg.node_name.clone();
         }
         let mut ms = MapState {
             policy: st.policy,
@@ -498,16 +523,43 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         })?;
     tokio::spawn(super::health::serve(health, agent.ready.clone()));
     if let Ok(events) = agent.dp.take_events() {
-        let names = agent.rule_names.clone();
+        let enricher = agent.enricher.clone();
+        if let Ok(mut en) = enricher.write() {
+            en.wall_offset_ns = crate::flows::Enricher::measure_wall_offset();
+        }
+        let mut writer = match &agent.cfg.flow_log {
+            None => None,
+            Some(p) if p.as_os_str() == "-" => Some(crate::flows::jsonl::JsonlWriter::stdout()),
+            Some(p) => Some(crate::flows::jsonl::JsonlWriter::file(
+                p,
+                agent.cfg.flow_log_max_bytes,
+                agent.cfg.flow_log_keep,
+            )?),
+        };
         tokio::spawn(async move {
             let Ok(mut r) = events.into_async() else {
                 return;
             };
             while let Ok(batch) = r.next_batch().await {
+                let Ok(en) = enricher.read() else { continue };
                 for e in batch {
-                    let line =
-                        crate::events::describe_with(&e, |id| names.read().ok()?.get(&id).cloned());
-                    debug!(target: "septa::flow", "{line}");
+                    let rule_name = |id| {
+                        en.rules.get(&id).map(|p| {
+                            format!(
+                                "{}/{}/{}[{}]",
+                                p.namespace, p.name, p.direction, p.rule_index
+                            )
+                        })
+                    };
+                    debug!(target: "septa::flow", "{}", crate::events::describe_with(&e, rule_name));
+                    if let Some(w) = writer.as_mut() {
+                        if let Err(err) = w.write(&en.record(&e)) {
+                            error!(error = %err, "writing the flow log; records are being lost");
+                        }
+                    }
+                }
+                if let Some(w) = writer.as_mut() {
+                    let _ = w.flush();
                 }
             }
         });
