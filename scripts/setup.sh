@@ -19,6 +19,8 @@ APT_PACKAGES=(
   containernetworking-plugins
   # plotting perf results
   gnuplot-nox
+  # promtool, to check the agent's /metrics (no server is started)
+  prometheus
 )
 
 log() { echo "setup: $*" >&2; }

@@ -578,3 +578,85 @@ fn unwritable_flow_log_fails_at_start_with_the_path() {
         "{err}"
     );
 }
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt package prometheus) must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics rejected /metrics:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_pass_promtool_and_move_with_traffic() {
+    let mut n = node("metrics");
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let _srv = Server::start(&web.netns, &[8080, 8081], &[]).unwrap();
+    let node_ns = n.bed.node_path();
+    let body = |s: String| s.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    let before = body(http_get(&node_ns, "/metrics"));
+    for _ in 0..3 {
+        echo(
+            &mut tcp_connect(&client.netns, to(&web, 8080)).unwrap(),
+            b"x",
+        )
+        .unwrap();
+    }
+    assert!(tcp_connect(&client.netns, to(&web, 8081)).is_err());
+    let after = poll_until(Duration::from_secs(10), || {
+        let m = body(http_get(&node_ns, "/metrics"));
+        (metric(&m, "septa_datapath_packets_total{verdict=\"dropped\"}")
+            > metric(&before, "septa_datapath_packets_total{verdict=\"dropped\"}"))
+        .then_some(m)
+    })
+    .expect("counters move");
+    promtool_check(&after);
+    assert!(
+        metric(
+            &after,
+            "septa_datapath_packets_total{verdict=\"forwarded\"}"
+        ) > metric(
+            &before,
+            "septa_datapath_packets_total{verdict=\"forwarded\"}"
+        )
+    );
+    assert!(
+        metric(
+            &after,
+            "septa_conntrack_operations_total{operation=\"created\"}"
+        ) >= 3.0
+    );
+    assert!(after.contains("septa_flows_total{kind=\"deny\",verdict=\"dropped\",direction=\"ingress\",reason=\"policy-denied\"}"), "{after}");
+    assert_eq!(metric(&after, "septa_endpoints"), 2.0);
+    assert!(metric(&after, "septa_policy_map_entries") > 0.0);
+    assert!(
+        after.contains("septa_map_update_duration_seconds_bucket"),
+        "{after}"
+    );
+    assert_eq!(metric(&after, "septa_manifest_errors"), 0.0);
+}

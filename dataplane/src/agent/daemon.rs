@@ -134,6 +134,7 @@ impl Agent {
         let Some((cluster, problems)) = src.poll() else {
             return false;
         };
+        metrics::gauge!("septa_manifest_errors").set(problems.0.len() as f64);
         if !problems.is_empty() {
             for d in &problems.0 {
                 error!(file = %d.file, object = %d.object, field = %d.field, "{}", d.message);
@@ -270,12 +271,24 @@ impl Agent {
 
     /// Compile and write the difference to the maps.
     pub fn reconcile(&mut self) -> Result<(), Error> {
+        // Timed from the compile: the histogram is the whole cost of one change.
+        let t = std::time::Instant::now();
         let Some(desired) = self.desired() else {
             debug!("no valid manifests yet; maps left as they are");
             return Ok(());
         };
-        let t = std::time::Instant::now();
-        let stats = self.dp.reconcile(&mut self.actual, &desired)?;
+        let stats = match self.dp.reconcile(&mut self.actual, &desired) {
+            Ok(st) => {
+                metrics::counter!("septa_reconciles_total", "result" => "ok").increment(1);
+                st
+            }
+            Err(e) => {
+                metrics::counter!("septa_reconciles_total", "result" => "error").increment(1);
+                return Err(e);
+            }
+        };
+        metrics::histogram!("septa_map_update_duration_seconds").record(t.elapsed().as_secs_f64());
+        super::metrics::map_sizes(&self.actual);
         if stats.upserts + stats.removals > 0 {
             info!(
                 upserts = stats.upserts,
@@ -521,7 +534,12 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
             iface: agent.cfg.health_addr.to_string(),
             reason: format!("health endpoint: {e}"),
         })?;
-    tokio::spawn(super::health::serve(health, agent.ready.clone()));
+    let prometheus = super::metrics::install();
+    tokio::spawn(super::health::serve(
+        health,
+        agent.ready.clone(),
+        prometheus,
+    ));
     if let Ok(events) = agent.dp.take_events() {
         let enricher = agent.enricher.clone();
         if let Ok(mut en) = enricher.write() {
@@ -543,6 +561,8 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
             while let Ok(batch) = r.next_batch().await {
                 let Ok(en) = enricher.read() else { continue };
                 for e in batch {
+                    let rec = en.record(&e);
+                    metrics::counter!("septa_flows_total", "kind" => rec.kind.clone(), "verdict" => rec.verdict.clone(), "direction" => rec.direction.clone(), "reason" => rec.drop_reason.clone().unwrap_or_default()).increment(1);
                     let rule_name = |id| {
                         en.rules.get(&id).map(|p| {
                             format!(
@@ -553,7 +573,8 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                     };
                     debug!(target: "septa::flow", "{}", crate::events::describe_with(&e, rule_name));
                     if let Some(w) = writer.as_mut() {
-                        if let Err(err) = w.write(&en.record(&e)) {
+                        if let Err(err) = w.write(&rec) {
+                            metrics::counter!("septa_flow_log_write_errors_total").increment(1);
                             error!(error = %err, "writing the flow log; records are being lost");
                         }
                     }
@@ -565,6 +586,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         });
     }
     info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
+    let mut scrape = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut tick = tokio::time::interval(agent.cfg.poll_interval);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -580,6 +602,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                     }
                 }
             }
+            _ = scrape.tick() => super::metrics::scrape(&agent.dp),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

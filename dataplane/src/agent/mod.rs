@@ -6,6 +6,7 @@
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod source;
