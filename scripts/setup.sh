@@ -21,6 +21,8 @@ APT_PACKAGES=(
   gnuplot-nox
   # promtool, to check the agent's /metrics (no server is started)
   prometheus
+  # nfcapd/nfdump, the IPFIX collector the tests export to
+  nfdump
 )
 
 log() { echo "setup: $*" >&2; }

@@ -68,6 +68,15 @@ pub struct Args {
     /// Rotated flow-log files kept [default: 5]
     #[arg(long)]
     pub flow_log_keep: Option<usize>,
+    /// Export flow records over IPFIX (UDP) to this collector, e.g. 192.0.2.10:4739 [default: none]
+    #[arg(long)]
+    pub ipfix_collector: Option<std::net::SocketAddr>,
+    /// IPFIX observation domain id [default: 1]
+    #[arg(long)]
+    pub ipfix_domain: Option<u32>,
+    /// How often IPFIX templates are resent, e.g. 60s [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    pub ipfix_template_interval: Option<Duration>,
     /// This node's name in flow records [default: the host name]
     #[arg(long)]
     pub node_name: Option<String>,
@@ -99,6 +108,9 @@ struct FileConfig {
     flow_log_max_bytes: Option<u64>,
     flow_log_keep: Option<usize>,
     node_name: Option<String>,
+    ipfix_collector: Option<std::net::SocketAddr>,
+    ipfix_domain: Option<u32>,
+    ipfix_template_interval: Option<String>,
 }
 
 /// The effective configuration.
@@ -123,6 +135,9 @@ pub struct Config {
     pub flow_log_max_bytes: u64,
     pub flow_log_keep: usize,
     pub node_name: String,
+    pub ipfix_collector: Option<std::net::SocketAddr>,
+    pub ipfix_domain: u32,
+    pub ipfix_template_interval: Duration,
 }
 
 /// The host name (for flow records), or `localhost`.
@@ -238,6 +253,14 @@ impl Config {
                 .clone()
                 .or(file.node_name)
                 .unwrap_or_else(hostname),
+            ipfix_collector: args.ipfix_collector.or(file.ipfix_collector),
+            ipfix_domain: args.ipfix_domain.or(file.ipfix_domain).unwrap_or(1),
+            ipfix_template_interval: dur(
+                args.ipfix_template_interval,
+                &file.ipfix_template_interval,
+                Duration::from_secs(60),
+                "ipfix-template-interval",
+            )?,
         })
     }
 }

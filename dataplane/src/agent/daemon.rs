@@ -554,12 +554,21 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 agent.cfg.flow_log_keep,
             )?),
         };
+        let mut ipfix = match agent.cfg.ipfix_collector {
+            Some(addr) => Some(crate::flows::ipfix::IpfixExporter::new(
+                addr,
+                agent.cfg.ipfix_domain,
+                agent.cfg.ipfix_template_interval,
+            )?),
+            None => None,
+        };
         tokio::spawn(async move {
             let Ok(mut r) = events.into_async() else {
                 return;
             };
             while let Ok(batch) = r.next_batch().await {
                 let Ok(en) = enricher.read() else { continue };
+                let mut records = Vec::with_capacity(batch.len());
                 for e in batch {
                     let rec = en.record(&e);
                     metrics::counter!("septa_flows_total", "kind" => rec.kind.clone(), "verdict" => rec.verdict.clone(), "direction" => rec.direction.clone(), "reason" => rec.drop_reason.clone().unwrap_or_default()).increment(1);
@@ -578,9 +587,16 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                             error!(error = %err, "writing the flow log; records are being lost");
                         }
                     }
+                    records.push(rec);
                 }
                 if let Some(w) = writer.as_mut() {
                     let _ = w.flush();
+                }
+                if let Some(x) = ipfix.as_mut() {
+                    if let Err(err) = x.export(&records) {
+                        metrics::counter!("septa_ipfix_export_errors_total").increment(1);
+                        warn!(error = %err, "IPFIX export");
+                    }
                 }
             }
         });

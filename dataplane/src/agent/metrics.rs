@@ -49,6 +49,10 @@ pub fn install() -> Option<PrometheusHandle> {
         "septa_flow_log_write_errors_total",
         "Flow records that could not be written to the flow log."
     );
+    describe_counter!(
+        "septa_ipfix_export_errors_total",
+        "IPFIX messages that could not be sent."
+    );
     describe_counter!("septa_reconciles_total", "Map reconciliations, by result.");
     describe_histogram!(
         "septa_map_update_duration_seconds",

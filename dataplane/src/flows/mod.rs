@@ -4,6 +4,7 @@
 //! Schema version 1 is documented in the README ("Flow records"); fields are only ever added
 //! within a version.
 
+pub mod ipfix;
 pub mod jsonl;
 
 use std::{collections::BTreeMap, net::IpAddr};
