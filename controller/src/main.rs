@@ -33,6 +33,39 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Show recent flow records from the local agent, and with --follow new ones as they come.
+    ///
+    /// Filters combine (all must hold): --namespace and --pod match either side, --port
+    /// either port.
+    Flows {
+        /// The agent's socket.
+        #[arg(long, default_value = "/run/septa/septa.sock")]
+        socket: PathBuf,
+        /// Either side in this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Either side is this pod.
+        #[arg(long)]
+        pod: Option<String>,
+        /// forwarded, dropped or audit.
+        #[arg(long, value_parser = ["forwarded", "dropped", "audit"])]
+        verdict: Option<String>,
+        /// new, deny or end.
+        #[arg(long, value_parser = ["new", "deny", "end"])]
+        kind: Option<String>,
+        /// Either side uses this port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// How many recent records to show first.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// Keep printing new records until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Output format (text or json lines).
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     /// Show the connections one set of manifests allows and the other does not
     /// (`added`, `removed`, `changed`).
     Diff {
@@ -52,6 +85,28 @@ fn main() {
     let r = match cli.command {
         Command::Connlist { paths, output } => cmd_connlist(&paths, output, &mut out, &mut err),
         Command::Diff { old, new, output } => cmd_diff(&[old], &[new], output, &mut out, &mut err),
+        Command::Flows {
+            socket,
+            namespace,
+            pod,
+            verdict,
+            kind,
+            port,
+            last,
+            follow,
+            output,
+        } => {
+            let filter = dataplane::agent::protocol::FlowFilter {
+                namespace,
+                pod,
+                verdict,
+                port,
+                kind,
+            };
+            Ok(controller::flows::cmd_flows(
+                &socket, &filter, last, follow, output, &mut out, &mut err,
+            ))
+        }
     };
     match r {
         Ok(code) => std::process::exit(code),

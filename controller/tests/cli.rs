@@ -104,3 +104,13 @@ fn usage_errors() {
     assert_eq!(code, 0);
     assert!(out.contains("SRC => DST : CONNS"));
 }
+
+#[test]
+fn flows_without_an_agent_is_a_clear_error() {
+    let (code, _, err) = septa(&["flows", "--socket", "/nonexistent/septa.sock"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/septa.sock"), "{err}");
+    let (code, _, err) = septa(&["flows", "--verdict", "maybe"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("maybe"), "{err}");
+}

@@ -660,3 +660,103 @@ fn metrics_pass_promtool_and_move_with_traffic() {
     );
     assert_eq!(metric(&after, "septa_manifest_errors"), 0.0);
 }
+
+#[test]
+fn flow_queries_filter_the_backlog_and_follow_new_flows() {
+    use dataplane::agent::protocol::{query_flows, FlowFilter};
+    let mut n = node("flows");
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
+    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    echo(
+        &mut tcp_connect(&client.netns, to(&web, 8080)).unwrap(),
+        b"x",
+    )
+    .unwrap();
+    assert!(tcp_connect(&other.netns, to(&web, 8080)).is_err());
+
+    let collect = |f: FlowFilter| {
+        let mut v = Vec::new();
+        query_flows(&n.socket, &f, 100, false, Duration::from_secs(5), |r| {
+            v.push(r);
+            true
+        })
+        .unwrap();
+        v
+    };
+    let dropped = poll_until(Duration::from_secs(10), || {
+        let v = collect(FlowFilter {
+            verdict: Some("dropped".into()),
+            ..Default::default()
+        });
+        (!v.is_empty()).then_some(v)
+    })
+    .expect("denials are queryable");
+    assert!(dropped.iter().all(|r| r.verdict == "dropped"));
+    assert!(dropped
+        .iter()
+        .any(|r| r.source.pod.as_deref() == Some("other-1")));
+    let clients = collect(FlowFilter {
+        pod: Some("client-1".into()),
+        ..Default::default()
+    });
+    assert!(
+        !clients.is_empty()
+            && clients.iter().all(|r| [&r.source.pod, &r.destination.pod]
+                .iter()
+                .any(|p| p.as_deref() == Some("client-1")))
+    );
+    assert!(collect(FlowFilter {
+        pod: Some("nobody".into()),
+        ..Default::default()
+    })
+    .is_empty());
+    let last_two = {
+        let mut v = Vec::new();
+        query_flows(
+            &n.socket,
+            &FlowFilter::default(),
+            2,
+            false,
+            Duration::from_secs(5),
+            |r| {
+                v.push(r);
+                true
+            },
+        )
+        .unwrap();
+        v
+    };
+    assert_eq!(last_two.len(), 2, "--last bounds the backlog");
+
+    // Follow: a new connection shows up while the query is open.
+    let socket = n.socket.clone();
+    let follower = std::thread::spawn(move || {
+        let mut got = None;
+        query_flows(
+            &socket,
+            &FlowFilter {
+                port: Some(8080),
+                kind: Some("new".into()),
+                ..Default::default()
+            },
+            0,
+            true,
+            Duration::from_secs(5),
+            |r| {
+                got = Some(r);
+                false
+            },
+        )
+        .unwrap();
+        got
+    });
+    let rec = poll_until(Duration::from_secs(10), || {
+        echo(&mut tcp_connect(&client.netns, to(&web, 8080)).ok()?, b"y").ok()?;
+        follower.is_finished().then_some(())
+    });
+    assert!(rec.is_some(), "the follower saw a new flow");
+    let r = follower.join().unwrap().expect("a record");
+    assert_eq!((r.kind.as_str(), r.destination.port), ("new", 8080));
+}

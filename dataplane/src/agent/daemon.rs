@@ -336,6 +336,8 @@ impl Agent {
                 Response::ok()
             }
             Request::Add(ep) => self.add(ep),
+            // Served by the socket task from the flow tap, never queued here.
+            Request::Flows { .. } => Response::err("flow queries are served by the socket task"),
         }
     }
 
@@ -475,13 +477,93 @@ pub fn host_addresses() -> Vec<IpAddr> {
 
 type Job = (Request, oneshot::Sender<Response>);
 
+/// Recent flow records (bounded) and the live stream, for `septa flows`.
+#[derive(Clone)]
+struct FlowTap {
+    recent: Arc<std::sync::Mutex<std::collections::VecDeque<crate::flows::FlowRecord>>>,
+    live: tokio::sync::broadcast::Sender<crate::flows::FlowRecord>,
+}
+
+/// Records kept for queries without `follow`.
+const RECENT_FLOWS: usize = 10_000;
+
+impl FlowTap {
+    fn new() -> Self {
+        Self {
+            recent: Default::default(),
+            live: tokio::sync::broadcast::channel(4096).0,
+        }
+    }
+
+    fn push(&self, r: &crate::flows::FlowRecord) {
+        if let Ok(mut q) = self.recent.lock() {
+            if q.len() == RECENT_FLOWS {
+                q.pop_front();
+            }
+            q.push_back(r.clone());
+        }
+        let _ = self.live.send(r.clone());
+    }
+
+    /// Stream matching records to a client: the backlog, then (with `follow`) live ones.
+    async fn serve(
+        &self,
+        w: &mut tokio::net::unix::OwnedWriteHalf,
+        filter: super::protocol::FlowFilter,
+        last: usize,
+        follow: bool,
+    ) {
+        // Subscribe before reading the backlog, so nothing falls between the two.
+        let mut rx = self.live.subscribe();
+        let backlog: Vec<crate::flows::FlowRecord> = self
+            .recent
+            .lock()
+            .map(|q| q.iter().filter(|r| filter.matches(r)).cloned().collect())
+            .unwrap_or_default();
+        let skip = backlog.len().saturating_sub(last);
+        for r in backlog.into_iter().skip(skip) {
+            if write_json_line(w, &r).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            let _ = w.write_all(b"\n").await;
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(r) if filter.matches(&r) => {
+                    if write_json_line(w, &r).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    metrics::counter!("septa_flow_query_records_skipped_total").increment(n);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+async fn write_json_line<T: serde::Serialize>(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &T,
+) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(v).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
 /// Accept registry connections on `socket` (mode 0600) and forward requests to the loop.
-async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>) {
+async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTap) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let tx = tx.clone();
+        let tap = tap.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 16));
@@ -497,6 +579,14 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>) {
                 } else {
                     match serde_json::from_str::<Request>(&line) {
                         Err(e) => Response::err(format!("malformed request: {e}")),
+                        Ok(Request::Flows {
+                            filter,
+                            last,
+                            follow,
+                        }) => {
+                            tap.serve(&mut w, filter, last, follow).await;
+                            return;
+                        }
                         Ok(req) => {
                             let (otx, orx) = oneshot::channel();
                             if tx.send((req, otx)).await.is_err() {
@@ -527,7 +617,8 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     let listener = UnixListener::bind(&sock)?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     let (tx, mut rx) = mpsc::channel::<Job>(64);
-    tokio::spawn(serve_socket(listener, tx));
+    let tap = FlowTap::new();
+    tokio::spawn(serve_socket(listener, tx, tap.clone()));
     let health = tokio::net::TcpListener::bind(agent.cfg.health_addr)
         .await
         .map_err(|e| Error::Interface {
@@ -542,6 +633,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     ));
     if let Ok(events) = agent.dp.take_events() {
         let enricher = agent.enricher.clone();
+        let tap = tap.clone();
         if let Ok(mut en) = enricher.write() {
             en.wall_offset_ns = crate::flows::Enricher::measure_wall_offset();
         }
@@ -587,6 +679,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                             error!(error = %err, "writing the flow log; records are being lost");
                         }
                     }
+                    tap.push(&rec);
                     records.push(rec);
                 }
                 if let Some(w) = writer.as_mut() {
