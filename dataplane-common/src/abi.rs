@@ -167,6 +167,8 @@ pub mod event {
     pub const DENY: u8 = 2;
     /// A connection ended (TCP FIN both ways or RST) with its packet and byte counts.
     pub const END: u8 = 3;
+    /// Userspace only: the periodic report of a long-lived connection's counts.
+    pub const UPDATE: u8 = 4;
 }
 
 /// Indices of the per-CPU counters in the stats map.

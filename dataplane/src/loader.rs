@@ -442,6 +442,13 @@ impl Datapath {
             .map_err(map_err(maps::CONNTRACK))
     }
 
+    /// Delete one conntrack entry (no error if it is already gone).
+    pub fn remove_conntrack(&mut self, key: &CtKey) -> Result<(), Error> {
+        let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK)?).map_err(map_err(maps::CONNTRACK))?;
+        ignore_missing(m.remove(key), maps::CONNTRACK)
+    }
+
     /// The data-path counters, summed over CPUs, indexed by [`dataplane_common::stats`].
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], Error> {
         let a: PerCpuArray<&MapData, u64> =

@@ -760,3 +760,113 @@ fn flow_queries_filter_the_backlog_and_follow_new_flows() {
     let r = follower.join().unwrap().expect("a record");
     assert_eq!((r.kind.as_str(), r.destination.port), ("new", 8080));
 }
+
+fn records(log: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn idle_udp_flows_end_and_long_ones_update() {
+    let mut n = Node::new("sweep", bins()).unwrap();
+    let log = n.dir.join("flows.jsonl");
+    n.agent_args = vec![
+        "--flow-log".into(),
+        log.display().to_string(),
+        "--conntrack-idle".into(),
+        "1s".into(),
+        "--flow-update-interval".into(),
+        "200ms".into(),
+    ];
+    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
+    n.start_agent().unwrap();
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let _srv = Server::start(&web.netns, &[], &[9000]).unwrap();
+    // A UDP "connection" that keeps talking for a while, then goes quiet.
+    let sock = dataplane::netns::in_netns(&client.netns, || std::net::UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    let dst = to(&web, 9000);
+    let mut sent = 0;
+    let updated = poll_until(Duration::from_secs(10), || {
+        sock.send_to(b"tick", dst).ok()?;
+        sent += 1;
+        records(&log)
+            .into_iter()
+            .find(|r| r["kind"] == "update" && r["protocol"] == "UDP")
+    });
+    assert!(updated.is_some(), "a long-lived flow reports its counts");
+    let ended = poll_until(Duration::from_secs(10), || {
+        records(&log).into_iter().find(|r| {
+            r["kind"] == "end"
+                && r["protocol"] == "UDP"
+                && r["destination"]["port"] == 9000
+                && r["direction"] == "egress"
+        })
+    });
+    let ended = ended.expect("the idle UDP flow ends");
+    assert!(
+        ended["packets"]["forward"].as_u64().unwrap() >= sent as u64,
+        "{ended}"
+    );
+}
+
+#[test]
+fn aggregation_folds_allowed_flows_and_keeps_denials() {
+    let mut n = Node::new("agg", bins()).unwrap();
+    let log = n.dir.join("flows.jsonl");
+    n.agent_args = vec![
+        "--flow-log".into(),
+        log.display().to_string(),
+        "--flow-aggregate-window".into(),
+        "300ms".into(),
+    ];
+    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
+    n.write_manifest("10-policy.yaml", &policy("http")).unwrap();
+    n.start_agent().unwrap();
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
+    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    for _ in 0..5 {
+        echo(
+            &mut tcp_connect(&client.netns, to(&web, 8080)).unwrap(),
+            b"x",
+        )
+        .unwrap();
+    }
+    assert!(tcp_connect(&other.netns, to(&web, 8080)).is_err());
+    let agg = poll_until(Duration::from_secs(10), || {
+        records(&log).into_iter().find(|r| {
+            r["kind"] == "aggregate"
+                && r["direction"] == "ingress"
+                && r["destination"]["port"] == 8080
+                && r["connections"].as_u64() >= Some(5)
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no aggregate record:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(agg["source"]["workload"], "Pod/client-1");
+    assert!(
+        agg["source"]["pod"].is_null(),
+        "aggregates are per workload"
+    );
+    let all = records(&log);
+    assert!(
+        all.iter().all(|r| r["kind"] != "new"),
+        "no per-connection records when aggregating"
+    );
+    assert!(
+        all.iter()
+            .any(|r| r["kind"] == "deny" && r["source"]["pod"] == "other-1"),
+        "denials keep full detail"
+    );
+}

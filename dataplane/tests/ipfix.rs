@@ -54,6 +54,7 @@ fn record(src: &str, dst: &str, sport: u16, dport: u16, proto: &str, kind: &str)
         tcp_flags: vec!["SYN".into(), "ACK".into()],
         dns_names: vec![],
         node: "n".into(),
+        connections: None,
     }
 }
 

@@ -77,6 +77,18 @@ pub struct Args {
     /// How often IPFIX templates are resent, e.g. 60s [default: 60s]
     #[arg(long, value_parser = parse_duration)]
     pub ipfix_template_interval: Option<Duration>,
+    /// A connection with no packet for this long ends (UDP, ICMP, ...; TCP after 10x) [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    pub conntrack_idle: Option<Duration>,
+    /// How often long-lived connections are reported and idle ones ended [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    pub flow_update_interval: Option<Duration>,
+    /// Aggregate forwarded flows per workload pair, port and verdict over this window; denials stay detailed [default: off]
+    #[arg(long, value_parser = parse_duration)]
+    pub flow_aggregate_window: Option<Duration>,
+    /// Groups held per aggregation window; beyond it records pass unaggregated [default: 100000]
+    #[arg(long)]
+    pub flow_aggregate_max_groups: Option<usize>,
     /// This node's name in flow records [default: the host name]
     #[arg(long)]
     pub node_name: Option<String>,
@@ -111,6 +123,10 @@ struct FileConfig {
     ipfix_collector: Option<std::net::SocketAddr>,
     ipfix_domain: Option<u32>,
     ipfix_template_interval: Option<String>,
+    conntrack_idle: Option<String>,
+    flow_update_interval: Option<String>,
+    flow_aggregate_window: Option<String>,
+    flow_aggregate_max_groups: Option<usize>,
 }
 
 /// The effective configuration.
@@ -138,6 +154,10 @@ pub struct Config {
     pub ipfix_collector: Option<std::net::SocketAddr>,
     pub ipfix_domain: u32,
     pub ipfix_template_interval: Duration,
+    pub conntrack_idle: Duration,
+    pub flow_update_interval: Duration,
+    pub flow_aggregate_window: Option<Duration>,
+    pub flow_aggregate_max_groups: usize,
 }
 
 /// The host name (for flow records), or `localhost`.
@@ -261,6 +281,30 @@ impl Config {
                 Duration::from_secs(60),
                 "ipfix-template-interval",
             )?,
+            conntrack_idle: dur(
+                args.conntrack_idle,
+                &file.conntrack_idle,
+                Duration::from_secs(60),
+                "conntrack-idle",
+            )?,
+            flow_update_interval: dur(
+                args.flow_update_interval,
+                &file.flow_update_interval,
+                Duration::from_secs(30),
+                "flow-update-interval",
+            )?,
+            flow_aggregate_window: match (args.flow_aggregate_window, &file.flow_aggregate_window) {
+                (Some(d), _) => Some(d),
+                (None, Some(s)) => Some(
+                    parse_duration(s)
+                        .map_err(|e| format!("config key flow-aggregate-window: {e}"))?,
+                ),
+                (None, None) => None,
+            },
+            flow_aggregate_max_groups: args
+                .flow_aggregate_max_groups
+                .or(file.flow_aggregate_max_groups)
+                .unwrap_or(100_000),
         })
     }
 }

@@ -44,6 +44,7 @@ pub struct Agent {
     source: Option<Source>,
     pub registry: Registry,
     pub ready: Arc<AtomicBool>,
+    sweeper: crate::flows::sweep::Sweeper,
     /// What flow records are enriched with; refreshed after every compile.
     pub enricher: Arc<std::sync::RwLock<crate::flows::Enricher>>,
 }
@@ -114,6 +115,7 @@ impl Agent {
             registry,
             ready: Arc::new(AtomicBool::new(false)),
             enricher: Default::default(),
+            sweeper: Default::default(),
         };
         if agent.source.is_none() {
             agent.manifests = Some(Cluster::default());
@@ -424,6 +426,33 @@ impl Agent {
         }
     }
 
+    /// Sweep conntrack: updates for long-lived connections, ends for idle ones (their entries
+    /// are deleted). Returns the events to report.
+    pub fn sweep(&mut self) -> Vec<dataplane_common::FlowEvent> {
+        let Ok(entries) = self.dp.conntrack() else {
+            return Vec::new();
+        };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out-pointer; the kernel stamps entries with CLOCK_MONOTONIC.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let cfg = crate::flows::sweep::SweepConfig {
+            idle: self.cfg.conntrack_idle,
+            closed_grace: std::time::Duration::from_secs(10),
+        };
+        let r = self.sweeper.sweep(&entries, now, &cfg);
+        for k in &r.expired {
+            if let Err(e) = self.dp.remove_conntrack(k) {
+                warn!(error = %e, "removing an idle conntrack entry");
+            }
+        }
+        metrics::gauge!("septa_conntrack_entries").set((entries.len() - r.expired.len()) as f64);
+        r.events
+    }
+
     /// On shutdown: leave enforcement in place, or remove everything when configured.
     pub fn shutdown(mut self) {
         if self.cfg.remove_enforcement {
@@ -631,34 +660,43 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         agent.ready.clone(),
         prometheus,
     ));
+    let (sweep_tx, mut sweep_rx) = mpsc::unbounded_channel::<Vec<dataplane_common::FlowEvent>>();
     if let Ok(events) = agent.dp.take_events() {
         let enricher = agent.enricher.clone();
         let tap = tap.clone();
         if let Ok(mut en) = enricher.write() {
             en.wall_offset_ns = crate::flows::Enricher::measure_wall_offset();
         }
-        let mut writer = match &agent.cfg.flow_log {
-            None => None,
-            Some(p) if p.as_os_str() == "-" => Some(crate::flows::jsonl::JsonlWriter::stdout()),
-            Some(p) => Some(crate::flows::jsonl::JsonlWriter::file(
-                p,
-                agent.cfg.flow_log_max_bytes,
-                agent.cfg.flow_log_keep,
-            )?),
-        };
-        let mut ipfix = match agent.cfg.ipfix_collector {
-            Some(addr) => Some(crate::flows::ipfix::IpfixExporter::new(
-                addr,
-                agent.cfg.ipfix_domain,
-                agent.cfg.ipfix_template_interval,
-            )?),
-            None => None,
-        };
+        let mut out = crate::flows::Exporters::from_config(&agent.cfg)?;
+        let mut aggregator = agent
+            .cfg
+            .flow_aggregate_window
+            .map(|_| crate::flows::aggregate::Aggregator::new(agent.cfg.flow_aggregate_max_groups));
+        let mut window = tokio::time::interval(
+            agent
+                .cfg
+                .flow_aggregate_window
+                .unwrap_or(std::time::Duration::from_secs(3600)),
+        );
         tokio::spawn(async move {
             let Ok(mut r) = events.into_async() else {
                 return;
             };
-            while let Ok(batch) = r.next_batch().await {
+            loop {
+                let batch = tokio::select! {
+                    b = r.next_batch() => match b {
+                        Ok(b) => b,
+                        Err(_) => break,
+                    },
+                    Some(b) = sweep_rx.recv() => b,
+                    _ = window.tick() => {
+                        if let Some(a) = aggregator.as_mut() {
+                            out.emit(&a.flush());
+                            metrics::gauge!("septa_flow_aggregate_overflow").set(a.overflow as f64);
+                        }
+                        continue;
+                    }
+                };
                 let Ok(en) = enricher.read() else { continue };
                 let mut records = Vec::with_capacity(batch.len());
                 for e in batch {
@@ -673,29 +711,20 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                         })
                     };
                     debug!(target: "septa::flow", "{}", crate::events::describe_with(&e, rule_name));
-                    if let Some(w) = writer.as_mut() {
-                        if let Err(err) = w.write(&rec) {
-                            metrics::counter!("septa_flow_log_write_errors_total").increment(1);
-                            error!(error = %err, "writing the flow log; records are being lost");
-                        }
-                    }
                     tap.push(&rec);
-                    records.push(rec);
-                }
-                if let Some(w) = writer.as_mut() {
-                    let _ = w.flush();
-                }
-                if let Some(x) = ipfix.as_mut() {
-                    if let Err(err) = x.export(&records) {
-                        metrics::counter!("septa_ipfix_export_errors_total").increment(1);
-                        warn!(error = %err, "IPFIX export");
+                    match aggregator.as_mut() {
+                        Some(a) => records.extend(a.offer(rec)),
+                        None => records.push(rec),
                     }
                 }
+                drop(en);
+                out.emit(&records);
             }
         });
     }
     info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
     let mut scrape = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
     let mut tick = tokio::time::interval(agent.cfg.poll_interval);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -712,6 +741,12 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
             }
             _ = scrape.tick() => super::metrics::scrape(&agent.dp),
+            _ = sweep_tick.tick() => {
+                let events = agent.sweep();
+                if !events.is_empty() {
+                    let _ = sweep_tx.send(events);
+                }
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

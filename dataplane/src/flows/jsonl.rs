@@ -162,6 +162,7 @@ mod tests {
             tcp_flags: vec![],
             dns_names: vec![],
             node: "n".into(),
+            connections: None,
         }
     }
 

@@ -4,13 +4,67 @@
 //! Schema version 1 is documented in the README ("Flow records"); fields are only ever added
 //! within a version.
 
+pub mod aggregate;
 pub mod ipfix;
 pub mod jsonl;
+pub mod sweep;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use dataplane_common::{direction, event, reason, rule, verdict, FlowEvent};
 use serde::{Deserialize, Serialize};
+
+/// Where records go: the JSON-lines log and the IPFIX collector, as configured.
+pub struct Exporters {
+    jsonl: Option<jsonl::JsonlWriter>,
+    ipfix: Option<ipfix::IpfixExporter>,
+}
+
+impl Exporters {
+    /// Open what the agent configuration asks for; errors name the path or address.
+    pub fn from_config(cfg: &crate::agent::config::Config) -> std::io::Result<Self> {
+        let jsonl = match &cfg.flow_log {
+            None => None,
+            Some(p) if p.as_os_str() == "-" => Some(jsonl::JsonlWriter::stdout()),
+            Some(p) => Some(jsonl::JsonlWriter::file(
+                p,
+                cfg.flow_log_max_bytes,
+                cfg.flow_log_keep,
+            )?),
+        };
+        let ipfix = match cfg.ipfix_collector {
+            Some(addr) => Some(ipfix::IpfixExporter::new(
+                addr,
+                cfg.ipfix_domain,
+                cfg.ipfix_template_interval,
+            )?),
+            None => None,
+        };
+        Ok(Self { jsonl, ipfix })
+    }
+
+    /// Write records to every exporter; failures are counted and logged, never fatal.
+    pub fn emit(&mut self, records: &[FlowRecord]) {
+        if records.is_empty() {
+            return;
+        }
+        if let Some(w) = self.jsonl.as_mut() {
+            for r in records {
+                if let Err(e) = w.write(r) {
+                    metrics::counter!("septa_flow_log_write_errors_total").increment(1);
+                    tracing::error!(error = %e, "writing the flow log; records are being lost");
+                }
+            }
+            let _ = w.flush();
+        }
+        if let Some(x) = self.ipfix.as_mut() {
+            if let Err(e) = x.export(records) {
+                metrics::counter!("septa_ipfix_export_errors_total").increment(1);
+                tracing::warn!(error = %e, "IPFIX export");
+            }
+        }
+    }
+}
 
 /// The schema version written in every record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -58,7 +112,8 @@ pub struct FlowRecord {
     pub version: u32,
     /// RFC 3339 with milliseconds, UTC.
     pub time: String,
-    /// `new` (connection accepted), `deny` (packet dropped, or connection revoked), `end`.
+    /// `new` (connection accepted), `deny` (packet dropped, or connection revoked), `update`
+    /// (periodic counts of a long-lived connection), `end`, `aggregate` (see `connections`).
     pub kind: String,
     /// `forwarded`, `dropped` or `audit`.
     pub verdict: String,
@@ -81,6 +136,9 @@ pub struct FlowRecord {
     /// DNS names known for the peer (filled by the DNS feature).
     pub dns_names: Vec<String>,
     pub node: String,
+    /// For `aggregate` records: connections opened in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 /// What the agent knows to enrich events: endpoints by address, rules by id, identities.
@@ -175,6 +233,7 @@ impl Enricher {
                 event::NEW => "new",
                 event::DENY => "deny",
                 event::END => "end",
+                event::UPDATE => "update",
                 _ => "unknown",
             }
             .into(),
@@ -228,6 +287,7 @@ impl Enricher {
                 .collect(),
             dns_names: Vec::new(),
             node: self.node.clone(),
+            connections: None,
         }
     }
 }
