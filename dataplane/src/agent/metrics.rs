@@ -53,6 +53,18 @@ pub fn install() -> Option<PrometheusHandle> {
         "septa_ipfix_export_errors_total",
         "IPFIX messages that could not be sent."
     );
+    describe_gauge!(
+        "septa_conntrack_entries",
+        "Conntrack entries after the last sweep."
+    );
+    describe_gauge!(
+        "septa_flow_aggregate_overflow",
+        "Records passed unaggregated because the group table was full."
+    );
+    describe_counter!(
+        "septa_flow_query_records_skipped_total",
+        "Records a slow `septa flows --follow` client missed."
+    );
     describe_counter!("septa_reconciles_total", "Map reconciliations, by result.");
     describe_histogram!(
         "septa_map_update_duration_seconds",
