@@ -529,6 +529,7 @@ fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
             Some(opts.conntrack_entries),
         ),
         (maps::EVENTS, 0, 0, Some(opts.events_bytes)),
+        (maps::CGROUP_SLOTS, 8, 4, None),
     ];
     for (name, key, value, entries) in expected {
         let path = opts.pin_dir.join(name);

@@ -870,3 +870,55 @@ fn aggregation_folds_allowed_flows_and_keeps_denials() {
         "denials keep full detail"
     );
 }
+
+#[test]
+fn bursts_beyond_the_ring_buffer_are_counted_and_the_agent_carries_on() {
+    let mut n = Node::new("burst", bins()).unwrap();
+    n.agent_args = vec!["--events-bytes".into(), "4096".into()];
+    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
+    n.start_agent().unwrap();
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let _srv = Server::start(&web.netns, &[], &[9000]).unwrap();
+    let pid = n.agent_pid().unwrap() as i32;
+    // Freeze the consumer, then open 300 new flows: far more events than 4 KiB hold.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let dst = to(&web, 9000);
+    dataplane::netns::in_netns(&client.netns, || {
+        for _ in 0..300 {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"burst", dst).unwrap();
+        }
+    })
+    .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let node_ns = n.bed.node_path();
+    let lost = poll_until(Duration::from_secs(10), || {
+        let m = http_get(&node_ns, "/metrics");
+        let v = metric(
+            m.split("\r\n\r\n").nth(1)?,
+            "septa_datapath_events_lost_total",
+        );
+        (v > 0.0).then_some(v)
+    });
+    assert!(
+        lost.is_some_and(|v| v >= 200.0),
+        "losses are counted: {lost:?}"
+    );
+    assert!(n.agent_running(), "the agent keeps running");
+    // And it still works: a new pod is enforced.
+    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
+    assert!(
+        dataplane::cni::plugin::call_agent(
+            &n.socket,
+            &dataplane::agent::protocol::Request::Check {
+                container_id: other.container_id.clone()
+            },
+            Duration::from_secs(5)
+        )
+        .unwrap()
+        .ok
+    );
+}

@@ -59,6 +59,9 @@ pub struct Args {
     /// ipcache entries [default: 1048576]
     #[arg(long)]
     pub ipcache_entries: Option<u32>,
+    /// Size of the kernel's event ring buffer in bytes (a power of two, at least 4096) [default: 4194304]
+    #[arg(long)]
+    pub events_bytes: Option<u32>,
     /// Write flow records as JSON lines to this file ("-" for stdout) [default: none]
     #[arg(long)]
     pub flow_log: Option<PathBuf>,
@@ -115,6 +118,7 @@ struct FileConfig {
     conntrack_entries: Option<u32>,
     policy_entries: Option<u32>,
     ipcache_entries: Option<u32>,
+    events_bytes: Option<u32>,
     remove_enforcement: Option<bool>,
     flow_log: Option<PathBuf>,
     flow_log_max_bytes: Option<u64>,
@@ -146,6 +150,7 @@ pub struct Config {
     pub conntrack_entries: u32,
     pub policy_entries: u32,
     pub ipcache_entries: u32,
+    pub events_bytes: u32,
     pub remove_enforcement: bool,
     pub flow_log: Option<PathBuf>,
     pub flow_log_max_bytes: u64,
@@ -261,6 +266,18 @@ impl Config {
                 .ipcache_entries
                 .or(file.ipcache_entries)
                 .unwrap_or(dataplane_common::sizes::IPCACHE),
+            events_bytes: {
+                let n = args
+                    .events_bytes
+                    .or(file.events_bytes)
+                    .unwrap_or(dataplane_common::sizes::EVENTS_BYTES);
+                if n < 4096 || !n.is_power_of_two() {
+                    return Err(format!(
+                        "events-bytes {n} must be a power of two of at least 4096"
+                    ));
+                }
+                n
+            },
             remove_enforcement: args.remove_enforcement || file.remove_enforcement.unwrap_or(false),
             flow_log: args.flow_log.clone().or(file.flow_log),
             flow_log_max_bytes: args

@@ -57,7 +57,7 @@ impl Agent {
             conntrack_entries: cfg.conntrack_entries,
             policy_entries: cfg.policy_entries,
             ipcache_entries: cfg.ipcache_entries,
-            events_bytes: dataplane_common::sizes::EVENTS_BYTES,
+            events_bytes: cfg.events_bytes,
         })?;
         let mut dcfg = dp.config()?;
         dcfg.flags = 0;
