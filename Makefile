@@ -20,3 +20,4 @@ perf: setup
 	cargo run --release -q -p perf --bin septa-perf -- --out perf/results
 	cargo run --release -q -p perf --bin septa-perf-policy -- --out perf/results
 	cargo run --release -q -p perf --bin septa-perf-agent -- --out perf/results
+	cargo run --release -q -p perf --bin septa-perf-flows -- --out perf/results
