@@ -413,6 +413,8 @@ pub struct FragPorts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEvent {
     pub timestamp_ns: u64,
+    /// When the connection started (its first packet), same clock.
+    pub start_ns: u64,
     pub packets_fwd: u64,
     pub bytes_fwd: u64,
     pub packets_rev: u64,
@@ -463,7 +465,7 @@ const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
 
 #[cfg(feature = "user")]
 mod pod {

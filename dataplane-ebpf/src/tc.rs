@@ -461,6 +461,7 @@ fn emit(kind: u8, why: u8, key: &CtKey, e: &CtEntry, family: u8) {
     };
     slot.write(FlowEvent {
         timestamp_ns: e.last_seen_ns,
+        start_ns: e.created_ns,
         packets_fwd: e.packets_fwd,
         bytes_fwd: e.bytes_fwd,
         packets_rev: e.packets_rev,

@@ -16,6 +16,7 @@ fn record(src: &str, dst: &str, sport: u16, dport: u16, proto: &str, kind: &str)
     FlowRecord {
         version: 1,
         time: "2026-11-23T01:02:03.456Z".into(),
+        start: "2026-11-23T01:02:01.000Z".into(),
         kind: kind.into(),
         verdict: if kind == "deny" {
             "dropped"

@@ -711,6 +711,10 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                         })
                     };
                     debug!(target: "septa::flow", "{}", crate::events::describe_with(&e, rule_name));
+                    // Bounded: one series per compiled rule.
+                    if let (Some(p), "new") = (&rec.policy, rec.kind.as_str()) {
+                        metrics::counter!("septa_rule_hits_total", "namespace" => p.namespace.clone(), "policy" => p.name.clone(), "direction" => p.direction.clone(), "rule" => p.rule_index.to_string()).increment(1);
+                    }
                     tap.push(&rec);
                     match aggregator.as_mut() {
                         Some(a) => records.extend(a.offer(rec)),

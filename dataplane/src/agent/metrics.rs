@@ -53,6 +53,14 @@ pub fn install() -> Option<PrometheusHandle> {
         "septa_ipfix_export_errors_total",
         "IPFIX messages that could not be sent."
     );
+    describe_counter!(
+        "septa_ipfix_records_total",
+        "Flow records exported over IPFIX."
+    );
+    describe_counter!(
+        "septa_rule_hits_total",
+        "Connections each policy rule allowed (one series per compiled rule)."
+    );
     describe_gauge!(
         "septa_conntrack_entries",
         "Conntrack entries after the last sweep."

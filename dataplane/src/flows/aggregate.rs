@@ -111,6 +111,7 @@ mod tests {
         FlowRecord {
             version: 1,
             time: "t".into(),
+            start: "t".into(),
             kind: kind.into(),
             verdict: verdict.into(),
             drop_reason: None,

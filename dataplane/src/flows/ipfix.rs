@@ -145,9 +145,8 @@ impl IpfixExporter {
         let (src, dst): (IpAddr, IpAddr) =
             (r.source.ip.parse().ok()?, r.destination.ip.parse().ok()?);
         let mut d = Vec::with_capacity(320);
-        let t = millis(&r.time);
-        d.extend_from_slice(&t.to_be_bytes());
-        d.extend_from_slice(&t.to_be_bytes());
+        d.extend_from_slice(&millis(&r.start).to_be_bytes());
+        d.extend_from_slice(&millis(&r.time).to_be_bytes());
         let id = match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(t)) => {
                 d.extend_from_slice(&s.octets());

@@ -135,6 +135,7 @@ mod tests {
         FlowRecord {
             version: 1,
             time: "2026-11-23T00:00:00.000Z".into(),
+            start: "2026-11-23T00:00:00.000Z".into(),
             kind: "new".into(),
             verdict: "forwarded".into(),
             drop_reason: None,

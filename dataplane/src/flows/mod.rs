@@ -58,9 +58,14 @@ impl Exporters {
             let _ = w.flush();
         }
         if let Some(x) = self.ipfix.as_mut() {
-            if let Err(e) = x.export(records) {
-                metrics::counter!("septa_ipfix_export_errors_total").increment(1);
-                tracing::warn!(error = %e, "IPFIX export");
+            match x.export(records) {
+                Ok(()) => {
+                    metrics::counter!("septa_ipfix_records_total").increment(records.len() as u64)
+                }
+                Err(e) => {
+                    metrics::counter!("septa_ipfix_export_errors_total").increment(1);
+                    tracing::warn!(error = %e, "IPFIX export");
+                }
             }
         }
     }
@@ -110,8 +115,11 @@ pub struct Counts {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
     pub version: u32,
-    /// RFC 3339 with milliseconds, UTC.
+    /// RFC 3339 with milliseconds, UTC: when this record's event happened (for `end`, the
+    /// connection's last packet).
     pub time: String,
+    /// When the connection started (its first packet).
+    pub start: String,
     /// `new` (connection accepted), `deny` (packet dropped, or connection revoked), `update`
     /// (periodic counts of a long-lived connection), `end`, `aggregate` (see `connections`).
     pub kind: String,
@@ -216,8 +224,13 @@ impl Enricher {
             rule::FAIL_MODE => ("fail-mode", None),
             id => ("rule", self.rules.get(&id).cloned()),
         };
-        let wall = (e.timestamp_ns as i128 + self.wall_offset_ns).max(0) as u128;
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall as u64);
+        let wall = |ns: u64| {
+            let w = (ns as i128 + self.wall_offset_ns).max(0) as u64;
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(w),
+            )
+            .to_string()
+        };
         let flags = [
             (0x01, "FIN"),
             (0x02, "SYN"),
@@ -228,7 +241,12 @@ impl Enricher {
         ];
         FlowRecord {
             version: SCHEMA_VERSION,
-            time: humantime::format_rfc3339_millis(t).to_string(),
+            time: wall(e.timestamp_ns),
+            start: wall(if e.start_ns == 0 {
+                e.timestamp_ns
+            } else {
+                e.start_ns
+            }),
             kind: match e.kind {
                 event::NEW => "new",
                 event::DENY => "deny",

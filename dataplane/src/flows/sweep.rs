@@ -33,6 +33,7 @@ pub struct Sweeper {
 fn event_of(kind: u8, k: &CtKey, e: &CtEntry) -> FlowEvent {
     FlowEvent {
         timestamp_ns: e.last_seen_ns,
+        start_ns: e.created_ns,
         packets_fwd: e.packets_fwd,
         bytes_fwd: e.bytes_fwd,
         packets_rev: e.packets_rev,
