@@ -55,6 +55,28 @@ fn node(tag: &str) -> Node {
     n
 }
 
+/// Write the standard manifests, start the agent (with `n.agent_args`), and create the three
+/// pods web-1 (app=web), client-1 (app=client) and other-1 (app=other), web serving `tcp`/`udp`.
+fn start_with_pods(
+    n: &mut Node,
+    tcp: &[u16],
+    udp: &[u16],
+) -> (
+    dataplane::testing::cni::Attachment,
+    dataplane::testing::cni::Attachment,
+    dataplane::testing::cni::Attachment,
+    Server,
+) {
+    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
+    n.write_manifest("10-policy.yaml", &policy("http")).unwrap();
+    n.start_agent().unwrap();
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
+    let srv = Server::start(&web.netns, tcp, udp).unwrap();
+    (web, client, other, srv)
+}
+
 fn to(a: &dataplane::testing::cni::Attachment, port: u16) -> SocketAddr {
     SocketAddr::new(Node::pod_ip(a), port)
 }
@@ -464,13 +486,7 @@ fn flow_log_records_are_complete_and_enriched() {
         "--node-name".into(),
         "node-a".into(),
     ];
-    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
-    n.write_manifest("10-policy.yaml", &policy("http")).unwrap();
-    n.start_agent().unwrap();
-    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
-    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
-    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
-    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let (web, client, other, _srv) = start_with_pods(&mut n, &[8080], &[]);
     echo(
         &mut tcp_connect(&client.netns, to(&web, 8080)).unwrap(),
         b"x",
@@ -825,13 +841,7 @@ fn aggregation_folds_allowed_flows_and_keeps_denials() {
         "--flow-aggregate-window".into(),
         "300ms".into(),
     ];
-    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
-    n.write_manifest("10-policy.yaml", &policy("http")).unwrap();
-    n.start_agent().unwrap();
-    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
-    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
-    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
-    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let (web, client, other, _srv) = start_with_pods(&mut n, &[8080], &[]);
     for _ in 0..5 {
         echo(
             &mut tcp_connect(&client.netns, to(&web, 8080)).unwrap(),
@@ -923,67 +933,23 @@ fn bursts_beyond_the_ring_buffer_are_counted_and_the_agent_carries_on() {
     );
 }
 
-/// The receive queue of the UDP socket on `port` in the calling thread's namespace.
-fn udp_rx_queue_here(port: u16) -> Option<u64> {
-    let hex = format!(":{port:04X}");
-    let t = std::fs::read_to_string("/proc/thread-self/net/udp").ok()?;
-    let line = t.lines().find(|l| {
-        l.split_whitespace()
-            .nth(1)
-            .is_some_and(|a| a.ends_with(&hex))
-    })?;
-    u64::from_str_radix(line.split_whitespace().nth(4)?.split(':').nth(1)?, 16).ok()
-}
-
 #[test]
 fn agent_exports_ipfix_that_nfdump_reads_back() {
-    use std::os::{fd::AsRawFd, unix::process::CommandExt};
     let mut n = Node::new("ipfix", bins()).unwrap();
     let port = 4739u16;
-    let dir = n.dir.join("nfcapd");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ns = std::fs::File::open(n.bed.node_path()).unwrap();
-    let ns_fd = ns.as_raw_fd();
-    let mut cmd = Command::new("nfcapd");
-    cmd.args([
-        "-w",
-        &dir.display().to_string(),
-        "-p",
-        &port.to_string(),
-        "-b",
-        "127.0.0.1",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    // SAFETY: setns is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let mut nfcapd = cmd.spawn().expect("nfcapd (apt package nfdump)");
-    let node_ns = n.bed.node_path();
-    let rx_queue = || dataplane::netns::in_netns(&node_ns, || udp_rx_queue_here(port)).unwrap();
-    assert!(
-        poll_until(Duration::from_secs(10), rx_queue).is_some(),
-        "nfcapd listens"
-    );
-
+    let collector = dataplane::testing::nfcapd::Collector::start(
+        &n.dir.join("nfcapd"),
+        port,
+        Some(&n.bed.node_path()),
+    )
+    .unwrap();
     n.agent_args = vec!["--ipfix-collector".into(), format!("127.0.0.1:{port}")];
-    n.write_manifest("00-workloads.yaml", NAMESPACE).unwrap();
-    n.write_manifest("10-policy.yaml", &policy("http")).unwrap();
-    n.start_agent().unwrap();
-    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
-    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
-    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let (web, client, _other, _srv) = start_with_pods(&mut n, &[8080], &[]);
     {
         let mut c = tcp_connect(&client.netns, to(&web, 8080)).unwrap();
         echo(&mut c, &[7u8; 1000]).unwrap();
     } // closed: FIN both ways gives an END with the byte counts
+    let node_ns = n.bed.node_path();
     let exported = poll_until(Duration::from_secs(10), || {
         let m = http_get(&node_ns, "/metrics");
         let v = metric(m.split("\r\n\r\n").nth(1)?, "septa_ipfix_records_total");
@@ -993,36 +959,16 @@ fn agent_exports_ipfix_that_nfdump_reads_back() {
         exported.is_some(),
         "the agent exported records: {exported:?}"
     );
-    assert!(
-        poll_until(Duration::from_secs(10), || (rx_queue() == Some(0))
-            .then_some(()))
-        .is_some(),
-        "nfcapd drained its socket"
-    );
-    // SAFETY: our child.
-    unsafe { libc::kill(nfcapd.id() as i32, libc::SIGTERM) };
-    nfcapd.wait().unwrap();
-    let out = Command::new("nfdump")
-        .args([
-            "-R",
-            &dir.display().to_string(),
-            "-q",
-            "-o",
-            "fmt:%sa|%da|%dp|%pr|%ibyt",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let rows = collector.stop_and_read("%sa|%da|%dp|%pr|%ibyt").unwrap();
     let (cip, wip) = (
         Node::pod_ip(&client).to_string(),
         Node::pod_ip(&web).to_string(),
     );
-    let flows: Vec<Vec<&str>> = text
-        .lines()
-        .map(|l| l.split('|').map(str::trim).collect())
-        .filter(|f: &Vec<&str>| f.len() == 5 && f[0] == cip && f[1] == wip && f[2] == "8080")
+    let flows: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|f| f.len() == 5 && f[0] == cip && f[1] == wip && f[2] == "8080")
         .collect();
-    assert!(!flows.is_empty(), "no {cip} -> {wip}:8080 in\n{text}");
+    assert!(!flows.is_empty(), "no {cip} -> {wip}:8080 in {rows:?}");
     assert!(flows.iter().all(|f| f[3] == "TCP"));
     let max_bytes: u64 = flows
         .iter()
@@ -1031,7 +977,7 @@ fn agent_exports_ipfix_that_nfdump_reads_back() {
         .unwrap_or(0);
     assert!(
         max_bytes >= 1000,
-        "the END record carries the payload bytes: {text}"
+        "the END record carries the payload bytes: {rows:?}"
     );
 }
 

@@ -1,15 +1,11 @@
 //! IPFIX to a real collector: nfcapd (Debian nfdump) on loopback receives the export, and
 //! `nfdump` reads back the flows with their addresses, ports, protocols and counts.
 
-use std::{
-    net::UdpSocket,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::UdpSocket, time::Duration};
 
 use dataplane::{
     flows::{ipfix::IpfixExporter, Counts, FlowPeer, FlowRecord},
-    testing::traffic::poll_until,
+    testing::nfcapd::Collector,
 };
 
 fn record(src: &str, dst: &str, sport: u16, dport: u16, proto: &str, kind: &str) -> FlowRecord {
@@ -59,23 +55,10 @@ fn record(src: &str, dst: &str, sport: u16, dport: u16, proto: &str, kind: &str)
     }
 }
 
-/// The receive queue of the UDP socket bound to `port`, if one is.
 fn with_counts(mut r: FlowRecord, bytes: u64, packets: u64) -> FlowRecord {
     r.bytes.forward = bytes;
     r.packets.forward = packets;
     r
-}
-
-fn udp_rx_queue(port: u16) -> Option<u64> {
-    let hex = format!(":{port:04X}");
-    let t = std::fs::read_to_string("/proc/net/udp").ok()?;
-    let line = t.lines().find(|l| {
-        l.split_whitespace()
-            .nth(1)
-            .is_some_and(|a| a.ends_with(&hex))
-    })?;
-    let queues = line.split_whitespace().nth(4)?;
-    u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
 }
 
 #[test]
@@ -88,23 +71,7 @@ fn nfcapd_reads_back_the_exported_flows() {
         .local_addr()
         .unwrap()
         .port();
-    let mut nfcapd = Command::new("nfcapd")
-        .args([
-            "-w",
-            &dir.display().to_string(),
-            "-p",
-            &port.to_string(),
-            "-b",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nfcapd (apt package nfdump) must be installed");
-    assert!(
-        poll_until(Duration::from_secs(10), || udp_rx_queue(port)).is_some(),
-        "nfcapd listens"
-    );
+    let collector = Collector::start(&dir, port, None).unwrap();
 
     let mut ex = IpfixExporter::new(
         format!("127.0.0.1:{port}").parse().unwrap(),
@@ -143,38 +110,10 @@ fn nfcapd_reads_back_the_exported_flows() {
         "split under the MTU: {} messages",
         ex.messages
     );
-    // Once nfcapd has read every datagram (its receive queue is empty), stop it so it writes
-    // its file.
-    assert!(
-        poll_until(Duration::from_secs(10), || (udp_rx_queue(port) == Some(0))
-            .then_some(()))
-        .is_some(),
-        "nfcapd drains its socket"
-    );
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(nfcapd.id() as i32, libc::SIGTERM) };
-    nfcapd.wait().unwrap();
-
-    let out = Command::new("nfdump")
-        .args([
-            "-R",
-            &dir.display().to_string(),
-            "-q",
-            "-o",
-            "fmt:%sa|%da|%sp|%dp|%pr|%ibyt|%ipkt",
-        ])
-        .output()
+    let rows = collector
+        .stop_and_read("%sa|%da|%sp|%dp|%pr|%ibyt|%ipkt")
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "nfdump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<Vec<String>> = text
-        .lines()
-        .map(|l| l.split('|').map(|f| f.trim().to_owned()).collect())
-        .collect();
+    let text = format!("{rows:?}");
     let find = |sa: &str, dp: &str| {
         rows.iter()
             .find(|r| r[0] == sa && r[3] == dp)
