@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cni;
 pub mod error;
 pub mod events;
+pub mod feeds;
 pub mod flows;
 pub mod loader;
 pub mod netns;

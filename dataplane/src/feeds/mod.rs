@@ -1,0 +1,8 @@
+//! Threat feeds: lists of malicious addresses, pulled from URLs or files, enforced at XDP on
+//! host interfaces and at TC on pod veths.
+//!
+//! This module holds the pure parts: the `ThreatFeed` manifest ([`spec`]) and the parser for
+//! the feed formats ([`parse`]). Fetching and the kernel blocklist build on them.
+
+pub mod parse;
+pub mod spec;

@@ -1,0 +1,282 @@
+//! The `ThreatFeed` manifest (`apiVersion: septa.dev/v1alpha1`), validated once.
+//!
+//! ```yaml
+//! apiVersion: septa.dev/v1alpha1
+//! kind: ThreatFeed
+//! metadata: {name: spamhaus-drop}
+//! spec:
+//!   url: https://www.spamhaus.org/drop/drop.txt     # or file: /etc/septa/feeds/drop.txt
+//!   format: lines                                   # lines | csv | json
+//!   csvColumn: 0                                    # csv only: which column (0-based)
+//!   csvHeader: false                                # csv only: skip the first line
+//!   refresh: 1h
+//!   action: drop                                    # drop | audit
+//!   appliesTo: [hostIngress, podEgress, podIngress]
+//! ```
+
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Where a feed comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Url(String),
+    File(PathBuf),
+}
+
+/// How a feed's body is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One address or CIDR per line; `#` and `;` start comments (Spamhaus DROP, FireHOL).
+    Lines,
+    /// Comma-separated values; the address is in `column` (0-based).
+    Csv { column: usize, header: bool },
+    /// A JSON array of address/CIDR strings.
+    Json,
+}
+
+/// What happens to matching traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Drop,
+    /// Let it through, record it (verdict AUDIT).
+    Audit,
+}
+
+/// Where a feed is enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// XDP on host interfaces: traffic from listed addresses, before the stack sees it.
+    HostIngress,
+    /// TC: pods calling out to listed addresses.
+    PodEgress,
+    /// TC: listed addresses calling in to pods.
+    PodIngress,
+}
+
+/// A validated feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedSpec {
+    pub name: String,
+    pub source: Source,
+    pub format: Format,
+    pub refresh: Duration,
+    pub action: Action,
+    pub applies_to: BTreeSet<Hook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSpec {
+    url: Option<String>,
+    file: Option<PathBuf>,
+    format: Option<String>,
+    csv_column: Option<usize>,
+    csv_header: Option<bool>,
+    refresh: Option<String>,
+    action: Option<String>,
+    applies_to: Option<Vec<String>>,
+}
+
+/// A field-level problem: (field path, message).
+pub type SpecError = (String, String);
+
+/// Shortest refresh accepted (feed hosts rate-limit; Spamhaus asks for at most hourly).
+pub const MIN_REFRESH: Duration = Duration::from_secs(60);
+
+/// Validate a `ThreatFeed` object (already known to have that kind).
+pub fn from_manifest(v: &serde_json::Value) -> Result<FeedSpec, SpecError> {
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .filter(|n| !n.is_empty())
+        .ok_or(("metadata.name".to_owned(), "missing".to_owned()))?;
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || name.len() > 63
+    {
+        return Err((
+            "metadata.name".into(),
+            format!("{name:?} is not a DNS label (lowercase letters, digits, '-', at most 63)"),
+        ));
+    }
+    let spec = v
+        .get("spec")
+        .ok_or(("spec".to_owned(), "missing".to_owned()))?;
+    let raw: RawSpec = serde_path_to_error::deserialize(spec.clone())
+        .map_err(|e| (format!("spec.{}", e.path()), e.into_inner().to_string()))?;
+    let source = match (raw.url, raw.file) {
+        (Some(u), None) => {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err((
+                    "spec.url".into(),
+                    format!("{u:?} is not an http or https URL"),
+                ));
+            }
+            Source::Url(u)
+        }
+        (None, Some(f)) => {
+            if !f.is_absolute() {
+                return Err((
+                    "spec.file".into(),
+                    format!("{} must be an absolute path", f.display()),
+                ));
+            }
+            Source::File(f)
+        }
+        (Some(_), Some(_)) => return Err(("spec".into(), "give url or file, not both".into())),
+        (None, None) => return Err(("spec".into(), "give url or file".into())),
+    };
+    let format = match raw.format.as_deref().unwrap_or("lines") {
+        "lines" => Format::Lines,
+        "json" => Format::Json,
+        "csv" => Format::Csv {
+            column: raw.csv_column.unwrap_or(0),
+            header: raw.csv_header.unwrap_or(false),
+        },
+        other => {
+            return Err((
+                "spec.format".into(),
+                format!("unknown format {other:?} (expected lines, csv or json)"),
+            ))
+        }
+    };
+    if raw.csv_column.is_some() && !matches!(format, Format::Csv { .. }) {
+        return Err(("spec.csvColumn".into(), "only for format csv".into()));
+    }
+    let refresh = match raw.refresh {
+        None => Duration::from_secs(3600),
+        Some(r) => humantime::parse_duration(&r)
+            .map_err(|e| ("spec.refresh".to_owned(), format!("{r:?}: {e}")))?,
+    };
+    if refresh < MIN_REFRESH {
+        return Err((
+            "spec.refresh".into(),
+            format!("{refresh:?} is shorter than the minimum {MIN_REFRESH:?}"),
+        ));
+    }
+    let action = match raw.action.as_deref().unwrap_or("drop") {
+        "drop" => Action::Drop,
+        "audit" => Action::Audit,
+        other => {
+            return Err((
+                "spec.action".into(),
+                format!("unknown action {other:?} (expected drop or audit)"),
+            ))
+        }
+    };
+    let mut applies_to = BTreeSet::new();
+    for (i, h) in raw
+        .applies_to
+        .unwrap_or_else(|| {
+            vec![
+                "hostIngress".into(),
+                "podEgress".into(),
+                "podIngress".into(),
+            ]
+        })
+        .iter()
+        .enumerate()
+    {
+        applies_to.insert(match h.as_str() {
+            "hostIngress" => Hook::HostIngress,
+            "podEgress" => Hook::PodEgress,
+            "podIngress" => Hook::PodIngress,
+            other => {
+                return Err((
+                    format!("spec.appliesTo[{i}]"),
+                    format!(
+                        "unknown hook {other:?} (expected hostIngress, podEgress or podIngress)"
+                    ),
+                ))
+            }
+        });
+    }
+    if applies_to.is_empty() {
+        return Err((
+            "spec.appliesTo".into(),
+            "empty: the feed would apply nowhere".into(),
+        ));
+    }
+    Ok(FeedSpec {
+        name: name.to_owned(),
+        source,
+        format,
+        refresh,
+        action,
+        applies_to,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(spec: &str) -> Result<FeedSpec, SpecError> {
+        let v: serde_json::Value = serde_yaml::from_str(&format!("apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {{name: drop}}\nspec: {spec}\n")).unwrap();
+        from_manifest(&v)
+    }
+
+    #[test]
+    fn defaults_and_full_form() {
+        let f = feed("{url: 'https://example.org/drop.txt'}").unwrap();
+        assert_eq!(
+            (f.format, f.action, f.refresh, f.applies_to.len()),
+            (Format::Lines, Action::Drop, Duration::from_secs(3600), 3)
+        );
+        let f = feed("{file: /etc/septa/x.csv, format: csv, csvColumn: 2, csvHeader: true, refresh: 15m, action: audit, appliesTo: [podEgress]}").unwrap();
+        assert_eq!(
+            f.format,
+            Format::Csv {
+                column: 2,
+                header: true
+            }
+        );
+        assert_eq!(
+            (f.action, f.refresh),
+            (Action::Audit, Duration::from_secs(900))
+        );
+        assert_eq!(f.applies_to, [Hook::PodEgress].into());
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let cases = [
+            ("{}", "spec", "url or file"),
+            ("{url: 'ftp://x'}", "spec.url", "http"),
+            ("{url: 'https://x', file: /x}", "spec", "not both"),
+            ("{file: relative.txt}", "spec.file", "absolute"),
+            ("{url: 'https://x', format: xml}", "spec.format", "xml"),
+            (
+                "{url: 'https://x', csvColumn: 1}",
+                "spec.csvColumn",
+                "only for",
+            ),
+            ("{url: 'https://x', refresh: 5s}", "spec.refresh", "minimum"),
+            ("{url: 'https://x', refresh: soon}", "spec.refresh", "soon"),
+            ("{url: 'https://x', action: block}", "spec.action", "block"),
+            (
+                "{url: 'https://x', appliesTo: [egress]}",
+                "spec.appliesTo[0]",
+                "egress",
+            ),
+            (
+                "{url: 'https://x', appliesTo: []}",
+                "spec.appliesTo",
+                "nowhere",
+            ),
+            ("{url: 'https://x', colour: red}", "spec.", "unknown field"),
+        ];
+        for (spec, field, msg) in cases {
+            let (f, m) = feed(spec).unwrap_err();
+            assert!(f.starts_with(field) && m.contains(msg), "{spec}: {f}: {m}");
+        }
+        let v: serde_json::Value = serde_yaml::from_str(
+            "kind: ThreatFeed\nmetadata: {name: Bad_Name}\nspec: {url: 'https://x'}",
+        )
+        .unwrap();
+        assert_eq!(from_manifest(&v).unwrap_err().0, "metadata.name");
+    }
+}
