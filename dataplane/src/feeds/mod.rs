@@ -2,7 +2,9 @@
 //! host interfaces and at TC on pod veths.
 //!
 //! This module holds the pure parts: the `ThreatFeed` manifest ([`spec`]) and the parser for
-//! the feed formats ([`parse`]). Fetching and the kernel blocklist build on them.
+//! the feed formats ([`parse`]), and the merged blocklist with its guards and map diff
+//! ([`store`]). Fetching and the kernel LPM maps build on them.
 
 pub mod parse;
 pub mod spec;
+pub mod store;

@@ -1,0 +1,339 @@
+//! The desired blocklist: every feed's last good list, merged, with the ranges the node must
+//! never block taken out, and the diff against what the kernel map holds.
+//!
+//! Pure (no I/O), so the reconciler that fetches feeds and writes the LPM maps stays thin.
+//!
+//! Two guards protect the node from a bad feed:
+//! - a refresh that looks wrong keeps the last good list: a fetch or parse error, an empty
+//!   list where there was one, or a body where bad lines outnumber entries (an HTML error page
+//!   served with status 200 parses as nothing but bad lines);
+//! - entries overlapping a protected range (the pod and service CIDRs, node addresses,
+//!   loopback) are left out and counted, because public lists such as FireHOL level1 carry the
+//!   bogons (10.0.0.0/8, 192.168.0.0/16, ...) and blocking them would cut the cluster off from
+//!   itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnetwork::IpNetwork;
+
+use super::parse::Parsed;
+
+/// Why a refresh was refused (the last good list stays in force).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Fetching or parsing failed.
+    #[error("refresh failed: {0}")]
+    Failed(String),
+    /// The new list is empty where the last good one was not.
+    #[error("the new list is empty; the last good list has {0} entries")]
+    Emptied(usize),
+    /// More bad lines than entries: probably not a feed at all.
+    #[error("{bad} bad lines against {good} entries: not taken as a feed (first bad: {first})")]
+    MostlyBad {
+        /// Bad lines.
+        bad: usize,
+        /// Good entries.
+        good: usize,
+        /// The first bad line, as reported by the parser.
+        first: String,
+    },
+}
+
+impl Refused {
+    /// A short label for the `septa_feed_refresh_errors_total{reason}` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Refused::Failed(_) => "failed",
+            Refused::Emptied(_) => "emptied",
+            Refused::MostlyBad { .. } => "mostly_bad",
+        }
+    }
+}
+
+/// What a kernel map update must do: insert or overwrite these, delete those.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// Entries to insert or whose owning feed changed: (network, feed id).
+    pub upsert: Vec<(IpNetwork, u32)>,
+    /// Entries to delete.
+    pub remove: Vec<IpNetwork>,
+}
+
+impl Diff {
+    /// True when the map already matches.
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Feed {
+    id: u32,
+    nets: BTreeSet<IpNetwork>,
+}
+
+/// Every feed's last good list and the protected ranges.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    feeds: BTreeMap<String, Feed>,
+    protected: Vec<IpNetwork>,
+    next_id: u32,
+}
+
+/// Feed ids start here; 0 means "no feed" in the kernel map value.
+pub const FIRST_FEED_ID: u32 = 1;
+
+impl Store {
+    /// An empty store that never blocks anything overlapping `protected`.
+    pub fn new(protected: Vec<IpNetwork>) -> Self {
+        Store {
+            feeds: BTreeMap::new(),
+            protected,
+            next_id: FIRST_FEED_ID,
+        }
+    }
+
+    /// Take a refresh of feed `name`, or refuse it and keep the last good list.
+    /// Returns the number of entries now in force for the feed.
+    pub fn accept(
+        &mut self,
+        name: &str,
+        refresh: Result<Parsed, String>,
+    ) -> Result<usize, Refused> {
+        let parsed = refresh.map_err(Refused::Failed)?;
+        let previous = self.feeds.get(name).map_or(0, |f| f.nets.len());
+        if parsed.bad > parsed.nets.len() {
+            let first = parsed
+                .first_bad
+                .first()
+                .map(|(line, why)| format!("line {line}: {why}"))
+                .unwrap_or_default();
+            return Err(Refused::MostlyBad {
+                bad: parsed.bad,
+                good: parsed.nets.len(),
+                first,
+            });
+        }
+        if parsed.nets.is_empty() && previous > 0 {
+            return Err(Refused::Emptied(previous));
+        }
+        let len = parsed.nets.len();
+        match self.feeds.get_mut(name) {
+            Some(f) => f.nets = parsed.nets,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.feeds.insert(
+                    name.to_string(),
+                    Feed {
+                        id,
+                        nets: parsed.nets,
+                    },
+                );
+            }
+        }
+        Ok(len)
+    }
+
+    /// Forget a feed whose manifest was deleted.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.feeds.remove(name).is_some()
+    }
+
+    /// The id a feed's entries carry in the kernel map (for flow attribution).
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.feeds.get(name).map(|f| f.id)
+    }
+
+    /// The feed name for an id, as flow records show it.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.feeds
+            .iter()
+            .find(|(_, f)| f.id == id)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The merged blocklist: each network once, owned by the feed with the lowest id (the
+    /// oldest), so attribution does not flip between feeds from one refresh to the next.
+    /// Also returns how many entries were left out for overlapping a protected range.
+    pub fn desired(&self) -> (BTreeMap<IpNetwork, u32>, usize) {
+        let mut out = BTreeMap::new();
+        let mut protected_hits = 0;
+        let mut feeds: Vec<&Feed> = self.feeds.values().collect();
+        feeds.sort_by_key(|f| f.id);
+        for f in feeds {
+            for net in &f.nets {
+                if self.protected.iter().any(|p| overlaps(p, net)) {
+                    protected_hits += 1;
+                    continue;
+                }
+                out.entry(*net).or_insert(f.id);
+            }
+        }
+        (out, protected_hits)
+    }
+}
+
+/// True when one network contains the other (CIDRs either nest or are disjoint).
+fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    match (a, b) {
+        (IpNetwork::V4(_), IpNetwork::V4(_)) | (IpNetwork::V6(_), IpNetwork::V6(_)) => {
+            a.contains(b.network()) || b.contains(a.network())
+        }
+        _ => false,
+    }
+}
+
+/// What turns `actual` (the kernel map's contents) into `desired`.
+pub fn diff(actual: &BTreeMap<IpNetwork, u32>, desired: &BTreeMap<IpNetwork, u32>) -> Diff {
+    let mut d = Diff::default();
+    for (net, id) in desired {
+        if actual.get(net) != Some(id) {
+            d.upsert.push((*net, *id));
+        }
+    }
+    for net in actual.keys() {
+        if !desired.contains_key(net) {
+            d.remove.push(*net);
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feeds::parse::parse;
+    use crate::feeds::spec::Format;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    fn lines(body: &str) -> Result<Parsed, String> {
+        parse(body.as_bytes(), Format::Lines)
+    }
+
+    #[test]
+    fn bad_refreshes_keep_the_last_good_list() {
+        let mut s = Store::new(vec![]);
+        assert_eq!(
+            s.accept("drop", lines("203.0.113.0/24\n198.51.100.7\n")),
+            Ok(2)
+        );
+        let good = s.desired().0;
+
+        let r = s.accept("drop", Err("GET https://x: timed out after 30s".into()));
+        assert_eq!(r.as_ref().unwrap_err().metric_label(), "failed");
+        assert_eq!(
+            s.accept("drop", lines("# nothing today\n")),
+            Err(Refused::Emptied(2))
+        );
+        // A captive portal's page served with 200.
+        let html = "<!DOCTYPE html>\n<html>\n<body>Please log in</body>\n</html>\n";
+        match s.accept("drop", lines(html)) {
+            Err(Refused::MostlyBad { bad, good, first }) => {
+                assert_eq!((bad, good), (4, 0));
+                assert!(first.starts_with("line 1:"), "{first}");
+            }
+            other => panic!("an HTML page was taken as a feed: {other:?}"),
+        }
+        assert_eq!(
+            s.desired().0,
+            good,
+            "a refused refresh changed the blocklist"
+        );
+
+        // A good refresh replaces the list; an empty first list is fine (nothing to lose).
+        assert_eq!(s.accept("drop", lines("192.0.2.1\n")), Ok(1));
+        assert_eq!(
+            s.desired().0.keys().copied().collect::<Vec<_>>(),
+            vec![net("192.0.2.1/32")]
+        );
+        assert_eq!(s.accept("new", lines("")), Ok(0));
+    }
+
+    #[test]
+    fn protected_ranges_are_never_blocked() {
+        // Pod CIDR, service CIDR, a node address, loopback; FireHOL level1 carries bogons.
+        let protected = [
+            "10.244.0.0/16",
+            "10.96.0.0/12",
+            "192.168.1.10/32",
+            "127.0.0.0/8",
+            "fd00:10:244::/56",
+        ]
+        .map(net)
+        .to_vec();
+        let mut s = Store::new(protected);
+        let body = "0.0.0.0/8\n10.0.0.0/8\n127.0.0.0/8\n192.168.0.0/16\n10.244.3.7\n203.0.113.0/24\n::/0\n2001:db8::/32\n";
+        s.accept("firehol_level1", lines(body)).unwrap();
+        let (d, hits) = s.desired();
+        assert_eq!(
+            d.keys().copied().collect::<Vec<_>>(),
+            ["0.0.0.0/8", "203.0.113.0/24", "2001:db8::/32"]
+                .map(net)
+                .to_vec()
+        );
+        // 10/8 contains the pod CIDR; 127/8 is protected; 192.168/16 contains the node;
+        // 10.244.3.7 is inside the pod CIDR; ::/0 contains the IPv6 pod range.
+        assert_eq!(hits, 5);
+    }
+
+    #[test]
+    fn merge_attributes_to_the_oldest_feed_and_diffs_minimally() {
+        let mut s = Store::new(vec![]);
+        s.accept("spamhaus", lines("203.0.113.0/24\n198.51.100.0/24\n"))
+            .unwrap();
+        s.accept("local", lines("198.51.100.0/24\n192.0.2.9\n"))
+            .unwrap();
+        let (sp, lo) = (s.id("spamhaus").unwrap(), s.id("local").unwrap());
+        assert!(sp < lo);
+        assert_eq!(s.name(lo), Some("local"));
+        let (d1, _) = s.desired();
+        assert_eq!(d1[&net("198.51.100.0/24")], sp);
+        assert_eq!(d1[&net("192.0.2.9/32")], lo);
+
+        let first = diff(&BTreeMap::new(), &d1);
+        assert_eq!((first.upsert.len(), first.remove.len()), (3, 0));
+        assert!(diff(&d1, &d1).is_empty());
+
+        // Spamhaus drops the shared entry: it changes owner, not presence; 203.0.113/24 goes.
+        s.accept("spamhaus", lines("198.18.0.0/15\n")).unwrap();
+        let (d2, _) = s.desired();
+        let step = diff(&d1, &d2);
+        assert_eq!(
+            step.upsert,
+            vec![(net("198.18.0.0/15"), sp), (net("198.51.100.0/24"), lo)]
+        );
+        assert_eq!(step.remove, vec![net("203.0.113.0/24")]);
+
+        // Removing a feed removes what only it held; ids are not reused.
+        assert!(s.remove("local"));
+        assert!(!s.remove("local"));
+        let step = diff(&d2, &s.desired().0);
+        assert_eq!(step.upsert, vec![]);
+        assert_eq!(
+            step.remove,
+            [net("192.0.2.9/32"), net("198.51.100.0/24")].to_vec()
+        );
+        s.accept("local", lines("192.0.2.9\n")).unwrap();
+        assert!(s.id("local").unwrap() > lo);
+    }
+
+    #[test]
+    fn large_feed_diff_is_proportional_to_the_change() {
+        let mut s = Store::new(vec![]);
+        let body: String = (0..100_000u32)
+            .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x2000_0000 + i * 256)))
+            .collect();
+        s.accept("big", lines(&body)).unwrap();
+        let (d1, _) = s.desired();
+        assert_eq!(d1.len(), 100_000);
+        let mut changed = body.lines().skip(10).collect::<Vec<_>>().join("\n");
+        changed.push_str("\n192.0.2.1\n");
+        s.accept("big", lines(&changed)).unwrap();
+        let step = diff(&d1, &s.desired().0);
+        assert_eq!((step.upsert.len(), step.remove.len()), (1, 10));
+    }
+}
