@@ -443,6 +443,39 @@ pub struct FlowEvent {
     pub policy_revision: u32,
 }
 
+impl FlowEvent {
+    /// The event for a conntrack entry, as the kernel emits it and the sweeper re-reports it;
+    /// one constructor so the two cannot drift apart.
+    #[inline(always)]
+    pub fn from_ct(kind: u8, reason: u8, family: u8, key: &CtKey, e: &CtEntry) -> Self {
+        FlowEvent {
+            timestamp_ns: e.last_seen_ns,
+            start_ns: e.created_ns,
+            packets_fwd: e.packets_fwd,
+            bytes_fwd: e.bytes_fwd,
+            packets_rev: e.packets_rev,
+            bytes_rev: e.bytes_rev,
+            saddr: key.saddr,
+            daddr: key.daddr,
+            ifindex: key.ifindex,
+            rule_id: e.rule_id,
+            subject_identity: e.subject_identity,
+            peer_identity: e.peer_identity,
+            sport: key.sport,
+            dport: key.dport,
+            kind,
+            verdict: e.verdict,
+            reason,
+            direction: e.direction,
+            proto: key.proto,
+            family,
+            tcp_flags: e.tcp_flags,
+            _pad: 0,
+            policy_revision: e.policy_revision,
+        }
+    }
+}
+
 /// IPv4-mapped IPv6 form of an IPv4 address.
 #[inline(always)]
 pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {

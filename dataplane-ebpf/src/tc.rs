@@ -459,30 +459,6 @@ fn emit(kind: u8, why: u8, key: &CtKey, e: &CtEntry, family: u8) {
         count(stats::EVENTS_LOST);
         return;
     };
-    slot.write(FlowEvent {
-        timestamp_ns: e.last_seen_ns,
-        start_ns: e.created_ns,
-        packets_fwd: e.packets_fwd,
-        bytes_fwd: e.bytes_fwd,
-        packets_rev: e.packets_rev,
-        bytes_rev: e.bytes_rev,
-        saddr: key.saddr,
-        daddr: key.daddr,
-        ifindex: key.ifindex,
-        rule_id: e.rule_id,
-        subject_identity: e.subject_identity,
-        peer_identity: e.peer_identity,
-        sport: key.sport,
-        dport: key.dport,
-        kind,
-        verdict: e.verdict,
-        reason: why,
-        direction: e.direction,
-        proto: key.proto,
-        family,
-        tcp_flags: e.tcp_flags,
-        _pad: 0,
-        policy_revision: e.policy_revision,
-    });
+    slot.write(FlowEvent::from_ct(kind, why, family, key, e));
     slot.submit(0);
 }

@@ -31,35 +31,12 @@ pub struct Sweeper {
 }
 
 fn event_of(kind: u8, k: &CtKey, e: &CtEntry) -> FlowEvent {
-    FlowEvent {
-        timestamp_ns: e.last_seen_ns,
-        start_ns: e.created_ns,
-        packets_fwd: e.packets_fwd,
-        bytes_fwd: e.bytes_fwd,
-        packets_rev: e.packets_rev,
-        bytes_rev: e.bytes_rev,
-        saddr: k.saddr,
-        daddr: k.daddr,
-        ifindex: k.ifindex,
-        rule_id: e.rule_id,
-        subject_identity: e.subject_identity,
-        peer_identity: e.peer_identity,
-        sport: k.sport,
-        dport: k.dport,
-        kind,
-        verdict: e.verdict,
-        reason: 0,
-        direction: e.direction,
-        proto: k.proto,
-        family: if dataplane_common::is_v4_mapped(&k.saddr) {
-            4
-        } else {
-            6
-        },
-        tcp_flags: e.tcp_flags,
-        _pad: 0,
-        policy_revision: e.policy_revision,
-    }
+    let family = if dataplane_common::is_v4_mapped(&k.saddr) {
+        4
+    } else {
+        6
+    };
+    FlowEvent::from_ct(kind, 0, family, k, e)
 }
 
 impl Sweeper {
