@@ -25,6 +25,12 @@ pub mod maps {
     pub const STATS: &str = "SEPTA_STATS";
     /// cgroup id → endpoint slot (a key of [`ENDPOINTS`] at or above [`crate::CGROUP_SLOT_BASE`]).
     pub const CGROUP_SLOTS: &str = "SEPTA_CG_SLOTS";
+    /// LPM trie: IPv4 prefix (4-byte key) → [`crate::BlockEntry`], the merged threat-feed list.
+    pub const BLOCK_V4: &str = "SEPTA_BLOCK_V4";
+    /// LPM trie: IPv6 prefix (16-byte key) → [`crate::BlockEntry`].
+    pub const BLOCK_V6: &str = "SEPTA_BLOCK_V6";
+    /// Per-CPU array of u64: index `feed id * 2` drops, `feed id * 2 + 1` audits.
+    pub const FEED_STATS: &str = "SEPTA_FEED_STATS";
 }
 
 /// Endpoint slots of cgroup workloads start here (below it, slots are interface indexes):
@@ -54,6 +60,12 @@ pub mod sizes {
     pub const FRAGS: u32 = 8_192;
     pub const DENY_RATELIMIT: u32 = 65_536;
     pub const CGROUP_SLOTS: u32 = 4_096;
+    /// Threat-feed IPv4 prefixes (LPM tries allocate per entry; this is only the cap).
+    pub const BLOCK_V4: u32 = 2_097_152;
+    /// Threat-feed IPv6 prefixes.
+    pub const BLOCK_V6: u32 = 1_048_576;
+    /// Entries of the per-feed counters: two per feed id.
+    pub const FEED_STATS: u32 = 2 * (crate::MAX_FEEDS + 1);
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -75,7 +87,22 @@ pub const IDENTITY_FIRST_DYNAMIC: u32 = 256;
 /// Reserved rule ids; compiled rules use ids below [`rule::FIRST_RESERVED`].
 pub mod rule {
     /// Lowest reserved id.
-    pub const FIRST_RESERVED: u32 = 0xffff_ff00;
+    pub const FIRST_RESERVED: u32 = FEED_BASE;
+    /// Threat-feed decisions: the rule id is `FEED_BASE + feed id` (see [`feed_rule`]).
+    pub const FEED_BASE: u32 = 0xffff_fe00;
+    /// The rule id a threat feed's drops carry.
+    #[inline(always)]
+    pub const fn feed_rule(feed: u32) -> u32 {
+        FEED_BASE + feed
+    }
+    /// The feed id behind a rule id, if it is a feed's.
+    pub const fn feed_of_rule(rule: u32) -> Option<u32> {
+        if rule > FEED_BASE && rule <= FEED_BASE + crate::MAX_FEEDS {
+            Some(rule - FEED_BASE)
+        } else {
+            None
+        }
+    }
     /// No rule (not a decision).
     pub const NONE: u32 = 0;
     /// Denied because the endpoint is isolated in this direction and nothing allows it.
@@ -115,6 +142,8 @@ pub mod reason {
     pub const REVOKED: u8 = 6;
     /// More IPv6 extension headers than the parser follows.
     pub const EXT_HDR_LIMIT: u8 = 7;
+    /// The peer address is on a threat feed (the rule id names the feed).
+    pub const BLOCKLISTED: u8 = 8;
 }
 
 /// Policy direction, from the subject endpoint's point of view.
@@ -189,8 +218,48 @@ pub mod stats {
     pub const DENY_EVENTS_SUPPRESSED: u32 = 13;
     /// Packets seen by XDP on host interfaces.
     pub const XDP_SEEN: u32 = 14;
+    /// Packets a threat feed dropped (XDP and TC; also counted in [`DROPPED`]).
+    pub const BLOCKLISTED: u32 = 15;
     /// Number of counters.
     pub const COUNT: u32 = 16;
+}
+
+/// Highest threat-feed id (ids start at 1; 0 means "no feed").
+pub const MAX_FEEDS: u32 = 255;
+
+/// Where a threat-feed entry applies: index into [`BlockEntry::feed`] / [`BlockEntry::action`].
+pub mod block_hook {
+    /// XDP on host interfaces: packets whose source is listed.
+    pub const HOST_INGRESS: usize = 0;
+    /// TC from a pod: connections a pod opens to a listed destination.
+    pub const POD_EGRESS: usize = 1;
+    /// TC to a pod: connections a listed source opens to a pod.
+    pub const POD_INGRESS: usize = 2;
+    /// Number of hooks.
+    pub const COUNT: usize = 3;
+}
+
+/// What a threat-feed entry does at a hook ([`BlockEntry::action`]).
+pub mod block_action {
+    /// The entry does not apply at this hook.
+    pub const NONE: u8 = 0;
+    /// Let through, counted and reported with verdict AUDIT.
+    pub const AUDIT: u8 = 1;
+    /// Drop.
+    pub const DROP: u8 = 2;
+}
+
+/// Value of the threat-feed LPM tries. Because a lookup returns only the longest matching
+/// prefix, each entry already carries, per hook, the strongest action of every listed prefix
+/// that covers it (the agent merges them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockEntry {
+    /// Deciding feed id per [`block_hook`] (0 where the action is NONE).
+    pub feed: [u32; block_hook::COUNT],
+    /// [`block_action`] per [`block_hook`].
+    pub action: [u8; block_hook::COUNT],
+    pub _pad: u8,
 }
 
 /// Global data-path configuration, index 0 of the config array.
@@ -499,6 +568,7 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -515,4 +585,5 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for BlockEntry {}
 }

@@ -10,6 +10,7 @@
 //! Feature `user` adds `aya::Pod` impls for the map types.
 
 pub mod abi;
+pub mod blocklist;
 pub mod conntrack;
 pub mod parse;
 pub mod policy;

@@ -27,13 +27,15 @@ use aya_ebpf::{
     programs::{SkBuffContext, TcContext, XdpContext},
 };
 use dataplane_common::{
+    block_action, block_hook,
+    blocklist::{self, BlockMap, Listed},
     config_flags,
     conntrack::{self, CtTransition},
     ct_state, direction, event, identity,
     parse::{self, Packet, PacketBytes},
     policy::{self, Decision, PolicyMap},
-    reason, rule, sizes, stats, verdict, Config, CtEntry, CtKey, EndpointInfo, FlowEvent, FragKey,
-    FragPorts, IpcacheEntry, PolicyKey, PolicyValue,
+    reason, rule, sizes, stats, verdict, BlockEntry, Config, CtEntry, CtKey, EndpointInfo,
+    FlowEvent, FragKey, FragPorts, IpcacheEntry, PolicyKey, PolicyValue,
 };
 
 /// Let the packet continue (TCX_NEXT: later programs on the hook still run).
@@ -60,6 +62,12 @@ static EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 #[map(name = "SEPTA_CG_SLOTS")]
 static CG_SLOTS: HashMap<u64, u32> = HashMap::pinned(sizes::CGROUP_SLOTS, 0);
+#[map(name = "SEPTA_BLOCK_V4")]
+static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(sizes::BLOCK_V4, 0);
+#[map(name = "SEPTA_BLOCK_V6")]
+static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(sizes::BLOCK_V6, 0);
+#[map(name = "SEPTA_FEED_STATS")]
+static FEED_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::FEED_STATS, 0);
 /// Per-CPU scratch for the per-packet [`Flow`] (not pinned: it holds no state between packets).
 #[map(name = "SEPTA_SCRATCH")]
 static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
@@ -110,14 +118,107 @@ fn cgroup(ctx: &SkBuffContext, dir: u8) -> i32 {
     }
 }
 
-/// XDP on a host interface: parses and counts, and passes everything. The threat-feed
-/// blocklist lookup goes here (drop before the stack sees the packet). Fails open: a host
-/// interface carries the node's own traffic, which policy does not govern.
+/// XDP on a host interface: drops packets whose source is on a threat feed that applies to
+/// host ingress, before the stack sees them.
+///
+/// # Fail mode
+/// Open: non-IP and malformed packets pass (the stack validates them as it always does). A
+/// host interface carries the node's own traffic, which the blocklist must not cut off for a
+/// parse corner case; the blocklist only ever removes traffic it can positively attribute.
 #[xdp]
 pub fn xdp_host(ctx: XdpContext) -> u32 {
-    let _ = XdpBytes(&ctx).len();
     count(stats::XDP_SEEN);
-    xdp_action::XDP_PASS
+    // SAFETY: the context pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match xdp_blocklist(&XdpBytes(&ctx), ifindex) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn xdp_blocklist<P: PacketBytes>(bytes: &P, ifindex: u32) -> Verdict {
+    let Some(f) = SCRATCH.get_ptr_mut(0) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: per-CPU scratch, exclusively ours for this program run.
+    let f = unsafe { &mut *f };
+    f.pkt = Packet::default();
+    if parse::parse_into(bytes, &mut f.pkt).is_err() || f.pkt.family == 0 {
+        return Verdict::Pass;
+    }
+    let Some(l) = blocklist::check(&Tries, &f.pkt.saddr, block_hook::HOST_INGRESS) else {
+        return Verdict::Pass;
+    };
+    f.cfg = CONFIG.get(0).copied().unwrap_or_default();
+    f.key = conntrack::key_of(&f.pkt, ifindex);
+    f.bytes = bytes.len() as u64;
+    // SAFETY: helper without preconditions.
+    f.now = unsafe { bpf_ktime_get_ns() };
+    f.dir = direction::INGRESS;
+    xdp_listed(f, l)
+}
+
+/// Count and report a host-ingress listing; drop unless the feed audits.
+#[inline(never)]
+fn xdp_listed(f: &Flow, l: Listed) -> Verdict {
+    let drop = l.action == block_action::DROP;
+    feed_count(l.feed, drop);
+    let e = CtEntry {
+        created_ns: f.now,
+        last_seen_ns: f.now,
+        packets_fwd: 1,
+        bytes_fwd: f.bytes,
+        policy_revision: f.cfg.policy_revision,
+        subject_identity: identity::HOST,
+        peer_identity: identity::WORLD,
+        direction: direction::INGRESS,
+        tcp_flags: f.pkt.tcp_flags,
+        rule_id: rule::feed_rule(l.feed),
+        verdict: if drop {
+            verdict::DROPPED
+        } else {
+            verdict::AUDIT
+        },
+        ..CtEntry::default()
+    };
+    // Rate-limited like policy denials: a flood from a listed address is one event per flow
+    // per interval, and the per-feed counters carry the full count.
+    deny_event(f, &e, reason::BLOCKLISTED);
+    if drop {
+        count(stats::DROPPED);
+        count(stats::BLOCKLISTED);
+        Verdict::Drop
+    } else {
+        count(stats::AUDIT);
+        Verdict::Pass
+    }
+}
+
+/// The two threat-feed tries.
+struct Tries;
+
+impl BlockMap for Tries {
+    #[inline(always)]
+    fn lookup_v4(&self, addr: [u8; 4]) -> Option<BlockEntry> {
+        BLOCK_V4.get(Key::new(32, addr)).copied()
+    }
+    #[inline(always)]
+    fn lookup_v6(&self, addr: [u8; 16]) -> Option<BlockEntry> {
+        BLOCK_V6.get(Key::new(128, addr)).copied()
+    }
+}
+
+/// Per-feed drop (`drop`) or audit counter.
+#[inline(always)]
+fn feed_count(feed: u32, drop: bool) {
+    if feed <= dataplane_common::MAX_FEEDS {
+        let idx = feed * 2 + if drop { 0 } else { 1 };
+        if let Some(p) = FEED_STATS.get_ptr_mut(idx) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *p += 1 };
+        }
+    }
 }
 
 struct XdpBytes<'a>(&'a XdpContext);
@@ -317,7 +418,9 @@ fn spoofed(ep: &EndpointInfo, pkt: &Packet) -> bool {
     }
 }
 
-/// Policy for the original packet of a connection: `peer_addr` is the other side.
+/// The decision for the original packet of a connection (`key`), whose other side has
+/// identity `peer`: threat feeds first (pod egress: the destination; pod ingress: the
+/// source), then policy.
 #[inline(never)]
 fn evaluate(cfg: &Config, ep: &EndpointInfo, dir: u8, key: &CtKey, peer: u32) -> Decision {
     let port = if parse::has_ports(key.proto) {
@@ -326,7 +429,22 @@ fn evaluate(cfg: &Config, ep: &EndpointInfo, dir: u8, key: &CtKey, peer: u32) ->
         0
     };
     let host_exempt = cfg.flags & config_flags::POLICY_HOST == 0;
-    policy::evaluate(&PolicyHash, ep, dir, peer, key.proto, port, host_exempt)
+    let (peer_addr, hook) = if dir == direction::EGRESS {
+        (&key.daddr, block_hook::POD_EGRESS)
+    } else {
+        (&key.saddr, block_hook::POD_INGRESS)
+    };
+    let listed = blocklist::check(&Tries, peer_addr, hook);
+    if let Some(l) = listed {
+        feed_count(l.feed, l.action == block_action::DROP);
+    }
+    let d = blocklist::decide(listed, || {
+        policy::evaluate(&PolicyHash, ep, dir, peer, key.proto, port, host_exempt)
+    });
+    if d.reason == reason::BLOCKLISTED && d.verdict == verdict::DROPPED {
+        count(stats::BLOCKLISTED);
+    }
+    d
 }
 
 #[inline(never)]

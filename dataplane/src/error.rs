@@ -43,6 +43,9 @@ pub enum Error {
     PinnedMismatch { path: PathBuf, what: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A map held something this build cannot have written (or a system query failed).
+    #[error("unexpected state: {0}")]
+    Corrupt(String),
 }
 
 impl Error {
@@ -59,6 +62,7 @@ impl Error {
             Error::Netns { .. } => "netns",
             Error::PinnedMismatch { .. } => "pinned_mismatch",
             Error::Io(_) => "io",
+            Error::Corrupt(_) => "corrupt",
         }
     }
 }

@@ -15,8 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    maps, programs, sizes, stats, Config, CtEntry, CtKey, EndpointInfo, IpcacheEntry, PolicyKey,
-    PolicyValue,
+    maps, programs, sizes, stats, BlockEntry, Config, CtEntry, CtKey, EndpointInfo, IpcacheEntry,
+    PolicyKey, PolicyValue,
 };
 use ipnetwork::IpNetwork;
 
@@ -347,14 +347,14 @@ impl Datapath {
         v
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
+    pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
         self.ebpf.map_mut(name).ok_or_else(|| Error::Missing {
             kind: "map",
             name: name.into(),
         })
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, Error> {
+    pub(crate) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, Error> {
         self.ebpf.map(name).ok_or_else(|| Error::Missing {
             kind: "map",
             name: name.into(),
@@ -530,6 +530,9 @@ fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
         ),
         (maps::EVENTS, 0, 0, Some(opts.events_bytes)),
         (maps::CGROUP_SLOTS, 8, 4, None),
+        (maps::BLOCK_V4, 8, u(size_of::<BlockEntry>()), None),
+        (maps::BLOCK_V6, 20, u(size_of::<BlockEntry>()), None),
+        (maps::FEED_STATS, 4, 8, None),
     ];
     for (name, key, value, entries) in expected {
         let path = opts.pin_dir.join(name);
@@ -606,7 +609,10 @@ pub fn ipcache_key(net: IpNetwork) -> Key<[u8; 16]> {
     }
 }
 
-fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<(), Error> {
+pub(crate) fn ignore_missing(
+    r: Result<(), aya::maps::MapError>,
+    name: &'static str,
+) -> Result<(), Error> {
     match r {
         Ok(()) => Ok(()),
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{Program, TestRun, TestRunOptions};
 
 use crate::{Datapath, Error};
 
@@ -15,39 +15,42 @@ pub const TEST_RUN_IFINDEX: u32 = 1;
 /// The result of a test run.
 #[derive(Clone, Copy, Debug)]
 pub struct RunResult {
-    /// The program's return value, as the TC action (`-1` pass/next, `2` drop).
+    /// The program's return value (see [`Datapath::test_run`]).
     pub action: i32,
     /// Mean time per run, as the kernel measured it.
     pub per_run: Duration,
 }
 
 impl Datapath {
-    /// Run program `name` on `packet` (an Ethernet frame) `repeat` times.
+    /// Run program `name` (a TC or XDP program) on `packet` (an Ethernet frame) `repeat`
+    /// times. The action is the program's return value: TC `-1` pass/next, `2` drop; XDP
+    /// `2` pass, `1` drop.
     pub fn test_run(&self, name: &str, packet: &[u8], repeat: u32) -> Result<RunResult, Error> {
-        let prog: &SchedClassifier = self
-            .ebpf()
-            .program(name)
-            .ok_or_else(|| Error::Missing {
-                kind: "program",
-                name: name.into(),
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                name: name.into(),
-                source,
-            })?;
+        let prog = self.ebpf().program(name).ok_or_else(|| Error::Missing {
+            kind: "program",
+            name: name.into(),
+        })?;
         let mut out = vec![0u8; packet.len() + 256];
-        let res = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                repeat: repeat.max(1),
-                ..TestRunOptions::new()
-            })
-            .map_err(|source| Error::Program {
-                name: name.into(),
-                source,
-            })?;
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..TestRunOptions::new()
+        };
+        let res = match prog {
+            Program::SchedClassifier(p) => p.test_run(opts),
+            Program::Xdp(p) => p.test_run(opts),
+            _ => {
+                return Err(Error::Missing {
+                    kind: "TC or XDP program",
+                    name: name.into(),
+                })
+            }
+        }
+        .map_err(|source| Error::Program {
+            name: name.into(),
+            source,
+        })?;
         Ok(RunResult {
             action: res.return_value as i32,
             per_run: res.duration,

@@ -66,6 +66,37 @@ pub struct FeedSpec {
     pub applies_to: BTreeSet<Hook>,
 }
 
+impl Hook {
+    /// The index of this hook in the kernel's [`dataplane_common::BlockEntry`].
+    pub fn index(self) -> usize {
+        use dataplane_common::block_hook;
+        match self {
+            Hook::HostIngress => block_hook::HOST_INGRESS,
+            Hook::PodEgress => block_hook::POD_EGRESS,
+            Hook::PodIngress => block_hook::POD_INGRESS,
+        }
+    }
+}
+
+impl FeedSpec {
+    /// The [`dataplane_common::block_action`] this feed takes at each hook.
+    pub fn actions(&self) -> Actions {
+        use dataplane_common::block_action;
+        let a = match self.action {
+            Action::Drop => block_action::DROP,
+            Action::Audit => block_action::AUDIT,
+        };
+        let mut out = [block_action::NONE; dataplane_common::block_hook::COUNT];
+        for h in &self.applies_to {
+            out[h.index()] = a;
+        }
+        out
+    }
+}
+
+/// A [`dataplane_common::block_action`] per [`dataplane_common::block_hook`].
+pub type Actions = [u8; dataplane_common::block_hook::COUNT];
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawSpec {

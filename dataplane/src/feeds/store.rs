@@ -14,9 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dataplane_common::{block_action, block_hook, BlockEntry, MAX_FEEDS};
 use ipnetwork::IpNetwork;
 
-use super::parse::Parsed;
+use super::{parse::Parsed, spec::Actions};
 
 /// Why a refresh was refused (the last good list stays in force).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum Refused {
         /// The first bad line, as reported by the parser.
         first: String,
     },
+    /// Every feed id is in use.
+    #[error("no feed id left: at most {MAX_FEEDS} feeds")]
+    TooManyFeeds,
 }
 
 impl Refused {
@@ -46,6 +50,7 @@ impl Refused {
             Refused::Failed(_) => "failed",
             Refused::Emptied(_) => "emptied",
             Refused::MostlyBad { .. } => "mostly_bad",
+            Refused::TooManyFeeds => "too_many_feeds",
         }
     }
 }
@@ -53,8 +58,8 @@ impl Refused {
 /// What a kernel map update must do: insert or overwrite these, delete those.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
-    /// Entries to insert or whose owning feed changed: (network, feed id).
-    pub upsert: Vec<(IpNetwork, u32)>,
+    /// Entries to insert or whose value changed.
+    pub upsert: Vec<(IpNetwork, BlockEntry)>,
     /// Entries to delete.
     pub remove: Vec<IpNetwork>,
 }
@@ -69,6 +74,7 @@ impl Diff {
 #[derive(Clone, Debug)]
 struct Feed {
     id: u32,
+    actions: Actions,
     nets: BTreeSet<IpNetwork>,
 }
 
@@ -77,8 +83,10 @@ struct Feed {
 pub struct Store {
     feeds: BTreeMap<String, Feed>,
     protected: Vec<IpNetwork>,
-    next_id: u32,
 }
+
+/// The merged blocklist as the kernel tries hold it.
+pub type Blocklist = BTreeMap<IpNetwork, BlockEntry>;
 
 /// Feed ids start here; 0 means "no feed" in the kernel map value.
 pub const FIRST_FEED_ID: u32 = 1;
@@ -89,17 +97,20 @@ impl Store {
         Store {
             feeds: BTreeMap::new(),
             protected,
-            next_id: FIRST_FEED_ID,
         }
     }
 
-    /// Take a refresh of feed `name`, or refuse it and keep the last good list.
-    /// Returns the number of entries now in force for the feed.
+    /// Take a refresh of feed `name`, or refuse it and keep the last good list. `actions`
+    /// (from the manifest) apply either way. Returns the number of entries now in force.
     pub fn accept(
         &mut self,
         name: &str,
+        actions: Actions,
         refresh: Result<Parsed, String>,
     ) -> Result<usize, Refused> {
+        if let Some(f) = self.feeds.get_mut(name) {
+            f.actions = actions;
+        }
         let parsed = refresh.map_err(Refused::Failed)?;
         let previous = self.feeds.get(name).map_or(0, |f| f.nets.len());
         if parsed.bad > parsed.nets.len() {
@@ -121,18 +132,35 @@ impl Store {
         match self.feeds.get_mut(name) {
             Some(f) => f.nets = parsed.nets,
             None => {
-                let id = self.next_id;
-                self.next_id += 1;
+                let id = self.free_id().ok_or(Refused::TooManyFeeds)?;
                 self.feeds.insert(
                     name.to_string(),
                     Feed {
                         id,
+                        actions,
                         nets: parsed.nets,
                     },
                 );
             }
         }
         Ok(len)
+    }
+
+    /// The lowest id no feed holds (ids index the kernel's per-feed counters, so they are
+    /// reused rather than grown without bound).
+    fn free_id(&self) -> Option<u32> {
+        let used: BTreeSet<u32> = self.feeds.values().map(|f| f.id).collect();
+        (FIRST_FEED_ID..=MAX_FEEDS).find(|id| !used.contains(id))
+    }
+
+    /// Entries in force for a feed.
+    pub fn len(&self, name: &str) -> usize {
+        self.feeds.get(name).map_or(0, |f| f.nets.len())
+    }
+
+    /// Names of the feeds that have a list.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.feeds.keys().map(String::as_str)
     }
 
     /// Forget a feed whose manifest was deleted.
@@ -153,25 +181,68 @@ impl Store {
             .map(|(n, _)| n.as_str())
     }
 
-    /// The merged blocklist: each network once, owned by the feed with the lowest id (the
-    /// oldest), so attribution does not flip between feeds from one refresh to the next.
-    /// Also returns how many entries were left out for overlapping a protected range.
-    pub fn desired(&self) -> (BTreeMap<IpNetwork, u32>, usize) {
-        let mut out = BTreeMap::new();
+    /// The merged blocklist, as the kernel tries must hold it. Also returns how many entries
+    /// were left out for overlapping a protected range.
+    ///
+    /// Per hook, the strongest action wins (drop over audit); among equals the feed with the
+    /// lowest id, so attribution does not flip from one refresh to the next. Because an LPM
+    /// lookup sees only the longest matching prefix, every entry also takes, per hook, a
+    /// stronger action of any listed prefix that contains it.
+    pub fn desired(&self) -> (Blocklist, usize) {
+        let mut merged = Blocklist::new();
         let mut protected_hits = 0;
         let mut feeds: Vec<&Feed> = self.feeds.values().collect();
         feeds.sort_by_key(|f| f.id);
         for f in feeds {
+            if f.actions.iter().all(|a| *a == block_action::NONE) {
+                continue;
+            }
             for net in &f.nets {
                 if self.protected.iter().any(|p| overlaps(p, net)) {
                     protected_hits += 1;
                     continue;
                 }
-                out.entry(*net).or_insert(f.id);
+                let e = merged.entry(*net).or_default();
+                for h in 0..block_hook::COUNT {
+                    if f.actions[h] > e.action[h] {
+                        e.action[h] = f.actions[h];
+                        e.feed[h] = f.id;
+                    }
+                }
             }
         }
-        (out, protected_hits)
+        inherit(&mut merged);
+        (merged, protected_hits)
     }
+}
+
+/// Push each prefix's actions down into the listed prefixes it contains, where stronger.
+/// `list` iterates in (address, prefix length) order, so a containing prefix comes before
+/// everything it contains and a stack of open ancestors finds each entry's nearest one.
+fn inherit(list: &mut Blocklist) {
+    let mut stack: Vec<(IpNetwork, BlockEntry)> = Vec::new();
+    for (net, e) in list.iter_mut() {
+        while let Some((top, _)) = stack.last() {
+            if same_family(top, net) && top.contains(net.network()) && top.prefix() <= net.prefix()
+            {
+                break;
+            }
+            stack.pop();
+        }
+        if let Some((_, parent)) = stack.last() {
+            for h in 0..block_hook::COUNT {
+                if parent.action[h] > e.action[h] {
+                    e.action[h] = parent.action[h];
+                    e.feed[h] = parent.feed[h];
+                }
+            }
+        }
+        stack.push((*net, *e));
+    }
+}
+
+fn same_family(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4()
 }
 
 /// True when one network contains the other (CIDRs either nest or are disjoint).
@@ -185,7 +256,7 @@ fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 }
 
 /// What turns `actual` (the kernel map's contents) into `desired`.
-pub fn diff(actual: &BTreeMap<IpNetwork, u32>, desired: &BTreeMap<IpNetwork, u32>) -> Diff {
+pub fn diff(actual: &Blocklist, desired: &Blocklist) -> Diff {
     let mut d = Diff::default();
     for (net, id) in desired {
         if actual.get(net) != Some(id) {
@@ -206,6 +277,16 @@ mod tests {
     use crate::feeds::parse::parse;
     use crate::feeds::spec::Format;
 
+    const DROP_ALL: Actions = [block_action::DROP; 3];
+
+    fn entry(feed: u32, actions: Actions) -> BlockEntry {
+        BlockEntry {
+            feed: actions.map(|a| if a == block_action::NONE { 0 } else { feed }),
+            action: actions,
+            _pad: 0,
+        }
+    }
+
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
     }
@@ -218,20 +299,24 @@ mod tests {
     fn bad_refreshes_keep_the_last_good_list() {
         let mut s = Store::new(vec![]);
         assert_eq!(
-            s.accept("drop", lines("203.0.113.0/24\n198.51.100.7\n")),
+            s.accept("drop", DROP_ALL, lines("203.0.113.0/24\n198.51.100.7\n")),
             Ok(2)
         );
         let good = s.desired().0;
 
-        let r = s.accept("drop", Err("GET https://x: timed out after 30s".into()));
+        let r = s.accept(
+            "drop",
+            DROP_ALL,
+            Err("GET https://x: timed out after 30s".into()),
+        );
         assert_eq!(r.as_ref().unwrap_err().metric_label(), "failed");
         assert_eq!(
-            s.accept("drop", lines("# nothing today\n")),
+            s.accept("drop", DROP_ALL, lines("# nothing today\n")),
             Err(Refused::Emptied(2))
         );
         // A captive portal's page served with 200.
         let html = "<!DOCTYPE html>\n<html>\n<body>Please log in</body>\n</html>\n";
-        match s.accept("drop", lines(html)) {
+        match s.accept("drop", DROP_ALL, lines(html)) {
             Err(Refused::MostlyBad { bad, good, first }) => {
                 assert_eq!((bad, good), (4, 0));
                 assert!(first.starts_with("line 1:"), "{first}");
@@ -245,12 +330,12 @@ mod tests {
         );
 
         // A good refresh replaces the list; an empty first list is fine (nothing to lose).
-        assert_eq!(s.accept("drop", lines("192.0.2.1\n")), Ok(1));
+        assert_eq!(s.accept("drop", DROP_ALL, lines("192.0.2.1\n")), Ok(1));
         assert_eq!(
             s.desired().0.keys().copied().collect::<Vec<_>>(),
             vec![net("192.0.2.1/32")]
         );
-        assert_eq!(s.accept("new", lines("")), Ok(0));
+        assert_eq!(s.accept("new", DROP_ALL, lines("")), Ok(0));
     }
 
     #[test]
@@ -267,7 +352,7 @@ mod tests {
         .to_vec();
         let mut s = Store::new(protected);
         let body = "0.0.0.0/8\n10.0.0.0/8\n127.0.0.0/8\n192.168.0.0/16\n10.244.3.7\n203.0.113.0/24\n::/0\n2001:db8::/32\n";
-        s.accept("firehol_level1", lines(body)).unwrap();
+        s.accept("firehol_level1", DROP_ALL, lines(body)).unwrap();
         let (d, hits) = s.desired();
         assert_eq!(
             d.keys().copied().collect::<Vec<_>>(),
@@ -283,32 +368,40 @@ mod tests {
     #[test]
     fn merge_attributes_to_the_oldest_feed_and_diffs_minimally() {
         let mut s = Store::new(vec![]);
-        s.accept("spamhaus", lines("203.0.113.0/24\n198.51.100.0/24\n"))
-            .unwrap();
-        s.accept("local", lines("198.51.100.0/24\n192.0.2.9\n"))
+        s.accept(
+            "spamhaus",
+            DROP_ALL,
+            lines("203.0.113.0/24\n198.51.100.0/24\n"),
+        )
+        .unwrap();
+        s.accept("local", DROP_ALL, lines("198.51.100.0/24\n192.0.2.9\n"))
             .unwrap();
         let (sp, lo) = (s.id("spamhaus").unwrap(), s.id("local").unwrap());
         assert!(sp < lo);
         assert_eq!(s.name(lo), Some("local"));
         let (d1, _) = s.desired();
-        assert_eq!(d1[&net("198.51.100.0/24")], sp);
-        assert_eq!(d1[&net("192.0.2.9/32")], lo);
+        assert_eq!(d1[&net("198.51.100.0/24")], entry(sp, DROP_ALL));
+        assert_eq!(d1[&net("192.0.2.9/32")], entry(lo, DROP_ALL));
 
         let first = diff(&BTreeMap::new(), &d1);
         assert_eq!((first.upsert.len(), first.remove.len()), (3, 0));
         assert!(diff(&d1, &d1).is_empty());
 
         // Spamhaus drops the shared entry: it changes owner, not presence; 203.0.113/24 goes.
-        s.accept("spamhaus", lines("198.18.0.0/15\n")).unwrap();
+        s.accept("spamhaus", DROP_ALL, lines("198.18.0.0/15\n"))
+            .unwrap();
         let (d2, _) = s.desired();
         let step = diff(&d1, &d2);
         assert_eq!(
             step.upsert,
-            vec![(net("198.18.0.0/15"), sp), (net("198.51.100.0/24"), lo)]
+            vec![
+                (net("198.18.0.0/15"), entry(sp, DROP_ALL)),
+                (net("198.51.100.0/24"), entry(lo, DROP_ALL))
+            ]
         );
         assert_eq!(step.remove, vec![net("203.0.113.0/24")]);
 
-        // Removing a feed removes what only it held; ids are not reused.
+        // Removing a feed removes what only it held; its id is free again.
         assert!(s.remove("local"));
         assert!(!s.remove("local"));
         let step = diff(&d2, &s.desired().0);
@@ -317,8 +410,68 @@ mod tests {
             step.remove,
             [net("192.0.2.9/32"), net("198.51.100.0/24")].to_vec()
         );
-        s.accept("local", lines("192.0.2.9\n")).unwrap();
-        assert!(s.id("local").unwrap() > lo);
+        s.accept("local", DROP_ALL, lines("192.0.2.9\n")).unwrap();
+        assert_eq!(s.id("local"), Some(lo));
+    }
+
+    #[test]
+    fn stronger_actions_win_per_hook_and_reach_contained_prefixes() {
+        use dataplane_common::block_action::{AUDIT, DROP, NONE};
+        let mut s = Store::new(vec![]);
+        // "wide" drops 203.0.113.0/24 at host ingress only; "narrow" audits one address of it
+        // everywhere; "v6" lists an IPv6 block for pods.
+        s.accept("wide", [DROP, NONE, NONE], lines("203.0.113.0/24\n"))
+            .unwrap();
+        s.accept("narrow", [AUDIT; 3], lines("203.0.113.7\n203.0.113.0/25\n"))
+            .unwrap();
+        s.accept(
+            "v6",
+            [NONE, DROP, DROP],
+            lines("2001:db8::/32\n2001:db8::1\n"),
+        )
+        .unwrap();
+        let (w, n, v) = (
+            s.id("wide").unwrap(),
+            s.id("narrow").unwrap(),
+            s.id("v6").unwrap(),
+        );
+        let (d, _) = s.desired();
+        // The /32 inside the /24: host ingress must still drop (the /24's drop is stronger),
+        // the pod hooks audit (only the /32's own feed lists them).
+        let inner = d[&net("203.0.113.7/32")];
+        assert_eq!(inner.action, [DROP, AUDIT, AUDIT]);
+        assert_eq!(inner.feed, [w, n, n]);
+        assert_eq!(d[&net("203.0.113.0/25")].feed, [w, n, n]);
+        assert_eq!(d[&net("203.0.113.0/24")], entry(w, [DROP, NONE, NONE]));
+        assert_eq!(d[&net("2001:db8::1/128")], entry(v, [NONE, DROP, DROP]));
+
+        // Switching a feed to audit weakens its entries on the next desired state.
+        s.accept("wide", [AUDIT, NONE, NONE], Err("offline".into()))
+            .unwrap_err();
+        assert_eq!(s.desired().0[&net("203.0.113.7/32")].action, [AUDIT; 3]);
+        // A feed enforced nowhere contributes nothing.
+        s.accept("v6", [NONE; 3], Err("offline".into()))
+            .unwrap_err();
+        assert!(!s.desired().0.contains_key(&net("2001:db8::/32")));
+    }
+
+    #[test]
+    fn feed_ids_are_bounded() {
+        let mut s = Store::new(vec![]);
+        for i in 0..MAX_FEEDS {
+            s.accept(&format!("f{i}"), DROP_ALL, lines("192.0.2.1\n"))
+                .unwrap();
+        }
+        assert_eq!(
+            s.accept("one_too_many", DROP_ALL, lines("192.0.2.1\n")),
+            Err(Refused::TooManyFeeds)
+        );
+        s.remove("f7");
+        assert_eq!(
+            s.accept("one_too_many", DROP_ALL, lines("192.0.2.1\n")),
+            Ok(1)
+        );
+        assert_eq!(s.id("one_too_many"), Some(8));
     }
 
     #[test]
@@ -327,12 +480,12 @@ mod tests {
         let body: String = (0..100_000u32)
             .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x2000_0000 + i * 256)))
             .collect();
-        s.accept("big", lines(&body)).unwrap();
+        s.accept("big", DROP_ALL, lines(&body)).unwrap();
         let (d1, _) = s.desired();
         assert_eq!(d1.len(), 100_000);
         let mut changed = body.lines().skip(10).collect::<Vec<_>>().join("\n");
         changed.push_str("\n192.0.2.1\n");
-        s.accept("big", lines(&changed)).unwrap();
+        s.accept("big", DROP_ALL, lines(&changed)).unwrap();
         let step = diff(&d1, &s.desired().0);
         assert_eq!((step.upsert.len(), step.remove.len()), (1, 10));
     }
