@@ -108,6 +108,7 @@ pub fn describe_with(e: &FlowEvent, rule_name: impl Fn(u32) -> Option<String>) -
         reason::SPOOFED => " reason=spoofed-source",
         reason::REVOKED => " reason=revoked",
         reason::EXT_HDR_LIMIT => " reason=ext-header-limit",
+        reason::BLOCKLISTED => " reason=blocklisted",
         _ => " reason=?",
     };
     let rule_name = match e.rule_id {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use dataplane::testing::{
-    node::{Binaries, Node},
+    node::{flow_records as records, http_get, metric, Binaries, Node},
     traffic::*,
 };
 
@@ -454,19 +454,6 @@ fn cgroup_workload_allowed_and_denied_by_policy() {
     std::fs::remove_dir(&cg).unwrap();
 }
 
-fn http_get(node: &std::path::Path, path: &str) -> String {
-    use std::io::{Read, Write};
-    dataplane::netns::in_netns(node, || {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9876").unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .unwrap()
-}
-
 #[test]
 fn health_endpoints() {
     let n = node("health");
@@ -593,14 +580,6 @@ fn unwritable_flow_log_fails_at_start_with_the_path() {
         err.contains("flow log /nonexistent/septa/flows.jsonl"),
         "{err}"
     );
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn promtool_check(text: &str) {
@@ -775,14 +754,6 @@ fn flow_queries_filter_the_backlog_and_follow_new_flows() {
     assert!(rec.is_some(), "the follower saw a new flow");
     let r = follower.join().unwrap().expect("a record");
     assert_eq!((r.kind.as_str(), r.destination.port), ("new", 8080));
-}
-
-fn records(log: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

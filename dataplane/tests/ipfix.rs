@@ -38,6 +38,7 @@ fn record(src: &str, dst: &str, sport: u16, dport: u16, proto: &str, kind: &str)
             ..Default::default()
         },
         decided_by: "default-allow".into(),
+        feed: None,
         policy: None,
         rule_id: 7,
         packets: Counts {

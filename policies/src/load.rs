@@ -2,7 +2,8 @@
 //!
 //! Files and directories (recursively: `.yaml`, `.yml`, `.json`), multi-document YAML, JSON,
 //! and `kind: List`. Kinds used: Namespace, Pod, Deployment, ReplicaSet, StatefulSet,
-//! DaemonSet, Job, CronJob (their pod templates stand for their pods), NetworkPolicy. Other
+//! DaemonSet, Job, CronJob (their pod templates stand for their pods), NetworkPolicy; objects
+//! of septa's own group (`septa.dev/...`) are kept as they are for their owners. Other
 //! Kubernetes kinds are ignored; documents that are not Kubernetes objects are errors.
 //!
 //! A bad object is reported with its file, object and field, and left out; the rest is still
@@ -210,6 +211,14 @@ impl Builder {
             {
                 self.add_value(at, item);
             }
+            return;
+        }
+        if api.starts_with("septa.dev/") {
+            self.cluster.custom.push(crate::model::CustomObject {
+                at: at.to_owned(),
+                kind,
+                value: v,
+            });
             return;
         }
         let known = [

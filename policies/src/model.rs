@@ -524,6 +524,18 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub policies: Vec<Policy>,
+    /// Objects of septa's own API group (`septa.dev/...`), validated by the part that owns
+    /// their kind (threat feeds, DNS policies), in load order.
+    pub custom: Vec<CustomObject>,
+}
+
+/// An object of septa's API group, as loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomObject {
+    /// Where it was read (`file#document`).
+    pub at: String,
+    pub kind: String,
+    pub value: serde_json::Value,
 }
 
 impl Cluster {

@@ -98,6 +98,21 @@ pub struct Args {
     /// On shutdown, detach programs and remove pinned state (default: leave enforcement in place)
     #[arg(long)]
     pub remove_enforcement: bool,
+    /// Threat feeds: deadline for one fetch, body included [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    pub feed_timeout: Option<Duration>,
+    /// Threat feeds: largest body accepted, in bytes [default: 67108864]
+    #[arg(long)]
+    pub feed_max_bytes: Option<u64>,
+    /// Threat feeds: first retry after a failed fetch; doubles up to the feed's refresh [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub feed_retry_min: Option<Duration>,
+    /// Threat feeds: shortest refresh a ThreatFeed may ask for [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    pub feed_min_refresh: Option<Duration>,
+    /// Threat feeds never block these ranges (repeatable; give the pod and service CIDRs). Loopback and the node's addresses are always protected
+    #[arg(long = "feed-protect", value_name = "CIDR")]
+    pub feed_protect: Vec<ipnetwork::IpNetwork>,
 }
 
 /// The file form of [`Args`] (kebab-case keys).
@@ -131,6 +146,11 @@ struct FileConfig {
     flow_update_interval: Option<String>,
     flow_aggregate_window: Option<String>,
     flow_aggregate_max_groups: Option<usize>,
+    feed_timeout: Option<String>,
+    feed_max_bytes: Option<u64>,
+    feed_retry_min: Option<String>,
+    feed_min_refresh: Option<String>,
+    feed_protect: Option<Vec<String>>,
 }
 
 /// The effective configuration.
@@ -163,6 +183,11 @@ pub struct Config {
     pub flow_update_interval: Duration,
     pub flow_aggregate_window: Option<Duration>,
     pub flow_aggregate_max_groups: usize,
+    pub feed_timeout: Duration,
+    pub feed_max_bytes: u64,
+    pub feed_retry_min: Duration,
+    pub feed_min_refresh: Duration,
+    pub feed_protect: Vec<ipnetwork::IpNetwork>,
 }
 
 /// The host name (for flow records), or `localhost`.
@@ -311,6 +336,40 @@ impl Config {
                 .flow_aggregate_max_groups
                 .or(file.flow_aggregate_max_groups)
                 .unwrap_or(100_000),
+            feed_timeout: dur(
+                args.feed_timeout,
+                &file.feed_timeout,
+                Duration::from_secs(60),
+                "feed-timeout",
+            )?,
+            feed_max_bytes: args
+                .feed_max_bytes
+                .or(file.feed_max_bytes)
+                .unwrap_or(64 << 20),
+            feed_retry_min: dur(
+                args.feed_retry_min,
+                &file.feed_retry_min,
+                Duration::from_secs(10),
+                "feed-retry-min",
+            )?,
+            feed_min_refresh: dur(
+                args.feed_min_refresh,
+                &file.feed_min_refresh,
+                crate::feeds::spec::MIN_REFRESH,
+                "feed-min-refresh",
+            )?,
+            feed_protect: if args.feed_protect.is_empty() {
+                file.feed_protect
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| {
+                        c.parse()
+                            .map_err(|e| format!("config key feed-protect: {c:?}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            } else {
+                args.feed_protect.clone()
+            },
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct Agent {
     sweeper: crate::flows::sweep::Sweeper,
     /// What flow records are enriched with; refreshed after every compile.
     pub enricher: Arc<std::sync::RwLock<crate::flows::Enricher>>,
+    /// Threat feeds: fetch tasks, last good lists, the blocklist tries.
+    pub feeds: crate::feeds::manager::Manager,
 }
 
 impl Agent {
@@ -105,7 +107,21 @@ impl Agent {
             info!(iface = %iface, "XDP attached");
         }
         let source = cfg.manifests.clone().map(Source::new);
+        let feeds = crate::feeds::manager::Manager::new(
+            &dp,
+            crate::feeds::manager::Settings {
+                limits: crate::feeds::fetch::Limits {
+                    timeout: cfg.feed_timeout,
+                    max_bytes: cfg.feed_max_bytes,
+                },
+                retry_min: cfg.feed_retry_min,
+                protect: cfg.feed_protect.clone(),
+                state_dir: cfg.state_dir.clone(),
+            },
+            &host_addresses(),
+        )?;
         let mut agent = Agent {
+            feeds,
             cfg,
             dp,
             actual,
@@ -133,9 +149,10 @@ impl Agent {
         let Some(src) = self.source.as_mut() else {
             return false;
         };
-        let Some((cluster, problems)) = src.poll() else {
+        let Some((cluster, mut problems)) = src.poll() else {
             return false;
         };
+        let feeds = threat_feeds(&cluster, self.cfg.feed_min_refresh, &mut problems);
         metrics::gauge!("septa_manifest_errors").set(problems.0.len() as f64);
         if !problems.is_empty() {
             for d in &problems.0 {
@@ -147,7 +164,8 @@ impl Agent {
             );
             return false;
         }
-        info!(dir = %src.dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), "manifests loaded");
+        info!(dir = %src.dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), "manifests loaded");
+        self.feeds.set_wanted(feeds);
         self.manifests = Some(cluster);
         true
     }
@@ -202,6 +220,7 @@ impl Agent {
             pods: Vec::new(),
             services: m.services.clone(),
             policies: m.policies.clone(),
+            custom: Vec::new(),
         };
         for r in self.registry.endpoints.values() {
             cluster.pods.push(Self::pod_for(&r.endpoint, m));
@@ -302,6 +321,20 @@ impl Agent {
         }
         self.ready.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Bring the feed tasks in line with the manifests.
+    fn sync_feeds(&mut self, tx: &mpsc::UnboundedSender<crate::feeds::manager::FeedUpdate>) {
+        if let Err(e) = self.feeds.sync(&mut self.dp, tx) {
+            error!(error = %e, kind = e.metric_label(), "threat feeds: blocklist update failed");
+        }
+        self.refresh_feed_names();
+    }
+
+    fn refresh_feed_names(&mut self) {
+        if let Ok(mut en) = self.enricher.write() {
+            en.feeds = self.feeds.names();
+        }
     }
 
     /// Serve one registry request.
@@ -465,6 +498,45 @@ impl Agent {
             info!("stopping; enforcement stays in place (pinned maps and links)");
         }
     }
+}
+
+/// The `ThreatFeed` objects of a load, validated; problems are added to `problems`.
+fn threat_feeds(
+    cluster: &Cluster,
+    min_refresh: std::time::Duration,
+    problems: &mut policies::Diagnostics,
+) -> Vec<crate::feeds::spec::FeedSpec> {
+    let mut out: Vec<crate::feeds::spec::FeedSpec> = Vec::new();
+    for o in &cluster.custom {
+        let object = format!(
+            "{} {}",
+            o.kind,
+            o.value
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+        );
+        if o.kind != "ThreatFeed" {
+            problems.push(
+                &o.at,
+                &object,
+                "kind",
+                format!("septa.dev has no kind {:?} (known: ThreatFeed)", o.kind),
+            );
+            continue;
+        }
+        match crate::feeds::spec::from_manifest_with(&o.value, min_refresh) {
+            Ok(spec) if out.iter().any(|s| s.name == spec.name) => problems.push(
+                &o.at,
+                &object,
+                "metadata.name",
+                "another ThreatFeed has this name",
+            ),
+            Ok(spec) => out.push(spec),
+            Err((field, msg)) => problems.push(&o.at, &object, &field, msg),
+        }
+    }
+    out
 }
 
 /// Every address of every interface in this network namespace.
@@ -727,6 +799,8 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         });
     }
     info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
+    let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
+    agent.sync_feeds(&feed_tx);
     let mut scrape = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
     let mut tick = tokio::time::interval(agent.cfg.poll_interval);
@@ -742,9 +816,20 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                     if let Err(e) = agent.reconcile() {
                         error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
                     }
+                    agent.sync_feeds(&feed_tx);
                 }
             }
-            _ = scrape.tick() => super::metrics::scrape(&agent.dp),
+            Some(update) = feed_rx.recv() => {
+                let name = update.name.clone();
+                if let Err(e) = agent.feeds.on_update(&mut agent.dp, update) {
+                    error!(feed = %name, error = %e, kind = e.metric_label(), "blocklist update failed; will retry on the next refresh");
+                }
+                agent.refresh_feed_names();
+            }
+            _ = scrape.tick() => {
+                super::metrics::scrape(&agent.dp);
+                agent.feeds.scrape(&agent.dp);
+            }
             _ = sweep_tick.tick() => {
                 let events = agent.sweep();
                 if !events.is_empty() {

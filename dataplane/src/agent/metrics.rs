@@ -109,6 +109,7 @@ pub fn scrape(dp: &Datapath) {
         ("fragment_unknown", stats::FRAG_UNKNOWN),
         ("no_endpoint", stats::NO_ENDPOINT),
         ("spoofed_source", stats::SPOOFED),
+        ("blocklisted", stats::BLOCKLISTED),
     ] {
         counter!("septa_datapath_drops_total", "reason" => reason).absolute(v(i));
     }

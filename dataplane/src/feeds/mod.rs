@@ -5,6 +5,8 @@
 //! the feed formats ([`parse`]), and the merged blocklist with its guards and map diff
 //! ([`store`]). Fetching and the kernel LPM maps build on them.
 
+pub mod fetch;
+pub mod manager;
 pub mod maps;
 pub mod parse;
 pub mod spec;

@@ -113,11 +113,20 @@ struct RawSpec {
 /// A field-level problem: (field path, message).
 pub type SpecError = (String, String);
 
-/// Shortest refresh accepted (feed hosts rate-limit; Spamhaus asks for at most hourly).
+/// Shortest refresh accepted by default (feed hosts rate-limit; Spamhaus asks for at most
+/// hourly). The agent's `--feed-min-refresh` lowers it for labs and tests.
 pub const MIN_REFRESH: Duration = Duration::from_secs(60);
 
 /// Validate a `ThreatFeed` object (already known to have that kind).
 pub fn from_manifest(v: &serde_json::Value) -> Result<FeedSpec, SpecError> {
+    from_manifest_with(v, MIN_REFRESH)
+}
+
+/// [`from_manifest`] with another shortest refresh period.
+pub fn from_manifest_with(
+    v: &serde_json::Value,
+    min_refresh: Duration,
+) -> Result<FeedSpec, SpecError> {
     let name = v
         .pointer("/metadata/name")
         .and_then(|n| n.as_str())
@@ -182,10 +191,10 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<FeedSpec, SpecError> {
         Some(r) => humantime::parse_duration(&r)
             .map_err(|e| ("spec.refresh".to_owned(), format!("{r:?}: {e}")))?,
     };
-    if refresh < MIN_REFRESH {
+    if refresh < min_refresh {
         return Err((
             "spec.refresh".into(),
-            format!("{refresh:?} is shorter than the minimum {MIN_REFRESH:?}"),
+            format!("{refresh:?} is shorter than the minimum {min_refresh:?}"),
         ));
     }
     let action = match raw.action.as_deref().unwrap_or("drop") {

@@ -76,6 +76,8 @@ struct Feed {
     id: u32,
     actions: Actions,
     nets: BTreeSet<IpNetwork>,
+    /// False for a feed [`Store::reserve`]d from the last run that has not delivered yet.
+    has_list: bool,
 }
 
 /// Every feed's last good list and the protected ranges.
@@ -130,7 +132,10 @@ impl Store {
         }
         let len = parsed.nets.len();
         match self.feeds.get_mut(name) {
-            Some(f) => f.nets = parsed.nets,
+            Some(f) => {
+                f.nets = parsed.nets;
+                f.has_list = true;
+            }
             None => {
                 let id = self.free_id().ok_or(Refused::TooManyFeeds)?;
                 self.feeds.insert(
@@ -139,6 +144,7 @@ impl Store {
                         id,
                         actions,
                         nets: parsed.nets,
+                        has_list: true,
                     },
                 );
             }
@@ -161,6 +167,39 @@ impl Store {
     /// Names of the feeds that have a list.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.feeds.keys().map(String::as_str)
+    }
+
+    /// Keep `id` for `name` (an id from the last run) until its first list arrives. Ignored
+    /// when the id is out of range or taken.
+    pub fn reserve(&mut self, name: &str, id: u32) {
+        let taken = self.feeds.values().any(|f| f.id == id);
+        if (FIRST_FEED_ID..=MAX_FEEDS).contains(&id) && !taken && !self.feeds.contains_key(name) {
+            self.feeds.insert(
+                name.to_string(),
+                Feed {
+                    id,
+                    actions: [block_action::NONE; block_hook::COUNT],
+                    nets: BTreeSet::new(),
+                    has_list: false,
+                },
+            );
+        }
+    }
+
+    /// Whether the feed has delivered a list (reserved ids do not count).
+    pub fn has_list(&self, name: &str) -> bool {
+        self.feeds.get(name).is_some_and(|f| f.has_list)
+    }
+
+    /// Change what a feed does; true when it changed.
+    pub fn set_actions(&mut self, name: &str, actions: Actions) -> bool {
+        match self.feeds.get_mut(name) {
+            Some(f) if f.actions != actions => {
+                f.actions = actions;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Forget a feed whose manifest was deleted.
@@ -453,6 +492,29 @@ mod tests {
         s.accept("v6", [NONE; 3], Err("offline".into()))
             .unwrap_err();
         assert!(!s.desired().0.contains_key(&net("2001:db8::/32")));
+    }
+
+    #[test]
+    fn reserved_ids_are_kept_for_their_feed() {
+        let mut s = Store::new(vec![]);
+        s.reserve("spamhaus", 7);
+        s.reserve("other", 7); // taken: ignored
+        s.reserve("bad", 0); // out of range: ignored
+        assert!(!s.has_list("spamhaus"));
+        assert_eq!(s.id("other"), None);
+        assert!(s.desired().0.is_empty());
+        s.accept("new", DROP_ALL, lines("192.0.2.1\n")).unwrap();
+        assert_eq!(s.id("new"), Some(1));
+        s.accept("spamhaus", DROP_ALL, lines("192.0.2.2\n"))
+            .unwrap();
+        assert_eq!(s.id("spamhaus"), Some(7));
+        assert!(s.has_list("spamhaus"));
+        assert!(s.set_actions("spamhaus", [block_action::AUDIT; 3]));
+        assert!(!s.set_actions("spamhaus", [block_action::AUDIT; 3]));
+        assert_eq!(
+            s.desired().0[&net("192.0.2.2/32")].action,
+            [block_action::AUDIT; 3]
+        );
     }
 
     #[test]

@@ -135,6 +135,7 @@ mod tests {
                 ..Default::default()
             },
             decided_by: "rule".into(),
+            feed: None,
             policy: None,
             rule_id: 1,
             packets: Counts {

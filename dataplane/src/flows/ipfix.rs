@@ -205,7 +205,10 @@ impl IpfixExporter {
             _ => 0,
         });
         let policy = r.policy.as_ref().map_or_else(
-            || r.decided_by.clone(),
+            || match &r.feed {
+                Some(f) => format!("threat-feed:{f}"),
+                None => r.decided_by.clone(),
+            },
             |p| {
                 format!(
                     "{}/{}/{}[{}]",

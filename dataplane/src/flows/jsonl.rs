@@ -153,6 +153,7 @@ mod tests {
                 ..Default::default()
             },
             decided_by: "default-allow".into(),
+            feed: None,
             policy: None,
             rule_id: 0,
             packets: Counts {

@@ -133,8 +133,12 @@ pub struct FlowRecord {
     pub protocol: String,
     pub source: FlowPeer,
     pub destination: FlowPeer,
-    /// What decided: `rule`, `default-deny`, `default-allow`, `host`, `anti-spoof`, `fail-mode`.
+    /// What decided: `rule`, `threat-feed`, `default-deny`, `default-allow`, `host`,
+    /// `anti-spoof`, `fail-mode`.
     pub decided_by: String,
+    /// The threat feed, when `decided_by` is `threat-feed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
     /// The rule, when `decided_by` is `rule`.
     pub policy: Option<PolicyRef>,
     pub rule_id: u32,
@@ -155,6 +159,8 @@ pub struct Enricher {
     /// address → (namespace, pod, workload `Kind/name`, labels)
     pub endpoints: BTreeMap<IpAddr, (String, String, String, BTreeMap<String, String>)>,
     pub rules: BTreeMap<u32, PolicyRef>,
+    /// Threat-feed id → feed name.
+    pub feeds: BTreeMap<u32, String>,
     pub node: String,
     /// CLOCK_MONOTONIC (the kernel's event clock) → wall clock offset, in ns.
     pub wall_offset_ns: i128,
@@ -216,7 +222,14 @@ impl Enricher {
         } else {
             (e.peer_identity, e.subject_identity)
         };
+        let feed = rule::feed_of_rule(e.rule_id).map(|id| {
+            self.feeds
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("feed#{id}"))
+        });
         let (decided_by, policy) = match e.rule_id {
+            _ if feed.is_some() => ("threat-feed", None),
             rule::DEFAULT_DENY => ("default-deny", None),
             rule::DEFAULT_ALLOW => ("default-allow", None),
             rule::HOST => ("host", None),
@@ -271,6 +284,7 @@ impl Enricher {
                 reason::SPOOFED => Some("spoofed-source"),
                 reason::REVOKED => Some("revoked"),
                 reason::EXT_HDR_LIMIT => Some("ext-header-limit"),
+                reason::BLOCKLISTED => Some("blocklisted"),
                 _ => Some("unknown"),
             }
             .map(str::to_owned),
@@ -288,6 +302,7 @@ impl Enricher {
             source: self.peer(&e.saddr, e.sport, src_id),
             destination: self.peer(&e.daddr, e.dport, dst_id),
             decided_by: decided_by.into(),
+            feed,
             policy,
             rule_id: e.rule_id,
             packets: Counts {

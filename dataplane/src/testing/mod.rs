@@ -4,6 +4,7 @@
 
 pub mod bed;
 pub mod cni;
+pub mod http;
 pub mod nfcapd;
 pub mod node;
 pub mod scenario;

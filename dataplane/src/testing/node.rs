@@ -258,3 +258,36 @@ impl Drop for Node {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `GET path` from the agent's health listener (127.0.0.1:9876 inside `node`).
+pub fn http_get(node: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    crate::netns::in_netns(node, || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9876")?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default()
+}
+
+/// The value of the first metric line starting with `name_and_labels` (0 when absent).
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Every record of a JSON-lines flow log (none if it does not exist yet).
+pub fn flow_records(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

@@ -101,6 +101,20 @@ pub fn tcp_connect(netns: &Path, to: SocketAddr) -> Result<TcpStream> {
     Ok(s)
 }
 
+/// Like [`tcp_connect`], from the local address `from` (one of the namespace's own).
+pub fn tcp_connect_from(netns: &Path, from: std::net::IpAddr, to: SocketAddr) -> Result<TcpStream> {
+    let s = in_netns(netns, || -> std::io::Result<TcpStream> {
+        let domain = socket2::Domain::for_address(to);
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        sock.bind(&SocketAddr::new(from, 0).into())?;
+        sock.connect_timeout(&to.into(), PROBE_WAIT)?;
+        Ok(sock.into())
+    })?
+    .with_context(|| format!("connect from {from} to {to}"))?;
+    s.set_read_timeout(Some(PROBE_WAIT))?;
+    Ok(s)
+}
+
 /// Send `msg` and wait for the echo; `Err` if it does not come back within [`PROBE_WAIT`].
 pub fn echo(s: &mut TcpStream, msg: &[u8]) -> Result<()> {
     s.write_all(msg)?;

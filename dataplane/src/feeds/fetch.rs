@@ -1,0 +1,313 @@
+//! Fetching a feed: HTTP(S) with conditional requests, or a local file, always bounded in
+//! time and size.
+//!
+//! - `ETag` / `Last-Modified` from the last good fetch are sent back as `If-None-Match` /
+//!   `If-Modified-Since`; a `304 Not Modified` costs the feed host nothing and changes nothing.
+//! - One deadline covers connect, headers and the whole body, so a server that trickles bytes
+//!   cannot hold a refresh forever.
+//! - The body is read in chunks and the fetch fails as soon as it passes the size limit
+//!   (the `Content-Length` is checked first when there is one), so a 2 GB answer costs at most
+//!   the limit in memory.
+//! - Content types that are certainly not a list (HTML error and captive-portal pages, images,
+//!   archives) are refused before the body is read.
+
+use std::{path::Path, time::Duration};
+
+use super::spec::Source;
+
+/// Bounds on one fetch.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Deadline for the whole request, body included.
+    pub timeout: Duration,
+    /// Largest body accepted, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(60),
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What identifies the version of a feed we hold (sent back on the next fetch).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// For files: (size, modification time in ns).
+    pub file_stamp: Option<(u64, u128)>,
+}
+
+/// The outcome of a successful fetch.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The source says nothing changed since `Validators`.
+    NotModified,
+    /// A new body and the validators to send next time.
+    Body(Vec<u8>, Validators),
+}
+
+/// Why a fetch failed. The last good list stays in force whatever the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: no complete answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("{at}: body is larger than the {limit}-byte limit")]
+    TooLarge { at: String, limit: u64 },
+    #[error("{url}: content type `{content_type}` is not a list of addresses (accepted: text/*, application/json, application/csv, application/octet-stream)")]
+    ContentType { url: String, content_type: String },
+    #[error("{url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+impl FetchError {
+    /// A short label for the `septa_feed_refresh_errors_total{reason}` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            FetchError::Status { .. } => "http_status",
+            FetchError::Timeout { .. } => "timeout",
+            FetchError::TooLarge { .. } => "too_large",
+            FetchError::ContentType { .. } => "content_type",
+            FetchError::Transport { .. } => "transport",
+            FetchError::File { .. } => "file",
+        }
+    }
+}
+
+/// An HTTP client for feeds (shared: it pools connections and holds the TLS roots).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("septa-agent/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        // Feeds are fetched with a bounded body; redirects to another host are common
+        // (GitHub raw, CDNs) and bounded too.
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// Fetch `source` unless it is unchanged since `last`.
+pub async fn fetch(
+    client: &reqwest::Client,
+    source: &Source,
+    last: &Validators,
+    limits: Limits,
+) -> Result<Fetched, FetchError> {
+    match source {
+        Source::Url(url) => {
+            match tokio::time::timeout(limits.timeout, fetch_url(client, url, last, limits)).await {
+                Ok(r) => r,
+                Err(_) => Err(FetchError::Timeout {
+                    url: url.clone(),
+                    timeout: limits.timeout,
+                }),
+            }
+        }
+        Source::File(path) => fetch_file(path, last, limits).await,
+    }
+}
+
+async fn fetch_url(
+    client: &reqwest::Client,
+    url: &str,
+    last: &Validators,
+    limits: Limits,
+) -> Result<Fetched, FetchError> {
+    let transport = |e: reqwest::Error| FetchError::Transport {
+        url: url.to_owned(),
+        // The chain carries the useful part (connection refused, certificate, ...).
+        message: error_chain(&e),
+    };
+    let mut req = client.get(url);
+    if let Some(etag) = &last.etag {
+        req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+    }
+    if let Some(lm) = &last.last_modified {
+        req = req.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+    }
+    let mut resp = req.send().await.map_err(transport)?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_MODIFIED {
+        return Ok(Fetched::NotModified);
+    }
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            url: url.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(ct) = header(reqwest::header::CONTENT_TYPE) {
+        if !acceptable_content_type(&ct) {
+            return Err(FetchError::ContentType {
+                url: url.to_owned(),
+                content_type: ct,
+            });
+        }
+    }
+    let validators = Validators {
+        etag: header(reqwest::header::ETAG),
+        last_modified: header(reqwest::header::LAST_MODIFIED),
+        file_stamp: None,
+    };
+    let too_large = || FetchError::TooLarge {
+        at: url.to_owned(),
+        limit: limits.max_bytes,
+    };
+    if resp.content_length().is_some_and(|n| n > limits.max_bytes) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() as u64 + chunk.len() as u64 > limits.max_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Fetched::Body(body, validators))
+}
+
+async fn fetch_file(path: &Path, last: &Validators, limits: Limits) -> Result<Fetched, FetchError> {
+    let err = |message: String| FetchError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| err(format!("cannot open: {e}")))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > limits.max_bytes {
+        return Err(FetchError::TooLarge {
+            at: path.display().to_string(),
+            limit: limits.max_bytes,
+        });
+    }
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let stamp = Some((meta.len(), mtime));
+    if last.file_stamp.is_some() && last.file_stamp == stamp {
+        return Ok(Fetched::NotModified);
+    }
+    use tokio::io::AsyncReadExt;
+    let f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| err(format!("cannot open: {e}")))?;
+    let mut body = Vec::new();
+    // The file may grow between stat and read; read one byte past the limit to notice.
+    f.take(limits.max_bytes + 1)
+        .read_to_end(&mut body)
+        .await
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if body.len() as u64 > limits.max_bytes {
+        return Err(FetchError::TooLarge {
+            at: path.display().to_string(),
+            limit: limits.max_bytes,
+        });
+    }
+    Ok(Fetched::Body(
+        body,
+        Validators {
+            file_stamp: stamp,
+            ..Validators::default()
+        },
+    ))
+}
+
+/// Whether a `Content-Type` can carry a list of addresses.
+pub fn acceptable_content_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "text/html" || essence == "application/xhtml+xml" {
+        return false;
+    }
+    essence.starts_with("text/")
+        || matches!(
+            essence.as_str(),
+            "application/json" | "application/csv" | "application/octet-stream" | ""
+        )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// The wait before retry `attempt` (0-based) after a failed refresh: doubling from `min`,
+/// never more than the feed's refresh period.
+pub fn backoff(attempt: u32, min: Duration, refresh: Duration) -> Duration {
+    let factor = 1u32 << attempt.min(16);
+    min.saturating_mul(factor).min(refresh.max(min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        for ok in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "TEXT/CSV",
+            "application/json",
+            "application/octet-stream",
+        ] {
+            assert!(acceptable_content_type(ok), "{ok}");
+        }
+        for bad in [
+            "text/html; charset=UTF-8",
+            "application/xhtml+xml",
+            "image/png",
+            "application/zip",
+            "application/gzip",
+        ] {
+            assert!(!acceptable_content_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_refresh_period() {
+        let (min, refresh) = (Duration::from_secs(5), Duration::from_secs(3600));
+        let waits: Vec<u64> = (0..12)
+            .map(|a| backoff(a, min, refresh).as_secs())
+            .collect();
+        assert_eq!(
+            waits,
+            [5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]
+        );
+        assert_eq!(backoff(u32::MAX, min, refresh), refresh);
+        // A refresh shorter than the minimum retry: the minimum wins.
+        assert_eq!(backoff(3, min, Duration::from_secs(1)), min);
+    }
+}
