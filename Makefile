@@ -21,3 +21,4 @@ perf: setup
 	cargo run --release -q -p perf --bin septa-perf-policy -- --out perf/results
 	cargo run --release -q -p perf --bin septa-perf-agent -- --out perf/results
 	cargo run --release -q -p perf --bin septa-perf-flows -- --out perf/results
+	cargo run --release -q -p perf --bin septa-perf-feeds -- --out perf/results

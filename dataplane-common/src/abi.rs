@@ -49,6 +49,10 @@ pub mod programs {
     pub const CG_INGRESS: &str = "cg_ingress";
     /// XDP on a host interface: the earliest hook, where threat-feed drops will happen.
     pub const XDP_HOST: &str = "xdp_host";
+    /// Benchmark traffic generator (XDP, live-frames test run): transmits its frame back out.
+    pub const PERF_XDP_REDIRECT: &str = "perf_xdp_redirect";
+    /// Benchmark helper: an XDP program that passes everything.
+    pub const PERF_XDP_PASS: &str = "perf_xdp_pass";
 }
 
 /// Default map sizes (entries); the loader can override them.

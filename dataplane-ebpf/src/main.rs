@@ -4,6 +4,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod perf;
+#[cfg(target_arch = "bpf")]
 mod tc;
 
 #[cfg(target_arch = "bpf")]

@@ -153,8 +153,9 @@ fn xdp_blocklist<P: PacketBytes>(bytes: &P, ifindex: u32) -> Verdict {
     f.cfg = CONFIG.get(0).copied().unwrap_or_default();
     f.key = conntrack::key_of(&f.pkt, ifindex);
     f.bytes = bytes.len() as u64;
+    // The coarse clock is enough to rate-limit events, and a flood is mostly rate-limited.
     // SAFETY: helper without preconditions.
-    f.now = unsafe { bpf_ktime_get_ns() };
+    f.now = unsafe { bpf_ktime_get_coarse_ns() };
     f.dir = direction::INGRESS;
     xdp_listed(f, l)
 }
@@ -164,6 +165,19 @@ fn xdp_blocklist<P: PacketBytes>(bytes: &P, ifindex: u32) -> Verdict {
 fn xdp_listed(f: &Flow, l: Listed) -> Verdict {
     let drop = l.action == block_action::DROP;
     feed_count(l.feed, drop);
+    let verdict = if drop {
+        count(stats::DROPPED);
+        count(stats::BLOCKLISTED);
+        Verdict::Drop
+    } else {
+        count(stats::AUDIT);
+        Verdict::Pass
+    };
+    // Rate-limited like policy denials: a flood from a listed address is one event per flow
+    // per interval, and the per-feed counters carry the full count.
+    if !deny_event_due(f) {
+        return verdict;
+    }
     let e = CtEntry {
         created_ns: f.now,
         last_seen_ns: f.now,
@@ -182,17 +196,8 @@ fn xdp_listed(f: &Flow, l: Listed) -> Verdict {
         },
         ..CtEntry::default()
     };
-    // Rate-limited like policy denials: a flood from a listed address is one event per flow
-    // per interval, and the per-feed counters carry the full count.
-    deny_event(f, &e, reason::BLOCKLISTED);
-    if drop {
-        count(stats::DROPPED);
-        count(stats::BLOCKLISTED);
-        Verdict::Drop
-    } else {
-        count(stats::AUDIT);
-        Verdict::Pass
-    }
+    emit(event::DENY, reason::BLOCKLISTED, &f.key, &e, f.pkt.family);
+    verdict
 }
 
 /// The two threat-feed tries.
@@ -560,15 +565,23 @@ fn established(f: &Flow, orig: &CtKey, e: *mut CtEntry, reply: bool) -> i32 {
 /// A denial event, at most one per flow per `deny_event_interval_ns`.
 #[inline(always)]
 fn deny_event(f: &Flow, e: &CtEntry, why: u8) {
+    if deny_event_due(f) {
+        emit(event::DENY, why, &f.key, e, f.pkt.family);
+    }
+}
+
+/// Whether this flow's denial event is due (and if so, records that it is sent now).
+#[inline(always)]
+fn deny_event_due(f: &Flow) -> bool {
     // SAFETY: copied out at once.
     if let Some(last) = unsafe { DENY_RL.get(&f.key) } {
         if f.now.wrapping_sub(*last) < f.cfg.deny_event_interval_ns {
             count(stats::DENY_EVENTS_SUPPRESSED);
-            return;
+            return false;
         }
     }
     let _ = DENY_RL.insert(&f.key, &f.now, 0);
-    emit(event::DENY, why, &f.key, e, f.pkt.family);
+    true
 }
 
 #[inline(never)]

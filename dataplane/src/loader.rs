@@ -582,7 +582,7 @@ fn program_tag_of_link(link: &FdLink) -> Option<u64> {
 }
 
 /// A loaded program by name, as its concrete type (SchedClassifier, CgroupSkb, Xdp).
-pub(crate) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, Error>
+pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, Error>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {

@@ -844,3 +844,37 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     agent.shutdown();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threat_feed_manifests_are_validated_with_their_location() {
+        let yaml = "apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {name: ok}\nspec: {url: 'https://example.org/drop.txt'}\n---\n\
+apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {name: ok}\nspec: {file: /etc/x}\n---\n\
+apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {name: fast}\nspec: {url: 'http://x/', refresh: 1s}\n---\n\
+apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {name: hooks}\nspec: {url: 'http://x/', appliesTo: [hostEgress]}\n---\n\
+apiVersion: septa.dev/v1alpha1\nkind: ThreatFeeds\nmetadata: {name: typo}\nspec: {}\n";
+        let (cluster, mut problems) = policies::load::load_str("feeds.yaml", yaml);
+        assert!(problems.is_empty(), "{problems:?}");
+        let feeds = threat_feeds(&cluster, std::time::Duration::from_secs(60), &mut problems);
+        assert_eq!(
+            feeds.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["ok"]
+        );
+        let got: Vec<(String, String, String)> = problems
+            .0
+            .iter()
+            .map(|d| (d.file.clone(), d.object.clone(), d.field.clone()))
+            .collect();
+        let want = [
+            ("feeds.yaml#2", "ThreatFeed ok", "metadata.name"),
+            ("feeds.yaml#3", "ThreatFeed fast", "spec.refresh"),
+            ("feeds.yaml#4", "ThreatFeed hooks", "spec.appliesTo[0]"),
+            ("feeds.yaml#5", "ThreatFeeds typo", "kind"),
+        ]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+        assert_eq!(got, want);
+    }
+}

@@ -296,6 +296,84 @@ mod tests {
         }
     }
 
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn files_are_reread_only_when_they_change_and_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("septa-feed-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("list.txt");
+        std::fs::write(&path, "192.0.2.1\n").unwrap();
+        let src = Source::File(path.clone());
+        let limits = Limits {
+            timeout: Duration::from_secs(5),
+            max_bytes: 64,
+        };
+        let rt = rt();
+        let Fetched::Body(body, v) = rt
+            .block_on(fetch(&client(), &src, &Validators::default(), limits))
+            .unwrap()
+        else {
+            panic!("first read must return the body");
+        };
+        assert_eq!(body, b"192.0.2.1\n");
+        assert!(matches!(
+            rt.block_on(fetch(&client(), &src, &v, limits)).unwrap(),
+            Fetched::NotModified
+        ));
+        // A different size is a change even within the same mtime tick.
+        std::fs::write(&path, "192.0.2.1\n192.0.2.2\n").unwrap();
+        assert!(matches!(
+            rt.block_on(fetch(&client(), &src, &v, limits)).unwrap(),
+            Fetched::Body(..)
+        ));
+        std::fs::write(&path, "x".repeat(65)).unwrap();
+        let e = rt.block_on(fetch(&client(), &src, &v, limits)).unwrap_err();
+        assert_eq!(e.metric_label(), "too_large");
+        assert!(e.to_string().contains("list.txt"), "{e}");
+        let missing = Source::File(dir.join("nope.txt"));
+        let e = rt
+            .block_on(fetch(&client(), &missing, &Validators::default(), limits))
+            .unwrap_err();
+        assert!(e.to_string().contains("nope.txt: cannot open"), "{e}");
+        let e = rt
+            .block_on(fetch(
+                &client(),
+                &Source::File(dir.clone()),
+                &Validators::default(),
+                limits,
+            ))
+            .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreachable_hosts_fail_with_the_url() {
+        // A port nothing listens on (bound, then released) on loopback.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/drop.txt");
+        let e = rt()
+            .block_on(fetch(
+                &client(),
+                &Source::Url(url.clone()),
+                &Validators::default(),
+                Limits::default(),
+            ))
+            .unwrap_err();
+        assert_eq!(e.metric_label(), "transport");
+        assert!(e.to_string().starts_with(&url), "{e}");
+    }
+
     #[test]
     fn backoff_doubles_up_to_the_refresh_period() {
         let (min, refresh) = (Duration::from_secs(5), Duration::from_secs(3600));
