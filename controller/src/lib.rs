@@ -1,5 +1,6 @@
-//! septa controller and CLI: reachability reports today; Kubernetes watches, learning from
-//! flows and recommendations as their issues land.
+//! septa controller and CLI: reachability reports, flow queries, and least-privilege
+//! NetworkPolicy recommendations learned from flows.
 
 pub mod flows;
 pub mod reachability;
+pub mod recommend;
