@@ -60,8 +60,8 @@ fn shop_proposal_is_exact_and_the_replay_denies_nothing() {
     let replay = data("shop-replay.jsonl");
     let report = tmp("report.md");
     let (code, out, err) = septa(&[
-        &BASE[0],
-        &BASE[1],
+        BASE[0],
+        BASE[1],
         "--manifests",
         &manifests,
         "--flows",

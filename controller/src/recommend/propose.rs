@@ -165,6 +165,10 @@ enum PeerKey {
 
 /// A port of a rule: (protocol, first, last, name).
 type PortKey = (Protocol, u16, u16, Option<String>);
+/// The ports a peer used: (protocol, number, container port name).
+type PortsUsed = BTreeSet<(Protocol, u16, Option<String>)>;
+/// FQDN rules: names sharing one port set.
+type NameGroups = Vec<(BTreeSet<(Protocol, u16)>, BTreeSet<String>)>;
 
 /// Build every workload's proposal.
 pub fn propose(
@@ -484,7 +488,7 @@ fn np_port(proto: Protocol, first: u16, last: u16, name: Option<&str>) -> Networ
 }
 
 /// Consecutive numbers → ranges; names stay single.
-fn merge_ports(ports: &BTreeSet<(Protocol, u16, Option<String>)>) -> Vec<PortKey> {
+fn merge_ports(ports: &PortsUsed) -> Vec<PortKey> {
     let mut out: Vec<PortKey> = Vec::new();
     for (proto, n, name) in ports {
         if name.is_none() {
@@ -516,7 +520,7 @@ fn build_rules<R: MakeRule>(
     warnings: &mut Vec<String>,
 ) -> Vec<R> {
     // peer → ports, and the evidence of each (peer, port).
-    let mut by_peer: BTreeMap<PeerKey, BTreeSet<(Protocol, u16, Option<String>)>> = BTreeMap::new();
+    let mut by_peer: BTreeMap<PeerKey, PortsUsed> = BTreeMap::new();
     let mut ev: BTreeMap<(PeerKey, Protocol, u16), Evidence> = BTreeMap::new();
     let mut external: BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
     for (t, e) in tuples {
@@ -573,12 +577,11 @@ fn build_rules<R: MakeRule>(
         }
     }
     // Peers with the same port set share a rule.
-    let mut rules: BTreeMap<BTreeSet<(Protocol, u16, Option<String>)>, Vec<PeerKey>> =
-        BTreeMap::new();
+    let mut rules: BTreeMap<PortsUsed, Vec<PeerKey>> = BTreeMap::new();
     for (peer, ports) in by_peer {
         rules.entry(ports).or_default().push(peer);
     }
-    let mut ordered: Vec<(Vec<PeerKey>, BTreeSet<(Protocol, u16, Option<String>)>)> = rules
+    let mut ordered: Vec<(Vec<PeerKey>, PortsUsed)> = rules
         .into_iter()
         .map(|(ports, peers)| (peers, ports))
         .collect();
@@ -764,9 +767,7 @@ pub fn aggregate(ips: &[IpAddr], opts: &Options) -> Vec<IpNetwork> {
 }
 
 /// Names with their ports, grouped by identical port sets.
-fn fqdn_rules(
-    named: &[&(&Tuple, &Evidence)],
-) -> Vec<(BTreeSet<(Protocol, u16)>, BTreeSet<String>)> {
+fn fqdn_rules(named: &[&(&Tuple, &Evidence)]) -> NameGroups {
     let mut by_name: BTreeMap<String, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
     for (t, e) in named {
         for n in &e.names {
