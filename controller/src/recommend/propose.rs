@@ -806,3 +806,120 @@ fn evidence_json(rules: &[RuleEvidence]) -> String {
     }
     serde_json::to_string(&m).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn nets(v: &[IpNetwork]) -> Vec<String> {
+        v.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn aggregation_merges_siblings_exactly_and_widens_only_within_the_bound() {
+        let o = Options::default();
+        // Siblings merge (exact); a lone address stays /32.
+        assert_eq!(
+            nets(&aggregate(
+                &ips(&["192.0.2.4", "192.0.2.5", "192.0.2.6", "192.0.2.9"]),
+                &Options {
+                    widen_min: 0,
+                    ..o.clone()
+                }
+            )),
+            ["192.0.2.4/31", "192.0.2.6/32", "192.0.2.9/32"]
+        );
+        // All four of a /30: one /30.
+        assert_eq!(
+            nets(&aggregate(
+                &ips(&["192.0.2.4", "192.0.2.5", "192.0.2.6", "192.0.2.7"]),
+                &Options {
+                    widen_min: 0,
+                    ..o.clone()
+                }
+            )),
+            ["192.0.2.4/30"]
+        );
+        // Widening: 4 addresses of one /24 become the /24; 3 in another stay.
+        assert_eq!(
+            nets(&aggregate(
+                &ips(&[
+                    "198.51.100.1",
+                    "198.51.100.50",
+                    "198.51.100.99",
+                    "198.51.100.200",
+                    "203.0.113.1",
+                    "203.0.113.9",
+                    "203.0.113.77"
+                ]),
+                &o
+            )),
+            [
+                "198.51.100.0/24",
+                "203.0.113.1/32",
+                "203.0.113.9/32",
+                "203.0.113.77/32"
+            ]
+        );
+        // Never wider than the bound, even when everything in two /24s was seen.
+        let all: Vec<IpAddr> = (0..=255u8)
+            .flat_map(|b| [format!("10.1.0.{b}"), format!("10.1.1.{b}")])
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            nets(&aggregate(
+                &all,
+                &Options {
+                    widen_min: 0,
+                    ..o.clone()
+                }
+            )),
+            ["10.1.0.0/24", "10.1.1.0/24"]
+        );
+        // IPv6 to /64 at most.
+        assert_eq!(
+            nets(&aggregate(
+                &ips(&["2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8::4"]),
+                &o
+            )),
+            ["2001:db8::/64"]
+        );
+    }
+
+    #[test]
+    fn consecutive_ports_merge_into_ranges_names_stay_single() {
+        let ports: PortsUsed = [
+            (Protocol::Tcp, 8080, None),
+            (Protocol::Tcp, 8081, None),
+            (Protocol::Tcp, 8082, None),
+            (Protocol::Tcp, 9090, None),
+            (Protocol::Tcp, 9091, Some("metrics".into())),
+            (Protocol::Udp, 8083, None),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            merge_ports(&ports),
+            vec![
+                (Protocol::Tcp, 8080, 8082, None),
+                (Protocol::Tcp, 9090, 9090, None),
+                (Protocol::Tcp, 9091, 9091, Some("metrics".into())),
+                (Protocol::Udp, 8083, 8083, None),
+            ]
+        );
+        let p = np_port(Protocol::Tcp, 8080, 8082, None);
+        assert_eq!(p.end_port, Some(8082));
+        assert_eq!(
+            policy_name(&WorkloadRef {
+                namespace: "a".into(),
+                name: "web".into(),
+                kind: "StatefulSet".into()
+            }),
+            "septa-statefulset-web"
+        );
+    }
+}
