@@ -145,6 +145,30 @@ fn learn_recommend_audit_then_enforce() {
     let learned = node.dir.join("learned.jsonl");
     std::fs::copy(&log, &learned).unwrap();
 
+    // The live agent's recent records give the same proposal as its log.
+    let live = controller::recommend::run(&Request {
+        manifests: vec![node.manifests.clone()],
+        flows: vec![FlowSource::Agent(node.socket.clone())],
+        options: Options::default(),
+        learn_window: None,
+        replay_window: None,
+        replay_flows: vec![],
+    })
+    .expect("recommend from the agent");
+    let from_log = recommend(&node, &learned, false);
+    assert_eq!(
+        controller::recommend::yaml(&live.proposals)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("septa.dev/evidence") && !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        from_log
+            .lines()
+            .filter(|l| !l.contains("septa.dev/evidence") && !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        "live records and the log disagree"
+    );
+
     // 2. Recommend in audit mode and apply.
     let audit_yaml = recommend(&node, &learned, true);
     assert!(audit_yaml.contains("septa.dev/mode: audit"));
