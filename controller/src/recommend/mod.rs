@@ -4,6 +4,7 @@
 //! tuples into one NetworkPolicy (and optionally one `FqdnPolicy`) per workload, [`replay`]
 //! checks a proposal against another window of traffic, [`report`] writes the review report.
 
+pub mod cli;
 pub mod observe;
 pub mod propose;
 pub mod replay;
@@ -258,16 +259,7 @@ pub fn cmd_recommend(
     }
     let mut code = 0;
     if let Some(rp) = &o.replay {
-        writeln!(
-            err,
-            "replay: {} connections, {} denied (false-denial rate {:.4}); over-permissiveness {:.2} ({} / {} tuples)",
-            rp.connections,
-            rp.denied_connections,
-            rp.false_denial_rate(),
-            rp.over_permissiveness(),
-            rp.allowed_tuples,
-            rp.observed_tuples
-        )?;
+        writeln!(err, "replay: {}", rp.summary())?;
         for (t, n) in &rp.denied {
             writeln!(err, "  would deny: {} ({n} connections)", describe_tuple(t))?;
         }

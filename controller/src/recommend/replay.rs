@@ -42,6 +42,19 @@ impl ReplayResult {
         }
     }
 
+    /// One line: connections, denials and both ratios.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} connections, {} denied (false-denial rate {:.4}); over-permissiveness {:.2} ({} allowed / {} observed workload tuples)",
+            self.connections,
+            self.denied_connections,
+            self.false_denial_rate(),
+            self.over_permissiveness(),
+            self.allowed_tuples,
+            self.observed_tuples
+        )
+    }
+
     pub fn over_permissiveness(&self) -> f64 {
         if self.observed_tuples == 0 {
             0.0

@@ -62,15 +62,7 @@ fn blocks(r: &ReportInput) -> Vec<Block> {
     }
     if let Some(rp) = r.replay {
         b.push(Block::H(2, "Replay check".into()));
-        b.push(Block::P(format!(
-            "{} replayed connections, {} denied by the proposal: false-denial rate {:.4}. Over-permissiveness {:.2} ({} allowed workload tuples / {} observed).",
-            rp.connections,
-            rp.denied_connections,
-            rp.false_denial_rate(),
-            rp.over_permissiveness(),
-            rp.allowed_tuples,
-            rp.observed_tuples
-        )));
+        b.push(Block::P(format!("Replayed: {}.", rp.summary())));
         if !rp.denied.is_empty() {
             b.push(Block::List(
                 rp.denied
