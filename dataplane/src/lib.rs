@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod dns;
 pub mod error;
 pub mod events;
 pub mod feeds;
