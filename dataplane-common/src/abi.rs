@@ -31,6 +31,12 @@ pub mod maps {
     pub const BLOCK_V6: &str = "SEPTA_BLOCK_V6";
     /// Per-CPU array of u64: index `feed id * 2` drops, `feed id * 2 + 1` audits.
     pub const FEED_STATS: &str = "SEPTA_FEED_STATS";
+    /// [`crate::FqdnKey`] → [`crate::FqdnValue`]: addresses a pod may reach because a DNS
+    /// answer for an allowed name gave them.
+    pub const FQDN: &str = "SEPTA_FQDN";
+    /// Ring buffer of [`crate::DnsCapture`]: DNS answers held back from pods until the agent
+    /// has put their addresses in [`FQDN`].
+    pub const DNS_ANSWERS: &str = "SEPTA_DNS";
 }
 
 /// Endpoint slots of cgroup workloads start here (below it, slots are interface indexes):
@@ -68,6 +74,10 @@ pub mod sizes {
     pub const BLOCK_V4: u32 = 2_097_152;
     /// Threat-feed IPv6 prefixes.
     pub const BLOCK_V6: u32 = 1_048_576;
+    /// FQDN-allowed (endpoint, address, port) entries.
+    pub const FQDN: u32 = 262_144;
+    /// Ring buffer for held-back DNS answers, in bytes.
+    pub const DNS_ANSWERS_BYTES: u32 = 1 << 22;
     /// Entries of the per-feed counters: two per feed id.
     pub const FEED_STATS: u32 = 2 * (crate::MAX_FEEDS + 1);
     /// Ring buffer size in bytes (power of two, multiple of the page size).
@@ -91,7 +101,9 @@ pub const IDENTITY_FIRST_DYNAMIC: u32 = 256;
 /// Reserved rule ids; compiled rules use ids below [`rule::FIRST_RESERVED`].
 pub mod rule {
     /// Lowest reserved id.
-    pub const FIRST_RESERVED: u32 = FEED_BASE;
+    pub const FIRST_RESERVED: u32 = FQDN_BASE;
+    /// FqdnPolicy rules: `FQDN_BASE + n`, numbered by the agent.
+    pub const FQDN_BASE: u32 = 0xfff0_0000;
     /// Threat-feed decisions: the rule id is `FEED_BASE + feed id` (see [`feed_rule`]).
     pub const FEED_BASE: u32 = 0xffff_fe00;
     /// The rule id a threat feed's drops carry.
@@ -190,6 +202,9 @@ pub mod endpoint_flags {
     pub const HAS_IPV4: u8 = 1;
     /// `ipv6` holds the endpoint's IPv6 address; pod egress from other global IPv6 sources is dropped.
     pub const HAS_IPV6: u8 = 2;
+    /// FqdnPolicies select this endpoint: its DNS answers go through the agent, and egress
+    /// that policy denies is checked against the FQDN allowlist.
+    pub const FQDN: u8 = 4;
 }
 
 /// Event kinds of [`FlowEvent::kind`].
@@ -224,8 +239,16 @@ pub mod stats {
     pub const XDP_SEEN: u32 = 14;
     /// Packets a threat feed dropped (XDP and TC; also counted in [`DROPPED`]).
     pub const BLOCKLISTED: u32 = 15;
+    /// DNS answers held back for the agent.
+    pub const DNS_HELD: u32 = 16;
+    /// DNS answers dropped because the answer ring buffer was full (the client retries).
+    pub const DNS_LOST: u32 = 17;
+    /// New connections allowed by an FQDN entry.
+    pub const FQDN_ALLOWED: u32 = 18;
+    /// DNS answers that passed without being held (fragmented, or over [`crate::DNS_CAPTURE_MAX`]).
+    pub const DNS_NOT_HELD: u32 = 19;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 24;
 }
 
 /// Highest threat-feed id (ids start at 1; 0 means "no feed").
@@ -481,6 +504,48 @@ pub struct FragPorts {
     pub dport: u16,
 }
 
+/// `skb->mark` of DNS answers the agent re-injects (they pass the hold-back).
+pub const DNS_REINJECT_MARK: u32 = 0x5e97_0d05;
+
+/// Largest DNS answer frame held back (bytes from the Ethernet header); larger ones pass
+/// untouched (see the README's fail-mode table).
+pub const DNS_CAPTURE_MAX: usize = 4096;
+
+/// Key of the FQDN allowlist: an endpoint slot, an address, and a port (0 = any port) of a
+/// protocol (0 = any protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FqdnKey {
+    pub slot: u32,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the FQDN allowlist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnValue {
+    /// CLOCK_MONOTONIC ns after which new connections are no longer allowed.
+    pub expires_ns: u64,
+    /// The FqdnPolicy rule (reported as the deciding rule).
+    pub rule_id: u32,
+    /// The agent's id for the name (for flow records).
+    pub name_id: u32,
+}
+
+/// A held-back DNS answer: the frame as the pod would have received it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsCapture {
+    /// Host-side interface (the endpoint slot) the answer was going out of.
+    pub ifindex: u32,
+    /// Bytes of `data` that hold the frame.
+    pub len: u32,
+    pub data: [u8; DNS_CAPTURE_MAX],
+}
+
 /// One record on the events ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -573,6 +638,9 @@ const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<FqdnKey>() == 24);
+const _: () = assert!(core::mem::size_of::<FqdnValue>() == 16);
+const _: () = assert!(core::mem::size_of::<DnsCapture>() == 8 + DNS_CAPTURE_MAX);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -590,4 +658,6 @@ mod pod {
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for FlowEvent {}
     unsafe impl aya::Pod for BlockEntry {}
+    unsafe impl aya::Pod for FqdnKey {}
+    unsafe impl aya::Pod for FqdnValue {}
 }

@@ -34,8 +34,9 @@ use dataplane_common::{
     ct_state, direction, event, identity,
     parse::{self, Packet, PacketBytes},
     policy::{self, Decision, PolicyMap},
-    reason, rule, sizes, stats, verdict, BlockEntry, Config, CtEntry, CtKey, EndpointInfo,
-    FlowEvent, FragKey, FragPorts, IpcacheEntry, PolicyKey, PolicyValue,
+    reason, rule, sizes, stats, verdict, BlockEntry, Config, CtEntry, CtKey, DnsCapture,
+    EndpointInfo, FlowEvent, FqdnKey, FqdnValue, FragKey, FragPorts, IpcacheEntry, PolicyKey,
+    PolicyValue, DNS_CAPTURE_MAX, DNS_REINJECT_MARK,
 };
 
 /// Let the packet continue (TCX_NEXT: later programs on the hook still run).
@@ -68,6 +69,10 @@ static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(sizes::BLOCK_V4,
 static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(sizes::BLOCK_V6, 0);
 #[map(name = "SEPTA_FEED_STATS")]
 static FEED_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::FEED_STATS, 0);
+#[map(name = "SEPTA_FQDN")]
+static FQDN: HashMap<FqdnKey, FqdnValue> = HashMap::pinned(sizes::FQDN, 0);
+#[map(name = "SEPTA_DNS")]
+static DNS_ANSWERS: RingBuf = RingBuf::pinned(sizes::DNS_ANSWERS_BYTES, 0);
 /// Per-CPU scratch for the per-packet [`Flow`] (not pinned: it holds no state between packets).
 #[map(name = "SEPTA_SCRATCH")]
 static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
@@ -96,11 +101,66 @@ pub fn cg_ingress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn tc(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match handle(&Skb(ctx), None, ifindex, ctx.len() as u64, dir) {
+    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
+    // DNS answers to pods with FQDN rules are held for the agent, except the ones it puts back.
+    let hold_dns = dir == direction::INGRESS && mark != DNS_REINJECT_MARK;
+    match handle(&Skb(ctx), None, ifindex, ctx.len() as u64, dir, hold_dns) {
         Verdict::Pass => PASS,
         Verdict::Drop => DROP,
+        Verdict::HoldDns => hold_dns_answer(ctx, ifindex),
     }
+}
+
+/// Hand a DNS answer to the agent instead of the pod: the agent puts the answered addresses in
+/// the FQDN allowlist, then re-injects the frame (marked), so a connection the pod opens right
+/// after the lookup finds its entry.
+///
+/// # Fail mode
+/// A full answer ring drops the answer (counted `dns_lost`): the pod's resolver retries, and
+/// an answer delivered without its entries would make the first connection fail instead.
+/// Frames over [`DNS_CAPTURE_MAX`] pass unheld (counted): their addresses are not learned.
+#[inline(never)]
+fn hold_dns_answer(ctx: &TcContext, ifindex: u32) -> i32 {
+    let len = ctx.len() as usize;
+    if len > DNS_CAPTURE_MAX {
+        count(stats::DNS_NOT_HELD);
+        return PASS;
+    }
+    let Some(mut slot) = DNS_ANSWERS.reserve::<DnsCapture>(0) else {
+        count(stats::DNS_LOST);
+        return DROP;
+    };
+    let cap = slot.as_mut_ptr();
+    // SAFETY: `cap` points at a reserved, exclusively ours, DnsCapture.
+    let data = unsafe {
+        (*cap).ifindex = ifindex;
+        (*cap).len = len as u32;
+        &mut (*cap).data
+    };
+    // The helper directly, with the length bounded [1, DNS_CAPTURE_MAX] where the verifier
+    // can see it (aya's load_bytes re-reads skb->len and loses the bound).
+    let n = len as u32;
+    if n == 0 {
+        slot.discard(0);
+        return PASS;
+    }
+    // SAFETY: `data` has DNS_CAPTURE_MAX bytes and 1 <= n <= DNS_CAPTURE_MAX.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            0,
+            data.as_mut_ptr() as *mut core::ffi::c_void,
+            n,
+        )
+    };
+    if r == 0 {
+        slot.submit(0);
+        count(stats::DNS_HELD);
+    } else {
+        slot.discard(0);
+        count(stats::DNS_LOST);
+    }
+    DROP
 }
 
 #[inline(always)]
@@ -112,8 +172,9 @@ fn cgroup(ctx: &SkBuffContext, dir: u8) -> i32 {
     // SAFETY: copied out at once.
     let slot = unsafe { CG_SLOTS.get(&id).copied() }.unwrap_or(0);
     let ethertype = u16::from_be(ctx.skb.protocol() as u16);
-    match handle(&SkbL3(ctx), Some(ethertype), slot, ctx.len() as u64, dir) {
-        Verdict::Pass => 1,
+    // cgroup workloads have no interface to re-inject answers into: no hold-back.
+    match handle(&SkbL3(ctx), Some(ethertype), slot, ctx.len() as u64, dir, false) {
+        Verdict::Pass | Verdict::HoldDns => 1,
         Verdict::Drop => 0,
     }
 }
@@ -131,7 +192,7 @@ pub fn xdp_host(ctx: XdpContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     match xdp_blocklist(&XdpBytes(&ctx), ifindex) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Pass | Verdict::HoldDns => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
@@ -200,6 +261,42 @@ fn xdp_listed(f: &Flow, l: Listed) -> Verdict {
     verdict
 }
 
+#[inline(always)]
+fn is_fqdn_endpoint(slot: u32) -> bool {
+    // SAFETY: read at once.
+    unsafe { ENDPOINTS.get(&slot) }
+        .is_some_and(|ep| ep.flags & dataplane_common::endpoint_flags::FQDN != 0)
+}
+
+/// An unexpired FQDN entry for the connection `key` (egress): the exact port, any port of the
+/// protocol, any protocol.
+#[inline(always)]
+fn fqdn_allows(key: &CtKey) -> Option<FqdnValue> {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let mut k = FqdnKey {
+        slot: key.ifindex,
+        addr: key.daddr,
+        port: key.dport,
+        proto: key.proto,
+        _pad: 0,
+    };
+    for _ in 0..3 {
+        // SAFETY: copied out at once.
+        if let Some(v) = unsafe { FQDN.get(&k) }.copied() {
+            if v.expires_ns > now {
+                return Some(v);
+            }
+        }
+        if k.port != 0 {
+            k.port = 0;
+        } else {
+            k.proto = 0;
+        }
+    }
+    None
+}
+
 /// The two threat-feed tries.
 struct Tries;
 
@@ -248,6 +345,8 @@ impl PacketBytes for XdpBytes<'_> {
 enum Verdict {
     Pass,
     Drop,
+    /// A DNS answer to hold for the agent (TC only).
+    HoldDns,
 }
 
 /// A cgroup skb starts at the IP header; read through the helper.
@@ -331,7 +430,14 @@ fn fail(cfg: &Config) -> i32 {
 /// packet starts at the IP header (cgroup) and `None` for Ethernet frames (TC); `slot` is the
 /// endpoint key (interface index, or a cgroup slot).
 #[inline(always)]
-fn handle<P: PacketBytes>(bytes: &P, l3: Option<u16>, slot: u32, len: u64, dir: u8) -> Verdict {
+fn handle<P: PacketBytes>(
+    bytes: &P,
+    l3: Option<u16>,
+    slot: u32,
+    len: u64,
+    dir: u8,
+    hold_dns: bool,
+) -> Verdict {
     let Some(f) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-slot per-CPU array always has its slot); fail closed.
         return Verdict::Drop;
@@ -354,6 +460,16 @@ fn handle<P: PacketBytes>(bytes: &P, l3: Option<u16>, slot: u32, len: u64, dir: 
     }
     if f.pkt.is_link_control() {
         return Verdict::Pass;
+    }
+    if hold_dns
+        && f.pkt.sport == 53
+        && (f.pkt.proto == parse::IPPROTO_UDP || f.pkt.proto == parse::IPPROTO_TCP)
+        && is_fqdn_endpoint(slot)
+    {
+        if f.pkt.frag == parse::FRAG_NONE {
+            return Verdict::HoldDns;
+        }
+        count(stats::DNS_NOT_HELD);
     }
     if f.pkt.frag == parse::FRAG_FIRST {
         let ports = FragPorts {
@@ -444,7 +560,22 @@ fn evaluate(cfg: &Config, ep: &EndpointInfo, dir: u8, key: &CtKey, peer: u32) ->
         feed_count(l.feed, l.action == block_action::DROP);
     }
     let d = blocklist::decide(listed, || {
-        policy::evaluate(&PolicyHash, ep, dir, peer, key.proto, port, host_exempt)
+        let d = policy::evaluate(&PolicyHash, ep, dir, peer, key.proto, port, host_exempt);
+        // Egress to an address a DNS answer for an allowed name gave this endpoint.
+        if d.verdict == verdict::DROPPED
+            && dir == direction::EGRESS
+            && ep.flags & dataplane_common::endpoint_flags::FQDN != 0
+        {
+            if let Some(v) = fqdn_allows(key) {
+                count(stats::FQDN_ALLOWED);
+                return Decision {
+                    verdict: verdict::FORWARDED,
+                    reason: reason::NONE,
+                    rule_id: v.rule_id,
+                };
+            }
+        }
+        d
     });
     if d.reason == reason::BLOCKLISTED && d.verdict == verdict::DROPPED {
         count(stats::BLOCKLISTED);
