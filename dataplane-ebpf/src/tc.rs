@@ -173,7 +173,14 @@ fn cgroup(ctx: &SkBuffContext, dir: u8) -> i32 {
     let slot = unsafe { CG_SLOTS.get(&id).copied() }.unwrap_or(0);
     let ethertype = u16::from_be(ctx.skb.protocol() as u16);
     // cgroup workloads have no interface to re-inject answers into: no hold-back.
-    match handle(&SkbL3(ctx), Some(ethertype), slot, ctx.len() as u64, dir, false) {
+    match handle(
+        &SkbL3(ctx),
+        Some(ethertype),
+        slot,
+        ctx.len() as u64,
+        dir,
+        false,
+    ) {
         Verdict::Pass | Verdict::HoldDns => 1,
         Verdict::Drop => 0,
     }

@@ -26,6 +26,29 @@ impl Datapath {
     /// times. The action is the program's return value: TC `-1` pass/next, `2` drop; XDP
     /// `2` pass, `1` drop.
     pub fn test_run(&self, name: &str, packet: &[u8], repeat: u32) -> Result<RunResult, Error> {
+        self.test_run_ctx(name, packet, repeat, None)
+    }
+
+    /// [`Datapath::test_run`] of a TC program on an skb with this `mark`.
+    pub fn test_run_marked(
+        &self,
+        name: &str,
+        packet: &[u8],
+        mark: u32,
+    ) -> Result<RunResult, Error> {
+        // struct __sk_buff starts len, pkt_type, mark (the kernel wants the first two zero).
+        let mut ctx = [0u8; 12];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        self.test_run_ctx(name, packet, 1, Some(&ctx))
+    }
+
+    fn test_run_ctx(
+        &self,
+        name: &str,
+        packet: &[u8],
+        repeat: u32,
+        ctx: Option<&[u8]>,
+    ) -> Result<RunResult, Error> {
         let prog = self.ebpf().program(name).ok_or_else(|| Error::Missing {
             kind: "program",
             name: name.into(),
@@ -35,6 +58,7 @@ impl Datapath {
             data_in: Some(packet),
             data_out: Some(&mut out),
             repeat: repeat.max(1),
+            ctx_in: ctx,
             ..TestRunOptions::new()
         };
         let res = match prog {

@@ -2,5 +2,6 @@
 //! the data path and the agent's answer handling build on these.
 
 pub mod answer;
+pub mod maps;
 pub mod pattern;
 pub mod spec;

@@ -1,0 +1,91 @@
+//! The DNS maps: the FQDN allowlist and the ring of held-back answers.
+
+use aya::maps::{HashMap, MapData, RingBuf};
+use dataplane_common::{maps, FqdnKey, FqdnValue, DNS_CAPTURE_MAX};
+
+use crate::{error::map_err, Datapath, Error};
+
+/// A held-back answer: the interface it was going out of and the frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldAnswer {
+    pub ifindex: u32,
+    pub frame: Vec<u8>,
+}
+
+/// Reads held-back answers.
+pub struct AnswerReader {
+    ring: RingBuf<MapData>,
+}
+
+impl AnswerReader {
+    /// Every answer waiting now.
+    pub fn drain(&mut self) -> Vec<HeldAnswer> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() < 8 {
+                continue;
+            }
+            let ifindex = u32::from_ne_bytes(item[0..4].try_into().expect("4 bytes"));
+            let len = (u32::from_ne_bytes(item[4..8].try_into().expect("4 bytes")) as usize)
+                .min(DNS_CAPTURE_MAX)
+                .min(item.len() - 8);
+            out.push(HeldAnswer {
+                ifindex,
+                frame: item[8..8 + len].to_vec(),
+            });
+        }
+        out
+    }
+
+    /// For readiness polling (the ring's fd).
+    pub fn ring(&self) -> &RingBuf<MapData> {
+        &self.ring
+    }
+}
+
+impl std::os::fd::AsRawFd for AnswerReader {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+impl Datapath {
+    fn fqdn(&mut self) -> Result<HashMap<&mut MapData, FqdnKey, FqdnValue>, Error> {
+        HashMap::try_from(self.map_mut(maps::FQDN)?).map_err(map_err(maps::FQDN))
+    }
+
+    /// Allow `key` until `value.expires_ns`.
+    pub fn set_fqdn(&mut self, key: &FqdnKey, value: &FqdnValue) -> Result<(), Error> {
+        self.fqdn()?
+            .insert(key, value, 0)
+            .map_err(map_err(maps::FQDN))
+    }
+
+    /// Remove an entry (no error if absent).
+    pub fn remove_fqdn(&mut self, key: &FqdnKey) -> Result<(), Error> {
+        crate::loader::ignore_missing(self.fqdn()?.remove(key), maps::FQDN)
+    }
+
+    /// Every entry (read at start to adopt what a previous run left).
+    pub fn fqdn_entries(&self) -> Result<Vec<(FqdnKey, FqdnValue)>, Error> {
+        let m: HashMap<&MapData, FqdnKey, FqdnValue> =
+            HashMap::try_from(self.map(maps::FQDN)?).map_err(map_err(maps::FQDN))?;
+        m.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::FQDN))
+    }
+
+    /// Take the held-answer ring (once).
+    pub fn take_dns_answers(&mut self) -> Result<AnswerReader, Error> {
+        let map = self
+            .ebpf_mut()
+            .take_map(maps::DNS_ANSWERS)
+            .ok_or_else(|| Error::Missing {
+                kind: "map (already taken?)",
+                name: maps::DNS_ANSWERS.into(),
+            })?;
+        Ok(AnswerReader {
+            ring: RingBuf::try_from(map).map_err(map_err(maps::DNS_ANSWERS))?,
+        })
+    }
+}

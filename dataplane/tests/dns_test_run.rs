@@ -1,0 +1,172 @@
+//! The kernel side of DNS-aware egress under BPF_PROG_TEST_RUN: DNS answers to pods with FQDN
+//! rules are held for the agent (and pass once re-injected with the mark), and egress that
+//! policy denies passes when an unexpired FQDN entry covers it.
+
+use dataplane::testing::ScratchDatapath;
+use dataplane_common::{
+    endpoint_flags, event, isolation,
+    packets::*,
+    parse::*,
+    programs::{TC_FROM_POD, TC_TO_POD},
+    rule, stats, v4_mapped, verdict, Config, EndpointInfo, FqdnKey, FqdnValue, DNS_REINJECT_MARK,
+};
+
+const PASS: i32 = -1;
+const DROP: i32 = 2;
+const POD: [u8; 4] = v4(10, 0, 0, 1);
+const RESOLVER: [u8; 4] = v4(192, 0, 2, 53);
+const API: [u8; 4] = v4(198, 51, 100, 80);
+const RULE: u32 = rule::FQDN_BASE + 3;
+
+fn dp(tag: &str, fqdn: bool) -> ScratchDatapath {
+    let mut dp = ScratchDatapath::load(tag).expect("load");
+    dp.set_config(&Config {
+        policy_revision: 1,
+        flags: 0,
+        deny_event_interval_ns: 0,
+    })
+    .unwrap();
+    let mut flags = endpoint_flags::HAS_IPV4;
+    if fqdn {
+        flags |= endpoint_flags::FQDN;
+    }
+    dp.set_endpoint(
+        dataplane::testrun::TEST_RUN_IFINDEX,
+        &EndpointInfo {
+            identity: 1000,
+            // Egress isolated with no allow: only FQDN entries let anything out.
+            isolation: [0, isolation::ENFORCE],
+            flags,
+            ipv4: v4_mapped(POD),
+            endpoint_id: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    dp
+}
+
+fn answer_frame() -> Vec<u8> {
+    ipv4(RESOLVER, POD, IPPROTO_UDP, &udp(53, 40000, 48))
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn dns_answers_are_held_until_reinjected() {
+    let mut dp = dp("dns_hold", true);
+    let mut answers = dp.take_dns_answers().unwrap();
+    let frame = answer_frame();
+    assert_eq!(dp.test_run(TC_TO_POD, &frame, 1).unwrap().action, DROP);
+    let held = answers.drain();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].ifindex, dataplane::testrun::TEST_RUN_IFINDEX);
+    assert_eq!(held[0].frame, frame, "the frame is handed over whole");
+    assert_eq!(dp.stats().unwrap()[stats::DNS_HELD as usize], 1);
+    // The agent's re-injection carries the mark and goes through.
+    assert_eq!(
+        dp.test_run_marked(TC_TO_POD, &frame, DNS_REINJECT_MARK)
+            .unwrap()
+            .action,
+        PASS
+    );
+    assert!(answers.drain().is_empty());
+    // DNS over TCP too; other sources and the egress direction are not held.
+    let tcp_answer = ipv4(RESOLVER, POD, IPPROTO_TCP, &tcp(53, 40001, TCP_ACK));
+    assert_eq!(dp.test_run(TC_TO_POD, &tcp_answer, 1).unwrap().action, DROP);
+    assert_eq!(answers.drain().len(), 1);
+    let not_dns = ipv4(RESOLVER, POD, IPPROTO_UDP, &udp(5353, 40000, 48));
+    assert_ne!(dp.test_run(TC_TO_POD, &not_dns, 1).unwrap().action, 99);
+    assert!(answers.drain().is_empty());
+    let query = ipv4(POD, RESOLVER, IPPROTO_UDP, &udp(40000, 53, 32));
+    let _ = dp.test_run(TC_FROM_POD, &query, 1).unwrap();
+    assert!(answers.drain().is_empty(), "queries are not held");
+}
+
+#[test]
+fn endpoints_without_fqdn_rules_get_answers_directly() {
+    let mut dp = dp("dns_plain", false);
+    let mut answers = dp.take_dns_answers().unwrap();
+    let _ = dp.test_run(TC_TO_POD, &answer_frame(), 1).unwrap();
+    assert!(answers.drain().is_empty());
+    assert_eq!(dp.stats().unwrap()[stats::DNS_HELD as usize], 0);
+}
+
+#[test]
+fn fqdn_entries_allow_egress_until_they_expire() {
+    let mut dp = dp("dns_allow", true);
+    let mut events = dp.take_events().unwrap();
+    let syn = |dport| {
+        ipv4(
+            POD,
+            API,
+            IPPROTO_TCP,
+            &tcp(41000 + dport % 100, dport, TCP_SYN),
+        )
+    };
+    assert_eq!(
+        dp.test_run(TC_FROM_POD, &syn(443), 1).unwrap().action,
+        DROP,
+        "no entry yet"
+    );
+    let key = |port: u16, proto: u8| FqdnKey {
+        slot: dataplane::testrun::TEST_RUN_IFINDEX,
+        addr: v4_mapped(API),
+        port,
+        proto,
+        _pad: 0,
+    };
+    let live = FqdnValue {
+        expires_ns: now_ns() + 60_000_000_000,
+        rule_id: RULE,
+        name_id: 9,
+    };
+    dp.set_fqdn(&key(443, IPPROTO_TCP), &live).unwrap();
+    events.drain();
+    assert_eq!(dp.test_run(TC_FROM_POD, &syn(443), 1).unwrap().action, PASS);
+    let evs = events.drain();
+    assert_eq!(
+        evs.iter()
+            .map(|e| (e.kind, e.verdict, e.rule_id))
+            .collect::<Vec<_>>(),
+        [(event::NEW, verdict::FORWARDED, RULE)]
+    );
+    assert_eq!(
+        dp.test_run(TC_FROM_POD, &syn(444), 1).unwrap().action,
+        DROP,
+        "port-specific entry"
+    );
+    // Any port of the protocol, then any protocol.
+    dp.set_fqdn(&key(0, IPPROTO_TCP), &live).unwrap();
+    assert_eq!(dp.test_run(TC_FROM_POD, &syn(444), 1).unwrap().action, PASS);
+    let udp_pkt = ipv4(POD, API, IPPROTO_UDP, &udp(41999, 123, 8));
+    assert_eq!(dp.test_run(TC_FROM_POD, &udp_pkt, 1).unwrap().action, DROP);
+    dp.set_fqdn(&key(0, 0), &live).unwrap();
+    assert_eq!(dp.test_run(TC_FROM_POD, &udp_pkt, 1).unwrap().action, PASS);
+    // An expired entry allows nothing new.
+    let expired = FqdnValue {
+        expires_ns: now_ns().saturating_sub(1_000_000_000),
+        ..live
+    };
+    for (p, proto) in [(443, IPPROTO_TCP), (0, IPPROTO_TCP), (0, 0)] {
+        dp.set_fqdn(&key(p, proto), &expired).unwrap();
+    }
+    assert_eq!(dp.test_run(TC_FROM_POD, &syn(445), 1).unwrap().action, DROP);
+    // Another endpoint's entries do not count.
+    let other = FqdnKey {
+        slot: 77,
+        ..key(0, 0)
+    };
+    dp.set_fqdn(&other, &live).unwrap();
+    assert_eq!(dp.test_run(TC_FROM_POD, &syn(446), 1).unwrap().action, DROP);
+    assert_eq!(dp.fqdn_entries().unwrap().len(), 4);
+    assert!(dp.stats().unwrap()[stats::FQDN_ALLOWED as usize] >= 3);
+}
