@@ -2,6 +2,7 @@
 //! the data path and the agent's answer handling build on these.
 
 pub mod answer;
+pub mod engine;
 pub mod maps;
 pub mod pattern;
 pub mod spec;

@@ -1,0 +1,479 @@
+//! The agent's FQDN engine: from held-back DNS answers to FQDN allowlist entries, and their
+//! lifetime. Pure (no I/O): it says which map entries to write and remove; the agent writes
+//! them before it re-injects the answer.
+//!
+//! Lifetime of an entry: the record's TTL, at least `min_ttl`; when it expires while a
+//! tracked connection still uses the address, it is kept once more for `grace` (so a
+//! revision re-check does not cut that connection and a quick reconnect works); at most
+//! `max_ips_per_name` addresses per (endpoint, name), oldest evicted and counted.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::IpAddr,
+    time::Duration,
+};
+
+use dataplane_common::{v4_mapped, FqdnKey, FqdnValue};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+use super::{answer, pattern::Pattern, spec::FqdnRule};
+
+/// Settings.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub min_ttl: Duration,
+    pub grace: Duration,
+    pub max_ips_per_name: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            min_ttl: Duration::from_secs(5),
+            grace: Duration::from_secs(60),
+            max_ips_per_name: 64,
+        }
+    }
+}
+
+/// A compiled FqdnPolicy rule that applies to an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotRule {
+    pub rule_id: u32,
+    pub rule: FqdnRule,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    value: FqdnValue,
+    /// Already extended once for a live connection.
+    graced: bool,
+}
+
+/// What handling one answer produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Entries to write before the answer is delivered.
+    pub write: Vec<(FqdnKey, FqdnValue)>,
+    /// Entries to remove (evicted).
+    pub remove: Vec<FqdnKey>,
+    /// `added`, `refreshed`, `no_rule`, `not_dns`, `malformed`, `no_match`.
+    pub result: &'static str,
+    /// Addresses allowed (new or refreshed).
+    pub addresses: usize,
+    pub evicted: usize,
+    /// The names of the answer (for flow records), when it allowed something.
+    pub names: Vec<String>,
+}
+
+/// The engine's state.
+#[derive(Default)]
+pub struct Engine {
+    pub limits: Limits,
+    rules: BTreeMap<u32, Vec<SlotRule>>,
+    entries: BTreeMap<FqdnKey, Entry>,
+    /// (slot, qname) → addresses, oldest first.
+    per_name: BTreeMap<(u32, String), VecDeque<IpAddr>>,
+    names: BTreeMap<String, u32>,
+    name_of: BTreeMap<u32, String>,
+    /// address → names that gave it (for flow records).
+    pub names_of_addr: BTreeMap<IpAddr, BTreeSet<String>>,
+}
+
+fn key(slot: u32, ip: IpAddr, proto: u8, port: u16) -> FqdnKey {
+    FqdnKey {
+        slot,
+        addr: match ip {
+            IpAddr::V4(a) => v4_mapped(a.octets()),
+            IpAddr::V6(a) => a.octets(),
+        },
+        port,
+        proto,
+        _pad: 0,
+    }
+}
+
+impl Engine {
+    pub fn new(limits: Limits) -> Self {
+        Engine {
+            limits,
+            ..Default::default()
+        }
+    }
+
+    /// The FQDN rules of every endpoint slot (replaces the previous set). Entries of slots
+    /// that no longer have rules are returned for removal.
+    pub fn set_rules(&mut self, rules: BTreeMap<u32, Vec<SlotRule>>) -> Vec<FqdnKey> {
+        self.rules = rules;
+        let gone: Vec<FqdnKey> = self
+            .entries
+            .keys()
+            .filter(|k| !self.rules.contains_key(&k.slot))
+            .copied()
+            .collect();
+        for k in &gone {
+            self.entries.remove(k);
+        }
+        self.per_name
+            .retain(|(slot, _), _| self.rules.contains_key(slot));
+        gone
+    }
+
+    /// Whether an endpoint slot has FQDN rules.
+    pub fn has_rules(&self, slot: u32) -> bool {
+        self.rules.get(&slot).is_some_and(|r| !r.is_empty())
+    }
+
+    /// Adopt an entry found in the pinned map at start.
+    pub fn adopt(&mut self, key: FqdnKey, value: FqdnValue) {
+        self.entries.insert(
+            key,
+            Entry {
+                value,
+                graced: false,
+            },
+        );
+    }
+
+    /// The name behind a name id.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.name_of.get(&id).map(String::as_str)
+    }
+
+    fn name_id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.names.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32 + 1;
+        self.names.insert(name.to_owned(), id);
+        self.name_of.insert(id, name.to_owned());
+        id
+    }
+
+    /// Handle one held-back frame going out of `slot` at monotonic time `now_ns`.
+    pub fn on_frame(&mut self, slot: u32, frame: &[u8], now_ns: u64) -> Outcome {
+        let mut out = Outcome::default();
+        let Some(rules) = self.rules.get(&slot).cloned() else {
+            out.result = "no_rule";
+            return out;
+        };
+        let Ok(p) = SlicedPacket::from_ethernet(frame) else {
+            out.result = "malformed";
+            return out;
+        };
+        let payload: &[u8] = match &p.transport {
+            Some(TransportSlice::Udp(u)) => u.payload(),
+            // DNS over TCP: a 2-byte length, then the message; a message that does not fit in
+            // this segment is delivered without being learned (counted).
+            Some(TransportSlice::Tcp(t)) => {
+                let b = t.payload();
+                if b.len() < 2 {
+                    out.result = "not_dns";
+                    return out;
+                }
+                let n = u16::from_be_bytes([b[0], b[1]]) as usize;
+                if b.len() < 2 + n {
+                    out.result = "malformed";
+                    return out;
+                }
+                &b[2..2 + n]
+            }
+            _ => {
+                out.result = "not_dns";
+                return out;
+            }
+        };
+        if !matches!(p.net, Some(NetSlice::Ipv4(_) | NetSlice::Ipv6(_))) {
+            out.result = "not_dns";
+            return out;
+        }
+        let ans = match answer::parse(payload) {
+            Ok(a) => a,
+            Err(_) => {
+                out.result = "malformed";
+                return out;
+            }
+        };
+        let matching: Vec<&SlotRule> = rules
+            .iter()
+            .filter(|r| {
+                r.rule
+                    .patterns
+                    .iter()
+                    .any(|pat: &Pattern| ans.chain.iter().any(|n| pat.matches(n)))
+            })
+            .collect();
+        if matching.is_empty() || ans.addrs.is_empty() {
+            out.result = "no_match";
+            return out;
+        }
+        let name_id = self.name_id(&ans.qname);
+        let mut refreshed_only = true;
+        for (ip, ttl) in &ans.addrs {
+            let ttl = Duration::from_secs(u64::from(*ttl)).max(self.limits.min_ttl);
+            let expires_ns = now_ns + ttl.as_nanos() as u64;
+            // Bound the addresses per (endpoint, name), oldest out first.
+            let list = self.per_name.entry((slot, ans.qname.clone())).or_default();
+            if let Some(pos) = list.iter().position(|a| a == ip) {
+                list.remove(pos);
+            } else {
+                refreshed_only = false;
+            }
+            list.push_back(*ip);
+            while list.len() > self.limits.max_ips_per_name {
+                let old = list.pop_front().expect("non-empty");
+                out.evicted += 1;
+                let keys: Vec<FqdnKey> = self
+                    .entries
+                    .keys()
+                    .filter(|k| k.slot == slot && k.addr == key(slot, old, 0, 0).addr)
+                    .copied()
+                    .collect();
+                for k in keys {
+                    self.entries.remove(&k);
+                    out.remove.push(k);
+                }
+            }
+            for r in &matching {
+                let ports: Vec<(u8, u16)> = match &r.rule.ports {
+                    None => vec![(0, 0)],
+                    Some(ps) => ps.iter().map(|(p, n)| (p.number(), *n)).collect(),
+                };
+                for (proto, port) in ports {
+                    let k = key(slot, *ip, proto, port);
+                    let value = FqdnValue {
+                        expires_ns,
+                        rule_id: r.rule_id,
+                        name_id,
+                    };
+                    // Never shorten what another answer allowed.
+                    let e = self.entries.entry(k).or_insert(Entry {
+                        value,
+                        graced: false,
+                    });
+                    if value.expires_ns >= e.value.expires_ns {
+                        e.value = value;
+                        e.graced = false;
+                    }
+                    out.write.push((k, e.value));
+                }
+            }
+            self.names_of_addr
+                .entry(*ip)
+                .or_default()
+                .extend(ans.chain.iter().cloned());
+            out.addresses += 1;
+        }
+        out.names = ans.chain.clone();
+        out.result = if refreshed_only { "refreshed" } else { "added" };
+        out
+    }
+
+    /// Expire entries at `now_ns`: returns (entries to remove, entries to extend for the grace
+    /// period). `in_use(slot, addr)` says whether a tracked connection uses the address.
+    pub fn gc(
+        &mut self,
+        now_ns: u64,
+        in_use: impl Fn(u32, &[u8; 16]) -> bool,
+    ) -> (Vec<FqdnKey>, Vec<(FqdnKey, FqdnValue)>) {
+        let (mut remove, mut extend) = (Vec::new(), Vec::new());
+        for (k, e) in self.entries.iter_mut() {
+            if e.value.expires_ns > now_ns {
+                continue;
+            }
+            if !e.graced && in_use(k.slot, &k.addr) {
+                e.graced = true;
+                e.value.expires_ns = now_ns + self.limits.grace.as_nanos() as u64;
+                extend.push((*k, e.value));
+            } else {
+                remove.push(*k);
+            }
+        }
+        for k in &remove {
+            self.entries.remove(k);
+        }
+        // Forget addresses no entry holds any more.
+        let live: BTreeSet<[u8; 16]> = self.entries.keys().map(|k| k.addr).collect();
+        for list in self.per_name.values_mut() {
+            list.retain(|ip| live.contains(&key(0, *ip, 0, 0).addr));
+        }
+        self.per_name.retain(|_, l| !l.is_empty());
+        self.names_of_addr
+            .retain(|ip, _| live.contains(&key(0, *ip, 0, 0).addr));
+        (remove, extend)
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::{
+        op::{Message, MessageType, Query},
+        rr::{rdata, Name, RData, Record, RecordType},
+    };
+    use policies::model::Protocol;
+    use std::str::FromStr;
+
+    const SLOT: u32 = 7;
+
+    fn frame(q: &str, records: &[(&str, u32, &str)]) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(1)
+            .set_message_type(MessageType::Response)
+            .add_query(Query::query(Name::from_str(q).unwrap(), RecordType::A));
+        for (name, ttl, data) in records {
+            let rd = match data.parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) => RData::A(rdata::A(a)),
+                Ok(IpAddr::V6(a)) => RData::AAAA(rdata::AAAA(a)),
+                Err(_) => RData::CNAME(rdata::CNAME(Name::from_str(data).unwrap())),
+            };
+            m.add_answer(Record::from_rdata(Name::from_str(name).unwrap(), *ttl, rd));
+        }
+        let dns = m.to_vec().unwrap();
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([192, 0, 2, 53], [10, 0, 0, 1], 64)
+            .udp(53, 40000)
+            .write(&mut out, &dns)
+            .unwrap();
+        out
+    }
+
+    fn engine(patterns: &[&str], ports: Option<Vec<(Protocol, u16)>>) -> Engine {
+        let mut e = Engine::new(Limits {
+            min_ttl: Duration::from_secs(5),
+            grace: Duration::from_secs(30),
+            max_ips_per_name: 2,
+        });
+        e.set_rules(BTreeMap::from([(
+            SLOT,
+            vec![SlotRule {
+                rule_id: 0xfff0_0001,
+                rule: FqdnRule {
+                    patterns: patterns
+                        .iter()
+                        .map(|p| Pattern::parse(p).unwrap())
+                        .collect(),
+                    ports,
+                },
+            }],
+        )]));
+        e
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn answers_for_allowed_names_become_entries_with_their_ttl() {
+        let mut e = engine(&["*.example.com"], Some(vec![(Protocol::Tcp, 443)]));
+        let o = e.on_frame(
+            SLOT,
+            &frame(
+                "www.example.com.",
+                &[
+                    ("www.example.com.", 300, "edge.cdn.net."),
+                    ("edge.cdn.net.", 2, "192.0.2.7"),
+                ],
+            ),
+            100 * S,
+        );
+        assert_eq!(o.result, "added");
+        assert_eq!(o.write.len(), 1);
+        let (k, v) = o.write[0];
+        assert_eq!((k.slot, k.port, k.proto), (SLOT, 443, 6));
+        assert_eq!(k.addr, v4_mapped([192, 0, 2, 7]));
+        // TTL 2 s is raised to the 5 s minimum.
+        assert_eq!(v.expires_ns, 105 * S);
+        assert_eq!(o.names, ["www.example.com", "edge.cdn.net"]);
+        // Another endpoint, an unmatched name, a non-answer: nothing.
+        assert_eq!(
+            e.on_frame(
+                99,
+                &frame("www.example.com.", &[("www.example.com.", 60, "192.0.2.8")]),
+                0
+            )
+            .result,
+            "no_rule"
+        );
+        assert_eq!(
+            e.on_frame(
+                SLOT,
+                &frame("example.com.", &[("example.com.", 60, "192.0.2.9")]),
+                0
+            )
+            .result,
+            "no_match"
+        );
+        assert_eq!(e.on_frame(SLOT, b"garbage", 0).result, "malformed");
+        assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn addresses_per_name_are_bounded_and_expiry_respects_live_connections() {
+        let mut e = engine(&["api.example.com"], None);
+        for (i, ip) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
+            let o = e.on_frame(
+                SLOT,
+                &frame("api.example.com.", &[("api.example.com.", 60, ip)]),
+                i as u64 * S,
+            );
+            assert_eq!(o.write[0].0.port, 0, "no ports: any port, any protocol");
+            if i == 2 {
+                assert_eq!(o.evicted, 1, "the oldest address goes");
+                assert_eq!(o.remove[0].addr, v4_mapped([192, 0, 2, 1]));
+            }
+        }
+        assert_eq!(e.len(), 2);
+        // At 70 s everything has expired; one address is still in use by a connection.
+        let in_use = v4_mapped([192, 0, 2, 2]);
+        let (removed, extended) = e.gc(70 * S, |_, a| *a == in_use);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(extended.len(), 1);
+        assert_eq!(extended[0].1.expires_ns, 100 * S, "grace of 30 s");
+        // Grace is given once.
+        let (removed, extended) = e.gc(101 * S, |_, a| *a == in_use);
+        assert_eq!((removed.len(), extended.len()), (1, 0));
+        assert!(e.is_empty());
+        assert!(e.names_of_addr.is_empty());
+    }
+
+    #[test]
+    fn fuzzed_answers_never_panic_and_add_nothing() {
+        let mut e = engine(&["**.example.com"], None);
+        let good = frame("a.example.com.", &[("a.example.com.", 60, "192.0.2.1")]);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut f = good.clone();
+            for _ in 0..(seed % 6 + 1) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let i = 42 + (seed as usize % (f.len() - 42));
+                f[i] = (seed >> 32) as u8;
+            }
+            let cut = 42 + (seed as usize >> 3) % (f.len() - 41);
+            let o = e.on_frame(SLOT, &f[..cut], 0);
+            // A mutated answer may still parse; it can only ever allow its own addresses.
+            for (k, _) in o.write {
+                assert_eq!(k.slot, SLOT);
+            }
+        }
+        let before = e.len();
+        assert_eq!(
+            e.on_frame(SLOT, &good[..good.len() - 1], 0).write.len(),
+            0,
+            "a cut answer"
+        );
+        assert_eq!(e.len(), before);
+    }
+}
