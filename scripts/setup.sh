@@ -23,6 +23,8 @@ APT_PACKAGES=(
   prometheus
   # nfcapd/nfdump, the IPFIX collector the tests export to
   nfdump
+  # dnsmasq (binary only, no service), the DNS server of the FQDN tests
+  dnsmasq-base
 )
 
 log() { echo "setup: $*" >&2; }

@@ -247,6 +247,9 @@ pub mod stats {
     pub const FQDN_ALLOWED: u32 = 18;
     /// DNS answers that passed without being held (fragmented, or over [`crate::DNS_CAPTURE_MAX`]).
     pub const DNS_NOT_HELD: u32 = 19;
+    /// New egress connections of FQDN endpoints that policy denied and no FQDN entry allowed
+    /// (denials to addresses not obtained from DNS).
+    pub const FQDN_DENIED: u32 = 20;
     /// Number of counters.
     pub const COUNT: u32 = 24;
 }

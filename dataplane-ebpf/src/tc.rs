@@ -581,6 +581,7 @@ fn evaluate(cfg: &Config, ep: &EndpointInfo, dir: u8, key: &CtKey, peer: u32) ->
                     rule_id: v.rule_id,
                 };
             }
+            count(stats::FQDN_DENIED);
         }
         d
     });

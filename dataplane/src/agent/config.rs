@@ -98,6 +98,15 @@ pub struct Args {
     /// On shutdown, detach programs and remove pinned state (default: leave enforcement in place)
     #[arg(long)]
     pub remove_enforcement: bool,
+    /// FQDN rules: shortest lifetime of an address learned from a DNS answer, whatever its TTL [default: 5s]
+    #[arg(long, value_parser = parse_duration)]
+    pub dns_min_ttl: Option<Duration>,
+    /// FQDN rules: how long an expired address stays allowed while a connection still uses it [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    pub dns_grace: Option<Duration>,
+    /// FQDN rules: most addresses kept per (pod, name); the oldest is evicted [default: 64]
+    #[arg(long)]
+    pub dns_max_ips_per_name: Option<usize>,
     /// Threat feeds: deadline for one fetch, body included [default: 60s]
     #[arg(long, value_parser = parse_duration)]
     pub feed_timeout: Option<Duration>,
@@ -147,6 +156,9 @@ struct FileConfig {
     flow_aggregate_window: Option<String>,
     flow_aggregate_max_groups: Option<usize>,
     feed_timeout: Option<String>,
+    dns_min_ttl: Option<String>,
+    dns_grace: Option<String>,
+    dns_max_ips_per_name: Option<usize>,
     feed_max_bytes: Option<u64>,
     feed_retry_min: Option<String>,
     feed_min_refresh: Option<String>,
@@ -184,6 +196,9 @@ pub struct Config {
     pub flow_aggregate_window: Option<Duration>,
     pub flow_aggregate_max_groups: usize,
     pub feed_timeout: Duration,
+    pub dns_min_ttl: Duration,
+    pub dns_grace: Duration,
+    pub dns_max_ips_per_name: usize,
     pub feed_max_bytes: u64,
     pub feed_retry_min: Duration,
     pub feed_min_refresh: Duration,
@@ -336,6 +351,22 @@ impl Config {
                 .flow_aggregate_max_groups
                 .or(file.flow_aggregate_max_groups)
                 .unwrap_or(100_000),
+            dns_min_ttl: dur(
+                args.dns_min_ttl,
+                &file.dns_min_ttl,
+                Duration::from_secs(5),
+                "dns-min-ttl",
+            )?,
+            dns_grace: dur(
+                args.dns_grace,
+                &file.dns_grace,
+                Duration::from_secs(60),
+                "dns-grace",
+            )?,
+            dns_max_ips_per_name: match args.dns_max_ips_per_name.or(file.dns_max_ips_per_name).unwrap_or(64) {
+                0 => return Err("dns-max-ips-per-name must be at least 1".into()),
+                n => n,
+            },
             feed_timeout: dur(
                 args.feed_timeout,
                 &file.feed_timeout,

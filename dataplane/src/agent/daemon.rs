@@ -49,6 +49,12 @@ pub struct Agent {
     pub enricher: Arc<std::sync::RwLock<crate::flows::Enricher>>,
     /// Threat feeds: fetch tasks, last good lists, the blocklist tries.
     pub feeds: crate::feeds::manager::Manager,
+    /// FQDN rules: the engine that turns DNS answers into allowlist entries.
+    pub dns: crate::dns::engine::Engine,
+    /// The FqdnPolicies of the last good manifests.
+    fqdn_specs: Vec<crate::dns::spec::FqdnSpec>,
+    /// Slot rules computed by the last compile, handed to the engine once the maps match.
+    next_fqdn_rules: Option<BTreeMap<u32, Vec<crate::dns::engine::SlotRule>>>,
 }
 
 impl Agent {
@@ -120,7 +126,23 @@ impl Agent {
             },
             &host_addresses(),
         )?;
+        let mut dns = crate::dns::engine::Engine::new(crate::dns::engine::Limits {
+            min_ttl: cfg.dns_min_ttl,
+            grace: cfg.dns_grace,
+            max_ips_per_name: cfg.dns_max_ips_per_name,
+        });
+        // Entries a previous run left keep enforcing; the engine takes over their expiry.
+        let adopted = dp.fqdn_entries()?;
+        if !adopted.is_empty() {
+            info!(entries = adopted.len(), "FQDN allowlist adopted from pinned maps");
+        }
+        for (k, v) in adopted {
+            dns.adopt(k, v);
+        }
         let mut agent = Agent {
+            dns,
+            fqdn_specs: Vec::new(),
+            next_fqdn_rules: None,
             feeds,
             cfg,
             dp,
@@ -152,7 +174,7 @@ impl Agent {
         let Some((cluster, mut problems)) = src.poll() else {
             return false;
         };
-        let feeds = threat_feeds(&cluster, self.cfg.feed_min_refresh, &mut problems);
+        let (feeds, fqdns) = septa_objects(&cluster, self.cfg.feed_min_refresh, &mut problems);
         metrics::gauge!("septa_manifest_errors").set(problems.0.len() as f64);
         if !problems.is_empty() {
             for d in &problems.0 {
@@ -166,6 +188,7 @@ impl Agent {
         }
         info!(dir = %src.dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), "manifests loaded");
         self.feeds.set_wanted(feeds);
+        self.fqdn_specs = fqdns;
         self.manifests = Some(cluster);
         true
     }
@@ -222,9 +245,19 @@ impl Agent {
             policies: m.policies.clone(),
             custom: Vec::new(),
         };
+        cluster
+            .policies
+            .extend(super::fqdn::isolation_policies(&self.fqdn_specs));
+        let mut slot_pods = Vec::new();
         for r in self.registry.endpoints.values() {
-            cluster.pods.push(Self::pod_for(&r.endpoint, m));
+            let pod = Self::pod_for(&r.endpoint, m);
+            slot_pods.push((r.ifindex, pod.clone()));
+            cluster.pods.push(pod);
         }
+        let slot_rules = super::fqdn::slot_rules(
+            &self.fqdn_specs,
+            slot_pods.iter().map(|(s, p)| (*s, p)),
+        );
         let st = self.compiler.compile(&cluster);
         if let Ok(mut en) = self.enricher.write() {
             en.rules = st
@@ -242,6 +275,17 @@ impl Agent {
                     )
                 })
                 .collect();
+            for (id, s, i) in super::fqdn::numbered(&self.fqdn_specs) {
+                en.rules.insert(
+                    id,
+                    crate::flows::PolicyRef {
+                        namespace: s.namespace.clone(),
+                        name: s.name.clone(),
+                        direction: "egress".into(),
+                        rule_index: i,
+                    },
+                );
+            }
             en.endpoints.clear();
             for p in &cluster.pods {
                 for ip in &p.ips {
@@ -285,8 +329,12 @@ impl Agent {
                     }
                 }
             }
+            if slot_rules.contains_key(&r.ifindex) {
+                info.flags |= endpoint_flags::FQDN;
+            }
             ms.endpoints.insert(r.ifindex, info);
         }
+        self.next_fqdn_rules = Some(slot_rules);
         Some(ms)
     }
 
@@ -309,6 +357,13 @@ impl Agent {
             }
         };
         metrics::histogram!("septa_map_update_duration_seconds").record(t.elapsed().as_secs_f64());
+        if let Some(rules) = self.next_fqdn_rules.take() {
+            for k in self.dns.set_rules(rules) {
+                if let Err(e) = self.dp.remove_fqdn(&k) {
+                    warn!(error = %e, "removing the FQDN entry of an endpoint without FQDN rules");
+                }
+            }
+        }
         super::metrics::map_sizes(&self.actual);
         if stats.upserts + stats.removals > 0 {
             info!(
@@ -329,6 +384,17 @@ impl Agent {
             error!(error = %e, kind = e.metric_label(), "threat feeds: blocklist update failed");
         }
         self.refresh_feed_names();
+    }
+
+    fn refresh_dns_names(&mut self) {
+        if let Ok(mut en) = self.enricher.write() {
+            en.dns_names = self
+                .dns
+                .names_of_addr
+                .iter()
+                .map(|(ip, n)| (*ip, n.iter().cloned().collect()))
+                .collect();
+        }
     }
 
     fn refresh_feed_names(&mut self) {
@@ -500,13 +566,18 @@ impl Agent {
     }
 }
 
-/// The `ThreatFeed` objects of a load, validated; problems are added to `problems`.
-fn threat_feeds(
+/// The `ThreatFeed` and `FqdnPolicy` objects of a load, validated; problems are added to
+/// `problems`.
+fn septa_objects(
     cluster: &Cluster,
     min_refresh: std::time::Duration,
     problems: &mut policies::Diagnostics,
-) -> Vec<crate::feeds::spec::FeedSpec> {
+) -> (
+    Vec<crate::feeds::spec::FeedSpec>,
+    Vec<crate::dns::spec::FqdnSpec>,
+) {
     let mut out: Vec<crate::feeds::spec::FeedSpec> = Vec::new();
+    let mut fqdns: Vec<crate::dns::spec::FqdnSpec> = Vec::new();
     for o in &cluster.custom {
         let object = format!(
             "{} {}",
@@ -516,12 +587,34 @@ fn threat_feeds(
                 .and_then(|n| n.as_str())
                 .unwrap_or("")
         );
+        if o.kind == "FqdnPolicy" {
+            match crate::dns::spec::from_manifest(&o.value) {
+                Ok(s)
+                    if fqdns
+                        .iter()
+                        .any(|f| f.name == s.name && f.namespace == s.namespace) =>
+                {
+                    problems.push(
+                        &o.at,
+                        &object,
+                        "metadata.name",
+                        "another FqdnPolicy in this namespace has this name",
+                    )
+                }
+                Ok(s) => fqdns.push(s),
+                Err((field, msg)) => problems.push(&o.at, &object, &field, msg),
+            }
+            continue;
+        }
         if o.kind != "ThreatFeed" {
             problems.push(
                 &o.at,
                 &object,
                 "kind",
-                format!("septa.dev has no kind {:?} (known: ThreatFeed)", o.kind),
+                format!(
+                    "septa.dev has no kind {:?} (known: ThreatFeed, FqdnPolicy)",
+                    o.kind
+                ),
             );
             continue;
         }
@@ -536,7 +629,7 @@ fn threat_feeds(
             Err((field, msg)) => problems.push(&o.at, &object, &field, msg),
         }
     }
-    out
+    (out, fqdns)
 }
 
 /// Every address of every interface in this network namespace.
@@ -801,6 +894,11 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
     let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
     agent.sync_feeds(&feed_tx);
+    let injector = crate::dns::inject::Injector::new()?;
+    // SAFETY: the ring buffer's fd is owned by the reader, which the AsyncFd owns, so it
+    // stays open exactly as long as it is registered.
+    let mut answers = unsafe { tokio::io::unix::AsyncFd::register(agent.dp.take_dns_answers()?) }
+        .map_err(std::io::Error::from)?;
     let mut scrape = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
     let mut tick = tokio::time::interval(agent.cfg.poll_interval);
@@ -826,9 +924,21 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
                 agent.refresh_feed_names();
             }
+            r = answers.readable_mut() => {
+                if let Ok(mut guard) = r {
+                    let batch = guard.get_inner_mut().drain();
+                    guard.clear_ready();
+                    let learned = super::fqdn::handle_answers(&mut agent.dns, &mut agent.dp, &injector, batch);
+                    if !learned.is_empty() {
+                        agent.refresh_dns_names();
+                    }
+                }
+            }
             _ = scrape.tick() => {
                 super::metrics::scrape(&agent.dp);
                 agent.feeds.scrape(&agent.dp);
+                super::fqdn::gc(&mut agent.dns, &mut agent.dp);
+                agent.refresh_dns_names();
             }
             _ = sweep_tick.tick() => {
                 let events = agent.sweep();
@@ -858,7 +968,7 @@ apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {name: hooks}\nspec:
 apiVersion: septa.dev/v1alpha1\nkind: ThreatFeeds\nmetadata: {name: typo}\nspec: {}\n";
         let (cluster, mut problems) = policies::load::load_str("feeds.yaml", yaml);
         assert!(problems.is_empty(), "{problems:?}");
-        let feeds = threat_feeds(&cluster, std::time::Duration::from_secs(60), &mut problems);
+        let (feeds, _) = septa_objects(&cluster, std::time::Duration::from_secs(60), &mut problems);
         assert_eq!(
             feeds.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
             ["ok"]

@@ -41,6 +41,36 @@ pub fn install() -> Option<PrometheusHandle> {
         "septa_xdp_packets_total",
         "Packets seen by XDP on host interfaces."
     );
+    for (name, help) in [
+        ("septa_dns_kernel_answers_total", "DNS answers to FQDN pods: held for the agent, lost (ring full), not held (fragmented or too large)."),
+        ("septa_fqdn_connections_total", "New egress connections of FQDN pods: allowed by an FQDN entry, or denied to an address no DNS answer gave."),
+        ("septa_dns_answers_total", "DNS answers the agent handled, by result."),
+        ("septa_fqdn_addresses_added_total", "Addresses added to the FQDN allowlist from DNS answers."),
+        ("septa_fqdn_entries_expired_total", "FQDN allowlist entries removed after their TTL (and grace)."),
+        ("septa_fqdn_evicted_total", "Addresses evicted because a (pod, name) had too many."),
+        ("septa_dns_reinject_errors_total", "DNS answers that could not be re-injected."),
+        ("septa_feed_refreshes_total", "Threat-feed fetches, by feed and result (updated, not_modified)."),
+        ("septa_feed_refresh_errors_total", "Refused threat-feed refreshes, by feed and reason; the last good list stays."),
+        ("septa_feed_drops_total", "Packets a threat feed dropped (XDP and TC)."),
+        ("septa_feed_audits_total", "Packets a threat feed in audit mode let through."),
+    ] {
+        describe_counter!(name, help);
+    }
+    for (name, help) in [
+        ("septa_fqdn_entries", "Entries in the FQDN allowlist."),
+        ("septa_feed_entries", "Entries of a threat feed's list in force."),
+        ("septa_feed_last_refresh_timestamp_seconds", "When a threat feed was last fetched successfully (Unix time)."),
+        ("septa_feed_bad_lines", "Bad lines in a threat feed's last body."),
+        ("septa_blocklist_entries", "Prefixes in the threat-feed tries, by family."),
+        ("septa_feed_protected_skipped", "Listed entries left out because they overlap a protected range."),
+    ] {
+        describe_gauge!(name, help);
+    }
+    describe_histogram!(
+        "septa_blocklist_update_duration_seconds",
+        Unit::Seconds,
+        "Merge, diff and write of one threat-feed blocklist change."
+    );
     describe_counter!(
         "septa_flows_total",
         "Flow events, by kind, verdict, direction and drop reason."
@@ -124,6 +154,15 @@ pub fn scrape(dp: &Datapath) {
         counter!("septa_conntrack_operations_total", "operation" => op).absolute(v(i));
     }
     counter!("septa_xdp_packets_total").absolute(v(stats::XDP_SEEN));
+    for (what, i) in [
+        ("held", stats::DNS_HELD),
+        ("lost", stats::DNS_LOST),
+        ("not_held", stats::DNS_NOT_HELD),
+    ] {
+        counter!("septa_dns_kernel_answers_total", "result" => what).absolute(v(i));
+    }
+    counter!("septa_fqdn_connections_total", "result" => "allowed").absolute(v(stats::FQDN_ALLOWED));
+    counter!("septa_fqdn_connections_total", "result" => "denied_unresolved").absolute(v(stats::FQDN_DENIED));
     if let Ok(cfg) = dp.config() {
         gauge!("septa_policy_revision").set(cfg.policy_revision as f64);
     }

@@ -274,7 +274,7 @@ impl Engine {
     pub fn gc(
         &mut self,
         now_ns: u64,
-        in_use: impl Fn(u32, &[u8; 16]) -> bool,
+        mut in_use: impl FnMut(u32, &[u8; 16]) -> bool,
     ) -> (Vec<FqdnKey>, Vec<(FqdnKey, FqdnValue)>) {
         let (mut remove, mut extend) = (Vec::new(), Vec::new());
         for (k, e) in self.entries.iter_mut() {

@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod engine;
+pub mod inject;
 pub mod maps;
 pub mod pattern;
 pub mod spec;

@@ -161,6 +161,8 @@ pub struct Enricher {
     pub rules: BTreeMap<u32, PolicyRef>,
     /// Threat-feed id → feed name.
     pub feeds: BTreeMap<u32, String>,
+    /// Addresses learned from DNS answers → the names that gave them.
+    pub dns_names: BTreeMap<IpAddr, Vec<String>>,
     pub node: String,
     /// CLOCK_MONOTONIC (the kernel's event clock) → wall clock offset, in ns.
     pub wall_offset_ns: i128,
@@ -318,7 +320,11 @@ impl Enricher {
                 .filter(|(b, _)| e.tcp_flags & b != 0)
                 .map(|(_, n)| n.to_string())
                 .collect(),
-            dns_names: Vec::new(),
+            dns_names: self
+                .dns_names
+                .get(&crate::events::addr(if egress { &e.daddr } else { &e.saddr }))
+                .cloned()
+                .unwrap_or_default(),
             node: self.node.clone(),
             connections: None,
         }

@@ -1,0 +1,174 @@
+//! The agent's side of FqdnPolicy: what the policies compile into, which endpoints get which
+//! FQDN rules, and the loop that turns held-back DNS answers into allowlist entries before it
+//! puts the answers back on their way.
+//!
+//! An FqdnPolicy makes the pods it selects egress-isolated (like a NetworkPolicy with
+//! `policyTypes: [Egress]`) and allows them DNS (UDP and TCP 53, to any resolver), so that the
+//! answers can be seen; egress to a name's addresses comes from the answers.
+
+use std::collections::BTreeMap;
+
+use dataplane_common::rule;
+use policies::model::{Pod, Policy, PortSel, PortSpec, Protocol, Rule};
+use tracing::{debug, warn};
+
+use crate::{
+    dns::{
+        engine::{Engine, SlotRule},
+        inject::Injector,
+        maps::HeldAnswer,
+        spec::FqdnSpec,
+    },
+    Datapath,
+};
+
+/// The NetworkPolicy equivalent of each FqdnPolicy: egress isolation plus DNS.
+pub fn isolation_policies(specs: &[FqdnSpec]) -> Vec<Policy> {
+    specs
+        .iter()
+        .map(|s| Policy {
+            namespace: s.namespace.clone(),
+            name: format!("{} (FqdnPolicy DNS)", s.name),
+            audit: false,
+            pod_selector: s.selector.clone(),
+            ingress: None,
+            egress: Some(vec![Rule {
+                peers: None,
+                ports: Some(vec![
+                    PortSpec {
+                        protocol: Protocol::Udp,
+                        port: PortSel::Range(53, 53),
+                    },
+                    PortSpec {
+                        protocol: Protocol::Tcp,
+                        port: PortSel::Range(53, 53),
+                    },
+                ]),
+            }]),
+        })
+        .collect()
+}
+
+/// Every FqdnPolicy rule with its id (`rule::FQDN_BASE + n`, in namespace/name/index order, so
+/// ids are stable while the policies are).
+pub fn numbered(specs: &[FqdnSpec]) -> Vec<(u32, &FqdnSpec, usize)> {
+    let mut v: Vec<(&FqdnSpec, usize)> = specs
+        .iter()
+        .flat_map(|s| (0..s.rules.len()).map(move |i| (s, i)))
+        .collect();
+    v.sort_by(|a, b| (&a.0.namespace, &a.0.name, a.1).cmp(&(&b.0.namespace, &b.0.name, b.1)));
+    v.into_iter()
+        .enumerate()
+        .map(|(n, (s, i))| (rule::FQDN_BASE + n as u32, s, i))
+        .collect()
+}
+
+/// The FQDN rules of each endpoint slot, from the pods behind the slots.
+pub fn slot_rules<'a>(
+    specs: &[FqdnSpec],
+    pods: impl Iterator<Item = (u32, &'a Pod)>,
+) -> BTreeMap<u32, Vec<SlotRule>> {
+    let numbered = numbered(specs);
+    let mut out = BTreeMap::new();
+    for (slot, pod) in pods {
+        let rules: Vec<SlotRule> = numbered
+            .iter()
+            .filter(|(_, s, _)| s.namespace == pod.namespace && s.selector.matches(&pod.labels))
+            .map(|(id, s, i)| SlotRule {
+                rule_id: *id,
+                rule: s.rules[*i].clone(),
+            })
+            .collect();
+        if !rules.is_empty() {
+            out.insert(slot, rules);
+        }
+    }
+    out
+}
+
+/// The monotonic clock the kernel's `bpf_ktime_get_*` read, in ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Handle held-back answers: write their entries, then re-inject them. An answer is always
+/// re-injected (a malformed or unmatched one adds nothing), so DNS keeps working; only a
+/// failed map write holds it back (the client retries), because delivering it then would
+/// produce exactly the first-packet drop this exists to prevent.
+pub fn handle_answers(
+    engine: &mut Engine,
+    dp: &mut Datapath,
+    injector: &Injector,
+    answers: Vec<HeldAnswer>,
+) -> Vec<(std::net::IpAddr, Vec<String>)> {
+    let mut learned = Vec::new();
+    for a in answers {
+        let now = monotonic_ns();
+        let o = engine.on_frame(a.ifindex, &a.frame, now);
+        metrics::counter!("septa_dns_answers_total", "result" => o.result).increment(1);
+        let mut ok = true;
+        for k in &o.remove {
+            if let Err(e) = dp.remove_fqdn(k) {
+                warn!(error = %e, "removing an evicted FQDN entry");
+            }
+        }
+        for (k, v) in &o.write {
+            if let Err(e) = dp.set_fqdn(k, v) {
+                warn!(error = %e, "writing an FQDN entry; the answer is held back (the client will retry)");
+                ok = false;
+            }
+        }
+        metrics::counter!("septa_fqdn_evicted_total").increment(o.evicted as u64);
+        if o.result == "added" {
+            metrics::counter!("septa_fqdn_addresses_added_total").increment(o.addresses as u64);
+        }
+        if !ok {
+            metrics::counter!("septa_dns_answers_total", "result" => "held_back").increment(1);
+            continue;
+        }
+        if let Err(e) = injector.send(a.ifindex, &a.frame) {
+            warn!(ifindex = a.ifindex, error = %e, "re-injecting a DNS answer");
+            metrics::counter!("septa_dns_reinject_errors_total").increment(1);
+        }
+        if !o.names.is_empty() {
+            debug!(ifindex = a.ifindex, names = ?o.names, entries = o.write.len(), "DNS answer learned");
+            for (k, _) in &o.write {
+                learned.push((crate::events::addr(&k.addr), o.names.clone()));
+            }
+        }
+    }
+    metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
+    learned
+}
+
+/// Expire entries (keeping those a tracked connection uses for the grace period).
+pub fn gc(engine: &mut Engine, dp: &mut Datapath) {
+    let now = monotonic_ns();
+    let mut in_use: Option<std::collections::BTreeSet<(u32, [u8; 16])>> = None;
+    let (remove, extend) = engine.gc(now, |slot, addr| {
+        let set = in_use.get_or_insert_with(|| {
+            dp.conntrack()
+                .map(|v| v.into_iter().map(|(k, _)| (k.ifindex, k.daddr)).collect())
+                .unwrap_or_default()
+        });
+        set.contains(&(slot, *addr))
+    });
+    for k in &remove {
+        if let Err(e) = dp.remove_fqdn(k) {
+            warn!(error = %e, "removing an expired FQDN entry");
+        }
+    }
+    for (k, v) in &extend {
+        if let Err(e) = dp.set_fqdn(k, v) {
+            warn!(error = %e, "extending an FQDN entry in use");
+        }
+    }
+    metrics::counter!("septa_fqdn_entries_expired_total").increment(remove.len() as u64);
+    metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
+}
