@@ -530,8 +530,11 @@ pub struct FqdnKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FqdnValue {
-    /// CLOCK_MONOTONIC ns after which new connections are no longer allowed.
+    /// CLOCK_MONOTONIC ns after which new connections are no longer allowed (the TTL).
     pub expires_ns: u64,
+    /// Until when an established connection re-checked after a policy change still passes
+    /// (the TTL plus the grace period).
+    pub grace_ns: u64,
     /// The FqdnPolicy rule (reported as the deciding rule).
     pub rule_id: u32,
     /// The agent's id for the name (for flow records).
@@ -642,7 +645,7 @@ const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<FqdnKey>() == 24);
-const _: () = assert!(core::mem::size_of::<FqdnValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FqdnValue>() == 24);
 const _: () = assert!(core::mem::size_of::<DnsCapture>() == 8 + DNS_CAPTURE_MAX);
 
 #[cfg(feature = "user")]

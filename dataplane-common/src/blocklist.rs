@@ -46,25 +46,35 @@ pub fn check<M: BlockMap + ?Sized>(map: &M, addr: &[u8; 16], hook: usize) -> Opt
 /// through, marks it AUDIT with the feed as the deciding rule.
 #[inline(always)]
 pub fn decide<F: FnOnce() -> Decision>(listed: Option<Listed>, policy: F) -> Decision {
+    match drop_decision(listed) {
+        Some(d) => d,
+        None => with_audit(listed, policy()),
+    }
+}
+
+/// The first half of [`decide`]: the decision when the listing drops (policy is not needed).
+#[inline(always)]
+pub fn drop_decision(listed: Option<Listed>) -> Option<Decision> {
     match listed {
-        Some(l) if l.action == block_action::DROP => Decision {
+        Some(l) if l.action == block_action::DROP => Some(Decision {
             verdict: verdict::DROPPED,
             reason: reason::BLOCKLISTED,
             rule_id: rule::feed_rule(l.feed),
+        }),
+        _ => None,
+    }
+}
+
+/// The second half of [`decide`]: an audit listing marks what policy lets through.
+#[inline(always)]
+pub fn with_audit(listed: Option<Listed>, d: Decision) -> Decision {
+    match listed {
+        Some(l) if l.action == block_action::AUDIT && d.verdict != verdict::DROPPED => Decision {
+            verdict: verdict::AUDIT,
+            reason: reason::BLOCKLISTED,
+            rule_id: rule::feed_rule(l.feed),
         },
-        Some(l) => {
-            let d = policy();
-            if d.verdict == verdict::DROPPED {
-                d
-            } else {
-                Decision {
-                    verdict: verdict::AUDIT,
-                    reason: reason::BLOCKLISTED,
-                    rule_id: rule::feed_rule(l.feed),
-                }
-            }
-        }
-        None => policy(),
+        _ => d,
     }
 }
 

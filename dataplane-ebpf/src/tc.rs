@@ -73,6 +73,9 @@ static FEED_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::FEED_STATS, 0);
 static FQDN: HashMap<FqdnKey, FqdnValue> = HashMap::pinned(sizes::FQDN, 0);
 #[map(name = "SEPTA_DNS")]
 static DNS_ANSWERS: RingBuf = RingBuf::pinned(sizes::DNS_ANSWERS_BYTES, 0);
+/// Per-CPU scratch for a new connection's conntrack entry (not pinned).
+#[map(name = "SEPTA_CT_SCRATCH")]
+static CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU scratch for the per-packet [`Flow`] (not pinned: it holds no state between packets).
 #[map(name = "SEPTA_SCRATCH")]
 static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
@@ -275,10 +278,54 @@ fn is_fqdn_endpoint(slot: u32) -> bool {
         .is_some_and(|ep| ep.flags & dataplane_common::endpoint_flags::FQDN != 0)
 }
 
+/// `evaluate` flag: an established connection is being re-checked.
+const RECHECK: u8 = 2;
+/// `policy_or_fqdn` flag: traffic with the node is exempt from policy.
+const HOST_EXEMPT: u8 = 4;
+
+/// Policy for the connection, and for egress that policy denies, the FQDN allowlist. Its own
+/// frame: `evaluate`'s call chain is the deepest, and the 512-byte stack is shared by it.
+#[inline(never)]
+fn policy_or_fqdn(ep: &EndpointInfo, flags: u8, key: &CtKey, peer: u32, port: u16) -> Decision {
+    let dir = flags & 1;
+    let d = policy::evaluate(
+        &PolicyHash,
+        ep,
+        dir,
+        peer,
+        key.proto,
+        port,
+        flags & HOST_EXEMPT != 0,
+    );
+    // Egress to an address a DNS answer for an allowed name gave this endpoint.
+    if d.verdict != verdict::DROPPED
+        || dir != direction::EGRESS
+        || ep.flags & dataplane_common::endpoint_flags::FQDN == 0
+    {
+        return d;
+    }
+    match fqdn_allows(key, flags & RECHECK != 0) {
+        Some(rule_id) => {
+            count(stats::FQDN_ALLOWED);
+            Decision {
+                verdict: verdict::FORWARDED,
+                reason: reason::NONE,
+                rule_id,
+            }
+        }
+        None => {
+            count(stats::FQDN_DENIED);
+            d
+        }
+    }
+}
+
 /// An unexpired FQDN entry for the connection `key` (egress): the exact port, any port of the
-/// protocol, any protocol.
-#[inline(always)]
-fn fqdn_allows(key: &CtKey) -> Option<FqdnValue> {
+/// protocol, any protocol. A new connection needs the TTL; a re-checked established one the
+/// grace period (so a policy change does not cut a live connection whose name just expired).
+// Not inlined: its key would otherwise sit in `evaluate`'s frame, on the deepest call chain.
+#[inline(never)]
+fn fqdn_allows(key: &CtKey, recheck: bool) -> Option<u32> {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let mut k = FqdnKey {
@@ -289,10 +336,21 @@ fn fqdn_allows(key: &CtKey) -> Option<FqdnValue> {
         _pad: 0,
     };
     for _ in 0..3 {
-        // SAFETY: copied out at once.
-        if let Some(v) = unsafe { FQDN.get(&k) }.copied() {
-            if v.expires_ns > now {
-                return Some(v);
+        // Read in place: two fields, not the whole value on this deep stack.
+        if let Some(v) = FQDN.get_ptr(&k) {
+            // SAFETY: a pointer into the map value, read at once.
+            let (until, rule_id) = unsafe {
+                (
+                    if recheck {
+                        (*v).grace_ns
+                    } else {
+                        (*v).expires_ns
+                    },
+                    (*v).rule_id,
+                )
+            };
+            if until > now {
+                return Some(rule_id);
             }
         }
         if k.port != 0 {
@@ -550,7 +608,9 @@ fn spoofed(ep: &EndpointInfo, pkt: &Packet) -> bool {
 /// identity `peer`: threat feeds first (pod egress: the destination; pod ingress: the
 /// source), then policy.
 #[inline(never)]
-fn evaluate(cfg: &Config, ep: &EndpointInfo, dir: u8, key: &CtKey, peer: u32) -> Decision {
+fn evaluate(cfg: &Config, ep: &EndpointInfo, dir_flags: u8, key: &CtKey, peer: u32) -> Decision {
+    // Bit 0: the direction; RECHECK: an established connection re-checked after a change.
+    let dir = dir_flags & 1;
     let port = if parse::has_ports(key.proto) {
         key.dport
     } else {
@@ -566,29 +626,16 @@ fn evaluate(cfg: &Config, ep: &EndpointInfo, dir: u8, key: &CtKey, peer: u32) ->
     if let Some(l) = listed {
         feed_count(l.feed, l.action == block_action::DROP);
     }
-    let d = blocklist::decide(listed, || {
-        let d = policy::evaluate(&PolicyHash, ep, dir, peer, key.proto, port, host_exempt);
-        // Egress to an address a DNS answer for an allowed name gave this endpoint.
-        if d.verdict == verdict::DROPPED
-            && dir == direction::EGRESS
-            && ep.flags & dataplane_common::endpoint_flags::FQDN != 0
-        {
-            if let Some(v) = fqdn_allows(key) {
-                count(stats::FQDN_ALLOWED);
-                return Decision {
-                    verdict: verdict::FORWARDED,
-                    reason: reason::NONE,
-                    rule_id: v.rule_id,
-                };
-            }
-            count(stats::FQDN_DENIED);
-        }
-        d
-    });
-    if d.reason == reason::BLOCKLISTED && d.verdict == verdict::DROPPED {
+    // The blocklist's two halves around policy, without a closure: an outlined closure
+    // frame on this deepest call chain would not fit the 512-byte stack.
+    if let Some(d) = blocklist::drop_decision(listed) {
         count(stats::BLOCKLISTED);
+        return d;
     }
-    d
+    let flags = dir_flags | if host_exempt { HOST_EXEMPT } else { 0 };
+    let d = policy_or_fqdn(ep, flags, key, peer, port);
+    // An audit listing never turns a verdict into a drop.
+    blocklist::with_audit(listed, d)
 }
 
 #[inline(never)]
@@ -601,7 +648,14 @@ fn new_flow(f: &Flow) -> i32 {
             return fail(&f.cfg);
         }
     };
-    let mut e = CtEntry {
+    // The entry is built in per-CPU scratch: on the stack it would push the deepest call chain
+    // (new_flow → evaluate → ...) over the 512-byte limit.
+    let Some(e) = CT_SCRATCH.get_ptr_mut(0) else {
+        return fail(&f.cfg);
+    };
+    // SAFETY: per-CPU scratch, exclusively ours for this program run.
+    let e = unsafe { &mut *e };
+    *e = CtEntry {
         created_ns: f.now,
         last_seen_ns: f.now,
         packets_fwd: 1,
@@ -618,7 +672,7 @@ fn new_flow(f: &Flow) -> i32 {
         e.verdict = verdict::DROPPED;
         e.rule_id = rule::ANTI_SPOOF;
         e.peer_identity = identity::UNKNOWN;
-        deny_event(f, &e, reason::SPOOFED);
+        deny_event(f, e, reason::SPOOFED);
         return DROP;
     }
     let peer_addr = if f.dir == direction::EGRESS {
@@ -633,7 +687,7 @@ fn new_flow(f: &Flow) -> i32 {
     e.verdict = d.verdict;
     if d.verdict == verdict::DROPPED {
         count(stats::DROPPED);
-        deny_event(f, &e, d.reason);
+        deny_event(f, e, d.reason);
         return DROP;
     }
     count(if d.verdict == verdict::AUDIT {
@@ -643,13 +697,13 @@ fn new_flow(f: &Flow) -> i32 {
     });
     // A first packet that is already a RST needs no entry.
     if f.pkt.tcp_flags & parse::TCP_RST == 0 {
-        if CT.insert(&f.key, &e, 0).is_ok() {
+        if CT.insert(&f.key, &*e, 0).is_ok() {
             count(stats::CT_CREATED);
         }
     } else {
         e.state = ct_state::CLOSED;
     }
-    emit(event::NEW, d.reason, &f.key, &e, f.pkt.family);
+    emit(event::NEW, d.reason, &f.key, e, f.pkt.family);
     PASS
 }
 
@@ -676,7 +730,7 @@ fn established(f: &Flow, orig: &CtKey, e: *mut CtEntry, reply: bool) -> i32 {
             &orig.saddr
         };
         let peer = peer_identity(peer_addr);
-        let d = evaluate(&f.cfg, ep, dir, orig, peer);
+        let d = evaluate(&f.cfg, ep, dir | RECHECK, orig, peer);
         e.policy_revision = f.cfg.policy_revision;
         e.rule_id = d.rule_id;
         e.verdict = d.verdict;

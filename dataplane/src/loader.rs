@@ -534,7 +534,7 @@ fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
         (maps::BLOCK_V6, 20, u(size_of::<BlockEntry>()), None),
         (maps::FEED_STATS, 4, 8, None),
         (maps::STATS, 4, 8, Some(stats::COUNT)),
-        (maps::FQDN, 24, 16, None),
+        (maps::FQDN, 24, 24, None),
     ];
     for (name, key, value, entries) in expected {
         let path = opts.pin_dir.join(name);

@@ -126,6 +126,7 @@ fn fqdn_entries_allow_egress_until_they_expire() {
     };
     let live = FqdnValue {
         expires_ns: now_ns() + 60_000_000_000,
+        grace_ns: now_ns() + 120_000_000_000,
         rule_id: RULE,
         name_id: 9,
     };
@@ -154,6 +155,7 @@ fn fqdn_entries_allow_egress_until_they_expire() {
     // An expired entry allows nothing new.
     let expired = FqdnValue {
         expires_ns: now_ns().saturating_sub(1_000_000_000),
+        grace_ns: now_ns() + 60_000_000_000,
         ..live
     };
     for (p, proto) in [(443, IPPROTO_TCP), (0, IPPROTO_TCP), (0, 0)] {

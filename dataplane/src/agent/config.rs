@@ -363,7 +363,11 @@ impl Config {
                 Duration::from_secs(60),
                 "dns-grace",
             )?,
-            dns_max_ips_per_name: match args.dns_max_ips_per_name.or(file.dns_max_ips_per_name).unwrap_or(64) {
+            dns_max_ips_per_name: match args
+                .dns_max_ips_per_name
+                .or(file.dns_max_ips_per_name)
+                .unwrap_or(64)
+            {
                 0 => return Err("dns-max-ips-per-name must be at least 1".into()),
                 n => n,
             },

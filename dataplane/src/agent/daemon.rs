@@ -134,7 +134,10 @@ impl Agent {
         // Entries a previous run left keep enforcing; the engine takes over their expiry.
         let adopted = dp.fqdn_entries()?;
         if !adopted.is_empty() {
-            info!(entries = adopted.len(), "FQDN allowlist adopted from pinned maps");
+            info!(
+                entries = adopted.len(),
+                "FQDN allowlist adopted from pinned maps"
+            );
         }
         for (k, v) in adopted {
             dns.adopt(k, v);
@@ -254,10 +257,8 @@ impl Agent {
             slot_pods.push((r.ifindex, pod.clone()));
             cluster.pods.push(pod);
         }
-        let slot_rules = super::fqdn::slot_rules(
-            &self.fqdn_specs,
-            slot_pods.iter().map(|(s, p)| (*s, p)),
-        );
+        let slot_rules =
+            super::fqdn::slot_rules(&self.fqdn_specs, slot_pods.iter().map(|(s, p)| (*s, p)));
         let st = self.compiler.compile(&cluster);
         if let Ok(mut en) = self.enricher.write() {
             en.rules = st

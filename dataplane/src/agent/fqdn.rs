@@ -147,26 +147,12 @@ pub fn handle_answers(
     learned
 }
 
-/// Expire entries (keeping those a tracked connection uses for the grace period).
+/// Remove entries whose TTL and grace period are over.
 pub fn gc(engine: &mut Engine, dp: &mut Datapath) {
-    let now = monotonic_ns();
-    let mut in_use: Option<std::collections::BTreeSet<(u32, [u8; 16])>> = None;
-    let (remove, extend) = engine.gc(now, |slot, addr| {
-        let set = in_use.get_or_insert_with(|| {
-            dp.conntrack()
-                .map(|v| v.into_iter().map(|(k, _)| (k.ifindex, k.daddr)).collect())
-                .unwrap_or_default()
-        });
-        set.contains(&(slot, *addr))
-    });
+    let remove = engine.gc(monotonic_ns());
     for k in &remove {
         if let Err(e) = dp.remove_fqdn(k) {
             warn!(error = %e, "removing an expired FQDN entry");
-        }
-    }
-    for (k, v) in &extend {
-        if let Err(e) = dp.set_fqdn(k, v) {
-            warn!(error = %e, "extending an FQDN entry in use");
         }
     }
     metrics::counter!("septa_fqdn_entries_expired_total").increment(remove.len() as u64);

@@ -58,11 +58,26 @@ pub fn install() -> Option<PrometheusHandle> {
     }
     for (name, help) in [
         ("septa_fqdn_entries", "Entries in the FQDN allowlist."),
-        ("septa_feed_entries", "Entries of a threat feed's list in force."),
-        ("septa_feed_last_refresh_timestamp_seconds", "When a threat feed was last fetched successfully (Unix time)."),
-        ("septa_feed_bad_lines", "Bad lines in a threat feed's last body."),
-        ("septa_blocklist_entries", "Prefixes in the threat-feed tries, by family."),
-        ("septa_feed_protected_skipped", "Listed entries left out because they overlap a protected range."),
+        (
+            "septa_feed_entries",
+            "Entries of a threat feed's list in force.",
+        ),
+        (
+            "septa_feed_last_refresh_timestamp_seconds",
+            "When a threat feed was last fetched successfully (Unix time).",
+        ),
+        (
+            "septa_feed_bad_lines",
+            "Bad lines in a threat feed's last body.",
+        ),
+        (
+            "septa_blocklist_entries",
+            "Prefixes in the threat-feed tries, by family.",
+        ),
+        (
+            "septa_feed_protected_skipped",
+            "Listed entries left out because they overlap a protected range.",
+        ),
     ] {
         describe_gauge!(name, help);
     }
@@ -161,8 +176,10 @@ pub fn scrape(dp: &Datapath) {
     ] {
         counter!("septa_dns_kernel_answers_total", "result" => what).absolute(v(i));
     }
-    counter!("septa_fqdn_connections_total", "result" => "allowed").absolute(v(stats::FQDN_ALLOWED));
-    counter!("septa_fqdn_connections_total", "result" => "denied_unresolved").absolute(v(stats::FQDN_DENIED));
+    counter!("septa_fqdn_connections_total", "result" => "allowed")
+        .absolute(v(stats::FQDN_ALLOWED));
+    counter!("septa_fqdn_connections_total", "result" => "denied_unresolved")
+        .absolute(v(stats::FQDN_DENIED));
     if let Ok(cfg) = dp.config() {
         gauge!("septa_policy_revision").set(cfg.policy_revision as f64);
     }

@@ -2,10 +2,10 @@
 //! lifetime. Pure (no I/O): it says which map entries to write and remove; the agent writes
 //! them before it re-injects the answer.
 //!
-//! Lifetime of an entry: the record's TTL, at least `min_ttl`; when it expires while a
-//! tracked connection still uses the address, it is kept once more for `grace` (so a
-//! revision re-check does not cut that connection and a quick reconnect works); at most
-//! `max_ips_per_name` addresses per (endpoint, name), oldest evicted and counted.
+//! Lifetime of an entry: new connections for the record's TTL (at least `min_ttl`); for
+//! `grace` after that the entry stays so that an established connection re-checked after a
+//! policy change is not cut; then it is removed. At most `max_ips_per_name` addresses per
+//! (endpoint, name), oldest evicted and counted.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -46,8 +46,6 @@ pub struct SlotRule {
 #[derive(Clone, Debug)]
 struct Entry {
     value: FqdnValue,
-    /// Already extended once for a live connection.
-    graced: bool,
 }
 
 /// What handling one answer produced.
@@ -126,13 +124,7 @@ impl Engine {
 
     /// Adopt an entry found in the pinned map at start.
     pub fn adopt(&mut self, key: FqdnKey, value: FqdnValue) {
-        self.entries.insert(
-            key,
-            Entry {
-                value,
-                graced: false,
-            },
-        );
+        self.entries.insert(key, Entry { value });
     }
 
     /// The name behind a name id.
@@ -243,17 +235,14 @@ impl Engine {
                     let k = key(slot, *ip, proto, port);
                     let value = FqdnValue {
                         expires_ns,
+                        grace_ns: expires_ns + self.limits.grace.as_nanos() as u64,
                         rule_id: r.rule_id,
                         name_id,
                     };
                     // Never shorten what another answer allowed.
-                    let e = self.entries.entry(k).or_insert(Entry {
-                        value,
-                        graced: false,
-                    });
+                    let e = self.entries.entry(k).or_insert(Entry { value });
                     if value.expires_ns >= e.value.expires_ns {
                         e.value = value;
-                        e.graced = false;
                     }
                     out.write.push((k, e.value));
                 }
@@ -269,23 +258,12 @@ impl Engine {
         out
     }
 
-    /// Expire entries at `now_ns`: returns (entries to remove, entries to extend for the grace
-    /// period). `in_use(slot, addr)` says whether a tracked connection uses the address.
-    pub fn gc(
-        &mut self,
-        now_ns: u64,
-        mut in_use: impl FnMut(u32, &[u8; 16]) -> bool,
-    ) -> (Vec<FqdnKey>, Vec<(FqdnKey, FqdnValue)>) {
-        let (mut remove, mut extend) = (Vec::new(), Vec::new());
-        for (k, e) in self.entries.iter_mut() {
-            if e.value.expires_ns > now_ns {
-                continue;
-            }
-            if !e.graced && in_use(k.slot, &k.addr) {
-                e.graced = true;
-                e.value.expires_ns = now_ns + self.limits.grace.as_nanos() as u64;
-                extend.push((*k, e.value));
-            } else {
+    /// Remove the entries whose grace period ended at `now_ns` (the kernel already refuses
+    /// new connections once their TTL passed).
+    pub fn gc(&mut self, now_ns: u64) -> Vec<FqdnKey> {
+        let mut remove = Vec::new();
+        for (k, e) in self.entries.iter() {
+            if e.value.grace_ns <= now_ns {
                 remove.push(*k);
             }
         }
@@ -300,7 +278,7 @@ impl Engine {
         self.per_name.retain(|_, l| !l.is_empty());
         self.names_of_addr
             .retain(|ip, _| live.contains(&key(0, *ip, 0, 0).addr));
-        (remove, extend)
+        remove
     }
 
     /// Entries held now.
@@ -419,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn addresses_per_name_are_bounded_and_expiry_respects_live_connections() {
+    fn addresses_per_name_are_bounded_and_entries_outlive_their_ttl_by_the_grace() {
         let mut e = engine(&["api.example.com"], None);
         for (i, ip) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
             let o = e.on_frame(
@@ -434,15 +412,13 @@ mod tests {
             }
         }
         assert_eq!(e.len(), 2);
-        // At 70 s everything has expired; one address is still in use by a connection.
-        let in_use = v4_mapped([192, 0, 2, 2]);
-        let (removed, extended) = e.gc(70 * S, |_, a| *a == in_use);
-        assert_eq!(removed.len(), 1);
-        assert_eq!(extended.len(), 1);
-        assert_eq!(extended[0].1.expires_ns, 100 * S, "grace of 30 s");
-        // Grace is given once.
-        let (removed, extended) = e.gc(101 * S, |_, a| *a == in_use);
-        assert_eq!((removed.len(), extended.len()), (1, 0));
+        // TTL 60 s, grace 30 s: entries stay (for re-checks of live connections) until 90 s
+        // after they were written; the kernel refuses new connections after 60 s.
+        let v = e.entries.values().next().unwrap().value;
+        assert_eq!(v.grace_ns - v.expires_ns, 30 * S);
+        assert!(e.gc(70 * S).is_empty());
+        assert_eq!(e.gc(91 * S).len(), 1, "the address written at 1 s");
+        assert_eq!(e.gc(92 * S).len(), 1);
         assert!(e.is_empty());
         assert!(e.names_of_addr.is_empty());
     }

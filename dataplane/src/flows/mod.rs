@@ -322,7 +322,11 @@ impl Enricher {
                 .collect(),
             dns_names: self
                 .dns_names
-                .get(&crate::events::addr(if egress { &e.daddr } else { &e.saddr }))
+                .get(&crate::events::addr(if egress {
+                    &e.daddr
+                } else {
+                    &e.saddr
+                }))
                 .cloned()
                 .unwrap_or_default(),
             node: self.node.clone(),

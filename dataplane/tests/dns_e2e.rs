@@ -1,0 +1,502 @@
+//! FQDN rules end to end with real DNS: dnsmasq in an "outside" namespace serves a zone
+//! (CNAME chains, several A records, short TTLs, a name that changes address); pods behind the
+//! real agent and CNI chain resolve names and connect at once.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    str::FromStr,
+    time::Duration,
+};
+
+use dataplane::{
+    netns::in_netns,
+    testing::{
+        bed::ip,
+        cni::Attachment,
+        node::{flow_records, http_get, metric, Binaries, Node},
+        traffic::*,
+    },
+};
+use hickory_proto::{
+    op::{Message, MessageType, Query},
+    rr::{Name, RData, RecordType},
+};
+
+const RESOLVER: &str = "192.0.2.53";
+const FAKE_RESOLVER: &str = "192.0.2.54";
+const PORT: u16 = 443;
+
+fn bins() -> Binaries {
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_septa-agent"));
+    let cni = PathBuf::from(env!("CARGO_BIN_EXE_septa-cni"));
+    Binaries {
+        agent,
+        cni_dir: cni.parent().unwrap().to_owned(),
+    }
+}
+
+/// The outside namespace with the DNS server and the services; removed on drop.
+struct Outside {
+    name: String,
+    dnsmasq: Option<Child>,
+    hosts: PathBuf,
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.dnsmasq.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+impl Outside {
+    fn path(&self) -> PathBuf {
+        netns_path(&self.name)
+    }
+
+    /// Point the moving name somewhere else (dnsmasq re-reads its hosts file on SIGHUP).
+    fn move_name(&self, to: &str) {
+        std::fs::write(&self.hosts, format!("{to} moving.example.test\n")).unwrap();
+        let pid = self.dnsmasq.as_ref().unwrap().id();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
+}
+
+const SERVICES: [&str; 9] = [
+    "198.51.100.10",
+    "198.51.100.11",
+    "198.51.100.12",
+    "198.51.100.13",
+    "198.51.100.14",
+    "198.51.100.15",
+    "198.51.100.16",
+    "198.51.100.20",
+    "198.51.100.99",
+];
+
+fn outside(n: &Node) -> Outside {
+    let name = format!("{}-dns", n.bed.node);
+    let node = n.bed.node.as_str();
+    ip(&["netns", "add", &name]).unwrap();
+    let mut cmds: Vec<Vec<String>> = vec![
+        vec![
+            "-n", node, "link", "add", "sx0", "type", "veth", "peer", "name", "ox0", "netns", &name,
+        ],
+        vec!["-n", node, "addr", "add", "198.18.0.1/24", "dev", "sx0"],
+        vec!["-n", node, "link", "set", "sx0", "up"],
+        vec![
+            "-n",
+            node,
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "via",
+            "198.18.0.2",
+        ],
+        vec![
+            "-n",
+            node,
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "198.18.0.2",
+        ],
+        vec!["-n", &name, "link", "set", "lo", "up"],
+        vec!["-n", &name, "addr", "add", "198.18.0.2/24", "dev", "ox0"],
+        vec!["-n", &name, "addr", "add", "192.0.2.53/32", "dev", "ox0"],
+        vec!["-n", &name, "addr", "add", "192.0.2.54/32", "dev", "ox0"],
+        vec!["-n", &name, "link", "set", "ox0", "up"],
+        vec![
+            "-n",
+            &name,
+            "route",
+            "add",
+            "10.88.0.0/24",
+            "via",
+            "198.18.0.1",
+        ],
+        vec![
+            "netns",
+            "exec",
+            node,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(str::to_owned).collect())
+    .collect();
+    for s in SERVICES {
+        cmds.push(
+            ["-n", &name, "addr", "add", &format!("{s}/32"), "dev", "ox0"]
+                .map(str::to_owned)
+                .to_vec(),
+        );
+    }
+    for c in cmds {
+        ip(&c.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    }
+    let hosts = n.dir.join("moving.hosts");
+    std::fs::write(&hosts, "198.51.100.14 moving.example.test\n").unwrap();
+    let log = std::fs::File::create(n.dir.join("dnsmasq.log")).unwrap();
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &name,
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+        ])
+        .args([
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--listen-address={RESOLVER}"))
+        .args(["--local-ttl=2", "--log-queries"])
+        .arg(format!("--addn-hosts={}", hosts.display()))
+        .args([
+            "--host-record=api.example.test,198.51.100.10",
+            "--host-record=multi.example.test,198.51.100.11",
+            "--host-record=multi.example.test,198.51.100.12",
+            "--host-record=edge.cdn.test,198.51.100.13",
+            "--cname=www.example.test,edge.cdn.test",
+            "--host-record=blocked.other.test,198.51.100.20",
+            // A long TTL (the others have dnsmasq's 2 s local TTL).
+            "--host-record=stable.example.test,198.51.100.16,600",
+            "--host-record=v6.example.test,198.51.100.15,2001:db8::15",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("dnsmasq (apt package dnsmasq-base) must be installed");
+    let o = Outside {
+        name,
+        dnsmasq: Some(child),
+        hosts,
+    };
+    // Ready when it answers.
+    let ready = poll_until(Duration::from_secs(10), || {
+        query(&o.path(), "api.example.test", false)
+            .ok()
+            .filter(|a| !a.is_empty())
+    });
+    assert!(ready.is_some(), "dnsmasq did not answer");
+    o
+}
+
+fn dns_query(name: &str, id: u16) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+/// Resolve `name` from inside `netns` (UDP or TCP); the A records of the answer.
+fn query(netns: &Path, name: &str, tcp: bool) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let server: SocketAddr = format!("{RESOLVER}:53").parse().unwrap();
+    let id = (std::process::id() as u16) ^ (name.len() as u16);
+    let q = dns_query(name, id);
+    let bytes = in_netns(netns, || -> std::io::Result<Vec<u8>> {
+        if tcp {
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+            msg.extend_from_slice(&q);
+            s.write_all(&msg)?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len)?;
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf)?;
+            Ok(buf)
+        } else {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.send_to(&q, server)?;
+            let mut buf = vec![0u8; 4096];
+            let n = s.recv(&mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        }
+    })??;
+    let m = Message::from_vec(&bytes)?;
+    anyhow::ensure!(m.id() == id, "answer to another query");
+    Ok(m.answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect())
+}
+
+fn to(a: &str) -> SocketAddr {
+    SocketAddr::new(a.parse().unwrap(), PORT)
+}
+
+fn connects(pod: &Attachment, dst: SocketAddr) -> bool {
+    tcp_connect(&pod.netns, dst).is_ok()
+}
+
+const POLICY: &str = "apiVersion: septa.dev/v1alpha1
+kind: FqdnPolicy
+metadata: {name: egress-by-name, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  egress:
+  - toFQDNs:
+    - {matchName: api.example.test}
+    - {matchName: multi.example.test}
+    - {matchName: www.example.test}
+    - {matchName: moving.example.test}
+    - {matchPattern: '*.example.test'}
+    ports: [{protocol: TCP, port: 443}]
+";
+
+fn setup(tag: &str) -> (Node, Outside, Attachment, Attachment, PathBuf) {
+    let mut n = Node::new(tag, bins()).unwrap();
+    let out = outside(&n);
+    let log = n.dir.join("flows.jsonl");
+    n.agent_args = [
+        "--dns-min-ttl",
+        "1s",
+        "--dns-grace",
+        "60s",
+        "--flow-log",
+        log.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    n.write_manifest(
+        "00-ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n",
+    )
+    .unwrap();
+    n.write_manifest("10-fqdn.yaml", POLICY).unwrap();
+    n.start_agent().unwrap();
+    let a = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let b = n.add_pod("demo", "client-2", "app=client").unwrap();
+    for p in [&a, &b] {
+        let pod_ns = p.netns.file_name().unwrap().to_str().unwrap().to_owned();
+        ip(&["-n", &pod_ns, "route", "add", "default", "via", "10.88.0.1"]).unwrap();
+    }
+    (n, out, a, b, log)
+}
+
+#[test]
+fn names_open_egress_on_the_first_packet_and_only_for_the_pod_that_asked() {
+    let (mut n, out, a, b, log) = setup("dns");
+    let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
+    let api = to("198.51.100.10");
+
+    // Isolated: nothing by address alone.
+    assert!(
+        !connects(&a, api),
+        "egress must be isolated by the FqdnPolicy"
+    );
+
+    if let Err(e) = query(&a.netns, "api.example.test", false) {
+        panic!(
+            "first lookup: {e}\nmetrics:\n{}\nagent log:\n{}",
+            http_get(&n.bed.node_path(), "/metrics")
+                .lines()
+                .filter(|l| l.contains("dns") || l.contains("fqdn"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            n.agent_log()
+        );
+    }
+    // 1,000 fresh lookups, each followed at once by a connection: never a first-packet drop.
+    let mut failures = 0;
+    for i in 0..1000 {
+        let addrs = query(&a.netns, "api.example.test", false).unwrap();
+        assert_eq!(addrs, [Ipv4Addr::new(198, 51, 100, 10)], "lookup {i}");
+        if tcp_connect(&a.netns, api).is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 0, "connections right after a lookup failed");
+
+    // Several A records; a CNAME chain; DNS over TCP.
+    assert_eq!(
+        query(&a.netns, "multi.example.test", false).unwrap().len(),
+        2
+    );
+    assert!(connects(&a, to("198.51.100.11")) && connects(&a, to("198.51.100.12")));
+    assert_eq!(
+        query(&a.netns, "www.example.test", true).unwrap(),
+        [Ipv4Addr::new(198, 51, 100, 13)]
+    );
+    assert!(connects(&a, to("198.51.100.13")), "CNAME chain over TCP");
+    // The rule's port only.
+    assert!(tcp_connect(
+        &a.netns,
+        SocketAddr::new("198.51.100.10".parse().unwrap(), 8443)
+    )
+    .is_err());
+
+    // Not allowed: a name outside the rules, an address no answer gave.
+    assert_eq!(
+        query(&a.netns, "blocked.other.test", false).unwrap().len(),
+        1
+    );
+    assert!(!connects(&a, to("198.51.100.20")));
+    assert!(!connects(&a, to("198.51.100.99")));
+
+    // The other pod did not ask for multi.example.test: still closed for it.
+    assert!(
+        !connects(&b, to("198.51.100.11")),
+        "one pod's lookup opened another pod"
+    );
+    query(&b.netns, "multi.example.test", false).unwrap();
+    assert!(connects(&b, to("198.51.100.11")));
+
+    // Flow records name the DNS name; metrics count answers and denials.
+    let rec = poll_until(Duration::from_secs(10), || {
+        flow_records(&log).into_iter().find(|r| {
+            r["kind"] == "new"
+                && r["destination"]["ip"] == "198.51.100.10"
+                && r["verdict"] == "forwarded"
+        })
+    })
+    .expect("a flow record for the API connection");
+    assert_eq!(
+        rec["dns_names"],
+        serde_json::json!(["api.example.test"]),
+        "{rec}"
+    );
+    assert_eq!(rec["policy"]["name"], "egress-by-name");
+    let m = http_get(&n.bed.node_path(), "/metrics");
+    assert!(
+        metric(&m, "septa_dns_answers_total{result=\"added\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "septa_fqdn_connections_total{result=\"denied_unresolved\"}"
+        ) >= 1.0
+    );
+    assert!(metric(&m, "septa_fqdn_addresses_added_total") >= 4.0);
+
+    // Restart: learned names keep working without a new lookup, and new lookups work.
+    query(&a.netns, "stable.example.test", false).unwrap();
+    n.stop_agent().unwrap();
+    n.start_agent().unwrap();
+    assert!(
+        connects(&a, to("198.51.100.16")),
+        "entries survive the restart"
+    );
+    query(&a.netns, "api.example.test", false).unwrap();
+    assert!(connects(&a, api));
+    n.stop_agent().unwrap();
+}
+
+#[test]
+fn ttl_expiry_closes_new_connections_but_not_live_ones() {
+    let (n, out, a, _b, _log) = setup("dns-ttl");
+    let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
+    let moving = to("198.51.100.14");
+    assert_eq!(
+        query(&a.netns, "moving.example.test", false).unwrap(),
+        [Ipv4Addr::new(198, 51, 100, 14)]
+    );
+    let mut live = tcp_connect(&a.netns, moving).expect("allowed after the lookup");
+    echo(&mut live, b"before").unwrap();
+    // The name moves; the old address expires with its 2 s TTL.
+    out.move_name("198.51.100.15");
+    poll_until(Duration::from_secs(20), || {
+        (!connects(&a, moving)).then_some(())
+    })
+    .expect("the expired address still accepts new connections");
+    echo(&mut live, b"after expiry").expect("a live connection was cut within the grace period");
+    // The new address comes with the next lookup.
+    assert_eq!(
+        query(&a.netns, "moving.example.test", false).unwrap(),
+        [Ipv4Addr::new(198, 51, 100, 15)]
+    );
+    assert!(connects(&a, to("198.51.100.15")));
+    drop(n);
+}
+
+#[test]
+fn fuzzed_answers_do_not_crash_the_agent_and_add_nothing() {
+    let (n, out, a, _b, _log) = setup("dns-fuzz");
+    let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
+    // Answers from a second "resolver" address, to the pod's address and a port: garbage,
+    // truncated answers, valid headers with lying counts, oversized names.
+    let pod_ip = Node::pod_ip(&a);
+    let good = {
+        let mut m = Message::new();
+        m.set_id(9)
+            .set_message_type(MessageType::Response)
+            .add_query(Query::query(
+                Name::from_str("evil.example.test.").unwrap(),
+                RecordType::A,
+            ));
+        m.add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_str("evil.example.test.").unwrap(),
+            60,
+            RData::A(hickory_proto::rr::rdata::A(
+                "198.51.100.99".parse().unwrap(),
+            )),
+        ));
+        m.to_vec().unwrap()
+    };
+    let mut payloads: Vec<Vec<u8>> = vec![vec![], vec![0xff; 12], b"not dns at all".to_vec()];
+    for cut in [2, 5, 11, 12, 20, good.len() - 1] {
+        payloads.push(good[..cut].to_vec());
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..300 {
+        let mut p = good.clone();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let i = 12 + (seed as usize % (p.len() - 12));
+        p[i] ^= (seed >> 40) as u8 | 1;
+        // Keep the mutation from being a valid answer for the allowed address.
+        if p == good {
+            continue;
+        }
+        payloads.push(p[..p.len() - (seed as usize % 4) - 1].to_vec());
+    }
+    in_netns(&out.path(), || {
+        let s = UdpSocket::bind((FAKE_RESOLVER, 53)).unwrap();
+        for p in &payloads {
+            let _ = s.send_to(p, SocketAddr::new(pod_ip, 40999));
+        }
+    })
+    .unwrap();
+    // The agent handled every one of them (counted), is healthy, and opened nothing.
+    poll_until(Duration::from_secs(10), || {
+        let m = http_get(&n.bed.node_path(), "/metrics");
+        let seen: f64 = ["malformed", "no_match", "not_dns", "added", "refreshed"]
+            .iter()
+            .map(|r| metric(&m, &format!("septa_dns_answers_total{{result=\"{r}\"}}")))
+            .sum();
+        (seen >= payloads.len() as f64).then_some(())
+    })
+    .expect("the agent did not handle every answer");
+    assert!(http_get(&n.bed.node_path(), "/healthz").starts_with("HTTP/1.0 200"));
+    assert!(
+        !connects(&a, to("198.51.100.99")),
+        "a fuzzed answer opened egress"
+    );
+    // DNS still works for the pod.
+    query(&a.netns, "api.example.test", false).unwrap();
+    assert!(connects(&a, to("198.51.100.10")));
+}
