@@ -69,7 +69,7 @@ impl Outside {
     }
 }
 
-const SERVICES: [&str; 9] = [
+const SERVICES: [&str; 10] = [
     "198.51.100.10",
     "198.51.100.11",
     "198.51.100.12",
@@ -77,6 +77,7 @@ const SERVICES: [&str; 9] = [
     "198.51.100.14",
     "198.51.100.15",
     "198.51.100.16",
+    "198.51.100.17",
     "198.51.100.20",
     "198.51.100.99",
 ];
@@ -175,6 +176,8 @@ fn outside(n: &Node) -> Outside {
             "--host-record=blocked.other.test,198.51.100.20",
             // A long TTL (the others have dnsmasq's 2 s local TTL).
             "--host-record=stable.example.test,198.51.100.16,600",
+            // Never looked up by a pod: reachable through the agent's pre-resolution.
+            "--host-record=cached.example.test,198.51.100.17,600",
             "--host-record=v6.example.test,198.51.100.15,2001:db8::15",
         ])
         .stdout(Stdio::null())
@@ -262,11 +265,14 @@ spec:
     - {matchName: multi.example.test}
     - {matchName: www.example.test}
     - {matchName: moving.example.test}
+    - {matchName: cached.example.test}
     - {matchPattern: '*.example.test'}
     ports: [{protocol: TCP, port: 443}]
 ";
 
-fn setup(tag: &str) -> (Node, Outside, Attachment, Attachment, PathBuf) {
+/// `preresolve`: the agent's own resolution of exact names, off unless a test is about it (so
+/// the other tests see the answer hold-back alone).
+fn setup(tag: &str, preresolve: &str) -> (Node, Outside, Attachment, Attachment, PathBuf) {
     let mut n = Node::new(tag, bins()).unwrap();
     let out = outside(&n);
     let log = n.dir.join("flows.jsonl");
@@ -275,6 +281,10 @@ fn setup(tag: &str) -> (Node, Outside, Attachment, Attachment, PathBuf) {
         "1s",
         "--dns-grace",
         "60s",
+        "--dns-server",
+        "192.0.2.53:53",
+        "--dns-preresolve-interval",
+        preresolve,
         "--flow-log",
         log.to_str().unwrap(),
     ]
@@ -298,7 +308,7 @@ fn setup(tag: &str) -> (Node, Outside, Attachment, Attachment, PathBuf) {
 
 #[test]
 fn names_open_egress_on_the_first_packet_and_only_for_the_pod_that_asked() {
-    let (mut n, out, a, b, log) = setup("dns");
+    let (mut n, out, a, b, log) = setup("dns", "0s");
     let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
     let api = to("198.51.100.10");
 
@@ -407,7 +417,7 @@ fn names_open_egress_on_the_first_packet_and_only_for_the_pod_that_asked() {
 
 #[test]
 fn ttl_expiry_closes_new_connections_but_not_live_ones() {
-    let (n, out, a, _b, _log) = setup("dns-ttl");
+    let (n, out, a, _b, _log) = setup("dns-ttl", "0s");
     let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
     let moving = to("198.51.100.14");
     assert_eq!(
@@ -434,7 +444,7 @@ fn ttl_expiry_closes_new_connections_but_not_live_ones() {
 
 #[test]
 fn fuzzed_answers_do_not_crash_the_agent_and_add_nothing() {
-    let (n, out, a, _b, _log) = setup("dns-fuzz");
+    let (n, out, a, _b, _log) = setup("dns-fuzz", "0s");
     let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
     // Answers from a second "resolver" address, to the pod's address and a port: garbage,
     // truncated answers, valid headers with lying counts, oversized names.
@@ -499,4 +509,23 @@ fn fuzzed_answers_do_not_crash_the_agent_and_add_nothing() {
     // DNS still works for the pod.
     query(&a.netns, "api.example.test", false).unwrap();
     assert!(connects(&a, to("198.51.100.10")));
+}
+
+#[test]
+fn exact_names_are_preresolved_for_apps_with_their_own_cache() {
+    let (n, out, a, _b, _log) = setup("dns-pre", "1s");
+    let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
+    // The pod never asks for cached.example.test (an app with the address cached or
+    // configured); the agent resolves the rule's exact name itself.
+    poll_until(Duration::from_secs(20), || {
+        connects(&a, to("198.51.100.17")).then_some(())
+    })
+    .expect("a pre-resolved name is not reachable");
+    let m = http_get(&n.bed.node_path(), "/metrics");
+    assert!(
+        metric(&m, "septa_dns_preresolve_total{result=\"ok\"}") >= 1.0,
+        "{m}"
+    );
+    // Pattern rules are not pre-resolved (there is no name to ask for).
+    assert!(!connects(&a, to("198.51.100.20")));
 }

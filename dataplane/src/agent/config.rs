@@ -107,6 +107,12 @@ pub struct Args {
     /// FQDN rules: most addresses kept per (pod, name); the oldest is evicted [default: 64]
     #[arg(long)]
     pub dns_max_ips_per_name: Option<usize>,
+    /// FQDN rules: how often the agent itself resolves the exact names of the rules, so apps with their own DNS cache keep working; 0s turns it off [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    pub dns_preresolve_interval: Option<Duration>,
+    /// FQDN rules: the DNS server the agent resolves with, e.g. 10.96.0.10:53 [default: /etc/resolv.conf]
+    #[arg(long)]
+    pub dns_server: Option<SocketAddr>,
     /// Threat feeds: deadline for one fetch, body included [default: 60s]
     #[arg(long, value_parser = parse_duration)]
     pub feed_timeout: Option<Duration>,
@@ -159,6 +165,8 @@ struct FileConfig {
     dns_min_ttl: Option<String>,
     dns_grace: Option<String>,
     dns_max_ips_per_name: Option<usize>,
+    dns_preresolve_interval: Option<String>,
+    dns_server: Option<SocketAddr>,
     feed_max_bytes: Option<u64>,
     feed_retry_min: Option<String>,
     feed_min_refresh: Option<String>,
@@ -199,6 +207,8 @@ pub struct Config {
     pub dns_min_ttl: Duration,
     pub dns_grace: Duration,
     pub dns_max_ips_per_name: usize,
+    pub dns_preresolve_interval: Duration,
+    pub dns_server: Option<SocketAddr>,
     pub feed_max_bytes: u64,
     pub feed_retry_min: Duration,
     pub feed_min_refresh: Duration,
@@ -371,6 +381,13 @@ impl Config {
                 0 => return Err("dns-max-ips-per-name must be at least 1".into()),
                 n => n,
             },
+            dns_preresolve_interval: dur(
+                args.dns_preresolve_interval,
+                &file.dns_preresolve_interval,
+                Duration::from_secs(30),
+                "dns-preresolve-interval",
+            )?,
+            dns_server: args.dns_server.or(file.dns_server),
             feed_timeout: dur(
                 args.feed_timeout,
                 &file.feed_timeout,

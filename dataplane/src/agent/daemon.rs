@@ -896,6 +896,17 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
     agent.sync_feeds(&feed_tx);
     let injector = crate::dns::inject::Injector::new()?;
+    let (names_tx, names_rx) = tokio::sync::watch::channel(agent.dns.exact_names());
+    let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel();
+    let interval = agent.cfg.dns_preresolve_interval;
+    if !interval.is_zero() {
+        match super::fqdn::resolver(agent.cfg.dns_server) {
+            Ok(r) => {
+                tokio::spawn(super::fqdn::preresolve(r, names_rx, interval, resolved_tx));
+            }
+            Err(e) => warn!(error = %e, "no resolver: exact FQDN names are not pre-resolved"),
+        }
+    }
     // SAFETY: the ring buffer's fd is owned by the reader, which the AsyncFd owns, so it
     // stays open exactly as long as it is registered.
     let mut answers = unsafe { tokio::io::unix::AsyncFd::register(agent.dp.take_dns_answers()?) }
@@ -917,6 +928,10 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                     }
                     agent.sync_feeds(&feed_tx);
                 }
+            }
+            Some(r) = resolved_rx.recv() => {
+                super::fqdn::handle_resolved(&mut agent.dns, &mut agent.dp, interval, r);
+                agent.refresh_dns_names();
             }
             Some(update) = feed_rx.recv() => {
                 let name = update.name.clone();
@@ -940,6 +955,13 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 agent.feeds.scrape(&agent.dp);
                 super::fqdn::gc(&mut agent.dns, &mut agent.dp);
                 agent.refresh_dns_names();
+                // Rules change with manifests and with endpoints; names to pre-resolve follow.
+                names_tx.send_if_modified(|n| {
+                    let now = agent.dns.exact_names();
+                    let changed = *n != now;
+                    *n = now;
+                    changed
+                });
             }
             _ = sweep_tick.tick() => {
                 let events = agent.sweep();

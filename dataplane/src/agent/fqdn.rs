@@ -158,3 +158,100 @@ pub fn gc(engine: &mut Engine, dp: &mut Datapath) {
     metrics::counter!("septa_fqdn_entries_expired_total").increment(remove.len() as u64);
     metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
 }
+
+/// A resolver for pre-resolution: `server`, or the system's (`/etc/resolv.conf`); no cache,
+/// so every resolution sees the current TTL.
+pub fn resolver(
+    server: Option<std::net::SocketAddr>,
+) -> Result<hickory_resolver::TokioResolver, String> {
+    use hickory_resolver::{
+        config::{NameServerConfigGroup, ResolverConfig},
+        name_server::TokioConnectionProvider,
+        TokioResolver,
+    };
+    let mut b = match server {
+        Some(s) => TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(
+                None,
+                vec![],
+                NameServerConfigGroup::from_ips_clear(&[s.ip()], s.port(), true),
+            ),
+            TokioConnectionProvider::default(),
+        ),
+        None => {
+            TokioResolver::builder_tokio().map_err(|e| format!("reading /etc/resolv.conf: {e}"))?
+        }
+    };
+    let o = b.options_mut();
+    o.cache_size = 0;
+    o.timeout = std::time::Duration::from_secs(2);
+    o.attempts = 2;
+    Ok(b.build())
+}
+
+/// One resolution: the addresses with their TTL.
+pub type Resolved = (String, Result<Vec<(std::net::IpAddr, u32)>, String>);
+
+/// Resolve the rules' exact names every `interval` (and when the set changes).
+pub async fn preresolve(
+    resolver: hickory_resolver::TokioResolver,
+    mut names: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    interval: std::time::Duration,
+    tx: tokio::sync::mpsc::UnboundedSender<Resolved>,
+) {
+    loop {
+        let current = names.borrow_and_update().clone();
+        for n in current {
+            // The trailing dot: the name as written, never a search-domain expansion.
+            let r = resolver
+                .lookup_ip(format!("{n}."))
+                .await
+                .map(|l| {
+                    let ttl = l
+                        .as_lookup()
+                        .record_iter()
+                        .map(|r| r.ttl())
+                        .min()
+                        .unwrap_or(0);
+                    l.iter().map(|ip| (ip, ttl)).collect()
+                })
+                .map_err(|e| e.to_string());
+            if tx.send((n, r)).is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            r = names.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Take one pre-resolution: entries for every endpoint whose rules name it exactly, alive for
+/// at least two intervals (so they never lapse between resolutions).
+pub fn handle_resolved(
+    engine: &mut Engine,
+    dp: &mut Datapath,
+    interval: std::time::Duration,
+    (name, result): Resolved,
+) {
+    let addrs = match result {
+        Ok(a) => a,
+        Err(e) => {
+            metrics::counter!("septa_dns_preresolve_total", "result" => "error").increment(1);
+            debug!(name = %name, error = %e, "pre-resolution failed; entries expire with their TTL");
+            return;
+        }
+    };
+    metrics::counter!("septa_dns_preresolve_total", "result" => "ok").increment(1);
+    let o = engine.on_resolved(&name, &addrs, monotonic_ns(), interval * 2);
+    for k in &o.remove {
+        let _ = dp.remove_fqdn(k);
+    }
+    for (k, v) in &o.write {
+        if let Err(e) = dp.set_fqdn(k, v) {
+            warn!(name = %name, error = %e, "writing a pre-resolved FQDN entry");
+        }
+    }
+    metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
+}

@@ -186,6 +186,80 @@ impl Engine {
                 return out;
             }
         };
+        self.apply(slot, &rules, &ans, now_ns, self.limits.min_ttl)
+    }
+
+    /// Every exact name some endpoint's rules allow (what the agent pre-resolves).
+    pub fn exact_names(&self) -> BTreeSet<String> {
+        self.rules
+            .values()
+            .flatten()
+            .flat_map(|r| {
+                r.rule
+                    .patterns
+                    .iter()
+                    .filter_map(|p| p.exact().map(str::to_owned))
+            })
+            .collect()
+    }
+
+    /// The agent resolved `name` itself: allow its addresses for every endpoint whose rules
+    /// name it exactly, for at least `min_life` (so apps that cache addresses keep working
+    /// between two resolutions).
+    pub fn on_resolved(
+        &mut self,
+        name: &str,
+        addrs: &[(IpAddr, u32)],
+        now_ns: u64,
+        min_life: Duration,
+    ) -> Outcome {
+        let name = super::pattern::normalize(name);
+        let ans = answer::Answer {
+            qname: name.clone(),
+            chain: vec![name.clone()],
+            addrs: addrs.to_vec(),
+            truncated: false,
+        };
+        let slots: Vec<(u32, Vec<SlotRule>)> = self
+            .rules
+            .iter()
+            .filter(|(_, rs)| {
+                rs.iter().any(|r| {
+                    r.rule
+                        .patterns
+                        .iter()
+                        .any(|p| p.exact() == Some(name.as_str()))
+                })
+            })
+            .map(|(s, rs)| (*s, rs.clone()))
+            .collect();
+        let mut total = Outcome {
+            result: "no_rule",
+            ..Outcome::default()
+        };
+        let floor = min_life.max(self.limits.min_ttl);
+        for (slot, rules) in slots {
+            let o = self.apply(slot, &rules, &ans, now_ns, floor);
+            total.write.extend(o.write);
+            total.remove.extend(o.remove);
+            total.addresses += o.addresses;
+            total.evicted += o.evicted;
+            total.result = o.result;
+            total.names = o.names;
+        }
+        total
+    }
+
+    /// Put an answer's addresses into `slot`'s allowlist, for the rules that match it.
+    fn apply(
+        &mut self,
+        slot: u32,
+        rules: &[SlotRule],
+        ans: &answer::Answer,
+        now_ns: u64,
+        min_ttl: Duration,
+    ) -> Outcome {
+        let mut out = Outcome::default();
         let matching: Vec<&SlotRule> = rules
             .iter()
             .filter(|r| {
@@ -202,7 +276,7 @@ impl Engine {
         let name_id = self.name_id(&ans.qname);
         let mut refreshed_only = true;
         for (ip, ttl) in &ans.addrs {
-            let ttl = Duration::from_secs(u64::from(*ttl)).max(self.limits.min_ttl);
+            let ttl = Duration::from_secs(u64::from(*ttl)).max(min_ttl);
             let expires_ns = now_ns + ttl.as_nanos() as u64;
             // Bound the addresses per (endpoint, name), oldest out first.
             let list = self.per_name.entry((slot, ans.qname.clone())).or_default();
