@@ -3,10 +3,8 @@
 //! real agent and CNI chain resolve names and connect at once.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
     str::FromStr,
     time::Duration,
 };
@@ -16,6 +14,7 @@ use dataplane::{
     testing::{
         bed::ip,
         cni::Attachment,
+        dns::{query, Outside, FAKE_RESOLVER},
         node::{flow_records, http_get, metric, Binaries, Node},
         traffic::*,
     },
@@ -25,8 +24,6 @@ use hickory_proto::{
     rr::{Name, RData, RecordType},
 };
 
-const RESOLVER: &str = "192.0.2.53";
-const FAKE_RESOLVER: &str = "192.0.2.54";
 const PORT: u16 = 443;
 
 fn bins() -> Binaries {
@@ -35,37 +32,6 @@ fn bins() -> Binaries {
     Binaries {
         agent,
         cni_dir: cni.parent().unwrap().to_owned(),
-    }
-}
-
-/// The outside namespace with the DNS server and the services; removed on drop.
-struct Outside {
-    name: String,
-    dnsmasq: Option<Child>,
-    hosts: PathBuf,
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.dnsmasq.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
-
-impl Outside {
-    fn path(&self) -> PathBuf {
-        netns_path(&self.name)
-    }
-
-    /// Point the moving name somewhere else (dnsmasq re-reads its hosts file on SIGHUP).
-    fn move_name(&self, to: &str) {
-        std::fs::write(&self.hosts, format!("{to} moving.example.test\n")).unwrap();
-        let pid = self.dnsmasq.as_ref().unwrap().id();
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     }
 }
 
@@ -83,167 +49,30 @@ const SERVICES: [&str; 10] = [
 ];
 
 fn outside(n: &Node) -> Outside {
-    let name = format!("{}-dns", n.bed.node);
-    let node = n.bed.node.as_str();
-    ip(&["netns", "add", &name]).unwrap();
-    let mut cmds: Vec<Vec<String>> = vec![
-        vec![
-            "-n", node, "link", "add", "sx0", "type", "veth", "peer", "name", "ox0", "netns", &name,
-        ],
-        vec!["-n", node, "addr", "add", "198.18.0.1/24", "dev", "sx0"],
-        vec!["-n", node, "link", "set", "sx0", "up"],
-        vec![
-            "-n",
-            node,
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "198.18.0.2",
-        ],
-        vec![
-            "-n",
-            node,
-            "route",
-            "add",
-            "198.51.100.0/24",
-            "via",
-            "198.18.0.2",
-        ],
-        vec!["-n", &name, "link", "set", "lo", "up"],
-        vec!["-n", &name, "addr", "add", "198.18.0.2/24", "dev", "ox0"],
-        vec!["-n", &name, "addr", "add", "192.0.2.53/32", "dev", "ox0"],
-        vec!["-n", &name, "addr", "add", "192.0.2.54/32", "dev", "ox0"],
-        vec!["-n", &name, "link", "set", "ox0", "up"],
-        vec![
-            "-n",
-            &name,
-            "route",
-            "add",
-            "10.88.0.0/24",
-            "via",
-            "198.18.0.1",
-        ],
-        vec![
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ],
+    let records: Vec<String> = [
+        "--host-record=api.example.test,198.51.100.10",
+        "--host-record=multi.example.test,198.51.100.11",
+        "--host-record=multi.example.test,198.51.100.12",
+        "--host-record=edge.cdn.test,198.51.100.13",
+        "--cname=www.example.test,edge.cdn.test",
+        "--host-record=blocked.other.test,198.51.100.20",
+        // A long TTL (the others have dnsmasq's 2 s local TTL).
+        "--host-record=stable.example.test,198.51.100.16,600",
+        // Never looked up by a pod: reachable through the agent's pre-resolution.
+        "--host-record=cached.example.test,198.51.100.17,600",
+        "--host-record=v6.example.test,198.51.100.15,2001:db8::15",
     ]
-    .into_iter()
-    .map(|v| v.into_iter().map(str::to_owned).collect())
-    .collect();
-    for s in SERVICES {
-        cmds.push(
-            ["-n", &name, "addr", "add", &format!("{s}/32"), "dev", "ox0"]
-                .map(str::to_owned)
-                .to_vec(),
-        );
-    }
-    for c in cmds {
-        ip(&c.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    }
-    let hosts = n.dir.join("moving.hosts");
-    std::fs::write(&hosts, "198.51.100.14 moving.example.test\n").unwrap();
-    let log = std::fs::File::create(n.dir.join("dnsmasq.log")).unwrap();
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &name,
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-        ])
-        .args([
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--bind-interfaces",
-        ])
-        .arg(format!("--listen-address={RESOLVER}"))
-        .args(["--local-ttl=2", "--log-queries"])
-        .arg(format!("--addn-hosts={}", hosts.display()))
-        .args([
-            "--host-record=api.example.test,198.51.100.10",
-            "--host-record=multi.example.test,198.51.100.11",
-            "--host-record=multi.example.test,198.51.100.12",
-            "--host-record=edge.cdn.test,198.51.100.13",
-            "--cname=www.example.test,edge.cdn.test",
-            "--host-record=blocked.other.test,198.51.100.20",
-            // A long TTL (the others have dnsmasq's 2 s local TTL).
-            "--host-record=stable.example.test,198.51.100.16,600",
-            // Never looked up by a pod: reachable through the agent's pre-resolution.
-            "--host-record=cached.example.test,198.51.100.17,600",
-            "--host-record=v6.example.test,198.51.100.15,2001:db8::15",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("dnsmasq (apt package dnsmasq-base) must be installed");
-    let o = Outside {
-        name,
-        dnsmasq: Some(child),
-        hosts,
-    };
-    // Ready when it answers.
-    let ready = poll_until(Duration::from_secs(10), || {
-        query(&o.path(), "api.example.test", false)
+    .map(str::to_owned)
+    .to_vec();
+    let o = Outside::start(n, &SERVICES, &records, "api.example.test").unwrap();
+    o.set_hosts("198.51.100.14 moving.example.test\n").unwrap();
+    poll_until(Duration::from_secs(10), || {
+        query(&o.path(), "moving.example.test", false)
             .ok()
             .filter(|a| !a.is_empty())
-    });
-    assert!(ready.is_some(), "dnsmasq did not answer");
+    })
+    .expect("dnsmasq did not take the hosts file");
     o
-}
-
-fn dns_query(name: &str, id: u16) -> Vec<u8> {
-    let mut m = Message::new();
-    m.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_recursion_desired(true)
-        .add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
-    m.to_vec().unwrap()
-}
-
-/// Resolve `name` from inside `netns` (UDP or TCP); the A records of the answer.
-fn query(netns: &Path, name: &str, tcp: bool) -> anyhow::Result<Vec<Ipv4Addr>> {
-    let server: SocketAddr = format!("{RESOLVER}:53").parse().unwrap();
-    let id = (std::process::id() as u16) ^ (name.len() as u16);
-    let q = dns_query(name, id);
-    let bytes = in_netns(netns, || -> std::io::Result<Vec<u8>> {
-        if tcp {
-            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let mut msg = (q.len() as u16).to_be_bytes().to_vec();
-            msg.extend_from_slice(&q);
-            s.write_all(&msg)?;
-            let mut len = [0u8; 2];
-            s.read_exact(&mut len)?;
-            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-            s.read_exact(&mut buf)?;
-            Ok(buf)
-        } else {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.send_to(&q, server)?;
-            let mut buf = vec![0u8; 4096];
-            let n = s.recv(&mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        }
-    })??;
-    let m = Message::from_vec(&bytes)?;
-    anyhow::ensure!(m.id() == id, "answer to another query");
-    Ok(m.answers()
-        .iter()
-        .filter_map(|r| match r.data() {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect())
 }
 
 fn to(a: &str) -> SocketAddr {
@@ -427,7 +256,8 @@ fn ttl_expiry_closes_new_connections_but_not_live_ones() {
     let mut live = tcp_connect(&a.netns, moving).expect("allowed after the lookup");
     echo(&mut live, b"before").unwrap();
     // The name moves; the old address expires with its 2 s TTL.
-    out.move_name("198.51.100.15");
+    out.set_hosts("198.51.100.15 moving.example.test\n")
+        .unwrap();
     poll_until(Duration::from_secs(20), || {
         (!connects(&a, moving)).then_some(())
     })

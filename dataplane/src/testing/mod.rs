@@ -4,6 +4,7 @@
 
 pub mod bed;
 pub mod cni;
+pub mod dns;
 pub mod http;
 pub mod nfcapd;
 pub mod node;
