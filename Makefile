@@ -23,3 +23,4 @@ perf: setup
 	cargo run --release -q -p perf --bin septa-perf-flows -- --out perf/results
 	cargo run --release -q -p perf --bin septa-perf-feeds -- --out perf/results
 	cargo run --release -q -p perf --bin septa-perf-recommend -- --out perf/results
+	cargo run --release -q -p perf --bin septa-perf-dns -- --out perf/results
