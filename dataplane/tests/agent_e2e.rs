@@ -39,12 +39,10 @@ fn policy(port: &str) -> String {
 }
 
 fn bins() -> Binaries {
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_septa-agent"));
-    let cni = PathBuf::from(env!("CARGO_BIN_EXE_septa-cni"));
-    Binaries {
-        agent,
-        cni_dir: cni.parent().unwrap().to_owned(),
-    }
+    Binaries::from_paths(
+        env!("CARGO_BIN_EXE_septa-agent"),
+        env!("CARGO_BIN_EXE_septa-cni"),
+    )
 }
 
 fn node(tag: &str) -> Node {

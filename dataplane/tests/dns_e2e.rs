@@ -27,12 +27,10 @@ use hickory_proto::{
 const PORT: u16 = 443;
 
 fn bins() -> Binaries {
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_septa-agent"));
-    let cni = PathBuf::from(env!("CARGO_BIN_EXE_septa-cni"));
-    Binaries {
-        agent,
-        cni_dir: cni.parent().unwrap().to_owned(),
-    }
+    Binaries::from_paths(
+        env!("CARGO_BIN_EXE_septa-agent"),
+        env!("CARGO_BIN_EXE_septa-cni"),
+    )
 }
 
 const SERVICES: [&str; 10] = [

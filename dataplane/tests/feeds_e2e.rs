@@ -14,6 +14,7 @@ use std::{
 
 use dataplane::testing::{
     bed::ip,
+    dns::Outside,
     http::{FeedServer, Reply},
     node::{flow_records, http_get, metric, Binaries, Node},
     traffic::*,
@@ -28,87 +29,14 @@ const CLEAN: &str = "192.0.2.20";
 const PORT: u16 = 7100;
 
 fn bins() -> Binaries {
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_septa-agent"));
-    let cni = PathBuf::from(env!("CARGO_BIN_EXE_septa-cni"));
-    Binaries {
-        agent,
-        cni_dir: cni.parent().unwrap().to_owned(),
-    }
-}
-
-/// The outside namespace; removed on drop.
-struct Outside {
-    name: String,
-}
-
-impl Outside {
-    fn path(&self) -> PathBuf {
-        netns_path(&self.name)
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.name]);
-    }
+    Binaries::from_paths(
+        env!("CARGO_BIN_EXE_septa-agent"),
+        env!("CARGO_BIN_EXE_septa-cni"),
+    )
 }
 
 fn outside(n: &Node) -> Outside {
-    let name = format!("{}-out", n.bed.node);
-    let o = Outside { name: name.clone() };
-    let node = n.bed.node.as_str();
-    ip(&["netns", "add", &name]).unwrap();
-    for args in [
-        vec![
-            "-n", node, "link", "add", "sx0", "type", "veth", "peer", "name", "ox0", "netns", &name,
-        ],
-        vec!["-n", node, "addr", "add", "198.18.0.1/24", "dev", "sx0"],
-        vec!["-n", node, "link", "set", "sx0", "up"],
-        vec![
-            "-n",
-            node,
-            "route",
-            "add",
-            "203.0.113.0/24",
-            "via",
-            "198.18.0.2",
-        ],
-        vec![
-            "-n",
-            node,
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "198.18.0.2",
-        ],
-        vec!["-n", &name, "link", "set", "lo", "up"],
-        vec!["-n", &name, "addr", "add", "198.18.0.2/24", "dev", "ox0"],
-        vec!["-n", &name, "addr", "add", "203.0.113.9/32", "dev", "ox0"],
-        vec!["-n", &name, "addr", "add", "203.0.113.10/32", "dev", "ox0"],
-        vec!["-n", &name, "addr", "add", "192.0.2.20/32", "dev", "ox0"],
-        vec!["-n", &name, "link", "set", "ox0", "up"],
-        vec![
-            "-n",
-            &name,
-            "route",
-            "add",
-            "10.88.0.0/24",
-            "via",
-            "198.18.0.1",
-        ],
-        vec![
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ],
-    ] {
-        ip(&args).unwrap();
-    }
-    o
+    Outside::new(n, &[POD_LISTED, HOST_LISTED, CLEAN], &["203.0.113.0/24"]).unwrap()
 }
 
 fn feed_manifest(name: &str, url: &str, applies: &str, action: &str) -> String {

@@ -1,6 +1,7 @@
-//! A DNS world for tests and benchmarks: an "outside" namespace joined to the node by a veth,
-//! holding service addresses and a real dnsmasq that serves test names, plus a DNS client that
-//! resolves from inside any namespace.
+//! The world outside a node, for tests and benchmarks: a namespace joined to the node by a veth
+//! (`sx0` on the node, `ox0` outside, 198.18.0.0/24) holding service addresses, optionally with
+//! a real dnsmasq serving test names; plus a DNS client that resolves from inside any
+//! namespace.
 
 use std::{
     io::{Read, Write},
@@ -28,7 +29,7 @@ pub const RESOLVER: &str = "192.0.2.53";
 /// A second address on the outside, for answers that do not come from dnsmasq.
 pub const FAKE_RESOLVER: &str = "192.0.2.54";
 
-/// The outside namespace with dnsmasq; removed (and dnsmasq stopped) on drop.
+/// The outside namespace (and its dnsmasq, if started); removed on drop.
 pub struct Outside {
     pub name: String,
     dnsmasq: Option<Child>,
@@ -46,16 +47,55 @@ impl Drop for Outside {
 }
 
 impl Outside {
-    /// Build it next to `node`: routes between the node and the outside, `services` addresses
-    /// on the outside, dnsmasq answering `records` (dnsmasq options such as
-    /// `--host-record=name,addr[,ttl]`) with a 2 s TTL for the rest, and a hosts file for
-    /// [`Outside::set_hosts`]. Waits until dnsmasq answers `probe`.
+    /// With dnsmasq: [`Outside::new`], then dnsmasq on [`RESOLVER`] answering `records`
+    /// (dnsmasq options such as `--host-record=name,addr[,ttl]`; a 2 s TTL unless given) and a
+    /// hosts file for [`Outside::set_hosts`]. Waits until dnsmasq answers `probe`.
     pub fn start(node: &Node, services: &[&str], records: &[String], probe: &str) -> Result<Self> {
-        let name = format!("{}-dns", node.bed.node);
+        let mut o = Outside::new(node, services, &[])?;
+        std::fs::write(&o.hosts, "")?;
+        let log = std::fs::File::create(node.dir.join("dnsmasq.log"))?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &o.name,
+                "dnsmasq",
+                "--no-daemon",
+                "--conf-file=/dev/null",
+            ])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--bind-interfaces",
+            ])
+            .arg(format!("--listen-address={RESOLVER}"))
+            .args(["--local-ttl=2", "--cache-size=0"])
+            .arg(format!("--addn-hosts={}", o.hosts.display()))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("dnsmasq (apt package dnsmasq-base) must be installed")?;
+        o.dnsmasq = Some(child);
+        let ready = poll_until(Duration::from_secs(10), || {
+            query(&o.path(), probe, false)
+                .ok()
+                .filter(|a| !a.is_empty())
+        });
+        anyhow::ensure!(ready.is_some(), "dnsmasq did not answer {probe}");
+        Ok(o)
+    }
+
+    /// The namespace next to `node`: `services` addresses on `ox0` (plus [`RESOLVER`] and
+    /// [`FAKE_RESOLVER`]), the node routing 192.0.2.0/24, 198.51.100.0/24 and `routes` to it,
+    /// the outside routing the pod network (10.88.0.0/24) back, forwarding on in the node.
+    pub fn new(node: &Node, services: &[&str], routes: &[&str]) -> Result<Self> {
+        let name = format!("{}-out", node.bed.node);
         let n = node.bed.node.as_str();
         ip(&["netns", "add", &name])?;
         // Built first so that a failure below still removes the namespace.
-        let mut o = Outside {
+        let o = Outside {
             name: name.clone(),
             dnsmasq: None,
             hosts: node.dir.join("dns.hosts"),
@@ -97,41 +137,12 @@ impl Outside {
         for a in &addrs {
             cmds.push(vec!["-n", &name, "addr", "add", a, "dev", "ox0"]);
         }
+        for r in routes {
+            cmds.push(vec!["-n", n, "route", "add", r, "via", "198.18.0.2"]);
+        }
         for c in cmds {
             ip(&c)?;
         }
-        std::fs::write(&o.hosts, "")?;
-        let log = std::fs::File::create(node.dir.join("dnsmasq.log"))?;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &name,
-                "dnsmasq",
-                "--no-daemon",
-                "--conf-file=/dev/null",
-            ])
-            .args([
-                "--no-resolv",
-                "--no-hosts",
-                "--user=root",
-                "--bind-interfaces",
-            ])
-            .arg(format!("--listen-address={RESOLVER}"))
-            .args(["--local-ttl=2", "--cache-size=0"])
-            .arg(format!("--addn-hosts={}", o.hosts.display()))
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("dnsmasq (apt package dnsmasq-base) must be installed")?;
-        o.dnsmasq = Some(child);
-        let ready = poll_until(Duration::from_secs(10), || {
-            query(&o.path(), probe, false)
-                .ok()
-                .filter(|a| !a.is_empty())
-        });
-        anyhow::ensure!(ready.is_some(), "dnsmasq did not answer {probe}");
         Ok(o)
     }
 

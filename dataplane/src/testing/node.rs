@@ -26,6 +26,37 @@ pub struct Binaries {
     pub cni_dir: PathBuf,
 }
 
+impl Binaries {
+    /// From the paths cargo gives integration tests (`env!("CARGO_BIN_EXE_septa-agent")` and
+    /// `env!("CARGO_BIN_EXE_septa-cni")`).
+    pub fn from_paths(agent: &str, cni: &str) -> Self {
+        let cni = PathBuf::from(cni);
+        Binaries {
+            agent: PathBuf::from(agent),
+            cni_dir: cni.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }
+    }
+
+    /// Next to the running executable (benchmarks and the demo, built with `--bins`).
+    pub fn beside_current_exe() -> Result<Self> {
+        let dir = std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_owned();
+        let b = Binaries {
+            agent: dir.join("septa-agent"),
+            cni_dir: dir.clone(),
+        };
+        if !b.agent.exists() || !dir.join("septa-cni").exists() {
+            bail!(
+                "{} missing: cargo build --release -p dataplane --bins",
+                b.agent.display()
+            );
+        }
+        Ok(b)
+    }
+}
+
 /// The node: namespace, agent process, CNI runtime, and the pods made so far.
 pub struct Node {
     pub bed: Bed,

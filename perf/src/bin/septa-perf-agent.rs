@@ -58,24 +58,6 @@ struct Args {
     poll: String,
 }
 
-fn bins() -> Result<Binaries> {
-    let dir = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .to_owned();
-    let b = Binaries {
-        agent: dir.join("septa-agent"),
-        cni_dir: dir.clone(),
-    };
-    if !b.agent.exists() {
-        bail!(
-            "{} missing: cargo build --release -p dataplane --bins",
-            b.agent.display()
-        );
-    }
-    Ok(b)
-}
-
 const WORKLOADS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n";
 
 /// 100 policies over the synthetic endpoints (app0..app99), so the compile is not trivial.
@@ -93,7 +75,7 @@ fn server_policy(port: u16) -> String {
 
 /// A node with `n` synthetic endpoints registered, ready to start its agent.
 fn prepare(n: usize, poll: &str) -> Result<Node> {
-    let mut node = Node::new("bench", bins()?)?;
+    let mut node = Node::new("bench", Binaries::beside_current_exe()?)?;
     node.agent_args = vec!["--poll-interval".into(), poll.into()];
     node.ready_timeout = Duration::from_secs(900);
     node.write_manifest("00-ns.yaml", WORKLOADS)?;

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use dataplane::{
     netns::in_netns,
@@ -42,24 +42,6 @@ struct Args {
     /// Outstanding queries during the throughput run.
     #[arg(long, default_value_t = 64)]
     window: usize,
-}
-
-fn bins() -> Result<Binaries> {
-    let dir = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .to_owned();
-    let b = Binaries {
-        agent: dir.join("septa-agent"),
-        cni_dir: dir.clone(),
-    };
-    if !b.agent.exists() {
-        bail!(
-            "{} missing: cargo build --release -p dataplane --bins",
-            b.agent.display()
-        );
-    }
-    Ok(b)
 }
 
 const POLICY: &str = "apiVersion: septa.dev/v1alpha1
@@ -120,7 +102,7 @@ fn burst(pod: &Attachment, names: &[String], window: usize) -> Result<(usize, f6
 fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
-    let mut node = Node::new("perfdns", bins()?)?;
+    let mut node = Node::new("perfdns", Binaries::beside_current_exe()?)?;
     node.agent_args = [
         "--dns-preresolve-interval",
         "0s",
