@@ -57,11 +57,18 @@ impl ScratchDatapath {
             events_bytes: 1 << 20,
         };
         f(&mut opts);
-        Ok(Self {
-            dp: Datapath::load(&opts)?,
-            opts,
-            unpin_on_drop: true,
-        })
+        match Datapath::load(&opts) {
+            Ok(dp) => Ok(Self {
+                dp,
+                opts,
+                unpin_on_drop: true,
+            }),
+            Err(e) => {
+                // A failed load (the verifier refusing a program) has already pinned maps.
+                remove_pins(&opts.pin_dir);
+                Err(e)
+            }
+        }
     }
 
     /// Load a second data path on the same pins and sizes (an agent restart). It owns the
