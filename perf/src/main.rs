@@ -12,7 +12,7 @@
 //! Each figure is the median of `--rounds` rounds, interleaved across sizes. Writes CSV,
 //! Markdown and a gnuplot plot.
 
-use std::{fmt::Write as _, path::PathBuf, process::Command};
+use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -51,11 +51,6 @@ struct Row {
     size: u32,
     scenario: &'static str,
     ns: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn setup(size: u32, new_flows: u32) -> Result<ScratchDatapath> {
@@ -211,7 +206,7 @@ fn measure(args: &Args) -> Result<Vec<Row>> {
             rows.push(Row {
                 size: b.size,
                 scenario,
-                ns: median(samples[bi][si].clone()),
+                ns: perf::median(samples[bi][si].clone()),
             });
         }
     }
@@ -246,7 +241,7 @@ fn markdown(args: &Args, rows: &[Row]) -> String {
     let _ = writeln!(md, "# TC decision cost (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(md, "Reproduce: `make perf` (= `cargo run --release -p perf --bin septa-perf -- --out perf/results`).");
     let _ = writeln!(md, "Repeat {} for floor/established/new-denied; {} distinct flows (one run each) for new-allowed; median of {} rounds.", args.repeat, args.new_flows, args.rounds);
-    let _ = writeln!(md, "Kernel {}, {} CPUs. ns/packet; ratio columns are against the same scenario with 0 entries.\n", kernel(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let _ = writeln!(md, "Kernel {}, {} CPUs. ns/packet; ratio columns are against the same scenario with 0 entries.\n", perf::kernel(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     let _ = write!(md, "| entries |");
     for s in scen {
         let _ = write!(md, " {s} ns | {s} ×0 |");
@@ -275,41 +270,23 @@ fn markdown(args: &Args, rows: &[Row]) -> String {
     md
 }
 
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
 fn plot(args: &Args, rows: &[Row]) -> Result<()> {
-    // A wide table for gnuplot: entries (0 drawn at 1 on the log axis), one column a scenario.
-    let scen = SCENARIOS;
-    let mut dat = format!("entries {}\n", scen.join(" "));
-    for &size in &args.sizes {
-        let _ = write!(dat, "{}", size.max(1));
-        for s in scen {
-            let _ = write!(dat, " {:.1}", get(rows, size, s));
-        }
-        dat.push('\n');
-    }
-    let data = args.out.join("tc_decision.dat");
-    std::fs::write(&data, dat)?;
-    let png = args.out.join("tc_decision.png");
-    let script = format!(
-        "set terminal pngcairo size 900,520\nset output '{png}'\n\
-         set title 'septa TC program: ns/packet vs policy + ipcache entries (BPF_PROG_TEST_RUN)' noenhanced\n\
-         set xlabel 'entries in policy map and in ipcache (0 drawn at 1)'\nset ylabel 'ns/packet'\n\
-         set key left top\nset grid\nset logscale x\nset yrange [0:*]\n\
-         plot for [i=2:5] '{data}' using 1:i with linespoints lw 2 title columnheader(i)\n",
-        png = png.display(),
-        data = data.display()
-    );
-    let gp = args.out.join("tc_decision.gp");
-    std::fs::write(&gp, &script)?;
-    let st = Command::new("gnuplot")
-        .arg(&gp)
-        .status()
-        .context("running gnuplot")?;
-    anyhow::ensure!(st.success(), "gnuplot failed");
-    Ok(())
+    let table: Vec<(u64, Vec<f64>)> = args
+        .sizes
+        .iter()
+        .map(|&size| {
+            (
+                size as u64,
+                SCENARIOS.iter().map(|s| get(rows, size, s)).collect(),
+            )
+        })
+        .collect();
+    perf::plot_ns_per_packet(
+        &args.out,
+        "tc_decision",
+        "septa TC program: ns/packet vs policy + ipcache entries (BPF_PROG_TEST_RUN)",
+        "entries in policy map and in ipcache (0 drawn at 1)",
+        &SCENARIOS,
+        &table,
+    )
 }

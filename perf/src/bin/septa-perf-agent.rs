@@ -129,20 +129,6 @@ fn prepare(n: usize, poll: &str) -> Result<Node> {
     Ok(node)
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// Time `changes` policy flips; returns latencies in ms.
 fn latency(node: &mut Node, changes: usize) -> Result<Vec<f64>> {
     let server = node.add_pod("bench", "server", "app=server")?;
@@ -241,9 +227,9 @@ fn main() -> Result<()> {
     let mut lat = latency(&mut node, args.changes)?;
     drop(node);
     let (p50, p99, max) = (
-        percentile(&mut lat, 0.5),
-        percentile(&mut lat, 0.99),
-        percentile(&mut lat, 1.0),
+        perf::percentile(&mut lat, 0.5),
+        perf::percentile(&mut lat, 0.99),
+        perf::percentile(&mut lat, 1.0),
     );
     let _ = writeln!(md, "## Policy file change → enforcement ({} endpoints, {} changes, agent --poll-interval {})\n", args.latency_endpoints, args.changes, args.poll);
     let _ = writeln!(
@@ -268,7 +254,7 @@ fn main() -> Result<()> {
         let ready = t.elapsed().as_secs_f64();
         let pid = node.agent_pid().context("agent pid")?;
         std::thread::sleep(Duration::from_millis(200));
-        let rss = rss_mib(pid);
+        let rss = perf::status_mib(Some(pid), "VmRSS");
         let adopted = node.agent_log().matches("endpoint adopted").count();
         if adopted != n {
             bail!(

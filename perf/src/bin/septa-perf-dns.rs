@@ -54,21 +54,6 @@ spec:
     ports: [{protocol: TCP, port: 443}]
 ";
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// Look up `names` from `pod` with at most `window` queries outstanding; returns
 /// (answers received, seconds).
 fn burst(pod: &Attachment, names: &[String], window: usize) -> Result<(usize, f64)> {
@@ -156,15 +141,18 @@ fn main() -> Result<()> {
             v.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
-    let (w50, w99) = (percentile(&mut with, 0.5), percentile(&mut with, 0.99));
+    let (w50, w99) = (
+        perf::percentile(&mut with, 0.5),
+        perf::percentile(&mut with, 0.99),
+    );
     let (o50, o99) = (
-        percentile(&mut without, 0.5),
-        percentile(&mut without, 0.99),
+        perf::percentile(&mut without, 0.5),
+        perf::percentile(&mut without, 0.99),
     );
 
     // Throughput and memory.
     let pid = node.agent_pid().context("agent pid")?;
-    let rss0 = rss_mib(pid);
+    let rss0 = perf::status_mib(Some(pid), "VmRSS");
     eprintln!(
         "septa-perf-dns: {} names, window {} ...",
         args.names, args.window
@@ -176,7 +164,7 @@ fn main() -> Result<()> {
         (metric(&m, "septa_fqdn_entries ") >= got_held as f64).then_some(m)
     })
     .unwrap_or_else(|| http_get(&node.bed.node_path(), "/metrics"));
-    let rss1 = rss_mib(pid);
+    let rss1 = perf::status_mib(Some(pid), "VmRSS");
     let entries = metric(&m, "septa_fqdn_entries ");
     let lost = metric(&m, "septa_dns_kernel_answers_total{result=\"lost\"}");
     node.stop_agent()?;

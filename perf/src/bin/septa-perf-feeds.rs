@@ -71,11 +71,6 @@ const POD: [u8; 4] = v4(10, 0, 0, 1);
 const LISTED: [u8; 4] = v4(203, 0, 113, 9);
 const UNLISTED: [u8; 4] = v4(192, 0, 2, 77);
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// `n` distinct networks shaped like public lists (9 in 10 single addresses, the rest /24s),
 /// from a fixed seed, avoiding the test addresses' ranges; then the listed test address.
 fn feed(n: usize) -> Vec<String> {
@@ -102,16 +97,6 @@ fn feed(n: usize) -> Vec<String> {
         v.push(Ipv4Addr::from(LISTED).to_string());
     }
     v
-}
-
-fn vm_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The kernel memory a pinned map holds (bpftool's `bytes_memlock`).
@@ -224,7 +209,7 @@ fn per_packet(args: &Args) -> Result<Vec<(usize, &'static str, f64)>> {
     let mut rows = Vec::new();
     for (li, (n, _)) in loaded.iter().enumerate() {
         for (si, (s, _)) in SCENARIOS.iter().enumerate() {
-            rows.push((*n, *s, median(samples[li][si].clone())));
+            rows.push((*n, *s, perf::median(samples[li][si].clone())));
         }
     }
     Ok(rows)
@@ -249,7 +234,7 @@ fn load_and_update() -> Result<LoadFigures> {
     let n = 1_000_000;
     let lines = feed(n);
     let body = lines.join("\n");
-    let rss0 = vm_kib("VmRSS:");
+    let rss0 = perf::status_mib(None, "VmRSS");
     let mut dp = ScratchDatapath::load("pfload")?;
     let t = Instant::now();
     let parsed = parse(body.as_bytes(), Format::Lines).map_err(|e| anyhow::anyhow!(e))?;
@@ -266,7 +251,7 @@ fn load_and_update() -> Result<LoadFigures> {
     dp.apply_blocklist(&d)?;
     let write_ms = t.elapsed().as_secs_f64() * 1e3;
     drop(d);
-    let rss_mib = (vm_kib("VmRSS:").saturating_sub(rss0)) as f64 / 1024.0;
+    let rss_mib = (perf::status_mib(None, "VmRSS") - rss0).max(0.0);
     let kernel = map_memlock(&dp.pin_dir().join(maps::BLOCK_V4));
     let entries = desired.len();
 
@@ -531,8 +516,8 @@ fn drop_rate(args: &Args) -> Result<Vec<PpsRow>> {
     for (i, name) in names.iter().enumerate() {
         rows.push(PpsRow {
             name,
-            dropped_per_s: median(samples[i].iter().map(|s| s.0).collect()),
-            dropped_fraction: median(samples[i].iter().map(|s| s.1).collect()),
+            dropped_per_s: perf::median(samples[i].iter().map(|s| s.0).collect()),
+            dropped_fraction: perf::median(samples[i].iter().map(|s| s.1).collect()),
             load_ms: loads[i],
         });
     }
@@ -611,7 +596,7 @@ fn get(rows: &[(usize, &str, f64)], n: usize, s: &str) -> f64 {
 
 fn markdown(args: &Args, rows: &[(usize, &str, f64)], lf: &LoadFigures, pps: &[PpsRow]) -> String {
     let mut md = String::from("# Threat-feed blocklists\n\n");
-    let _ = writeln!(md, "Reproduce: `cargo run --release -p perf --bin septa-perf-feeds -- --out perf/results`. Kernel {}, {} CPUs.\n", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let _ = writeln!(md, "Reproduce: `cargo run --release -p perf --bin septa-perf-feeds -- --out perf/results`. Kernel {}, {} CPUs.\n", perf::kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
     let _ = writeln!(
         md,
         "## ns/packet (BPF_PROG_TEST_RUN, repeat {}, median of {} rounds)\n",
@@ -665,37 +650,18 @@ fn markdown(args: &Args, rows: &[(usize, &str, f64)], lf: &LoadFigures, pps: &[P
 }
 
 fn plot(args: &Args, rows: &[(usize, &str, f64)]) -> Result<()> {
-    let mut dat = String::from("entries");
-    for (s, _) in SCENARIOS {
-        let _ = write!(dat, " {s}");
-    }
-    dat.push('\n');
-    for &n in &args.sizes {
-        let _ = write!(dat, "{}", n.max(1));
-        for (s, _) in SCENARIOS {
-            let _ = write!(dat, " {:.1}", get(rows, n, s));
-        }
-        dat.push('\n');
-    }
-    let data = args.out.join("feeds.dat");
-    std::fs::write(&data, dat)?;
-    let png = args.out.join("feeds.png");
-    let script = format!(
-        "set terminal pngcairo size 900,520\nset output '{}'\n\
-         set title 'septa threat feeds: ns/packet vs feed entries (BPF_PROG_TEST_RUN)' noenhanced\n\
-         set xlabel 'feed entries (0 drawn at 1)'\nset ylabel 'ns/packet'\nset key left top\nset grid\n\
-         set logscale x\nset yrange [0:*]\n\
-         plot for [i=2:{}] '{}' using 1:i with linespoints lw 2 title columnheader(i)\n",
-        png.display(),
-        SCENARIOS.len() + 1,
-        data.display()
-    );
-    let gp = args.out.join("feeds.gp");
-    std::fs::write(&gp, script)?;
-    let st = Command::new("gnuplot")
-        .arg(&gp)
-        .status()
-        .context("running gnuplot")?;
-    anyhow::ensure!(st.success(), "gnuplot failed");
-    Ok(())
+    let names: Vec<&str> = SCENARIOS.iter().map(|(s, _)| *s).collect();
+    let table: Vec<(u64, Vec<f64>)> = args
+        .sizes
+        .iter()
+        .map(|&n| (n as u64, names.iter().map(|s| get(rows, n, s)).collect()))
+        .collect();
+    perf::plot_ns_per_packet(
+        &args.out,
+        "feeds",
+        "septa threat feeds: ns/packet vs feed entries (BPF_PROG_TEST_RUN)",
+        "feed entries (0 drawn at 1)",
+        &names,
+        &table,
+    )
 }

@@ -157,16 +157,6 @@ fn synth(pods: usize, policies: usize) -> Result<Cluster> {
     Ok(c)
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn one(pods: usize, policies: usize) -> Result<serde_json::Value> {
     let mut c = synth(pods, policies)?;
     let mut compiler = Compiler::default();
@@ -189,7 +179,7 @@ fn one(pods: usize, policies: usize) -> Result<serde_json::Value> {
         "state_bytes": before.policy.len() * 24 + before.ipcache.len() * 28 + before.endpoints.len() * 52,
         "change_ms": change_ms,
         "diff_entries": diff.len(),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": perf::status_mib(None, "VmHWM"),
     }))
 }
 

@@ -133,17 +133,6 @@ impl Read for Gen {
     }
 }
 
-fn vm_hwm_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn one(n: u64) -> Result<()> {
     let (cluster, problems) = load_str("synthetic.yaml", &manifests());
     anyhow::ensure!(problems.is_empty(), "{problems:?}");
@@ -192,7 +181,7 @@ fn one(n: u64) -> Result<()> {
             "records": o.obs.records, "bytes": bytes, "ingest_s": ingest_s, "gen_s": gen_s,
             "propose_s": propose_s, "tuples": o.obs.tuples.len(), "policies": proposals.len(),
             "rules": rules, "peers": peers, "yaml_lines": yaml.lines().count(),
-            "peak_rss_mib": vm_hwm_mib(),
+            "peak_rss_mib": perf::status_mib(None, "VmHWM"),
         })
     );
     Ok(())
