@@ -930,8 +930,9 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
             }
             Some(r) = resolved_rx.recv() => {
-                super::fqdn::handle_resolved(&mut agent.dns, &mut agent.dp, interval, r);
-                agent.refresh_dns_names();
+                if super::fqdn::handle_resolved(&mut agent.dns, &mut agent.dp, interval, r) {
+                    agent.refresh_dns_names();
+                }
             }
             Some(update) = feed_rx.recv() => {
                 let name = update.name.clone();
@@ -944,8 +945,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 if let Ok(mut guard) = r {
                     let batch = guard.get_inner_mut().drain();
                     guard.clear_ready();
-                    let learned = super::fqdn::handle_answers(&mut agent.dns, &mut agent.dp, &injector, batch);
-                    if !learned.is_empty() {
+                    if super::fqdn::handle_answers(&mut agent.dns, &mut agent.dp, &injector, batch) {
                         agent.refresh_dns_names();
                     }
                 }
@@ -953,8 +953,10 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
             _ = scrape.tick() => {
                 super::metrics::scrape(&agent.dp);
                 agent.feeds.scrape(&agent.dp);
-                super::fqdn::gc(&mut agent.dns, &mut agent.dp);
-                agent.refresh_dns_names();
+                // The enricher's copy of the names follows only real changes.
+                if super::fqdn::gc(&mut agent.dns, &mut agent.dp) > 0 {
+                    agent.refresh_dns_names();
+                }
                 // Rules change with manifests and with endpoints; names to pre-resolve follow.
                 names_tx.send_if_modified(|n| {
                     let now = agent.dns.exact_names();

@@ -97,7 +97,8 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Handle held-back answers: write their entries, then re-inject them. An answer is always
+/// Handle held-back answers: write their entries, then re-inject them. Returns whether flow
+/// records' names changed. An answer is always
 /// re-injected (a malformed or unmatched one adds nothing), so DNS keeps working; only a
 /// failed map write holds it back (the client retries), because delivering it then would
 /// produce exactly the first-packet drop this exists to prevent.
@@ -106,8 +107,8 @@ pub fn handle_answers(
     dp: &mut Datapath,
     injector: &Injector,
     answers: Vec<HeldAnswer>,
-) -> Vec<(std::net::IpAddr, Vec<String>)> {
-    let mut learned = Vec::new();
+) -> bool {
+    let mut names_changed = false;
     for a in answers {
         let now = monotonic_ns();
         let o = engine.on_frame(a.ifindex, &a.frame, now);
@@ -138,17 +139,15 @@ pub fn handle_answers(
         }
         if !o.names.is_empty() {
             debug!(ifindex = a.ifindex, names = ?o.names, entries = o.write.len(), "DNS answer learned");
-            for (k, _) in &o.write {
-                learned.push((crate::events::addr(&k.addr), o.names.clone()));
-            }
         }
+        names_changed |= o.names_changed;
     }
     metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
-    learned
+    names_changed
 }
 
-/// Remove entries whose TTL and grace period are over.
-pub fn gc(engine: &mut Engine, dp: &mut Datapath) {
+/// Remove entries whose TTL and grace period are over; returns how many.
+pub fn gc(engine: &mut Engine, dp: &mut Datapath) -> usize {
     let remove = engine.gc(monotonic_ns());
     for k in &remove {
         if let Err(e) = dp.remove_fqdn(k) {
@@ -157,6 +156,7 @@ pub fn gc(engine: &mut Engine, dp: &mut Datapath) {
     }
     metrics::counter!("septa_fqdn_entries_expired_total").increment(remove.len() as u64);
     metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
+    remove.len()
 }
 
 /// A resolver for pre-resolution: `server`, or the system's (`/etc/resolv.conf`); no cache,
@@ -228,19 +228,20 @@ pub async fn preresolve(
 }
 
 /// Take one pre-resolution: entries for every endpoint whose rules name it exactly, alive for
-/// at least two intervals (so they never lapse between resolutions).
+/// at least two intervals (so they never lapse between resolutions). Returns whether it
+/// added an address not held before.
 pub fn handle_resolved(
     engine: &mut Engine,
     dp: &mut Datapath,
     interval: std::time::Duration,
     (name, result): Resolved,
-) {
+) -> bool {
     let addrs = match result {
         Ok(a) => a,
         Err(e) => {
             metrics::counter!("septa_dns_preresolve_total", "result" => "error").increment(1);
             debug!(name = %name, error = %e, "pre-resolution failed; entries expire with their TTL");
-            return;
+            return false;
         }
     };
     metrics::counter!("septa_dns_preresolve_total", "result" => "ok").increment(1);
@@ -254,4 +255,5 @@ pub fn handle_resolved(
         }
     }
     metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
+    o.names_changed
 }

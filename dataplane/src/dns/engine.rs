@@ -62,6 +62,8 @@ pub struct Outcome {
     pub evicted: usize,
     /// The names of the answer (for flow records), when it allowed something.
     pub names: Vec<String>,
+    /// An address gained a name it did not have (flow records' names need refreshing).
+    pub names_changed: bool,
 }
 
 /// The engine's state.
@@ -78,17 +80,46 @@ pub struct Engine {
     pub names_of_addr: BTreeMap<IpAddr, BTreeSet<String>>,
 }
 
+/// An address as the kernel keys it (IPv4 mapped).
+fn addr_of(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => v4_mapped(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
 fn key(slot: u32, ip: IpAddr, proto: u8, port: u16) -> FqdnKey {
     FqdnKey {
         slot,
-        addr: match ip {
-            IpAddr::V4(a) => v4_mapped(a.octets()),
-            IpAddr::V6(a) => a.octets(),
-        },
+        addr: addr_of(ip),
         port,
         proto,
         _pad: 0,
     }
+}
+
+/// A rule that matched an answer: its id and the (protocol, port) keys it allows
+/// (`(0, 0)`: every port of every protocol).
+type Matched = (u32, Vec<(u8, u16)>);
+
+/// The rules among `rules` with a pattern matching a name of the answer's chain.
+fn matching(rules: &[SlotRule], chain: &[String]) -> Vec<Matched> {
+    rules
+        .iter()
+        .filter(|r| {
+            r.rule
+                .patterns
+                .iter()
+                .any(|pat: &Pattern| chain.iter().any(|n| pat.matches(n)))
+        })
+        .map(|r| {
+            let ports = match &r.rule.ports {
+                None => vec![(0, 0)],
+                Some(ps) => ps.iter().map(|(p, n)| (p.number(), *n)).collect(),
+            };
+            (r.rule_id, ports)
+        })
+        .collect()
 }
 
 impl Engine {
@@ -145,10 +176,10 @@ impl Engine {
     /// Handle one held-back frame going out of `slot` at monotonic time `now_ns`.
     pub fn on_frame(&mut self, slot: u32, frame: &[u8], now_ns: u64) -> Outcome {
         let mut out = Outcome::default();
-        let Some(rules) = self.rules.get(&slot).cloned() else {
+        if !self.rules.contains_key(&slot) {
             out.result = "no_rule";
             return out;
-        };
+        }
         let Ok(p) = SlicedPacket::from_ethernet(frame) else {
             out.result = "malformed";
             return out;
@@ -186,7 +217,8 @@ impl Engine {
                 return out;
             }
         };
-        self.apply(slot, &rules, &ans, now_ns, self.limits.min_ttl)
+        let matched = matching(&self.rules[&slot], &ans.chain);
+        self.apply(slot, &matched, &ans, now_ns, self.limits.min_ttl)
     }
 
     /// Every exact name some endpoint's rules allow (what the agent pre-resolves).
@@ -220,7 +252,7 @@ impl Engine {
             addrs: addrs.to_vec(),
             truncated: false,
         };
-        let slots: Vec<(u32, Vec<SlotRule>)> = self
+        let slots: Vec<(u32, Vec<Matched>)> = self
             .rules
             .iter()
             .filter(|(_, rs)| {
@@ -231,45 +263,37 @@ impl Engine {
                         .any(|p| p.exact() == Some(name.as_str()))
                 })
             })
-            .map(|(s, rs)| (*s, rs.clone()))
+            .map(|(s, rs)| (*s, matching(rs, &ans.chain)))
             .collect();
         let mut total = Outcome {
             result: "no_rule",
             ..Outcome::default()
         };
         let floor = min_life.max(self.limits.min_ttl);
-        for (slot, rules) in slots {
-            let o = self.apply(slot, &rules, &ans, now_ns, floor);
+        for (slot, matched) in slots {
+            let o = self.apply(slot, &matched, &ans, now_ns, floor);
             total.write.extend(o.write);
             total.remove.extend(o.remove);
             total.addresses += o.addresses;
             total.evicted += o.evicted;
             total.result = o.result;
             total.names = o.names;
+            total.names_changed |= o.names_changed;
         }
         total
     }
 
-    /// Put an answer's addresses into `slot`'s allowlist, for the rules that match it.
+    /// Put an answer's addresses into `slot`'s allowlist, for the rules that matched it.
     fn apply(
         &mut self,
         slot: u32,
-        rules: &[SlotRule],
+        matched: &[Matched],
         ans: &answer::Answer,
         now_ns: u64,
         min_ttl: Duration,
     ) -> Outcome {
         let mut out = Outcome::default();
-        let matching: Vec<&SlotRule> = rules
-            .iter()
-            .filter(|r| {
-                r.rule
-                    .patterns
-                    .iter()
-                    .any(|pat: &Pattern| ans.chain.iter().any(|n| pat.matches(n)))
-            })
-            .collect();
-        if matching.is_empty() || ans.addrs.is_empty() {
+        if matched.is_empty() || ans.addrs.is_empty() {
             out.result = "no_match";
             return out;
         }
@@ -289,28 +313,30 @@ impl Engine {
             while list.len() > self.limits.max_ips_per_name {
                 let old = list.pop_front().expect("non-empty");
                 out.evicted += 1;
+                // Keys order by slot, then address: the address's entries are one range.
+                let (lo, hi) = (key(slot, old, 0, 0), key(slot, old, u8::MAX, u16::MAX));
                 let keys: Vec<FqdnKey> = self
                     .entries
-                    .keys()
-                    .filter(|k| k.slot == slot && k.addr == key(slot, old, 0, 0).addr)
-                    .copied()
+                    .range(
+                        lo..=FqdnKey {
+                            _pad: u8::MAX,
+                            ..hi
+                        },
+                    )
+                    .map(|(k, _)| *k)
                     .collect();
                 for k in keys {
                     self.entries.remove(&k);
                     out.remove.push(k);
                 }
             }
-            for r in &matching {
-                let ports: Vec<(u8, u16)> = match &r.rule.ports {
-                    None => vec![(0, 0)],
-                    Some(ps) => ps.iter().map(|(p, n)| (p.number(), *n)).collect(),
-                };
-                for (proto, port) in ports {
+            for (rule_id, ports) in matched {
+                for &(proto, port) in ports {
                     let k = key(slot, *ip, proto, port);
                     let value = FqdnValue {
                         expires_ns,
                         grace_ns: expires_ns + self.limits.grace.as_nanos() as u64,
-                        rule_id: r.rule_id,
+                        rule_id: *rule_id,
                         name_id,
                     };
                     // Never shorten what another answer allowed.
@@ -321,10 +347,10 @@ impl Engine {
                     out.write.push((k, e.value));
                 }
             }
-            self.names_of_addr
-                .entry(*ip)
-                .or_default()
-                .extend(ans.chain.iter().cloned());
+            let names = self.names_of_addr.entry(*ip).or_default();
+            let before = names.len();
+            names.extend(ans.chain.iter().cloned());
+            out.names_changed |= names.len() > before;
             out.addresses += 1;
         }
         out.names = ans.chain.clone();
@@ -341,17 +367,20 @@ impl Engine {
                 remove.push(*k);
             }
         }
+        if remove.is_empty() {
+            return remove;
+        }
         for k in &remove {
             self.entries.remove(k);
         }
         // Forget addresses no entry holds any more.
         let live: BTreeSet<[u8; 16]> = self.entries.keys().map(|k| k.addr).collect();
         for list in self.per_name.values_mut() {
-            list.retain(|ip| live.contains(&key(0, *ip, 0, 0).addr));
+            list.retain(|ip| live.contains(&addr_of(*ip)));
         }
         self.per_name.retain(|_, l| !l.is_empty());
         self.names_of_addr
-            .retain(|ip, _| live.contains(&key(0, *ip, 0, 0).addr));
+            .retain(|ip, _| live.contains(&addr_of(*ip)));
         remove
     }
 
