@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use policies::connlist::{Change, Node};
+use policies::connlist::Change;
 
 use super::{observe::Observations, propose::Proposal, replay::ReplayResult};
 
@@ -29,10 +29,6 @@ pub struct ReportInput<'a> {
 fn when(t: Option<std::time::SystemTime>) -> String {
     t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
         .unwrap_or_default()
-}
-
-fn node_of(n: &Node) -> String {
-    n.to_string()
 }
 
 fn blocks(r: &ReportInput) -> Vec<Block> {
@@ -119,8 +115,8 @@ fn blocks(r: &ReportInput) -> Vec<Block> {
         let line = |c: &Change| {
             format!(
                 "{} → {}: {} (today: {})",
-                node_of(&c.src),
-                node_of(&c.dst),
+                c.src,
+                c.dst,
                 c.new.as_ref().map_or("nothing".into(), |s| s.to_string()),
                 c.old.as_ref().map_or("nothing".into(), |s| s.to_string())
             )

@@ -75,7 +75,6 @@ pub struct Engine {
     /// (slot, qname) → addresses, oldest first.
     per_name: BTreeMap<(u32, String), VecDeque<IpAddr>>,
     names: BTreeMap<String, u32>,
-    name_of: BTreeMap<u32, String>,
     /// address → names that gave it (for flow records).
     pub names_of_addr: BTreeMap<IpAddr, BTreeSet<String>>,
 }
@@ -148,19 +147,9 @@ impl Engine {
         gone
     }
 
-    /// Whether an endpoint slot has FQDN rules.
-    pub fn has_rules(&self, slot: u32) -> bool {
-        self.rules.get(&slot).is_some_and(|r| !r.is_empty())
-    }
-
     /// Adopt an entry found in the pinned map at start.
     pub fn adopt(&mut self, key: FqdnKey, value: FqdnValue) {
         self.entries.insert(key, Entry { value });
-    }
-
-    /// The name behind a name id.
-    pub fn name(&self, id: u32) -> Option<&str> {
-        self.name_of.get(&id).map(String::as_str)
     }
 
     fn name_id(&mut self, name: &str) -> u32 {
@@ -169,7 +158,6 @@ impl Engine {
         }
         let id = self.names.len() as u32 + 1;
         self.names.insert(name.to_owned(), id);
-        self.name_of.insert(id, name.to_owned());
         id
     }
 

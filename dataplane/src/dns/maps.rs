@@ -36,11 +36,6 @@ impl AnswerReader {
         }
         out
     }
-
-    /// For readiness polling (the ring's fd).
-    pub fn ring(&self) -> &RingBuf<MapData> {
-        &self.ring
-    }
 }
 
 impl std::os::fd::AsRawFd for AnswerReader {

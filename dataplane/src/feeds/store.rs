@@ -212,14 +212,6 @@ impl Store {
         self.feeds.get(name).map(|f| f.id)
     }
 
-    /// The feed name for an id, as flow records show it.
-    pub fn name(&self, id: u32) -> Option<&str> {
-        self.feeds
-            .iter()
-            .find(|(_, f)| f.id == id)
-            .map(|(n, _)| n.as_str())
-    }
-
     /// The merged blocklist, as the kernel tries must hold it. Also returns how many entries
     /// were left out for overlapping a protected range.
     ///
@@ -417,7 +409,6 @@ mod tests {
             .unwrap();
         let (sp, lo) = (s.id("spamhaus").unwrap(), s.id("local").unwrap());
         assert!(sp < lo);
-        assert_eq!(s.name(lo), Some("local"));
         let (d1, _) = s.desired();
         assert_eq!(d1[&net("198.51.100.0/24")], entry(sp, DROP_ALL));
         assert_eq!(d1[&net("192.0.2.9/32")], entry(lo, DROP_ALL));
