@@ -409,6 +409,7 @@ mod tests {
             .unwrap();
         let (sp, lo) = (s.id("spamhaus").unwrap(), s.id("local").unwrap());
         assert!(sp < lo);
+        assert_eq!(s.names().find(|n| s.id(n) == Some(lo)), Some("local"));
         let (d1, _) = s.desired();
         assert_eq!(d1[&net("198.51.100.0/24")], entry(sp, DROP_ALL));
         assert_eq!(d1[&net("192.0.2.9/32")], entry(lo, DROP_ALL));
