@@ -912,21 +912,39 @@ fn agent_exports_ipfix_that_nfdump_reads_back() {
         Some(&n.bed.node_path()),
     )
     .unwrap();
-    n.agent_args = vec!["--ipfix-collector".into(), format!("127.0.0.1:{port}")];
+    // The flow log is written before IPFIX from the same batch, so once the END record is in
+    // the log, the exporter has it too once its counter covers every line logged by then.
+    // (Counting IPFIX records alone raced: the bridge's IGMP reports are flows as well.)
+    let log = n.dir.join("flows.jsonl");
+    n.agent_args = vec![
+        "--ipfix-collector".into(),
+        format!("127.0.0.1:{port}"),
+        "--flow-log".into(),
+        log.display().to_string(),
+    ];
     let (web, client, _other, _srv) = start_with_pods(&mut n, &[8080], &[]);
     {
         let mut c = tcp_connect(&client.netns, to(&web, 8080)).unwrap();
         echo(&mut c, &[7u8; 1000]).unwrap();
     } // closed: FIN both ways gives an END with the byte counts
+    let logged = poll_until(Duration::from_secs(10), || {
+        let recs = records(&log);
+        recs.iter()
+            .any(|r| {
+                r["kind"] == "end" && r["protocol"] == "TCP" && r["destination"]["port"] == 8080
+            })
+            .then_some(recs.len())
+    })
+    .expect("the connection's END record is logged");
     let node_ns = n.bed.node_path();
     let exported = poll_until(Duration::from_secs(10), || {
         let m = http_get(&node_ns, "/metrics");
         let v = metric(m.split("\r\n\r\n").nth(1)?, "septa_ipfix_records_total");
-        (v >= 4.0).then_some(v)
+        (v >= logged as f64).then_some(v)
     });
     assert!(
         exported.is_some(),
-        "the agent exported records: {exported:?}"
+        "the agent exported the {logged} logged records: {exported:?}"
     );
     let rows = collector.stop_and_read("%sa|%da|%dp|%pr|%ibyt").unwrap();
     let (cip, wip) = (
