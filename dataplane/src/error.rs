@@ -46,6 +46,9 @@ pub enum Error {
     /// A map held something this build cannot have written (or a system query failed).
     #[error("unexpected state: {0}")]
     Corrupt(String),
+    /// A setting could not be put into effect (the message names it).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl Error {
@@ -53,6 +56,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::NoObject => "no_object",
+            Error::Config(_) => "config",
             Error::Load(_) => "load",
             Error::Program { .. } => "program",
             Error::Missing { .. } => "missing",

@@ -128,6 +128,9 @@ pub struct Args {
     /// Threat feeds never block these ranges (repeatable; give the pod and service CIDRs). Loopback and the node's addresses are always protected
     #[arg(long = "feed-protect", value_name = "CIDR")]
     pub feed_protect: Vec<ipnetwork::IpNetwork>,
+    /// Threat feeds: PEM bundle of CA certificates trusted for https feeds besides the public roots (an internal mirror's CA)
+    #[arg(long, value_name = "FILE")]
+    pub feed_ca_file: Option<PathBuf>,
 }
 
 /// The file form of [`Args`] (kebab-case keys).
@@ -171,6 +174,7 @@ struct FileConfig {
     feed_retry_min: Option<String>,
     feed_min_refresh: Option<String>,
     feed_protect: Option<Vec<String>>,
+    feed_ca_file: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -213,6 +217,8 @@ pub struct Config {
     pub feed_retry_min: Duration,
     pub feed_min_refresh: Duration,
     pub feed_protect: Vec<ipnetwork::IpNetwork>,
+    /// Read and checked at start-up from `--feed-ca-file`.
+    pub feed_ca: Vec<reqwest::Certificate>,
 }
 
 /// The host name (for flow records), or `localhost`.
@@ -422,6 +428,11 @@ impl Config {
             } else {
                 args.feed_protect.clone()
             },
+            feed_ca: match args.feed_ca_file.as_ref().or(file.feed_ca_file.as_ref()) {
+                Some(p) => crate::feeds::fetch::load_ca_bundle(p)
+                    .map_err(|e| format!("--feed-ca-file {e}"))?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -464,6 +475,15 @@ mod tests {
         );
         assert!(c.fail_open);
         assert_eq!(c.poll_interval, Duration::from_millis(50), "flags win");
+        let e = Config::resolve(&Args {
+            feed_ca_file: Some(dir.join("corp-ca.pem")),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.starts_with("--feed-ca-file") && e.contains("corp-ca.pem: cannot read"),
+            "{e}"
+        );
         std::fs::write(&f, "manifest: typo\n").unwrap();
         let e = Config::resolve(&args).unwrap_err();
         assert!(e.contains("unknown field") && e.contains("manifest"), "{e}");

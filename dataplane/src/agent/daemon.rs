@@ -123,6 +123,7 @@ impl Agent {
                 retry_min: cfg.feed_retry_min,
                 protect: cfg.feed_protect.clone(),
                 state_dir: cfg.state_dir.clone(),
+                ca: cfg.feed_ca.clone(),
             },
             &host_addresses(),
         )?;

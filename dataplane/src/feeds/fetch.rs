@@ -83,15 +83,42 @@ impl FetchError {
 }
 
 /// An HTTP client for feeds (shared: it pools connections and holds the TLS roots).
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+///
+/// `extra_roots` are trusted besides the public web roots (an internal feed mirror signed by
+/// the organisation's CA; see [`load_ca_bundle`]). An error here is a start-up error: a
+/// client quietly built without the requested roots would fail every HTTPS refresh later.
+pub fn client(extra_roots: &[reqwest::Certificate]) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("septa-agent/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
         // Feeds are fetched with a bounded body; redirects to another host are common
         // (GitHub raw, CDNs) and bounded too.
-        .redirect(reqwest::redirect::Policy::limited(5))
+        .redirect(reqwest::redirect::Policy::limited(5));
+    for cert in extra_roots {
+        builder = builder.add_root_certificate(cert.clone());
+    }
+    builder
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .map_err(|e| format!("building the feed HTTP client: {}", error_chain(&e)))
+}
+
+/// Read a PEM bundle of CA certificates to trust for HTTPS feeds (`--feed-ca-file`).
+/// Refuses a file with no certificate in it: a key or a DER file given by mistake would
+/// otherwise add nothing and every refresh would fail with an unknown issuer.
+pub fn load_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let at = |m: String| format!("{}: {m}", path.display());
+    let pem = std::fs::read(path).map_err(|e| at(format!("cannot read: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| at(format!("not a PEM certificate bundle: {}", error_chain(&e))))?;
+    if certs.is_empty() {
+        return Err(at(
+            "no `-----BEGIN CERTIFICATE-----` block in it (a PEM bundle of CA certificates is expected)".into(),
+        ));
+    }
+    // Adding to a root store parses each certificate; do it now so a damaged one is named
+    // at start-up rather than at the first refresh.
+    client(&certs).map_err(at)?;
+    Ok(certs)
 }
 
 /// Fetch `source` unless it is unchanged since `last`.
@@ -316,40 +343,176 @@ mod tests {
         };
         let rt = rt();
         let Fetched::Body(body, v) = rt
-            .block_on(fetch(&client(), &src, &Validators::default(), limits))
+            .block_on(fetch(
+                &client(&[]).unwrap(),
+                &src,
+                &Validators::default(),
+                limits,
+            ))
             .unwrap()
         else {
             panic!("first read must return the body");
         };
         assert_eq!(body, b"192.0.2.1\n");
         assert!(matches!(
-            rt.block_on(fetch(&client(), &src, &v, limits)).unwrap(),
+            rt.block_on(fetch(&client(&[]).unwrap(), &src, &v, limits))
+                .unwrap(),
             Fetched::NotModified
         ));
         // A different size is a change even within the same mtime tick.
         std::fs::write(&path, "192.0.2.1\n192.0.2.2\n").unwrap();
         assert!(matches!(
-            rt.block_on(fetch(&client(), &src, &v, limits)).unwrap(),
+            rt.block_on(fetch(&client(&[]).unwrap(), &src, &v, limits))
+                .unwrap(),
             Fetched::Body(..)
         ));
         std::fs::write(&path, "x".repeat(65)).unwrap();
-        let e = rt.block_on(fetch(&client(), &src, &v, limits)).unwrap_err();
+        let e = rt
+            .block_on(fetch(&client(&[]).unwrap(), &src, &v, limits))
+            .unwrap_err();
         assert_eq!(e.metric_label(), "too_large");
         assert!(e.to_string().contains("list.txt"), "{e}");
         let missing = Source::File(dir.join("nope.txt"));
         let e = rt
-            .block_on(fetch(&client(), &missing, &Validators::default(), limits))
+            .block_on(fetch(
+                &client(&[]).unwrap(),
+                &missing,
+                &Validators::default(),
+                limits,
+            ))
             .unwrap_err();
         assert!(e.to_string().contains("nope.txt: cannot open"), "{e}");
         let e = rt
             .block_on(fetch(
-                &client(),
+                &client(&[]).unwrap(),
                 &Source::File(dir.clone()),
                 &Validators::default(),
                 limits,
             ))
             .unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An HTTPS feed host on loopback whose certificate a private CA signed, as an internal
+    /// mirror would be. Returns the URL and the CA's PEM; serves `body` to every connection.
+    fn https_feed_host(body: &'static str) -> (String, String) {
+        use std::io::{Read, Write};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "septa test feed CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+                )
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}/drop.txt", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                // A client that refuses the certificate ends the handshake here: next one.
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if request.is_empty() {
+                    continue;
+                }
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        (url, ca.pem())
+    }
+
+    #[test]
+    fn https_feeds_need_a_trusted_issuer_and_a_ca_file_adds_one() {
+        let (url, ca_pem) = https_feed_host("192.0.2.1\n");
+        let src = Source::Url(url.clone());
+        let rt = rt();
+        // The public roots do not know the mirror's CA: refused, and the reason is named.
+        let e = rt
+            .block_on(fetch(
+                &client(&[]).unwrap(),
+                &src,
+                &Validators::default(),
+                Limits::default(),
+            ))
+            .unwrap_err();
+        assert_eq!(e.metric_label(), "transport", "{e}");
+        assert!(
+            e.to_string().contains(&url) && e.to_string().contains("certificate"),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().join(format!("septa-feed-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca_pem).unwrap();
+        let roots = load_ca_bundle(&ca_file).unwrap();
+        let Fetched::Body(body, _) = rt
+            .block_on(fetch(
+                &client(&roots).unwrap(),
+                &src,
+                &Validators::default(),
+                Limits::default(),
+            ))
+            .unwrap()
+        else {
+            panic!("a 200 must return the body");
+        };
+        assert_eq!(body, b"192.0.2.1\n");
+
+        // Bad CA files are refused up front, naming the file and what is wrong.
+        let e = load_ca_bundle(&dir.join("missing.pem")).unwrap_err();
+        assert!(e.contains("missing.pem: cannot read"), "{e}");
+        let junk = dir.join("junk.pem");
+        std::fs::write(
+            &junk,
+            "192.0.2.0/24\n-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = load_ca_bundle(&junk).unwrap_err();
+        assert!(
+            e.contains("junk.pem") && e.contains("BEGIN CERTIFICATE"),
+            "{e}"
+        );
+        let damaged = dir.join("damaged.pem");
+        std::fs::write(
+            &damaged,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = load_ca_bundle(&damaged).unwrap_err();
+        assert!(e.contains("damaged.pem"), "{e}");
+        std::fs::write(&damaged, &ca_pem[..ca_pem.len() / 2]).unwrap();
+        assert!(load_ca_bundle(&damaged).is_err(), "a truncated bundle");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -364,7 +527,7 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}/drop.txt");
         let e = rt()
             .block_on(fetch(
-                &client(),
+                &client(&[]).unwrap(),
                 &Source::Url(url.clone()),
                 &Validators::default(),
                 Limits::default(),

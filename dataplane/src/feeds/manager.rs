@@ -73,6 +73,8 @@ pub struct Settings {
     pub protect: Vec<IpNetwork>,
     /// Where feed ids are kept across restarts.
     pub state_dir: PathBuf,
+    /// CA certificates trusted for HTTPS feeds besides the public roots.
+    pub ca: Vec<reqwest::Certificate>,
 }
 
 /// The feeds, their last good lists and what the kernel tries hold.
@@ -97,6 +99,7 @@ impl Manager {
         protect.push("127.0.0.0/8".parse().expect("valid"));
         protect.push("::1/128".parse().expect("valid"));
         protect.extend(host.iter().map(|ip| IpNetwork::from(*ip)));
+        let client = fetch::client(&settings.ca).map_err(Error::Config)?;
         let applied = dp.blocklist()?;
         let ids_path = settings.state_dir.join("feeds.json");
         let mut store = Store::new(protect);
@@ -127,7 +130,7 @@ impl Manager {
             wanted: Vec::new(),
             next_generation: 1,
             settings,
-            client: fetch::client(),
+            client,
             tx: None,
             ids_path,
         })
