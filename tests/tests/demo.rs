@@ -1,5 +1,5 @@
 //! The README's main command end to end: the demo runs, every verdict agrees with connlist,
-//! and the live change moves cells.
+//! the live change moves cells, and egress by name and the threat feed do what step 4 says.
 
 #[test]
 fn demo_runs_and_agrees_with_connlist() {
@@ -29,5 +29,22 @@ fn demo_runs_and_agrees_with_connlist() {
     assert!(
         stdout.contains("rule=shop/"),
         "flow records name their rules:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("every egress verdict as expected"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("shop/payments-partner-api dns=api.partner.example"),
+        "the FQDN-allowed connection names the policy and the name:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("198.51.100.66:443  threat-feed feed=demo-bad-hosts")
+            && stdout.contains("-> default/outsider-1:8080  threat-feed feed=demo-bad-hosts"),
+        "feed drops in both directions name the feed:\n{stdout}"
+    );
+    assert!(
+        !std::path::Path::new("/run/septa-demo").exists(),
+        "the demo removes its feed file"
     );
 }

@@ -11,9 +11,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use dataplane::testing::{
+    bed::ip,
     cni::Attachment,
-    node::{Binaries, Node},
-    traffic::{echo, poll_until, tcp_connect, Server},
+    dns::{query, Outside},
+    node::{flow_records, http_get, metric, Binaries, Node},
+    traffic::{echo, poll_until, tcp_connect, tcp_connect_from, Server},
 };
 use policies::{connlist::connlist, load::load_paths, model::Protocol};
 
@@ -120,6 +122,166 @@ fn predicted(dir: &[&Path], pods: &[Pod]) -> Result<Vec<Vec<bool>>> {
         .collect())
 }
 
+/// Where the demo's threat feed (policies/examples/demo-egress/threat-feed.yaml) is read from.
+const FEED_FILE: &str = "/run/septa-demo/bad-hosts.txt";
+/// Outside the node: the partner's API, a host the partner's DNS also knows, a listed host.
+const PARTNER_API: &str = "198.51.100.10";
+const PARTNER_STATUS: &str = "198.51.100.67";
+const BAD_HOST: &str = "198.51.100.66";
+
+/// The pod network's IPAM gives pods their subnet route only; egress leaves through the node.
+fn default_route(att: &Attachment) -> Result<()> {
+    let ns = att.netns.file_name().context("netns")?.to_string_lossy();
+    ip(&["-n", &ns, "route", "add", "default", "via", "10.88.0.1"])
+}
+
+/// Step 4: egress by DNS name (FqdnPolicy) and a threat feed, with the expected verdicts.
+/// Returns how many connections went otherwise than expected.
+fn egress_and_feeds(node: &mut Node, outside: &Outside, outsider: &Attachment) -> Result<usize> {
+    let examples = root().join("policies/examples/demo-egress");
+    std::fs::create_dir_all(Path::new(FEED_FILE).parent().context("feed dir")?)?;
+    std::fs::write(FEED_FILE, format!("# demo blocklist\n{BAD_HOST}\n"))?;
+    for f in ["egress-by-name.yaml", "threat-feed.yaml"] {
+        node.write_manifest(
+            &format!("30-{f}"),
+            &std::fs::read_to_string(examples.join(f))?,
+        )?;
+    }
+    let ns = node.bed.node_path();
+    let loaded = poll_until(Duration::from_secs(10), || {
+        let m = http_get(&ns, "/metrics");
+        let body = m.split("\r\n\r\n").nth(1)?;
+        // The feed starts after the manifests it came in are compiled, the FqdnPolicy included.
+        (metric(body, "septa_feed_entries{feed=\"demo-bad-hosts\"") >= 1.0).then_some(())
+    });
+    if loaded.is_none() {
+        bail!(
+            "the agent did not apply the egress policy and the feed:\n{}",
+            node.agent_log()
+        );
+    }
+    let payments = node.add_pod("shop", "payments-1", "app=payments")?;
+    for a in [&payments, outsider] {
+        default_route(a)?;
+    }
+    let to = |a: &str| SocketAddr::new(a.parse().expect("address"), 443);
+    let ok = |r: Result<std::net::TcpStream>| r.and_then(|mut c| echo(&mut c, b"hi")).is_ok();
+    let resolve = |name: &str| -> String {
+        match query(&payments.netns, name, false) {
+            Ok(a) if !a.is_empty() => format!("{name} -> {}", a[0]),
+            Ok(_) => format!("{name}: no address"),
+            Err(e) => format!("{name}: {e:#}"),
+        }
+    };
+    let mut wrong = 0;
+    let mut show = |what: &str, got: bool, want: bool| {
+        let verdict = if got {
+            format!("{GREEN}allowed{RESET}")
+        } else {
+            format!("{RED}denied{RESET}")
+        };
+        let mark = if got == want {
+            ""
+        } else {
+            wrong += 1;
+            "  ! expected otherwise"
+        };
+        println!("  {what:<84} {verdict}{mark}");
+    };
+    show(
+        &format!("shop/payments-1 -> {PARTNER_API}:443 before any lookup"),
+        ok(tcp_connect(&payments.netns, to(PARTNER_API))),
+        false,
+    );
+    let answer = resolve("api.partner.example");
+    show(
+        &format!("shop/payments-1 resolves {answer}, connects (first try)"),
+        ok(tcp_connect(&payments.netns, to(PARTNER_API))),
+        true,
+    );
+    let answer = resolve("status.partner.example");
+    show(
+        &format!("shop/payments-1 resolves {answer} (not in the policy)"),
+        ok(tcp_connect(&payments.netns, to(PARTNER_STATUS))),
+        false,
+    );
+    show(
+        &format!("default/outsider-1 -> {PARTNER_STATUS}:443 (no policy)"),
+        ok(tcp_connect(&outsider.netns, to(PARTNER_STATUS))),
+        true,
+    );
+    show(
+        &format!("default/outsider-1 -> {BAD_HOST}:443 (listed in the feed)"),
+        ok(tcp_connect(&outsider.netns, to(BAD_HOST))),
+        false,
+    );
+    let pod = SocketAddr::new(Node::pod_ip(outsider), 8080);
+    show(
+        &format!("{PARTNER_STATUS} (outside) -> default/outsider-1:8080"),
+        ok(tcp_connect_from(
+            &outside.path(),
+            PARTNER_STATUS.parse()?,
+            pod,
+        )),
+        true,
+    );
+    show(
+        &format!("{BAD_HOST} (outside, listed) -> default/outsider-1:8080"),
+        ok(tcp_connect_from(&outside.path(), BAD_HOST.parse()?, pod)),
+        false,
+    );
+    Ok(wrong)
+}
+
+/// The flow records of step 4 (the JSON-lines log), one line each.
+fn print_egress_records(log: &Path) {
+    let outside = |r: &serde_json::Value| {
+        ["source", "destination"].iter().any(|side| {
+            r[side]["ip"]
+                .as_str()
+                .is_some_and(|ip| ip.starts_with("198.51.100."))
+        })
+    };
+    let peer = |p: &serde_json::Value| {
+        let who = match (p["namespace"].as_str(), p["pod"].as_str()) {
+            (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+            _ => p["ip"].as_str().unwrap_or("?").to_owned(),
+        };
+        format!("{who}:{}", p["port"])
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for r in flow_records(log).iter().filter(|r| outside(r)) {
+        if r["protocol"] != "TCP" || !matches!(r["kind"].as_str(), Some("new" | "deny")) {
+            continue;
+        }
+        let mut why = r["decided_by"].as_str().unwrap_or("?").to_owned();
+        if let Some(p) = r["policy"]["name"].as_str() {
+            why += &format!(" {}/{p}", r["policy"]["namespace"].as_str().unwrap_or(""));
+        }
+        if let Some(feed) = r["feed"].as_str() {
+            why += &format!(" feed={feed}");
+        }
+        let names: Vec<&str> = r["dns_names"]
+            .as_array()
+            .map(|n| n.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        if !names.is_empty() {
+            why += &format!(" dns={}", names.join(","));
+        }
+        let line = format!(
+            "{:<5} {:<9} {} -> {}  {why}",
+            r["kind"].as_str().unwrap_or("?").to_uppercase(),
+            r["verdict"].as_str().unwrap_or("?"),
+            peer(&r["source"]),
+            peer(&r["destination"]),
+        );
+        // A denied connect retries its SYN; one line per distinct record is enough here.
+        if seen.insert(line.clone()) {
+            println!("  {line}");
+        }
+    }
+}
+
 fn print_matrix(pods: &[Pod], got: &[Vec<bool>], want: &[Vec<bool>]) -> usize {
     let cols: Vec<String> = pods
         .iter()
@@ -191,6 +353,27 @@ fn main() -> Result<()> {
     for f in ["workloads.yaml", "policies.yaml"] {
         node.write_manifest(f, &std::fs::read_to_string(examples.join(f))?)?;
     }
+    // The world beyond the node's uplink (sx0): a DNS server (dnsmasq) and a few hosts.
+    let outside = Outside::start(
+        &node,
+        &[PARTNER_API, PARTNER_STATUS, BAD_HOST],
+        &[
+            format!("--host-record=api.partner.example,{PARTNER_API}"),
+            format!("--host-record=status.partner.example,{PARTNER_STATUS}"),
+        ],
+        "api.partner.example",
+    )?;
+    let _outside_servers = Server::start(&outside.path(), &[443], &[])?;
+    let flow_log = node.dir.join("flows.jsonl");
+    node.agent_args = vec![
+        "--xdp-interface".into(),
+        "sx0".into(),
+        "--flow-log".into(),
+        flow_log.display().to_string(),
+        // Only the pod's own lookups open egress here, so the first step below shows a denial.
+        "--dns-preresolve-interval".into(),
+        "0s".into(),
+    ];
     node.start_agent()?;
     println!("agent ready; creating pods through CNI: bridge + host-local + septa-cni");
     let mut pods = Vec::new();
@@ -287,13 +470,39 @@ fn main() -> Result<()> {
     );
 
     println!(
+        "\n{BOLD}4. egress by name and a threat feed{RESET}: adding {}",
+        root().join("policies/examples/demo-egress").display()
+    );
+    let outsider = &pods
+        .iter()
+        .find(|p| p.name == "outsider-1")
+        .context("outsider pod")?
+        .att;
+    let wrong3 = egress_and_feeds(&mut node, &outside, outsider)?;
+    println!(
+        "{}",
+        if wrong3 == 0 {
+            format!("{GREEN}every egress verdict as expected{RESET}")
+        } else {
+            format!("{RED}{wrong3} egress verdicts differ from what the policies say{RESET}")
+        }
+    );
+    println!("flow records (the JSON-lines log; see README, \"Flow records\"):");
+    print_egress_records(&flow_log);
+
+    println!(
         "\ncleaning up: pods (CNI DEL), agent, namespaces, pinned state ({:.0?} in all)",
         started.elapsed()
     );
     drop(pods);
     drop(node);
+    drop(outside);
+    let _ = std::fs::remove_dir_all(Path::new(FEED_FILE).parent().unwrap_or(Path::new("/")));
     if wrong + wrong2 > 0 {
         bail!("the data path disagreed with the policy engine");
+    }
+    if wrong3 > 0 {
+        bail!("egress by name or the threat feed did not do what the policies say");
     }
     Ok(())
 }
