@@ -869,13 +869,14 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 for e in batch {
                     let rec = en.record(&e);
                     metrics::counter!("septa_flows_total", "kind" => rec.kind.clone(), "verdict" => rec.verdict.clone(), "direction" => rec.direction.clone(), "reason" => rec.drop_reason.clone().unwrap_or_default()).increment(1);
-                    let rule_name = |id| {
-                        en.rules.get(&id).map(|p| {
+                    let rule_name = |id| match &rec.feed {
+                        Some(feed) => Some(format!("threat-feed:{feed}")),
+                        None => en.rules.get(&id).map(|p| {
                             format!(
                                 "{}/{}/{}[{}]",
                                 p.namespace, p.name, p.direction, p.rule_index
                             )
-                        })
+                        }),
                     };
                     debug!(target: "septa::flow", "{}", crate::events::describe_with(&e, rule_name));
                     // Bounded: one series per compiled rule.
