@@ -89,6 +89,7 @@ fn setup(
     PathBuf,
 ) {
     let mut n = Node::new(tag, bins()).unwrap();
+    n.log_filter = "info,septa::flow=debug".into();
     let out = outside(&n);
     let server = FeedServer::start(&n.bed.node_path(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let log = n.dir.join("flows.jsonl");
@@ -196,6 +197,14 @@ fn feeds_drop_listed_traffic_at_xdp_and_tc_and_follow_changes() {
         "no threat-feed flow records for both feeds:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    // The agent's flow log lines name the feed too.
+    let agent_log = n.agent_log();
+    for feed in ["pods", "host"] {
+        assert!(
+            agent_log.contains(&format!("rule=threat-feed:{feed} reason=blocklisted")),
+            "no flow line names feed {feed}:\n{agent_log}"
+        );
+    }
     let m = metrics(&n);
     assert!(
         metric(&m, "septa_feed_drops_total{feed=\"host\"}") >= 1.0,
