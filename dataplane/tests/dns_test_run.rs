@@ -172,3 +172,72 @@ fn fqdn_entries_allow_egress_until_they_expire() {
     assert_eq!(dp.fqdn_entries().unwrap().len(), 4);
     assert!(dp.stats().unwrap()[stats::FQDN_ALLOWED as usize] >= 3);
 }
+
+/// The same path over IPv6: an answer to the pod's v6 address is held, and an FQDN entry for
+/// a v6 address (from an AAAA record) lets the pod's v6 SYN out, for that address only.
+#[test]
+fn ipv6_answers_are_held_and_v6_entries_allow_egress() {
+    const POD6: [u8; 16] = v6(1);
+    const RESOLVER6: [u8; 16] = v6(53);
+    const API6: [u8; 16] = v6(80);
+    let mut dp = ScratchDatapath::load("dns_v6").expect("load");
+    dp.set_config(&Config {
+        policy_revision: 1,
+        flags: 0,
+        deny_event_interval_ns: 0,
+    })
+    .unwrap();
+    dp.set_endpoint(
+        dataplane::testrun::TEST_RUN_IFINDEX,
+        &EndpointInfo {
+            identity: 1000,
+            isolation: [0, isolation::ENFORCE],
+            flags: endpoint_flags::HAS_IPV6 | endpoint_flags::FQDN,
+            ipv6: POD6,
+            endpoint_id: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut answers = dp.take_dns_answers().unwrap();
+    let answer = ipv6(RESOLVER6, POD6, IPPROTO_UDP, &[], &udp(53, 40000, 64));
+    assert_eq!(dp.test_run(TC_TO_POD, &answer, 1).unwrap().action, DROP);
+    assert_eq!(answers.drain().len(), 1, "a v6 answer is held");
+    assert_eq!(
+        dp.test_run_marked(TC_TO_POD, &answer, DNS_REINJECT_MARK)
+            .unwrap()
+            .action,
+        PASS
+    );
+
+    let syn = |dst: [u8; 16]| ipv6(POD6, dst, IPPROTO_TCP, &[], &tcp(41000, 443, TCP_SYN));
+    assert_eq!(
+        dp.test_run(TC_FROM_POD, &syn(API6), 1).unwrap().action,
+        DROP
+    );
+    dp.set_fqdn(
+        &FqdnKey {
+            slot: dataplane::testrun::TEST_RUN_IFINDEX,
+            addr: API6,
+            port: 443,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        },
+        &FqdnValue {
+            expires_ns: now_ns() + 60_000_000_000,
+            grace_ns: now_ns() + 120_000_000_000,
+            rule_id: RULE,
+            name_id: 1,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        dp.test_run(TC_FROM_POD, &syn(API6), 1).unwrap().action,
+        PASS
+    );
+    assert_eq!(
+        dp.test_run(TC_FROM_POD, &syn(v6(81)), 1).unwrap().action,
+        DROP,
+        "another v6 address"
+    );
+}
