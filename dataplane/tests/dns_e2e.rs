@@ -3,7 +3,7 @@
 //! real agent and CNI chain resolve names and connect at once.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::PathBuf,
     str::FromStr,
     time::Duration,
@@ -62,6 +62,14 @@ fn outside(n: &Node) -> Outside {
     ]
     .map(str::to_owned)
     .to_vec();
+    // A pattern, not a name: exact names are pre-resolved by the agent, and this answer is
+    // only meant to reach the pod.
+    let mut records = records;
+    for i in 100..220 {
+        records.push(format!(
+            "--host-record=many.big.example.test,198.51.100.{i}"
+        ));
+    }
     let o = Outside::start(n, &SERVICES, &records, "api.example.test").unwrap();
     o.set_hosts("198.51.100.14 moving.example.test\n").unwrap();
     poll_until(Duration::from_secs(10), || {
@@ -93,6 +101,7 @@ spec:
     - {matchName: www.example.test}
     - {matchName: moving.example.test}
     - {matchName: cached.example.test}
+    - {matchPattern: '*.big.example.test'}
     - {matchPattern: '*.example.test'}
     ports: [{protocol: TCP, port: 443}]
 ";
@@ -348,7 +357,17 @@ fn exact_names_are_preresolved_for_apps_with_their_own_cache() {
     poll_until(Duration::from_secs(20), || {
         connects(&a, to("198.51.100.17")).then_some(())
     })
-    .expect("a pre-resolved name is not reachable");
+    .unwrap_or_else(|| {
+        panic!(
+            "a pre-resolved name is not reachable; agent log:\n{}\nmetrics:\n{}",
+            n.agent_log(),
+            http_get(&n.bed.node_path(), "/metrics")
+                .lines()
+                .filter(|l| l.contains("dns") || l.contains("fqdn"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
     let m = http_get(&n.bed.node_path(), "/metrics");
     assert!(
         metric(&m, "septa_dns_preresolve_total{result=\"ok\"}") >= 1.0,
@@ -356,4 +375,36 @@ fn exact_names_are_preresolved_for_apps_with_their_own_cache() {
     );
     // Pattern rules are not pre-resolved (there is no name to ask for).
     assert!(!connects(&a, to("198.51.100.20")));
+}
+
+/// A large answer over TCP (120 A records, ~2 KB): the stack hands it to TC as one GSO frame
+/// bigger than the MTU, which the agent learns from and re-injects cut into MTU-sized
+/// segments (a packet socket refuses it whole, and the pod would wait for the resolver to
+/// retransmit). The bound on addresses per name keeps the newest 64.
+#[test]
+fn large_tcp_answers_are_learned_and_delivered_at_once() {
+    let (n, out, a, _b, _log) = setup("dnsbig", "0s");
+    // Every address of the name answers on the outside (a local route, not 120 addresses).
+    for block in ["198.51.100.64/26", "198.51.100.128/25"] {
+        ip(&["-n", &out.name, "route", "add", "local", block, "dev", "lo"]).unwrap();
+    }
+    let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
+    let got = query(&a.netns, "many.big.example.test", true).unwrap();
+    assert_eq!(got.len(), 120, "the whole answer arrived");
+    let newest = SocketAddr::new(IpAddr::V4(*got.last().unwrap()), PORT);
+    let evicted = SocketAddr::new(IpAddr::V4(got[0]), PORT);
+    assert!(connects(&a, newest), "an address of the answer, first try");
+    assert!(
+        !connects(&a, evicted),
+        "the oldest addresses beyond --dns-max-ips-per-name are evicted"
+    );
+    let m = http_get(&n.bed.node_path(), "/metrics");
+    let m = m.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(metric(m, "septa_dns_reinject_errors_total"), 0.0, "{m}");
+    assert_eq!(
+        metric(m, "septa_dns_answers_total{result=\"malformed\"}"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(metric(m, "septa_fqdn_evicted_total"), 56.0, "{m}");
 }

@@ -287,6 +287,9 @@ impl Engine {
         }
         let name_id = self.name_id(&ans.qname);
         let mut refreshed_only = true;
+        // Keys this answer created: evicted again within the same answer (an answer with more
+        // addresses than the bound), they were never in the kernel and must not be written.
+        let mut fresh = BTreeSet::new();
         for (ip, ttl) in &ans.addrs {
             let ttl = Duration::from_secs(u64::from(*ttl)).max(min_ttl);
             let expires_ns = now_ns + ttl.as_nanos() as u64;
@@ -315,7 +318,9 @@ impl Engine {
                     .collect();
                 for k in keys {
                     self.entries.remove(&k);
-                    out.remove.push(k);
+                    if !fresh.remove(&k) {
+                        out.remove.push(k);
+                    }
                 }
             }
             for (rule_id, ports) in matched {
@@ -328,7 +333,10 @@ impl Engine {
                         name_id,
                     };
                     // Never shorten what another answer allowed.
-                    let e = self.entries.entry(k).or_insert(Entry { value });
+                    let e = self.entries.entry(k).or_insert_with(|| {
+                        fresh.insert(k);
+                        Entry { value }
+                    });
                     if value.expires_ns >= e.value.expires_ns {
                         e.value = value;
                     }
@@ -341,6 +349,7 @@ impl Engine {
             out.names_changed |= names.len() > before;
             out.addresses += 1;
         }
+        out.write.retain(|(k, _)| self.entries.contains_key(k));
         out.names = ans.chain.clone();
         out.result = if refreshed_only { "refreshed" } else { "added" };
         out
@@ -512,6 +521,37 @@ mod tests {
         assert_eq!(e.gc(92 * S).len(), 1);
         assert!(e.is_empty());
         assert!(e.names_of_addr.is_empty());
+    }
+
+    #[test]
+    fn one_answer_over_the_bound_writes_only_what_it_keeps() {
+        let mut e = engine(&["big.example.com"], None);
+        let first = e.on_frame(
+            SLOT,
+            &frame("big.example.com.", &[("big.example.com.", 60, "192.0.2.1")]),
+            0,
+        );
+        assert_eq!(first.write.len(), 1);
+        // Four more addresses in one answer, bound 2: the old one and the first two new ones go.
+        let records: Vec<(&str, u32, &str)> = ["192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5"]
+            .iter()
+            .map(|ip| ("big.example.com.", 60, *ip))
+            .collect();
+        let o = e.on_frame(SLOT, &frame("big.example.com.", &records), S);
+        assert_eq!(o.evicted, 3);
+        let written: Vec<[u8; 16]> = o.write.iter().map(|(k, _)| k.addr).collect();
+        assert_eq!(
+            written,
+            [v4_mapped([192, 0, 2, 4]), v4_mapped([192, 0, 2, 5])],
+            "addresses evicted within the answer are not written"
+        );
+        let removed: Vec<[u8; 16]> = o.remove.iter().map(|k| k.addr).collect();
+        assert_eq!(
+            removed,
+            [v4_mapped([192, 0, 2, 1])],
+            "only what the kernel held is removed"
+        );
+        assert_eq!(e.len(), 2);
     }
 
     #[test]

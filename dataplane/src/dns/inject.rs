@@ -40,11 +40,53 @@ impl Injector {
         Ok(Injector { fd })
     }
 
-    /// Send `frame` (from its Ethernet header) out of interface `ifindex`.
+    /// Send `frame` (from its Ethernet header) out of interface `ifindex`. A TCP frame larger
+    /// than the interface's MTU (a GSO super-packet: the stack hands a large DNS-over-TCP
+    /// answer to TC as one frame and segments it later) is cut into MTU-sized segments first;
+    /// a packet socket would refuse it whole, and the pod would wait for a retransmission.
     pub fn send(&self, ifindex: u32, frame: &[u8]) -> io::Result<()> {
         let mut frame = frame.to_vec();
         complete_checksum(&mut frame);
-        let frame = frame.as_slice();
+        // Below the smallest IPv6 MTU nothing needs the interface asked.
+        if frame.len() > ETH_HLEN + 1280 {
+            let mtu = self.mtu(ifindex)?;
+            if frame.len() > ETH_HLEN + mtu {
+                let segments = segment(&frame, mtu).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "a {}-byte frame that is not TCP exceeds the {mtu}-byte MTU",
+                            frame.len()
+                        ),
+                    )
+                })?;
+                for s in &segments {
+                    self.send_raw(ifindex, s)?;
+                }
+                return Ok(());
+            }
+        }
+        self.send_raw(ifindex, &frame)
+    }
+
+    /// The MTU of `ifindex`, asked through this socket (so in its network namespace).
+    fn mtu(&self, ifindex: u32) -> io::Result<usize> {
+        // SAFETY: zeroed ifreq is a valid starting value; both ioctls fill it in place and
+        // their results are checked.
+        unsafe {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            ifr.ifr_ifru.ifru_ifindex = ifindex as i32;
+            if libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFNAME, &mut ifr) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(ifr.ifr_ifru.ifru_mtu.max(0) as usize)
+        }
+    }
+
+    fn send_raw(&self, ifindex: u32, frame: &[u8]) -> io::Result<()> {
         // SAFETY: zeroed sockaddr_ll is a valid starting value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -69,6 +111,80 @@ impl Injector {
         }
         Ok(())
     }
+}
+
+const ETH_HLEN: usize = 14;
+
+/// Cut a TCP frame into frames whose IP packets fit `mtu`, as GSO would: the headers are
+/// repeated (options included), sequence numbers advance, PSH and FIN stay on the last
+/// segment and CWR on the first, lengths and checksums are recomputed, IPv4 ids increase.
+/// `None` when the frame is not plain Ethernet + IPv4/IPv6 + TCP or the headers leave no room.
+pub fn segment(frame: &[u8], mtu: usize) -> Option<Vec<Vec<u8>>> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    // Everything before the IP header (Ethernet, VLAN tags) is repeated as it is.
+    let ip_start = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => ip.header().slice().as_ptr(),
+        Some(NetSlice::Ipv6(ip)) => ip.header().slice().as_ptr(),
+        _ => return None,
+    };
+    let link_len = ip_start as usize - frame.as_ptr() as usize;
+    let Some(TransportSlice::Tcp(t)) = &p.transport else {
+        return None;
+    };
+    let tcp = t.to_header();
+    let payload = t.payload();
+    let (ip_len, ipv4, ipv6) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => (
+            ip.header().slice().len(),
+            Some(ip.header().to_header()),
+            None,
+        ),
+        Some(NetSlice::Ipv6(ip)) if ip.extensions().is_empty() => (
+            ip.header().slice().len(),
+            None,
+            Some(ip.header().to_header()),
+        ),
+        _ => return None,
+    };
+    let mss = mtu.checked_sub(ip_len + tcp.header_len())?;
+    if mss == 0 || payload.is_empty() {
+        return None;
+    }
+    let chunks: Vec<&[u8]> = payload.chunks(mss).collect();
+    let last = chunks.len() - 1;
+    let mut out = Vec::with_capacity(chunks.len());
+    let mut seq = tcp.sequence_number;
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut h = tcp.clone();
+        h.sequence_number = seq;
+        seq = seq.wrapping_add(chunk.len() as u32);
+        if i != last {
+            h.psh = false;
+            h.fin = false;
+        }
+        if i != 0 {
+            h.cwr = false;
+        }
+        let mut f = frame[..link_len].to_vec();
+        if let Some(ip) = &ipv4 {
+            let mut ip = ip.clone();
+            ip.set_payload_len(h.header_len() + chunk.len()).ok()?;
+            ip.identification = ip.identification.wrapping_add(i as u16);
+            ip.header_checksum = ip.calc_header_checksum();
+            h.checksum = h.calc_checksum_ipv4(&ip, chunk).ok()?;
+            ip.write(&mut f).ok()?;
+        } else if let Some(ip) = &ipv6 {
+            let mut ip = ip.clone();
+            ip.set_payload_length(h.header_len() + chunk.len()).ok()?;
+            h.checksum = h.calc_checksum_ipv6(&ip, chunk).ok()?;
+            ip.write(&mut f).ok()?;
+        }
+        h.write(&mut f).ok()?;
+        f.extend_from_slice(chunk);
+        out.push(f);
+    }
+    Some(out)
 }
 
 /// Fill in the transport checksum. A held frame may carry a partial one (the sender's stack
@@ -126,6 +242,75 @@ pub fn complete_checksum(frame: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 3,000-byte DNS-over-TCP answer as one frame, IPv4 (with TCP options) and IPv6.
+    fn big_answer(v6: bool) -> (Vec<u8>, Vec<u8>) {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let eth = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6]);
+        let b = if v6 {
+            eth.ipv6([0xfd; 16], [0xfe; 16], 64)
+        } else {
+            eth.ipv4([192, 0, 2, 53], [10, 0, 0, 1], 64)
+        };
+        let mut f = Vec::new();
+        b.tcp(53, 40000, 0xffff_fff0, 1000)
+            .ack(1)
+            .psh()
+            .options(&[etherparse::TcpOptionElement::Timestamp(1, 2)])
+            .unwrap()
+            .write(&mut f, &payload)
+            .unwrap();
+        (f, payload)
+    }
+
+    #[test]
+    fn oversized_tcp_frames_are_cut_into_valid_segments() {
+        for v6 in [false, true] {
+            let (frame, payload) = big_answer(v6);
+            let segs = segment(&frame, 1500).expect("segmentable");
+            assert_eq!(segs.len(), 3, "v6={v6}");
+            let mut joined = Vec::new();
+            let mut seq = 0xffff_fff0u32;
+            for (i, s) in segs.iter().enumerate() {
+                assert!(s.len() - ETH_HLEN <= 1500, "fits the MTU");
+                assert_eq!(&s[..14], &frame[..14], "link header repeated");
+                let p = etherparse::SlicedPacket::from_ethernet(s).unwrap();
+                let Some(etherparse::TransportSlice::Tcp(t)) = &p.transport else {
+                    panic!("tcp")
+                };
+                assert_eq!(t.sequence_number(), seq, "sequence wraps through u32");
+                seq = seq.wrapping_add(t.payload().len() as u32);
+                assert_eq!(t.psh(), i == 2, "PSH on the last segment only");
+                assert_eq!(
+                    t.options(),
+                    etherparse::TcpSlice::from_slice(&frame[14 + if v6 { 40 } else { 20 }..])
+                        .unwrap()
+                        .options()
+                );
+                // Checksums verify: recomputing them changes nothing.
+                let mut again = s.clone();
+                complete_checksum(&mut again);
+                assert_eq!(&again, s);
+                if let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net {
+                    let h = ip.header().to_header();
+                    assert_eq!(h.header_checksum, h.calc_header_checksum());
+                    assert_eq!(h.total_len as usize, s.len() - ETH_HLEN);
+                }
+                joined.extend_from_slice(t.payload());
+            }
+            assert_eq!(joined, payload, "the payload survives whole and in order");
+        }
+        // Not TCP, or no room for data: not segmentable.
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([192, 0, 2, 53], [10, 0, 0, 1], 64)
+            .udp(53, 40000)
+            .write(&mut udp, &[0u8; 3000])
+            .unwrap();
+        assert!(segment(&udp, 1500).is_none());
+        assert!(segment(&big_answer(false).0, 40).is_none());
+        assert!(segment(&[0u8; 10], 1500).is_none());
+    }
 
     #[test]
     fn partial_checksums_are_completed() {
