@@ -312,34 +312,18 @@ fn bad_input_gets_clear_errors_or_counted_skips() {
         "{err}"
     );
     assert!(!out.contains("kind: NetworkPolicy"));
-    // Bad flags.
-    let (code, _, err) = septa(&[
-        "--manifests",
-        &data("shop"),
-        "--flows",
-        &data("shop-flows.jsonl"),
-        "--learn",
-        "6h",
-    ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--learn and --replay go together"), "{err}");
-    let (code, _, err) = septa(&[
-        "--manifests",
-        &data("shop"),
-        "--flows",
-        &data("shop-flows.jsonl"),
-        "--dns-labels",
-        "nokey",
-    ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--dns-labels"), "{err}");
-    let (code, _, _) = septa(&[
-        "--manifests",
-        &data("shop"),
-        "--flows",
-        &data("shop-flows.jsonl"),
-        "--max-prefix-v4",
-        "2",
-    ]);
-    assert_eq!(code, 2, "clap rejects an out-of-range prefix");
+    // Bad flags, on otherwise good input: (flags, exit code, what stderr names).
+    for (flags, want_code, needle) in [
+        (["--learn", "6h"], 1, "--learn and --replay go together"),
+        (["--dns-labels", "nokey"], 1, "--dns-labels"),
+        // clap rejects an out-of-range prefix.
+        (["--max-prefix-v4", "2"], 2, "max-prefix-v4"),
+    ] {
+        let (shop, flows) = (data("shop"), data("shop-flows.jsonl"));
+        let mut args = vec!["--manifests", &shop, "--flows", &flows];
+        args.extend(flags);
+        let (code, _, err) = septa(&args);
+        assert_eq!(code, want_code, "{flags:?}: {err}");
+        assert!(err.contains(needle), "{flags:?}: {err}");
+    }
 }

@@ -136,8 +136,7 @@ fn setup(tag: &str, preresolve: &str) -> (Node, Outside, Attachment, Attachment,
     let a = n.add_pod("demo", "client-1", "app=client").unwrap();
     let b = n.add_pod("demo", "client-2", "app=client").unwrap();
     for p in [&a, &b] {
-        let pod_ns = p.netns.file_name().unwrap().to_str().unwrap().to_owned();
-        ip(&["-n", &pod_ns, "route", "add", "default", "via", "10.88.0.1"]).unwrap();
+        Node::route_via_node(p).unwrap();
     }
     (n, out, a, b, log)
 }

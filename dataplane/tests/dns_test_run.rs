@@ -8,7 +8,7 @@ use dataplane_common::{
     packets::*,
     parse::*,
     programs::{TC_FROM_POD, TC_TO_POD},
-    rule, stats, v4_mapped, verdict, Config, EndpointInfo, FqdnKey, FqdnValue, DNS_REINJECT_MARK,
+    rule, stats, v4_mapped, verdict, EndpointInfo, FqdnKey, FqdnValue, DNS_REINJECT_MARK,
 };
 
 const PASS: i32 = -1;
@@ -19,13 +19,7 @@ const API: [u8; 4] = v4(198, 51, 100, 80);
 const RULE: u32 = rule::FQDN_BASE + 3;
 
 fn dp(tag: &str, fqdn: bool) -> ScratchDatapath {
-    let mut dp = ScratchDatapath::load(tag).expect("load");
-    dp.set_config(&Config {
-        policy_revision: 1,
-        flags: 0,
-        deny_event_interval_ns: 0,
-    })
-    .unwrap();
+    let mut dp = ScratchDatapath::load_configured(tag).expect("load");
     let mut flags = endpoint_flags::HAS_IPV4;
     if fqdn {
         flags |= endpoint_flags::FQDN;
@@ -180,13 +174,7 @@ fn ipv6_answers_are_held_and_v6_entries_allow_egress() {
     const POD6: [u8; 16] = v6(1);
     const RESOLVER6: [u8; 16] = v6(53);
     const API6: [u8; 16] = v6(80);
-    let mut dp = ScratchDatapath::load("dns_v6").expect("load");
-    dp.set_config(&Config {
-        policy_revision: 1,
-        flags: 0,
-        deny_event_interval_ns: 0,
-    })
-    .unwrap();
+    let mut dp = ScratchDatapath::load_configured("dns_v6").expect("load");
     dp.set_endpoint(
         dataplane::testrun::TEST_RUN_IFINDEX,
         &EndpointInfo {

@@ -13,7 +13,6 @@ use std::{
 };
 
 use dataplane::testing::{
-    bed::ip,
     dns::Outside,
     http::{FeedServer, Reply},
     node::{flow_records, http_get, metric, Binaries, Node},
@@ -117,8 +116,7 @@ fn setup(
     n.start_agent().unwrap();
     let pod = n.add_pod("demo", "client-1", "app=client").unwrap();
     // The test network's IPAM gives the pod its subnet route only; the node routes the rest.
-    let pod_ns = pod.netns.file_name().unwrap().to_str().unwrap().to_owned();
-    ip(&["-n", &pod_ns, "route", "add", "default", "via", "10.88.0.1"]).unwrap();
+    Node::route_via_node(&pod).unwrap();
     (n, out, server, pod, log)
 }
 

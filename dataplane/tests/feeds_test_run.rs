@@ -17,7 +17,7 @@ use dataplane_common::{
     packets::*,
     parse::*,
     programs::{TC_FROM_POD, TC_TO_POD, XDP_HOST},
-    reason, rule, stats, v4_mapped, verdict, Config, EndpointInfo, FlowEvent,
+    reason, rule, stats, v4_mapped, verdict, EndpointInfo, FlowEvent,
 };
 
 const TC_PASS: i32 = -1;
@@ -46,13 +46,7 @@ struct Bed {
 
 impl Bed {
     fn new(tag: &str) -> Self {
-        let mut dp = ScratchDatapath::load(tag).expect("load");
-        dp.set_config(&Config {
-            policy_revision: 1,
-            flags: 0,
-            deny_event_interval_ns: 0,
-        })
-        .unwrap();
+        let mut dp = ScratchDatapath::load_configured(tag).expect("load");
         // An endpoint with no isolation: policy allows everything, so only feeds decide.
         dp.set_endpoint(
             TEST_RUN_IFINDEX,

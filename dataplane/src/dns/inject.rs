@@ -122,31 +122,22 @@ const ETH_HLEN: usize = 14;
 pub fn segment(frame: &[u8], mtu: usize) -> Option<Vec<Vec<u8>>> {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let p = SlicedPacket::from_ethernet(frame).ok()?;
-    // Everything before the IP header (Ethernet, VLAN tags) is repeated as it is.
-    let ip_start = match &p.net {
-        Some(NetSlice::Ipv4(ip)) => ip.header().slice().as_ptr(),
-        Some(NetSlice::Ipv6(ip)) => ip.header().slice().as_ptr(),
+    // The IP header (without extensions, which are rare on answers and not worth repeating)
+    // and everything before it (Ethernet, VLAN tags), repeated as it is in every segment.
+    let (ip, ipv4, ipv6) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => (ip.header().slice(), Some(ip.header().to_header()), None),
+        Some(NetSlice::Ipv6(ip)) if ip.extensions().is_empty() => {
+            (ip.header().slice(), None, Some(ip.header().to_header()))
+        }
         _ => return None,
     };
-    let link_len = ip_start as usize - frame.as_ptr() as usize;
+    let link_len = ip.as_ptr() as usize - frame.as_ptr() as usize;
     let Some(TransportSlice::Tcp(t)) = &p.transport else {
         return None;
     };
     let tcp = t.to_header();
     let payload = t.payload();
-    let (ip_len, ipv4, ipv6) = match &p.net {
-        Some(NetSlice::Ipv4(ip)) => (
-            ip.header().slice().len(),
-            Some(ip.header().to_header()),
-            None,
-        ),
-        Some(NetSlice::Ipv6(ip)) if ip.extensions().is_empty() => (
-            ip.header().slice().len(),
-            None,
-            Some(ip.header().to_header()),
-        ),
-        _ => return None,
-    };
+    let ip_len = ip.len();
     let mss = mtu.checked_sub(ip_len + tcp.header_len())?;
     if mss == 0 || payload.is_empty() {
         return None;

@@ -45,6 +45,18 @@ impl ScratchDatapath {
         Self::load_with(tag, |_| {})
     }
 
+    /// [`ScratchDatapath::load`], then policy revision 1, no flags, and every denial reported
+    /// (no event rate limit): what most data-path tests start from.
+    pub fn load_configured(tag: &str) -> Result<Self, Error> {
+        let mut dp = Self::load(tag)?;
+        dp.set_config(&dataplane_common::Config {
+            policy_revision: 1,
+            flags: 0,
+            deny_event_interval_ns: 0,
+        })?;
+        Ok(dp)
+    }
+
     /// Load with options adjusted by `f` (the pin directory is set here).
     pub fn load_with(tag: &str, f: impl FnOnce(&mut LoadOptions)) -> Result<Self, Error> {
         static N: AtomicU32 = AtomicU32::new(0);

@@ -57,6 +57,10 @@ impl Binaries {
     }
 }
 
+/// The pod network of a test node, and the bridge's address in it (the pods' gateway).
+pub const POD_NETWORK: &str = "10.88.0.0/24";
+const NODE_GATEWAY: &str = "10.88.0.1";
+
 /// The node: namespace, agent process, CNI runtime, and the pods made so far.
 pub struct Node {
     pub bed: Bed,
@@ -93,7 +97,7 @@ impl Node {
         let network = septa_network(
             &format!("septa-{tag}"),
             "cni-septa0",
-            "10.88.0.0/24",
+            POD_NETWORK,
             &dir.join("ipam"),
             &socket,
         );
@@ -239,6 +243,13 @@ impl Node {
         };
         self.pods.push((netns, a.clone()));
         Ok(a)
+    }
+
+    /// Give a pod a default route through the node (the bridge's address), for traffic beyond
+    /// the pod network: the test network's IPAM gives pods their subnet route only.
+    pub fn route_via_node(a: &Attachment) -> Result<()> {
+        let ns = a.netns.file_name().context("pod netns")?.to_string_lossy();
+        ip(&["-n", &ns, "route", "add", "default", "via", NODE_GATEWAY])
     }
 
     /// The pod's IPv4 address from its CNI result.

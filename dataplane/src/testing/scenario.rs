@@ -6,8 +6,8 @@ use std::{net::IpAddr, time::Duration};
 use crate::{netns::in_netns, testing::ScratchDatapath, EventReader};
 use anyhow::Result;
 use dataplane_common::{
-    allow, direction, endpoint_flags, identity, isolation, v4_mapped, Config, EndpointInfo,
-    FlowEvent, PolicyKey, PolicyValue,
+    allow, direction, endpoint_flags, identity, isolation, v4_mapped, EndpointInfo, FlowEvent,
+    PolicyKey, PolicyValue,
 };
 
 use super::{
@@ -36,12 +36,7 @@ impl Scenario {
         let mut bed = Bed::new(tag)?;
         let client = bed.add_pod("client", 2)?;
         let server = bed.add_pod("server", 3)?;
-        let mut dp = ScratchDatapath::load(tag)?;
-        dp.set_config(&Config {
-            policy_revision: 1,
-            flags: 0,
-            deny_event_interval_ns: 0,
-        })?;
+        let mut dp = ScratchDatapath::load_configured(tag)?;
         for (pod, id, iso_in) in [
             (&client, CLIENT_ID, 0),
             (&server, SERVER_ID, isolation::ENFORCE),

@@ -19,7 +19,6 @@ use clap::Parser;
 use dataplane::{
     netns::in_netns,
     testing::{
-        bed::ip,
         cni::Attachment,
         dns::{dns_query, query, Outside, RESOLVER},
         node::{http_get, metric, Binaries, Node},
@@ -106,13 +105,7 @@ fn main() -> Result<()> {
     let held = node.add_pod("bench", "fqdn-1", "app=fqdn")?;
     let plain = node.add_pod("bench", "plain-1", "app=plain")?;
     for p in [&held, &plain] {
-        let ns = p
-            .netns
-            .file_name()
-            .context("netns")?
-            .to_string_lossy()
-            .into_owned();
-        ip(&["-n", &ns, "route", "add", "default", "via", "10.88.0.1"])?;
+        Node::route_via_node(p)?;
     }
     let records = vec!["--host-record=api.example.test,198.51.100.10,600".to_owned()];
     let out = Outside::start(&node, &["198.51.100.10"], &records, "api.example.test")?;

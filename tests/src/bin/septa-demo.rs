@@ -11,7 +11,6 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use dataplane::testing::{
-    bed::ip,
     cni::Attachment,
     dns::{query, Outside},
     node::{flow_records, http_get, metric, Binaries, Node},
@@ -129,12 +128,6 @@ const PARTNER_API: &str = "198.51.100.10";
 const PARTNER_STATUS: &str = "198.51.100.67";
 const BAD_HOST: &str = "198.51.100.66";
 
-/// The pod network's IPAM gives pods their subnet route only; egress leaves through the node.
-fn default_route(att: &Attachment) -> Result<()> {
-    let ns = att.netns.file_name().context("netns")?.to_string_lossy();
-    ip(&["-n", &ns, "route", "add", "default", "via", "10.88.0.1"])
-}
-
 /// Step 4: egress by DNS name (FqdnPolicy) and a threat feed, with the expected verdicts.
 /// Returns how many connections went otherwise than expected.
 fn egress_and_feeds(node: &mut Node, outside: &Outside, outsider: &Attachment) -> Result<usize> {
@@ -162,7 +155,7 @@ fn egress_and_feeds(node: &mut Node, outside: &Outside, outsider: &Attachment) -
     }
     let payments = node.add_pod("shop", "payments-1", "app=payments")?;
     for a in [&payments, outsider] {
-        default_route(a)?;
+        Node::route_via_node(a)?;
     }
     let to = |a: &str| SocketAddr::new(a.parse().expect("address"), 443);
     let ok = |r: Result<std::net::TcpStream>| r.and_then(|mut c| echo(&mut c, b"hi")).is_ok();
@@ -325,22 +318,7 @@ fn print_matrix(pods: &[Pod], got: &[Vec<bool>], want: &[Vec<bool>]) -> usize {
 
 fn main() -> Result<()> {
     let started = Instant::now();
-    let exe_dir = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .to_owned();
-    let bins = Binaries {
-        agent: exe_dir.join("septa-agent"),
-        cni_dir: exe_dir.clone(),
-    };
-    for b in [&bins.agent, &exe_dir.join("septa-cni")] {
-        if !b.exists() {
-            bail!(
-                "{} not found: build with `make demo` (cargo build --release -p dataplane --bins)",
-                b.display()
-            );
-        }
-    }
+    let bins = Binaries::beside_current_exe().context("build with `make demo`")?;
     let examples = root().join("policies/examples/demo");
     let change = root().join("policies/examples/demo-change/monitoring-lockdown.yaml");
 
