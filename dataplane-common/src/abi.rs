@@ -34,9 +34,13 @@ pub mod maps {
     /// [`crate::FqdnKey`] → [`crate::FqdnValue`]: addresses a pod may reach because a DNS
     /// answer for an allowed name gave them.
     pub const FQDN: &str = "SEPTA_FQDN";
-    /// Ring buffer of [`crate::DnsCapture`]: DNS answers held back from pods until the agent
-    /// has put their addresses in [`FQDN`].
+    /// Ring buffer of DNS frames for the agent: [`crate::DnsCapture`] (answers held back from
+    /// pods until the agent has put their addresses in [`FQDN`]) and [`crate::DnsQueryCapture`]
+    /// (copies of the queries those pods send, which answers must match to be learned).
     pub const DNS_ANSWERS: &str = "SEPTA_DNS";
+    /// LRU: endpoint slot → the GCRA arrival time (ns) of its DNS budget
+    /// ([`crate::dns_budget`]): queries copied and answers held per endpoint are rate-limited.
+    pub const DNS_BUDGET: &str = "SEPTA_DNS_BUDGET";
 }
 
 /// Endpoint slots of cgroup workloads start here (below it, slots are interface indexes):
@@ -76,6 +80,8 @@ pub mod sizes {
     pub const BLOCK_V6: u32 = 1_048_576;
     /// FQDN-allowed (endpoint, address, port) entries.
     pub const FQDN: u32 = 262_144;
+    /// Endpoints with a DNS budget (LRU: an endpoint evicted starts with a full budget).
+    pub const DNS_BUDGET: u32 = 16_384;
     /// Ring buffer for held-back DNS answers, in bytes.
     pub const DNS_ANSWERS_BYTES: u32 = 1 << 22;
     /// Entries of the per-feed counters: two per feed id.
@@ -129,7 +135,7 @@ pub mod rule {
     pub const HOST: u32 = 0xffff_fffd;
     /// The packet was not evaluated (malformed, missing endpoint): the node's fail mode decided.
     pub const FAIL_MODE: u32 = 0xffff_fffc;
-    /// The source address is not the endpoint's own address.
+    /// The source address is not the endpoint's own address, or (IPv6) embeds an IPv4 one.
     pub const ANTI_SPOOF: u32 = 0xffff_fffb;
 }
 
@@ -152,7 +158,8 @@ pub mod reason {
     pub const FRAG_UNKNOWN: u8 = 3;
     /// The interface carries the program but has no endpoint entry.
     pub const NO_ENDPOINT: u8 = 4;
-    /// Pod egress with a source address that is not the pod's.
+    /// Pod egress with a source address that is not the pod's (or of a family the pod has no
+    /// address of), or an IPv6 packet with an IPv4-embedding address in either direction.
     pub const SPOOFED: u8 = 5;
     /// An established connection whose allowing policy was removed.
     pub const REVOKED: u8 = 6;
@@ -198,9 +205,11 @@ pub mod config_flags {
 
 /// Flags of [`EndpointInfo::flags`].
 pub mod endpoint_flags {
-    /// `ipv4` holds the endpoint's IPv4 address; pod egress from other IPv4 sources is dropped.
+    /// `ipv4` holds the endpoint's IPv4 address; pod egress from other IPv4 sources is dropped,
+    /// and without it every IPv4 source is.
     pub const HAS_IPV4: u8 = 1;
-    /// `ipv6` holds the endpoint's IPv6 address; pod egress from other global IPv6 sources is dropped.
+    /// `ipv6` holds the endpoint's IPv6 address; pod egress from other global IPv6 sources is
+    /// dropped, and without it every global one is (link-local `fe80::/10` aside).
     pub const HAS_IPV6: u8 = 2;
     /// FqdnPolicies select this endpoint: its DNS answers go through the agent, and egress
     /// that policy denies is checked against the FQDN allowlist.
@@ -250,6 +259,14 @@ pub mod stats {
     /// New egress connections of FQDN endpoints that policy denied and no FQDN entry allowed
     /// (denials to addresses not obtained from DNS).
     pub const FQDN_DENIED: u32 = 20;
+    /// DNS queries of FQDN endpoints copied to the agent (answers are learned only when they
+    /// match one).
+    pub const DNS_QUERIES: u32 = 21;
+    /// DNS queries not copied and answers delivered unheld because the endpoint was over its
+    /// DNS budget (their addresses are not learned).
+    pub const DNS_OVER_BUDGET: u32 = 22;
+    /// ICMP/ICMPv6 errors passed because they quote a tracked connection (RELATED).
+    pub const ICMP_RELATED: u32 = 23;
     /// Number of counters.
     pub const COUNT: u32 = 24;
 }
@@ -541,15 +558,65 @@ pub struct FqdnValue {
     pub name_id: u32,
 }
 
-/// A held-back DNS answer: the frame as the pod would have received it.
+/// Largest DNS query frame copied to the agent; a longer one passes uncopied (its answer is
+/// then delivered but not learned). Queries carry one question (at most 255 bytes of name).
+pub const DNS_QUERY_CAPTURE_MAX: usize = 512;
+
+/// [`DnsCapture::kind`] / [`DnsQueryCapture::kind`].
+pub mod dns_capture {
+    /// An answer held back from the pod (the agent re-injects it).
+    pub const ANSWER: u8 = 1;
+    /// A copy of a query the pod sent (the packet itself went on).
+    pub const QUERY: u8 = 2;
+}
+
+/// A held-back DNS answer: the frame as the pod would have received it. Only answers on the
+/// reverse of a connection the pod opened to port 53 are held (see the data path).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsCapture {
     /// Host-side interface (the endpoint slot) the answer was going out of.
     pub ifindex: u32,
     /// Bytes of `data` that hold the frame.
-    pub len: u32,
+    pub len: u16,
+    /// [`dns_capture::ANSWER`].
+    pub kind: u8,
+    pub _pad: u8,
     pub data: [u8; DNS_CAPTURE_MAX],
+}
+
+/// A copy of a DNS query an FQDN endpoint sent; same header as [`DnsCapture`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsQueryCapture {
+    /// Host-side interface (the endpoint slot) the query came in on.
+    pub ifindex: u32,
+    /// Bytes of `data` that hold the frame.
+    pub len: u16,
+    /// [`dns_capture::QUERY`].
+    pub kind: u8,
+    pub _pad: u8,
+    pub data: [u8; DNS_QUERY_CAPTURE_MAX],
+}
+
+/// Per-endpoint DNS budget: a GCRA (virtual scheduling) rate limit on the queries copied to
+/// and answers held for the agent, so that one pod cannot crowd the shared ring.
+pub mod dns_budget {
+    /// Sustained rate: one event per this many ns (500 per second).
+    pub const INTERVAL_NS: u64 = 2_000_000;
+    /// Burst tolerance, in ns of credit (500 events at once).
+    pub const BURST_NS: u64 = 1_000_000_000;
+
+    /// Given an endpoint's theoretical arrival time `tat` (0: never seen) and `now`, whether
+    /// one more event conforms, and the new `tat` to store when it does.
+    #[inline(always)]
+    pub fn take(tat: u64, now: u64) -> Option<u64> {
+        let t = if tat > now { tat } else { now };
+        if t - now > BURST_NS {
+            return None;
+        }
+        Some(t + INTERVAL_NS)
+    }
 }
 
 /// One record on the events ring buffer.
@@ -647,6 +714,7 @@ const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<FqdnKey>() == 24);
 const _: () = assert!(core::mem::size_of::<FqdnValue>() == 24);
 const _: () = assert!(core::mem::size_of::<DnsCapture>() == 8 + DNS_CAPTURE_MAX);
+const _: () = assert!(core::mem::size_of::<DnsQueryCapture>() == 8 + DNS_QUERY_CAPTURE_MAX);
 
 #[cfg(feature = "user")]
 mod pod {

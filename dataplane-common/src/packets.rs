@@ -97,6 +97,18 @@ pub fn icmp6_raw(icmp_type: u8) -> Vec<u8> {
     Icmpv6Header::new(t).to_bytes().to_vec()
 }
 
+/// An ICMPv4 error of `icmp_type`/`code` quoting `quoted` (an IP packet from its header on).
+pub fn icmp4_error(icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut v = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    v.extend_from_slice(quoted);
+    v
+}
+
+/// An ICMPv6 error of `icmp_type` (code 0) quoting `quoted` (an IPv6 packet from its header on).
+pub fn icmp6_error(icmp_type: u8, quoted: &[u8]) -> Vec<u8> {
+    icmp4_error(icmp_type, 0, quoted)
+}
+
 /// An IPv4 header for `l4_len` bytes of payload.
 pub fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: usize) -> Ipv4Header {
     Ipv4Header::new(l4_len as u16, 64, IpNumber(proto), src, dst).expect("payload fits")
@@ -136,12 +148,24 @@ pub fn ipv4_fragment(
 /// An IPv6 frame. `exts` is an already serialised extension-header chain whose first header is
 /// `first_next` (use [`ext6`] and [`frag6`]); `first_next` is the L4 protocol when `exts` is empty.
 pub fn ipv6(src: [u8; 16], dst: [u8; 16], first_next: u8, exts: &[u8], l4: &[u8]) -> Vec<u8> {
+    ipv6_hops(src, dst, first_next, exts, l4, 64)
+}
+
+/// [`ipv6`] with a given hop limit.
+pub fn ipv6_hops(
+    src: [u8; 16],
+    dst: [u8; 16],
+    first_next: u8,
+    exts: &[u8],
+    l4: &[u8],
+    hop_limit: u8,
+) -> Vec<u8> {
     let h = Ipv6Header {
         traffic_class: 0,
         flow_label: Default::default(),
         payload_length: (exts.len() + l4.len()) as u16,
         next_header: IpNumber(first_next),
-        hop_limit: 64,
+        hop_limit,
         source: src,
         destination: dst,
     };

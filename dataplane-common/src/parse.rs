@@ -9,7 +9,10 @@
 //!   [`MAX_IPV6_EXT_HEADERS`] of them; more is an error (the caller fails closed);
 //! - IP fragments: the first carries the ports, later ones are marked [`FRAG_LATER`] and get
 //!   their ports from the fragment map in the data path;
-//! - truncated headers, bad versions, bad IHL and lengths: an error, never a guess.
+//! - truncated headers, bad versions, bad IHL and lengths: an error, never a guess;
+//! - ICMP and ICMPv6 errors: the tuple of the packet they quote is read into
+//!   [`Packet::quoted`], so the data path can relate an error to the connection it is about
+//!   (conntrack's RELATED); a quote too short to read leaves it unset, never an error.
 //!
 //! Non-IP frames (ARP, LLDP, ...) parse to a [`Packet`] with `family == 0`.
 
@@ -110,6 +113,74 @@ pub struct Packet {
     pub dport: u16,
     /// Fragment identification (IPv4 16-bit id, IPv6 32-bit id).
     pub frag_id: u32,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
+    /// For an ICMP/ICMPv6 error, the packet it quotes.
+    pub quoted: Quoted,
+}
+
+/// The tuple of the packet an ICMP error quotes: the packet that caused the error, sent by the
+/// error's destination. Ports as [`Packet`] has them (echo identifier in `sport` for a request).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quoted {
+    /// Whether a quoted header of the same family was read; the other fields mean nothing if not.
+    pub valid: bool,
+    pub proto: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Whether `a` is IPv6 link-local unicast (`fe80::/10`).
+#[inline(always)]
+pub fn is_link_local6(a: &[u8; 16]) -> bool {
+    a[0] == 0xfe && a[1] & 0xc0 == 0x80
+}
+
+/// Whether `a` is the IPv6 unspecified address `::`.
+#[inline(always)]
+pub fn is_unspecified6(a: &[u8; 16]) -> bool {
+    u128::from_ne_bytes(*a) == 0
+}
+
+/// Whether `a` is IPv6 multicast (`ff00::/8`).
+#[inline(always)]
+pub fn is_multicast6(a: &[u8; 16]) -> bool {
+    a[0] == 0xff
+}
+
+/// Whether an IPv6 address embeds an IPv4 one: IPv4-mapped (`::ffff:0:0/96`) or
+/// IPv4-compatible (`::/96` but `::` and `::1`). The data path keys IPv4 addresses
+/// IPv4-mapped in the same 16-byte space as IPv6, so an IPv6 packet carrying such an address
+/// would be looked up (conntrack, ipcache) as the IPv4 host it names; it is dropped before any
+/// lookup instead, which keeps the two families disjoint in every map.
+#[inline(always)]
+pub fn is_v4_embedded6(a: &[u8; 16]) -> bool {
+    let head = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    if head != 0 || a[8] != 0 || a[9] != 0 {
+        return false;
+    }
+    if a[10] == 0xff && a[11] == 0xff {
+        return true;
+    }
+    // ::/96 (IPv4-compatible), except :: and ::1.
+    a[10] == 0 && a[11] == 0 && !(a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] <= 1)
+}
+
+/// ICMPv4 error types that quote the offending packet and may relate to a connection:
+/// destination unreachable (fragmentation needed among them), source quench, time exceeded,
+/// parameter problem. Redirects (5) are not: they change routing, not a connection's fate.
+#[inline(always)]
+pub fn is_icmp4_error(t: u8) -> bool {
+    matches!(t, 3 | 4 | 11 | 12)
+}
+
+/// ICMPv6 error types: destination unreachable, packet too big, time exceeded, parameter
+/// problem.
+#[inline(always)]
+pub fn is_icmp6_error(t: u8) -> bool {
+    matches!(t, 1..=4)
 }
 
 impl Packet {
@@ -125,12 +196,33 @@ impl Packet {
     }
 
     /// IPv6 neighbour discovery / MLD: link-local control traffic that must pass for IPv6 to
-    /// work at all, like ARP for IPv4. Never subject to policy.
+    /// work at all, like ARP for IPv4, and so is not subject to policy. Only when it is
+    /// link-scoped as the RFCs require, so the exemption cannot carry traffic off the link:
+    /// neighbour discovery and redirects (133-137) with hop limit 255 (RFC 4861 7.1.1: a
+    /// router would have decremented it), MLD (130-132, 143) with hop limit 1, a link-local or
+    /// unspecified source and a multicast or link-local destination (RFC 2710, RFC 3810).
+    /// Anything else of these types is an ordinary ICMPv6 packet under policy.
     #[inline(always)]
     pub fn is_link_control(&self) -> bool {
-        self.family == 6
-            && self.proto == IPPROTO_ICMPV6
-            && matches!(self.icmp_type, 130..=137 | 143)
+        if self.family != 6 || self.proto != IPPROTO_ICMPV6 || self.frag != FRAG_NONE {
+            return false;
+        }
+        match self.icmp_type {
+            133..=137 => self.hop_limit == 255,
+            130..=132 | 143 => {
+                self.hop_limit == 1
+                    && (is_link_local6(&self.saddr) || is_unspecified6(&self.saddr))
+                    && (is_multicast6(&self.daddr) || is_link_local6(&self.daddr))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an IPv6 packet has an IPv4-embedding source or destination (see
+    /// [`is_v4_embedded6`]); always false for IPv4.
+    #[inline(always)]
+    pub fn has_v4_embedded_addr(&self) -> bool {
+        self.family == 6 && (is_v4_embedded6(&self.saddr) || is_v4_embedded6(&self.daddr))
     }
 }
 
@@ -230,6 +322,7 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(
         FRAG_NONE
     };
     pkt.frag_id = be16([h[4], h[5]]) as u32;
+    pkt.hop_limit = h[8];
     pkt.family = 4;
     pkt.proto = h[9];
     pkt.saddr = crate::v4_mapped([h[12], h[13], h[14], h[15]]);
@@ -252,6 +345,7 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(
         return Err(ParseError::Truncated);
     }
     pkt.family = 6;
+    pkt.hop_limit = h[7];
     pkt.saddr = p.load::<16>(off + 8).ok_or(ParseError::Truncated)?;
     pkt.daddr = p.load::<16>(off + 24).ok_or(ParseError::Truncated)?;
     let mut next = h[6];
@@ -331,12 +425,63 @@ fn parse_l4<P: PacketBytes + ?Sized>(
                 pkt.sport = id;
             } else if h[0] == reply {
                 pkt.dport = id;
+            } else if (pkt.proto == IPPROTO_ICMP && is_icmp4_error(h[0]))
+                || (pkt.proto == IPPROTO_ICMPV6 && is_icmp6_error(h[0]))
+            {
+                parse_quoted(p, off + 8, pkt);
             }
         }
         IPPROTO_NONE => {}
         _ => {}
     }
     Ok(())
+}
+
+/// Read the header an ICMP error quotes at `off` into `pkt.quoted`. The quote is at least the
+/// IP header and 8 bytes of the offending packet (RFC 792, RFC 4443); anything short of that,
+/// of the other family, or a later fragment leaves `quoted` unset: the error is then an
+/// ordinary ICMP packet, evaluated by policy.
+#[inline(always)]
+fn parse_quoted<P: PacketBytes + ?Sized>(p: &P, off: usize, pkt: &mut Packet) {
+    let q = &mut pkt.quoted;
+    let l4 = if pkt.family == 4 {
+        let Some(h) = p.load::<20>(off) else { return };
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        // A quoted later fragment has no ports.
+        if h[0] >> 4 != 4 || ihl < 20 || be16([h[6], h[7]]) & 0x1fff != 0 {
+            return;
+        }
+        q.proto = h[9];
+        q.saddr = crate::v4_mapped([h[12], h[13], h[14], h[15]]);
+        q.daddr = crate::v4_mapped([h[16], h[17], h[18], h[19]]);
+        off + ihl
+    } else {
+        let Some(h) = p.load::<8>(off) else { return };
+        if h[0] >> 4 != 6 {
+            return;
+        }
+        // Only a quote whose transport header follows the fixed header is related; one behind
+        // extension headers is evaluated as plain ICMPv6.
+        q.proto = h[6];
+        let (Some(s), Some(d)) = (p.load::<16>(off + 8), p.load::<16>(off + 24)) else {
+            return;
+        };
+        q.saddr = s;
+        q.daddr = d;
+        off + 40
+    };
+    let Some(t) = p.load::<8>(l4) else { return };
+    match q.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            q.sport = be16([t[0], t[1]]);
+            q.dport = be16([t[2], t[3]]);
+        }
+        // An error about an echo request: the request's tuple (identifier as its source port).
+        IPPROTO_ICMP if t[0] == 8 => q.sport = be16([t[4], t[5]]),
+        IPPROTO_ICMPV6 if t[0] == 128 => q.sport = be16([t[4], t[5]]),
+        _ => return,
+    }
+    q.valid = true;
 }
 
 #[cfg(test)]
@@ -579,11 +724,56 @@ mod tests {
     }
 
     #[test]
-    fn neighbour_discovery_is_link_control() {
-        for t in [133u8, 134, 135, 136, 137, 143] {
+    fn neighbour_discovery_is_link_control_only_when_link_scoped() {
+        let ll = {
+            let mut a = v6(1);
+            a[0] = 0xfe;
+            a[1] = 0x80;
+            a
+        };
+        let mcast = {
+            let mut a = v6(0x16);
+            a[0] = 0xff;
+            a[1] = 0x02;
+            a
+        };
+        let nd = |t: u8, hops: u8, src, dst| {
+            ok(&ipv6_hops(
+                src,
+                dst,
+                IPPROTO_ICMPV6,
+                &[],
+                &icmp6_raw(t),
+                hops,
+            ))
+        };
+        for t in [133u8, 134, 135, 136, 137] {
+            assert!(nd(t, 255, ll, v6(2)).is_link_control(), "type {t}");
             assert!(
-                ok(&ipv6(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_raw(t))).is_link_control(),
-                "type {t}"
+                nd(t, 255, v6(1), v6(2)).is_link_control(),
+                "type {t}, global"
+            );
+            // Routed (hop limit decremented): an ordinary ICMPv6 packet under policy.
+            assert!(!nd(t, 254, ll, v6(2)).is_link_control(), "type {t} routed");
+            assert!(
+                !nd(t, 64, v6(1), v6(2)).is_link_control(),
+                "type {t} hop 64"
+            );
+        }
+        for t in [130u8, 131, 132, 143] {
+            assert!(nd(t, 1, ll, mcast).is_link_control(), "MLD {t}");
+            assert!(
+                nd(t, 1, [0; 16], mcast).is_link_control(),
+                "MLD {t} from ::"
+            );
+            assert!(!nd(t, 2, ll, mcast).is_link_control(), "MLD {t} hop 2");
+            assert!(
+                !nd(t, 1, v6(1), mcast).is_link_control(),
+                "MLD {t} global source"
+            );
+            assert!(
+                !nd(t, 1, ll, v6(2)).is_link_control(),
+                "MLD {t} global dest"
             );
         }
         assert!(!ok(&ipv6(
@@ -594,6 +784,114 @@ mod tests {
             &icmp6_echo(1, false)
         ))
         .is_link_control());
+    }
+
+    #[test]
+    fn v4_embedding_ipv6_addresses() {
+        let mapped = crate::v4_mapped(A);
+        let mut compat = [0u8; 16];
+        compat[12..].copy_from_slice(&A);
+        let mut loopback = [0u8; 16];
+        loopback[15] = 1;
+        assert!(is_v4_embedded6(&mapped));
+        assert!(is_v4_embedded6(&compat));
+        assert!(!is_v4_embedded6(&[0; 16]), ":: is not an embedding");
+        assert!(!is_v4_embedded6(&loopback));
+        assert!(!is_v4_embedded6(&v6(1)));
+        let p = ok(&ipv6(mapped, v6(2), IPPROTO_UDP, &[], &udp(1, 2, 0)));
+        assert!(p.has_v4_embedded_addr());
+        let p = ok(&ipv6(v6(1), compat, IPPROTO_UDP, &[], &udp(1, 2, 0)));
+        assert!(p.has_v4_embedded_addr());
+        assert!(!ok(&ipv4(A, B, IPPROTO_UDP, &udp(1, 2, 0))).has_v4_embedded_addr());
+    }
+
+    #[test]
+    fn icmp_errors_carry_the_quoted_tuple() {
+        // A router tells A that its TCP segment to B needs fragmenting.
+        let quoted = ipv4(A, B, IPPROTO_TCP, &tcp(40000, 443, TCP_ACK));
+        let router = v4(10, 9, 9, 9);
+        let e = ok(&ipv4(
+            router,
+            A,
+            IPPROTO_ICMP,
+            &icmp4_error(3, 4, &quoted[14..]),
+        ));
+        assert_eq!(e.icmp_type, 3);
+        assert!(e.quoted.valid);
+        assert_eq!(
+            (e.quoted.proto, e.quoted.sport, e.quoted.dport),
+            (IPPROTO_TCP, 40000, 443)
+        );
+        assert_eq!(e.quoted.saddr, crate::v4_mapped(A));
+        assert_eq!(e.quoted.daddr, crate::v4_mapped(B));
+        // Only the IP header and 8 bytes are quoted (RFC 792): enough.
+        let e = ok(&ipv4(
+            router,
+            A,
+            IPPROTO_ICMP,
+            &icmp4_error(11, 0, &quoted[14..14 + 28]),
+        ));
+        assert!(e.quoted.valid);
+        // Less than that: an ordinary ICMP packet.
+        let e = ok(&ipv4(
+            router,
+            A,
+            IPPROTO_ICMP,
+            &icmp4_error(3, 4, &quoted[14..14 + 24]),
+        ));
+        assert!(!e.quoted.valid);
+        // Redirects and echo are not errors.
+        let e = ok(&ipv4(
+            router,
+            A,
+            IPPROTO_ICMP,
+            &icmp4_error(5, 0, &quoted[14..]),
+        ));
+        assert!(!e.quoted.valid);
+        // An error about a ping: the request's identifier.
+        let ping = ipv4(A, B, IPPROTO_ICMP, &icmp4_echo(77, false));
+        let e = ok(&ipv4(
+            router,
+            A,
+            IPPROTO_ICMP,
+            &icmp4_error(3, 1, &ping[14..]),
+        ));
+        assert!(e.quoted.valid);
+        assert_eq!((e.quoted.proto, e.quoted.sport), (IPPROTO_ICMP, 77));
+        // IPv6 packet too big.
+        let quoted6 = ipv6(v6(1), v6(2), IPPROTO_UDP, &[], &udp(5000, 53, 8));
+        let e = ok(&ipv6(
+            v6(9),
+            v6(1),
+            IPPROTO_ICMPV6,
+            &[],
+            &icmp6_error(2, &quoted6[14..]),
+        ));
+        assert!(e.quoted.valid);
+        assert_eq!(
+            (
+                e.quoted.proto,
+                e.quoted.saddr,
+                e.quoted.daddr,
+                e.quoted.sport,
+                e.quoted.dport
+            ),
+            (IPPROTO_UDP, v6(1), v6(2), 5000, 53)
+        );
+        // An IPv4 quote inside ICMPv6: not related.
+        let e = ok(&ipv6(
+            v6(9),
+            v6(1),
+            IPPROTO_ICMPV6,
+            &[],
+            &icmp6_error(1, &quoted[14..]),
+        ));
+        assert!(!e.quoted.valid);
+        // Every truncation of an error is an error or a smaller answer, never a panic.
+        let f = ipv4(router, A, IPPROTO_ICMP, &icmp4_error(3, 4, &quoted[14..]));
+        for n in 0..f.len() {
+            let _ = parse(&f[..n]);
+        }
     }
 
     proptest! {

@@ -4,8 +4,18 @@
 //! - `tc_to_pod` (host-veth egress): packets the pod receives; the pod's INGRESS policy.
 //!
 //! # Fail mode
-//! - Non-IP frames (ARP, ...) and IPv6 neighbour discovery/MLD pass: they are link control,
-//!   outside NetworkPolicy, and the pod cannot work without them.
+//! - Non-IP frames (ARP, ...) and link-scoped IPv6 neighbour discovery/MLD pass: they are link
+//!   control, outside NetworkPolicy, and the pod cannot work without them. Only link-scoped
+//!   ones ([`Packet::is_link_control`]); a pod's with a global source must use its own address.
+//! - IPv6 packets with an IPv4-mapped or -compatible source or destination are dropped in both
+//!   directions before any lookup (they would be looked up as the IPv4 host they name).
+//! - Pod egress from a source that is not the pod's is dropped, and so is any egress of a
+//!   family the pod has no address of (IPv6 link-local aside).
+//! - ICMP errors that quote a tracked connection pass (RELATED: path MTU discovery must work
+//!   through ingress isolation); other ICMP errors are ordinary packets under policy.
+//! - DNS answers are held for the agent only on the reverse of a connection the pod opened to
+//!   port 53, after conntrack, anti-spoofing and ingress checks; the pod's queries are copied
+//!   to the agent so it learns only answers to them. Both are rate-limited per endpoint.
 //! - Malformed IP packets and interfaces with no endpoint entry fail **closed** (dropped and
 //!   counted), unless the node runs with `FAIL_OPEN`, in which case they pass and are counted
 //!   as fail-open passes. Policy must not be bypassable with a bad header.
@@ -31,12 +41,13 @@ use dataplane_common::{
     blocklist::{self, BlockMap, Listed},
     config_flags,
     conntrack::{self, CtTransition},
-    ct_state, direction, event, identity,
+    ct_state, direction, dns_budget, dns_capture, event, identity,
     parse::{self, Packet, PacketBytes},
     policy::{self, Decision, PolicyMap},
     reason, rule, sizes, stats, verdict, BlockEntry, Config, CtEntry, CtKey, DnsCapture,
-    EndpointInfo, FlowEvent, FqdnKey, FqdnValue, FragKey, FragPorts, IpcacheEntry, PolicyKey,
-    PolicyValue, DNS_CAPTURE_MAX, DNS_REINJECT_MARK,
+    DnsQueryCapture, EndpointInfo, FlowEvent, FqdnKey, FqdnValue, FragKey, FragPorts, IpcacheEntry,
+    PolicyKey, PolicyValue, CGROUP_SLOT_BASE, DNS_CAPTURE_MAX, DNS_QUERY_CAPTURE_MAX,
+    DNS_REINJECT_MARK,
 };
 
 /// Let the packet continue (TCX_NEXT: later programs on the hook still run).
@@ -73,6 +84,8 @@ static FEED_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::FEED_STATS, 0);
 static FQDN: HashMap<FqdnKey, FqdnValue> = HashMap::pinned(sizes::FQDN, 0);
 #[map(name = "SEPTA_DNS")]
 static DNS_ANSWERS: RingBuf = RingBuf::pinned(sizes::DNS_ANSWERS_BYTES, 0);
+#[map(name = "SEPTA_DNS_BUDGET")]
+static DNS_BUDGET: LruHashMap<u32, u64> = LruHashMap::pinned(sizes::DNS_BUDGET, 0);
 /// Per-CPU scratch for a new connection's conntrack entry (not pinned).
 #[map(name = "SEPTA_CT_SCRATCH")]
 static CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
@@ -105,12 +118,87 @@ pub fn cg_ingress(ctx: SkBuffContext) -> i32 {
 fn tc(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
-    // DNS answers to pods with FQDN rules are held for the agent, except the ones it puts back.
-    let hold_dns = dir == direction::INGRESS && mark != DNS_REINJECT_MARK;
-    match handle(&Skb(ctx), None, ifindex, ctx.len() as u64, dir, hold_dns) {
+    // DNS of pods with FQDN rules goes through the agent, except the answers it puts back (the
+    // mark cannot come from a pod: crossing the veth into this namespace clears it).
+    let dns = mark != DNS_REINJECT_MARK;
+    match handle(&Skb(ctx), None, ifindex, ctx.len() as u64, dir, dns) {
         Verdict::Pass => PASS,
         Verdict::Drop => DROP,
         Verdict::HoldDns => hold_dns_answer(ctx, ifindex),
+        Verdict::CopyDnsQuery => {
+            copy_dns_query(ctx, ifindex);
+            PASS
+        }
+    }
+}
+
+/// Whether the endpoint in `slot` may hand the agent one more DNS frame now (see
+/// [`dns_budget`]). Over budget, a query is not copied and an answer passes unheld: its
+/// addresses are not learned, which costs that pod only, never the others sharing the ring.
+#[inline(never)]
+fn dns_budget_ok(slot: u32) -> bool {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: copied out at once.
+    let tat = unsafe { DNS_BUDGET.get(&slot).copied() }.unwrap_or(0);
+    match dns_budget::take(tat, now) {
+        Some(next) => {
+            let _ = DNS_BUDGET.insert(&slot, &next, 0);
+            true
+        }
+        None => {
+            count(stats::DNS_OVER_BUDGET);
+            false
+        }
+    }
+}
+
+/// Copy a DNS query an FQDN endpoint sent to the agent, which learns only answers matching a
+/// query it saw (id, question, resolver and ports). The query itself goes on either way.
+///
+/// # Fail mode
+/// A full ring, a query over [`DNS_QUERY_CAPTURE_MAX`] or an endpoint over its DNS budget:
+/// not copied. Its answer is then delivered but not learned (closed for the FQDN allowlist,
+/// open for DNS itself).
+#[inline(never)]
+fn copy_dns_query(ctx: &TcContext, ifindex: u32) {
+    let len = ctx.len() as usize;
+    if len == 0 || len > DNS_QUERY_CAPTURE_MAX || !dns_budget_ok(ifindex) {
+        return;
+    }
+    let Some(mut slot) = DNS_ANSWERS.reserve::<DnsQueryCapture>(0) else {
+        count(stats::DNS_LOST);
+        return;
+    };
+    let cap = slot.as_mut_ptr();
+    // SAFETY: `cap` points at a reserved, exclusively ours, DnsQueryCapture.
+    let data = unsafe {
+        (*cap).ifindex = ifindex;
+        (*cap).len = len as u16;
+        (*cap).kind = dns_capture::QUERY;
+        (*cap)._pad = 0;
+        &mut (*cap).data
+    };
+    let n = len as u32;
+    if n == 0 || n > DNS_QUERY_CAPTURE_MAX as u32 {
+        slot.discard(0);
+        return;
+    }
+    // SAFETY: `data` has DNS_QUERY_CAPTURE_MAX bytes and 1 <= n <= DNS_QUERY_CAPTURE_MAX.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            0,
+            data.as_mut_ptr() as *mut core::ffi::c_void,
+            n,
+        )
+    };
+    if r == 0 {
+        slot.submit(0);
+        count(stats::DNS_QUERIES);
+    } else {
+        slot.discard(0);
+        count(stats::DNS_LOST);
     }
 }
 
@@ -121,12 +209,16 @@ fn tc(ctx: &TcContext, dir: u8) -> i32 {
 /// # Fail mode
 /// A full answer ring drops the answer (counted `dns_lost`): the pod's resolver retries, and
 /// an answer delivered without its entries would make the first connection fail instead.
-/// Frames over [`DNS_CAPTURE_MAX`] pass unheld (counted): their addresses are not learned.
+/// Frames over [`DNS_CAPTURE_MAX`] pass unheld (counted), and so do answers of an endpoint
+/// over its DNS budget: their addresses are not learned.
 #[inline(never)]
 fn hold_dns_answer(ctx: &TcContext, ifindex: u32) -> i32 {
     let len = ctx.len() as usize;
     if len > DNS_CAPTURE_MAX {
         count(stats::DNS_NOT_HELD);
+        return PASS;
+    }
+    if !dns_budget_ok(ifindex) {
         return PASS;
     }
     let Some(mut slot) = DNS_ANSWERS.reserve::<DnsCapture>(0) else {
@@ -137,7 +229,9 @@ fn hold_dns_answer(ctx: &TcContext, ifindex: u32) -> i32 {
     // SAFETY: `cap` points at a reserved, exclusively ours, DnsCapture.
     let data = unsafe {
         (*cap).ifindex = ifindex;
-        (*cap).len = len as u32;
+        (*cap).len = len as u16;
+        (*cap).kind = dns_capture::ANSWER;
+        (*cap)._pad = 0;
         &mut (*cap).data
     };
     // The helper directly, with the length bounded [1, DNS_CAPTURE_MAX] where the verifier
@@ -184,8 +278,8 @@ fn cgroup(ctx: &SkBuffContext, dir: u8) -> i32 {
         dir,
         false,
     ) {
-        Verdict::Pass | Verdict::HoldDns => 1,
         Verdict::Drop => 0,
+        _ => 1,
     }
 }
 
@@ -202,8 +296,8 @@ pub fn xdp_host(ctx: XdpContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     match xdp_blocklist(&XdpBytes(&ctx), ifindex) {
-        Verdict::Pass | Verdict::HoldDns => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
     }
 }
 
@@ -214,7 +308,7 @@ fn xdp_blocklist<P: PacketBytes>(bytes: &P, ifindex: u32) -> Verdict {
     };
     // SAFETY: per-CPU scratch, exclusively ours for this program run.
     let f = unsafe { &mut *f };
-    f.pkt = Packet::default();
+    clear(&mut f.pkt);
     if parse::parse_into(bytes, &mut f.pkt).is_err() || f.pkt.family == 0 {
         return Verdict::Pass;
     }
@@ -412,6 +506,8 @@ enum Verdict {
     Drop,
     /// A DNS answer to hold for the agent (TC only).
     HoldDns,
+    /// Pass, and copy the DNS query to the agent (TC only).
+    CopyDnsQuery,
 }
 
 /// A cgroup skb starts at the IP header; read through the helper.
@@ -470,6 +566,15 @@ impl PolicyMap for PolicyHash {
     }
 }
 
+/// `*pkt = Packet::default()` without building the default on the stack first (the
+/// 512-byte stack is shared by the deepest call chain, which starts in the caller's frame).
+#[inline(always)]
+fn clear(pkt: &mut Packet) {
+    // SAFETY: `Packet` is plain integers, byte arrays and a bool, for which all-zero is
+    // valid and equals `Packet::default()`.
+    unsafe { core::ptr::write_bytes(pkt as *mut Packet, 0, 1) };
+}
+
 #[inline(always)]
 fn count(idx: u32) {
     if let Some(p) = STATS.get_ptr_mut(idx) {
@@ -493,7 +598,8 @@ fn fail(cfg: &Config) -> i32 {
 
 /// The data path for one packet, whatever program saw it: `l3` is the protocol when the
 /// packet starts at the IP header (cgroup) and `None` for Ethernet frames (TC); `slot` is the
-/// endpoint key (interface index, or a cgroup slot).
+/// endpoint key (interface index, or a cgroup slot); `dns`: DNS of FQDN endpoints goes
+/// through the agent (TC, except re-injected answers).
 #[inline(always)]
 fn handle<P: PacketBytes>(
     bytes: &P,
@@ -501,7 +607,7 @@ fn handle<P: PacketBytes>(
     slot: u32,
     len: u64,
     dir: u8,
-    hold_dns: bool,
+    dns: bool,
 ) -> Verdict {
     let Some(f) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-slot per-CPU array always has its slot); fail closed.
@@ -510,7 +616,7 @@ fn handle<P: PacketBytes>(
     // SAFETY: per-CPU scratch, exclusively ours for this program run.
     let f = unsafe { &mut *f };
     f.cfg = CONFIG.get(0).copied().unwrap_or_default();
-    f.pkt = Packet::default();
+    clear(&mut f.pkt);
     let parsed = match l3 {
         None => parse::parse_into(bytes, &mut f.pkt),
         Some(ethertype) => parse::parse_l3_into(bytes, ethertype, &mut f.pkt),
@@ -523,18 +629,18 @@ fn handle<P: PacketBytes>(
         count(stats::NON_IP);
         return Verdict::Pass;
     }
-    if f.pkt.is_link_control() {
-        return Verdict::Pass;
+    // Before any lookup: conntrack and the ipcache key IPv4 IPv4-mapped.
+    if f.pkt.has_v4_embedded_addr() {
+        count(stats::SPOOFED);
+        count(stats::DROPPED);
+        return Verdict::Drop;
     }
-    if hold_dns
-        && f.pkt.sport == 53
-        && (f.pkt.proto == parse::IPPROTO_UDP || f.pkt.proto == parse::IPPROTO_TCP)
-        && is_fqdn_endpoint(slot)
-    {
-        if f.pkt.frag == parse::FRAG_NONE {
-            return Verdict::HoldDns;
-        }
-        count(stats::DNS_NOT_HELD);
+    if f.pkt.is_link_control() {
+        return link_control(&f.pkt, slot, dir);
+    }
+    if f.pkt.quoted.valid && related(&f.pkt, slot) {
+        count(stats::ICMP_RELATED);
+        return Verdict::Pass;
     }
     if f.pkt.frag == parse::FRAG_FIRST {
         let ports = FragPorts {
@@ -564,15 +670,105 @@ fn handle<P: PacketBytes>(
     f.now = unsafe { bpf_ktime_get_coarse_ns() };
     f.dir = dir;
     if let Some(e) = CT.get_ptr_mut(&f.key) {
-        return verdict(established(f, &f.key, e, false));
+        let action = established(f, &f.key, e, false);
+        return dns_query_or(action, &f.pkt, slot, dir, dns);
     }
     f.rkey = f.key.reversed();
     if let Some(e) = CT.get_ptr_mut(&f.rkey) {
-        return verdict(established(f, &f.rkey, e, true));
+        // SAFETY: a pointer into the map value, read at once.
+        let opened_by_pod = unsafe { (*e).direction } == direction::EGRESS;
+        let action = established(f, &f.rkey, e, true);
+        // An answer is held only here: on the reverse of a connection the pod opened to port
+        // 53, whose creation passed anti-spoofing and egress policy. Unsolicited "answers"
+        // are new flows under ingress policy and are never learned.
+        if action == PASS
+            && dns
+            && opened_by_pod
+            && dir == direction::INGRESS
+            && is_dns(&f.pkt, f.pkt.sport)
+            && is_fqdn_endpoint(slot)
+        {
+            return Verdict::HoldDns;
+        }
+        return dns_query_or(action, &f.pkt, slot, dir, dns);
     }
     // SAFETY: helper without preconditions.
     f.now = unsafe { bpf_ktime_get_ns() };
-    verdict(new_flow(f))
+    let action = new_flow(f);
+    dns_query_or(action, &f.pkt, slot, dir, dns)
+}
+
+/// UDP or TCP with `port` 53, unfragmented (a fragment's payload is not a whole message).
+#[inline(always)]
+fn is_dns(pkt: &Packet, port: u16) -> bool {
+    port == 53
+        && (pkt.proto == parse::IPPROTO_UDP || pkt.proto == parse::IPPROTO_TCP)
+        && pkt.frag == parse::FRAG_NONE
+}
+
+/// `action`, or for a DNS query an FQDN endpoint is let send: pass and copy it to the agent.
+#[inline(always)]
+fn dns_query_or(action: i32, pkt: &Packet, slot: u32, dir: u8, dns: bool) -> Verdict {
+    if action == PASS
+        && dns
+        && dir == direction::EGRESS
+        && is_dns(pkt, pkt.dport)
+        && is_fqdn_endpoint(slot)
+    {
+        return Verdict::CopyDnsQuery;
+    }
+    verdict(action)
+}
+
+/// Link-scoped neighbour discovery and MLD pass; from the pod, a global source must still be
+/// the pod's own (a link-local or unspecified one is how these messages are sent).
+#[inline(never)]
+fn link_control(pkt: &Packet, slot: u32, dir: u8) -> Verdict {
+    if dir == direction::INGRESS
+        || slot >= CGROUP_SLOT_BASE
+        || parse::is_link_local6(&pkt.saddr)
+        || parse::is_unspecified6(&pkt.saddr)
+    {
+        return Verdict::Pass;
+    }
+    // SAFETY: read at once.
+    let own = match unsafe { ENDPOINTS.get(&slot) } {
+        Some(ep) => {
+            ep.flags & dataplane_common::endpoint_flags::HAS_IPV6 != 0 && ep.ipv6 == pkt.saddr
+        }
+        // No endpoint: nothing to check against; the node's fail mode governs its traffic.
+        None => true,
+    };
+    if own {
+        Verdict::Pass
+    } else {
+        count(stats::SPOOFED);
+        count(stats::DROPPED);
+        Verdict::Drop
+    }
+}
+
+/// Whether an ICMP error relates to a connection tracked on `slot`: it is addressed to the
+/// sender of the packet it quotes, and that packet's tuple (either way round) is in conntrack.
+/// Like conntrack's RELATED, it lets path MTU discovery and unreachables reach an allowed
+/// connection through isolation; an error about nothing tracked is evaluated by policy.
+#[inline(never)]
+fn related(pkt: &Packet, slot: u32) -> bool {
+    let q = &pkt.quoted;
+    if pkt.daddr != q.saddr {
+        return false;
+    }
+    let key = CtKey {
+        saddr: q.saddr,
+        daddr: q.daddr,
+        sport: q.sport,
+        dport: q.dport,
+        ifindex: slot,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: existence only.
+    unsafe { CT.get(&key).is_some() || CT.get(&key.reversed()).is_some() }
 }
 
 #[inline(always)]
@@ -592,15 +788,25 @@ fn peer_identity(addr: &[u8; 16]) -> u32 {
     }
 }
 
+/// Whether pod egress has a source that is not the pod's: another address, or any address of
+/// a family the pod has none of (a v4-only pod must not use an allowed pod's IPv6 address).
+/// Link-local IPv6 sources (`fe80::/10`) are the pod's own too. A cgroup workload sends from
+/// the node's addresses, so only a family it has an address of is pinned.
 #[inline(always)]
-fn spoofed(ep: &EndpointInfo, pkt: &Packet) -> bool {
+fn spoofed(ep: &EndpointInfo, pkt: &Packet, slot: u32) -> bool {
     use dataplane_common::endpoint_flags::{HAS_IPV4, HAS_IPV6};
-    if pkt.family == 4 {
-        ep.flags & HAS_IPV4 != 0 && pkt.saddr != ep.ipv4
+    let (has, own) = if pkt.family == 4 {
+        (ep.flags & HAS_IPV4 != 0, &ep.ipv4)
     } else {
-        // Link-local sources (fe80::/10) are the pod's own too; only global ones are pinned.
-        let link_local = pkt.saddr[0] == 0xfe && pkt.saddr[1] & 0xc0 == 0x80;
-        ep.flags & HAS_IPV6 != 0 && !link_local && pkt.saddr != ep.ipv6
+        if parse::is_link_local6(&pkt.saddr) {
+            return false;
+        }
+        (ep.flags & HAS_IPV6 != 0, &ep.ipv6)
+    };
+    if has {
+        pkt.saddr != *own
+    } else {
+        slot < CGROUP_SLOT_BASE
     }
 }
 
@@ -666,7 +872,7 @@ fn new_flow(f: &Flow) -> i32 {
         tcp_flags: f.pkt.tcp_flags,
         ..CtEntry::default()
     };
-    if f.dir == direction::EGRESS && spoofed(ep, &f.pkt) {
+    if f.dir == direction::EGRESS && spoofed(ep, &f.pkt, f.key.ifindex) {
         count(stats::SPOOFED);
         count(stats::DROPPED);
         e.verdict = verdict::DROPPED;

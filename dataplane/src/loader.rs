@@ -535,6 +535,7 @@ fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
         (maps::FEED_STATS, 4, 8, None),
         (maps::STATS, 4, 8, Some(stats::COUNT)),
         (maps::FQDN, 24, 24, None),
+        (maps::DNS_BUDGET, 4, 8, None),
     ];
     for (name, key, value, entries) in expected {
         let path = opts.pin_dir.join(name);

@@ -1,14 +1,17 @@
-//! The kernel side of DNS-aware egress under BPF_PROG_TEST_RUN: DNS answers to pods with FQDN
-//! rules are held for the agent (and pass once re-injected with the mark), and egress that
-//! policy denies passes when an unexpired FQDN entry covers it.
+//! The kernel side of DNS-aware egress under BPF_PROG_TEST_RUN: the queries of pods with FQDN
+//! rules are copied to the agent, answers on the reverse of a query's connection are held for
+//! it (and pass once re-injected with the mark), unsolicited "answers" are never held, and
+//! egress that policy denies passes when an unexpired FQDN entry covers it.
 
+use dataplane::dns::maps::DnsFrameKind;
 use dataplane::testing::ScratchDatapath;
 use dataplane_common::{
-    endpoint_flags, event, isolation,
+    allow, direction, dns_budget, endpoint_flags, event, identity, isolation,
     packets::*,
     parse::*,
     programs::{TC_FROM_POD, TC_TO_POD},
-    rule, stats, v4_mapped, verdict, EndpointInfo, FqdnKey, FqdnValue, DNS_REINJECT_MARK,
+    rule, stats, v4_mapped, verdict, EndpointInfo, FqdnKey, FqdnValue, PolicyKey, PolicyValue,
+    DNS_REINJECT_MARK,
 };
 
 const PASS: i32 = -1;
@@ -37,7 +40,27 @@ fn dp(tag: &str, fqdn: bool) -> ScratchDatapath {
         },
     )
     .unwrap();
+    allow_dns(&mut dp);
     dp
+}
+
+/// Egress DNS (UDP and TCP 53, any peer) for identity 1000, as an FqdnPolicy's isolation
+/// policy allows it.
+fn allow_dns(dp: &mut ScratchDatapath) {
+    for proto in [IPPROTO_UDP, IPPROTO_TCP] {
+        dp.set_policy(
+            &PolicyKey::new(1000, direction::EGRESS, identity::ANY, proto, 53, 16),
+            &PolicyValue {
+                rule_id: 9,
+                flags: allow::ENFORCE,
+            },
+        )
+        .unwrap();
+    }
+}
+
+fn query_frame() -> Vec<u8> {
+    ipv4(POD, RESOLVER, IPPROTO_UDP, &udp(40000, 53, 32))
 }
 
 fn answer_frame() -> Vec<u8> {
@@ -58,10 +81,18 @@ fn now_ns() -> u64 {
 fn dns_answers_are_held_until_reinjected() {
     let mut dp = dp("dns_hold", true);
     let mut answers = dp.take_dns_answers().unwrap();
+    let query = query_frame();
+    assert_eq!(dp.test_run(TC_FROM_POD, &query, 1).unwrap().action, PASS);
+    let copied = answers.drain();
+    assert_eq!(copied.len(), 1, "the query is copied to the agent");
+    assert_eq!(copied[0].kind, DnsFrameKind::Query);
+    assert_eq!(copied[0].frame, query);
+    assert_eq!(dp.stats().unwrap()[stats::DNS_QUERIES as usize], 1);
     let frame = answer_frame();
     assert_eq!(dp.test_run(TC_TO_POD, &frame, 1).unwrap().action, DROP);
     let held = answers.drain();
     assert_eq!(held.len(), 1);
+    assert_eq!(held[0].kind, DnsFrameKind::Answer);
     assert_eq!(held[0].ifindex, dataplane::testrun::TEST_RUN_IFINDEX);
     assert_eq!(held[0].frame, frame, "the frame is handed over whole");
     assert_eq!(dp.stats().unwrap()[stats::DNS_HELD as usize], 1);
@@ -73,16 +104,93 @@ fn dns_answers_are_held_until_reinjected() {
         PASS
     );
     assert!(answers.drain().is_empty());
-    // DNS over TCP too; other sources and the egress direction are not held.
+    // DNS over TCP too, on the reverse of the pod's connection.
+    let syn = ipv4(POD, RESOLVER, IPPROTO_TCP, &tcp(40001, 53, TCP_SYN));
+    assert_eq!(dp.test_run(TC_FROM_POD, &syn, 1).unwrap().action, PASS);
+    assert_eq!(answers.drain().len(), 1, "TCP segments to 53 are copied");
     let tcp_answer = ipv4(RESOLVER, POD, IPPROTO_TCP, &tcp(53, 40001, TCP_ACK));
     assert_eq!(dp.test_run(TC_TO_POD, &tcp_answer, 1).unwrap().action, DROP);
-    assert_eq!(answers.drain().len(), 1);
+    assert_eq!(answers.drain()[0].kind, DnsFrameKind::Answer);
     let not_dns = ipv4(RESOLVER, POD, IPPROTO_UDP, &udp(5353, 40000, 48));
     assert_ne!(dp.test_run(TC_TO_POD, &not_dns, 1).unwrap().action, 99);
     assert!(answers.drain().is_empty());
-    let query = ipv4(POD, RESOLVER, IPPROTO_UDP, &udp(40000, 53, 32));
-    let _ = dp.test_run(TC_FROM_POD, &query, 1).unwrap();
-    assert!(answers.drain().is_empty(), "queries are not held");
+}
+
+/// What an attacker sends as an "answer" is never held for the agent (so never learned): from
+/// a port the pod did not query from, from an address it did not query, or to an endpoint
+/// whose query went unanswered elsewhere. Ingress isolation then decides it as any packet.
+#[test]
+fn unsolicited_answers_are_never_held() {
+    let mut dp = dp("dns_unsolicited", true);
+    let mut answers = dp.take_dns_answers().unwrap();
+    // Nothing asked yet (ingress is open here, so this "answer" opens a connection inbound).
+    let _ = dp.test_run(TC_TO_POD, &answer_frame(), 1).unwrap();
+    assert!(answers.drain().is_empty(), "no query, nothing held");
+    // The pod's query on that tuple is then a reply: still copied; the answer that follows
+    // is on a connection the peer opened, and is not held.
+    assert_eq!(
+        dp.test_run(TC_FROM_POD, &query_frame(), 1).unwrap().action,
+        PASS
+    );
+    assert_eq!(answers.drain().len(), 1);
+    let _ = dp.test_run(TC_TO_POD, &answer_frame(), 1).unwrap();
+    assert!(
+        answers.drain().is_empty(),
+        "an answer on a peer-opened connection is held"
+    );
+    let query_frame = || ipv4(POD, RESOLVER, IPPROTO_UDP, &udp(40000 + 7, 53, 32));
+    assert_eq!(dp.stats().unwrap()[stats::DNS_HELD as usize], 0);
+    assert_eq!(
+        dp.test_run(TC_FROM_POD, &query_frame(), 1).unwrap().action,
+        PASS
+    );
+    assert_eq!(answers.drain().len(), 1);
+    let attacker = v4(10, 0, 0, 66);
+    for (what, frame) in [
+        (
+            "another source",
+            ipv4(attacker, POD, IPPROTO_UDP, &udp(53, 40007, 48)),
+        ),
+        (
+            "another port",
+            ipv4(RESOLVER, POD, IPPROTO_UDP, &udp(53, 40999, 48)),
+        ),
+        (
+            "TCP on a UDP query",
+            ipv4(RESOLVER, POD, IPPROTO_TCP, &tcp(53, 40007, TCP_ACK)),
+        ),
+    ] {
+        let _ = dp.test_run(TC_TO_POD, &frame, 1).unwrap();
+        assert!(answers.drain().is_empty(), "{what}: held");
+    }
+    // The pod's own packet from port 53 (raw socket) looped back through the node: its
+    // source is the pod, which opened nothing to itself on 53.
+    let own = ipv4(POD, POD, IPPROTO_UDP, &udp(53, 40007, 48));
+    let _ = dp.test_run(TC_TO_POD, &own, 1).unwrap();
+    assert!(
+        answers.drain().is_empty(),
+        "the pod's own forged answer is held"
+    );
+    assert_eq!(dp.stats().unwrap()[stats::DNS_HELD as usize], 0);
+}
+
+/// One endpoint cannot fill the ring: past its budget, queries are not copied (and answers
+/// would pass unheld), counted.
+#[test]
+fn dns_frames_are_rate_limited_per_endpoint() {
+    let mut dp = dp("dns_budget", true);
+    let mut answers = dp.take_dns_answers().unwrap();
+    let burst = (dns_budget::BURST_NS / dns_budget::INTERVAL_NS) as u32;
+    // A test run's repeats all happen at once: far more than the budget allows.
+    let runs = burst * 3;
+    let _ = dp.test_run(TC_FROM_POD, &query_frame(), runs).unwrap();
+    let copied = answers.drain().len() as u32;
+    assert!(
+        copied >= burst && copied < runs,
+        "{copied} copies of {runs} queries with a burst of {burst}"
+    );
+    let over = dp.stats().unwrap()[stats::DNS_OVER_BUDGET as usize];
+    assert_eq!(over + copied as u64, runs as u64);
 }
 
 #[test]
@@ -187,7 +295,11 @@ fn ipv6_answers_are_held_and_v6_entries_allow_egress() {
         },
     )
     .unwrap();
+    allow_dns(&mut dp);
     let mut answers = dp.take_dns_answers().unwrap();
+    let query = ipv6(POD6, RESOLVER6, IPPROTO_UDP, &[], &udp(40000, 53, 32));
+    assert_eq!(dp.test_run(TC_FROM_POD, &query, 1).unwrap().action, PASS);
+    assert_eq!(answers.drain().len(), 1, "a v6 query is copied");
     let answer = ipv6(RESOLVER6, POD6, IPPROTO_UDP, &[], &udp(53, 40000, 64));
     assert_eq!(dp.test_run(TC_TO_POD, &answer, 1).unwrap().action, DROP);
     assert_eq!(answers.drain().len(), 1, "a v6 answer is held");

@@ -476,11 +476,75 @@ fn cases() -> Vec<Case> {
         case(
             "neighbour solicitation passes isolation",
             TO,
-            ipv6(v6(2), v6(1), IPPROTO_ICMPV6, &[], &icmp6_raw(135)),
+            ipv6_hops(v6(2), v6(1), IPPROTO_ICMPV6, &[], &icmp6_raw(135), 255),
             ING,
             &[],
             PASS,
         ),
+        denied(case(
+            "routed neighbour discovery type (hop limit 64) is under policy",
+            TO,
+            ipv6(v6(2), v6(1), IPPROTO_ICMPV6, &[], &icmp6_raw(135)),
+            ING,
+            &[],
+            DROP,
+        )),
+        denied(case(
+            "MLD type with a global source is under policy",
+            TO,
+            ipv6_hops(v6(2), v6(1), IPPROTO_ICMPV6, &[], &icmp6_raw(143), 1),
+            ING,
+            &[],
+            DROP,
+        )),
+        case(
+            "pod's neighbour solicitation from its own global address",
+            FROM,
+            ipv6_hops(v6(1), v6(2), IPPROTO_ICMPV6, &[], &icmp6_raw(135), 255),
+            EGR,
+            &[],
+            PASS,
+        ),
+        case(
+            "pod's neighbour advertisement from another pod's address",
+            FROM,
+            ipv6_hops(v6(2), v6(0x99), IPPROTO_ICMPV6, &[], &icmp6_raw(136), 255),
+            OPEN,
+            &[],
+            DROP,
+        )
+        .stat(stats::SPOOFED),
+        case(
+            "IPv4-mapped IPv6 source into a pod",
+            TO,
+            tcp6(v4_mapped(PEER4), v6(1), 80),
+            OPEN,
+            &[],
+            DROP,
+        )
+        .stat(stats::SPOOFED),
+        case(
+            "IPv4-mapped IPv6 destination from a pod",
+            FROM,
+            tcp6(v6(1), v4_mapped(PEER4), 80),
+            OPEN,
+            &[],
+            DROP,
+        )
+        .stat(stats::SPOOFED),
+        case(
+            "IPv4-compatible IPv6 source into a pod",
+            TO,
+            {
+                let mut compat = [0u8; 16];
+                compat[12..].copy_from_slice(&PEER4);
+                tcp6(compat, v6(1), 80)
+            },
+            OPEN,
+            &[],
+            DROP,
+        )
+        .stat(stats::SPOOFED),
         denied(case(
             "ICMPv6 echo under isolation",
             TO,
@@ -718,6 +782,123 @@ fn kinds(evs: &[FlowEvent]) -> Vec<(u8, u8, u8)> {
     evs.iter().map(|e| (e.kind, e.verdict, e.reason)).collect()
 }
 
+/// A pod with only an IPv4 address sends nothing from an IPv6 global source (an allowed pod's
+/// address among them), and a v6-only pod nothing over IPv4; IPv6 link-local stays usable.
+#[test]
+fn sources_of_a_family_the_pod_lacks_are_spoofed() {
+    for (tag, flags, pkt, action) in [
+        (
+            "v4only_v6",
+            endpoint_flags::HAS_IPV4,
+            tcp6(v6(2), v6(3), 80),
+            DROP,
+        ),
+        (
+            "v4only_v4",
+            endpoint_flags::HAS_IPV4,
+            tcp4(POD, PEER4, 80),
+            PASS,
+        ),
+        (
+            "v6only_v4",
+            endpoint_flags::HAS_IPV6,
+            tcp4(POD, PEER4, 80),
+            DROP,
+        ),
+        ("none_v4", 0, tcp4(POD, PEER4, 80), DROP),
+        (
+            "v4only_ll",
+            endpoint_flags::HAS_IPV4,
+            {
+                let mut ll = [0u8; 16];
+                ll[0] = 0xfe;
+                ll[1] = 0x80;
+                ll[15] = 7;
+                tcp6(ll, v6(3), 80)
+            },
+            PASS,
+        ),
+    ] {
+        let mut w = world(tag, OPEN, &[], 0, true);
+        let mut ep = EndpointInfo {
+            identity: SUBJ,
+            flags,
+            endpoint_id: 1,
+            ..Default::default()
+        };
+        if flags & endpoint_flags::HAS_IPV4 != 0 {
+            ep.ipv4 = v4_mapped(POD);
+        }
+        if flags & endpoint_flags::HAS_IPV6 != 0 {
+            ep.ipv6 = v6(1);
+        }
+        w.dp.set_endpoint(TEST_RUN_IFINDEX, &ep).unwrap();
+        assert_eq!(w.run(FROM, &pkt), action, "{tag}");
+        if action == DROP {
+            assert_eq!(w.stat(stats::SPOOFED), 1, "{tag}");
+            assert_eq!(
+                kinds(&w.events()),
+                vec![(event::DENY, verdict::DROPPED, reason::SPOOFED)],
+                "{tag}"
+            );
+        }
+    }
+}
+
+/// ICMP errors about a tracked connection pass isolation (path MTU discovery works); errors
+/// about nothing tracked, or not addressed to the quoted packet's sender, are under policy.
+#[test]
+fn icmp_errors_relate_to_tracked_connections() {
+    let router = v4(192, 0, 2, 1);
+    // Egress allowed to the peer on 80; ingress isolated with nothing allowed.
+    let mut w = world(
+        "related",
+        Iso(isolation::ENFORCE, isolation::ENFORCE),
+        &[(OUT, PEER, IPPROTO_TCP, 80, 16, 20, F)],
+        0,
+        true,
+    );
+    let syn = tcp4(POD, PEER4, 80);
+    assert_eq!(w.run(FROM, &syn), PASS);
+    let frag_needed = ipv4(router, POD, IPPROTO_ICMP, &icmp4_error(3, 4, &syn[14..]));
+    assert_eq!(w.run(TO, &frag_needed), PASS, "fragmentation needed");
+    assert_eq!(w.stat(stats::ICMP_RELATED), 1);
+    let untracked = tcp4(POD, PEER4, 81);
+    let unrelated = ipv4(
+        router,
+        POD,
+        IPPROTO_ICMP,
+        &icmp4_error(3, 4, &untracked[14..]),
+    );
+    assert_eq!(
+        w.run(TO, &unrelated),
+        DROP,
+        "an error about nothing tracked"
+    );
+    // Quoting the pod's connection but addressed elsewhere (the attacker cannot redirect an
+    // error at another endpoint behind the same interface).
+    let misaddressed = ipv4(
+        router,
+        v4(10, 0, 0, 42),
+        IPPROTO_ICMP,
+        &icmp4_error(3, 4, &syn[14..]),
+    );
+    assert_eq!(w.run(TO, &misaddressed), DROP);
+    assert_eq!(w.stat(stats::ICMP_RELATED), 1);
+    // IPv6 packet too big, and the pod's own unreachable about an inbound connection.
+    let syn6 = tcp6(v6(1), v6(2), 80);
+    assert_eq!(w.run(FROM, &syn6), PASS);
+    let too_big = ipv6(
+        v6(0x77),
+        v6(1),
+        IPPROTO_ICMPV6,
+        &[],
+        &icmp6_error(2, &syn6[14..]),
+    );
+    assert_eq!(w.run(TO, &too_big), PASS, "packet too big");
+    assert_eq!(w.stat(stats::ICMP_RELATED), 2);
+}
+
 /// Replies take the conntrack fast path even when policy in their own direction would deny.
 #[test]
 fn replies_of_allowed_connections_pass() {
@@ -953,6 +1134,8 @@ fn full_ring_buffer_counts_losses() {
         TEST_RUN_IFINDEX,
         &EndpointInfo {
             identity: SUBJ,
+            flags: endpoint_flags::HAS_IPV4,
+            ipv4: v4_mapped(POD),
             ..Default::default()
         },
     )

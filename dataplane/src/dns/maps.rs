@@ -1,24 +1,37 @@
-//! The DNS maps: the FQDN allowlist and the ring of held-back answers.
+//! The DNS maps: the FQDN allowlist and the ring of held-back answers and copied queries.
 
 use aya::maps::{HashMap, MapData, RingBuf};
-use dataplane_common::{maps, FqdnKey, FqdnValue, DNS_CAPTURE_MAX};
+use dataplane_common::{
+    dns_capture, maps, FqdnKey, FqdnValue, DNS_CAPTURE_MAX, DNS_QUERY_CAPTURE_MAX,
+};
 
 use crate::{error::map_err, Datapath, Error};
 
-/// A held-back answer: the interface it was going out of and the frame.
+/// What the kernel handed over: a held-back answer or a copy of a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsFrameKind {
+    /// An answer held back from the pod; the agent re-injects it.
+    Answer,
+    /// A copy of a query the pod sent (already on its way).
+    Query,
+}
+
+/// A DNS frame from the ring: its kind, the endpoint's interface and the frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldAnswer {
+    pub kind: DnsFrameKind,
     pub ifindex: u32,
     pub frame: Vec<u8>,
 }
 
-/// Reads held-back answers.
+/// Reads held-back answers and copied queries.
 pub struct AnswerReader {
     ring: RingBuf<MapData>,
 }
 
 impl AnswerReader {
-    /// Every answer waiting now.
+    /// Every frame waiting now, in the order the kernel produced them (a query before its
+    /// answer). Records of an unknown kind are skipped.
     pub fn drain(&mut self) -> Vec<HeldAnswer> {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
@@ -26,10 +39,16 @@ impl AnswerReader {
                 continue;
             }
             let ifindex = u32::from_ne_bytes(item[0..4].try_into().expect("4 bytes"));
-            let len = (u32::from_ne_bytes(item[4..8].try_into().expect("4 bytes")) as usize)
-                .min(DNS_CAPTURE_MAX)
+            let (kind, max) = match item[6] {
+                dns_capture::ANSWER => (DnsFrameKind::Answer, DNS_CAPTURE_MAX),
+                dns_capture::QUERY => (DnsFrameKind::Query, DNS_QUERY_CAPTURE_MAX),
+                _ => continue,
+            };
+            let len = (u16::from_ne_bytes(item[4..6].try_into().expect("2 bytes")) as usize)
+                .min(max)
                 .min(item.len() - 8);
             out.push(HeldAnswer {
+                kind,
                 ifindex,
                 frame: item[8..8 + len].to_vec(),
             });

@@ -21,7 +21,7 @@ use dataplane::{
     Datapath, LoadOptions,
 };
 use dataplane_common::{
-    direction, event, packets::*, parse::*, programs::TC_FROM_POD, stats, verdict, EndpointInfo,
+    direction, event, packets::*, parse::*, programs::TC_TO_POD, stats, verdict, EndpointInfo,
     FlowEvent,
 };
 
@@ -225,6 +225,8 @@ fn main() -> Result<()> {
             let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
                 flow = flow.wrapping_add(1);
+                // Inbound from ever new sources: a new flow (and event) each; the endpoint has no
+                // address, so outbound ones would be dropped as spoofed.
                 let src = [10, 2, (flow >> 16) as u8, (flow >> 8) as u8];
                 let pkt = ipv4(
                     src,
@@ -232,7 +234,7 @@ fn main() -> Result<()> {
                     IPPROTO_TCP,
                     &tcp((flow & 0xffff) as u16 | 1024, 80, TCP_SYN),
                 );
-                dp.test_run(TC_FROM_POD, &pkt, 1)?;
+                dp.test_run(TC_TO_POD, &pkt, 1)?;
                 sent += 1;
             }
             std::thread::yield_now();
