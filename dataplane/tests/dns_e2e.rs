@@ -119,6 +119,11 @@ fn setup(tag: &str, preresolve: &str) -> (Node, Outside, Attachment, Attachment,
         "60s",
         "--dns-server",
         "192.0.2.53:53",
+        // Two trusted resolvers: dnsmasq, and the address the fuzz test answers from.
+        "--dns-resolver",
+        "192.0.2.53",
+        "--dns-resolver",
+        FAKE_RESOLVER,
         "--dns-preresolve-interval",
         preresolve,
         "--flow-log",
@@ -282,9 +287,20 @@ fn ttl_expiry_closes_new_connections_but_not_live_ones() {
 fn fuzzed_answers_do_not_crash_the_agent_and_add_nothing() {
     let (n, out, a, _b, _log) = setup("dns-fuzz", "0s");
     let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
-    // Answers from a second "resolver" address, to the pod's address and a port: garbage,
-    // truncated answers, valid headers with lying counts, oversized names.
+    // Answers from a second trusted resolver address to a query the pod sent it (so that they
+    // reach the agent): garbage, truncated answers, valid headers with lying counts, oversized
+    // names.
     let pod_ip = Node::pod_ip(&a);
+    let fake: SocketAddr = format!("{FAKE_RESOLVER}:53").parse().unwrap();
+    let pod_sock = in_netns(&a.netns, || UdpSocket::bind(("0.0.0.0", 40999)))
+        .unwrap()
+        .unwrap();
+    pod_sock
+        .send_to(
+            &dataplane::testing::dns::dns_query("evil.example.test", 9),
+            fake,
+        )
+        .unwrap();
     let good = {
         let mut m = Message::new();
         m.set_id(9)
@@ -330,10 +346,18 @@ fn fuzzed_answers_do_not_crash_the_agent_and_add_nothing() {
     // The agent handled every one of them (counted), is healthy, and opened nothing.
     poll_until(Duration::from_secs(10), || {
         let m = http_get(&n.bed.node_path(), "/metrics");
-        let seen: f64 = ["malformed", "no_match", "not_dns", "added", "refreshed"]
-            .iter()
-            .map(|r| metric(&m, &format!("septa_dns_answers_total{{result=\"{r}\"}}")))
-            .sum();
+        let seen: f64 = [
+            "malformed",
+            "no_match",
+            "not_dns",
+            "added",
+            "refreshed",
+            "unsolicited",
+            "mismatched",
+        ]
+        .iter()
+        .map(|r| metric(&m, &format!("septa_dns_answers_total{{result=\"{r}\"}}")))
+        .sum();
         (seen >= payloads.len() as f64).then_some(())
     })
     .expect("the agent did not handle every answer");
@@ -345,6 +369,104 @@ fn fuzzed_answers_do_not_crash_the_agent_and_add_nothing() {
     // DNS still works for the pod.
     query(&a.netns, "api.example.test", false).unwrap();
     assert!(connects(&a, to("198.51.100.10")));
+    drop(pod_sock);
+}
+
+/// Nothing but the pod's own query, answered by a trusted resolver, opens egress: not an
+/// "answer" from another pod (whatever its source port), nor one from a resolver the policy
+/// does not trust (the pod cannot even ask it), nor one the pod asked for another name.
+#[test]
+fn forged_and_untrusted_answers_open_nothing() {
+    let (mut n, out, a, _b, _log) = setup("dns-forge", "0s");
+    let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
+    let evil = to("198.51.100.99");
+    let forged = |id: u16| {
+        let mut m = Message::new();
+        m.set_id(id)
+            .set_message_type(MessageType::Response)
+            .add_query(Query::query(
+                Name::from_str("api.example.test.").unwrap(),
+                RecordType::A,
+            ))
+            .add_answer(hickory_proto::rr::Record::from_rdata(
+                Name::from_str("api.example.test.").unwrap(),
+                i32::MAX as u32,
+                RData::A(hickory_proto::rr::rdata::A(
+                    "198.51.100.99".parse().unwrap(),
+                )),
+            ));
+        m.to_vec().unwrap()
+    };
+    // (a) Another pod (no policy of its own, and the FQDN pod's ingress is open) sends the
+    // FQDN pod unsolicited answers from port 53, to the port it queries from.
+    let mallory = n.add_pod("default", "mallory", "app=mallory").unwrap();
+    Node::route_via_node(&mallory).unwrap();
+    let pod_sock = in_netns(&a.netns, || UdpSocket::bind(("0.0.0.0", 41053)))
+        .unwrap()
+        .unwrap();
+    let a_addr = SocketAddr::new(Node::pod_ip(&a), 41053);
+    in_netns(&mallory.netns, || {
+        let s = UdpSocket::bind(("0.0.0.0", 53)).unwrap();
+        for id in 0..64u16 {
+            s.send_to(&forged(id), a_addr).unwrap();
+        }
+    })
+    .unwrap();
+    // The pod receives them (its ingress is open), but the agent never saw them.
+    pod_sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    pod_sock
+        .recv(&mut buf)
+        .expect("an answer from an allowed peer is still delivered");
+    let m = http_get(&n.bed.node_path(), "/metrics");
+    assert_eq!(
+        metric(&m, "septa_dns_answers_total{result=\"added\"}"),
+        0.0,
+        "a forged answer was learned"
+    );
+    assert!(!connects(&a, evil), "a forged answer opened egress");
+    // (b) A resolver the policy does not trust, which would answer with the evil address: the
+    // pod cannot reach it at all.
+    let rogue = in_netns(&out.path(), || UdpSocket::bind(("198.51.100.99", 53)))
+        .unwrap()
+        .unwrap();
+    rogue
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let rogue = std::thread::spawn(move || {
+        let mut b = [0u8; 512];
+        let got = rogue.recv_from(&mut b);
+        if let Ok((_, from)) = got {
+            let _ = rogue.send_to(&forged(u16::from_be_bytes([b[0], b[1]])), from);
+        }
+        got.is_ok()
+    });
+    pod_sock
+        .send_to(
+            &dataplane::testing::dns::dns_query("api.example.test", 7),
+            SocketAddr::new("198.51.100.99".parse().unwrap(), 53),
+        )
+        .unwrap();
+    assert!(
+        !rogue.join().unwrap(),
+        "the pod's query reached a resolver its policy does not name"
+    );
+    assert!(
+        !connects(&a, evil),
+        "an untrusted resolver's answer opened egress"
+    );
+    // The real lookup still works, and opens only the real address.
+    assert_eq!(
+        query(&a.netns, "api.example.test", false).unwrap(),
+        [Ipv4Addr::new(198, 51, 100, 10)]
+    );
+    assert!(connects(&a, to("198.51.100.10")));
+    assert!(!connects(&a, evil));
+    let m = http_get(&n.bed.node_path(), "/metrics");
+    assert!(metric(&m, "septa_dns_queries_total{result=\"query\"}") >= 1.0);
+    drop(pod_sock);
 }
 
 #[test]

@@ -851,7 +851,7 @@ fn sources_of_a_family_the_pod_lacks_are_spoofed() {
 fn icmp_errors_relate_to_tracked_connections() {
     let router = v4(192, 0, 2, 1);
     // Egress allowed to the peer on 80; ingress isolated with nothing allowed.
-    let mut w = world(
+    let w = world(
         "related",
         Iso(isolation::ENFORCE, isolation::ENFORCE),
         &[(OUT, PEER, IPPROTO_TCP, 80, 16, 20, F)],

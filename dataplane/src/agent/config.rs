@@ -1,6 +1,10 @@
 //! Agent configuration: a YAML file, overridden by flags.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::Parser;
 use serde::Deserialize;
@@ -113,6 +117,12 @@ pub struct Args {
     /// FQDN rules: the DNS server the agent resolves with, e.g. 10.96.0.10:53 [default: /etc/resolv.conf]
     #[arg(long)]
     pub dns_server: Option<SocketAddr>,
+    /// FQDN rules: a resolver FqdnPolicy pods may query and whose answers are learned, for policies that name none in spec.resolvers (repeatable; give the cluster DNS service) [default: --dns-server, else the node's /etc/resolv.conf without loopback]
+    #[arg(long = "dns-resolver", value_name = "IP")]
+    pub dns_resolvers: Vec<IpAddr>,
+    /// FQDN rules: longest lifetime of an address learned from a DNS answer, whatever its TTL [default: 1h]
+    #[arg(long, value_parser = parse_duration)]
+    pub dns_max_ttl: Option<Duration>,
     /// Threat feeds: deadline for one fetch, body included [default: 60s]
     #[arg(long, value_parser = parse_duration)]
     pub feed_timeout: Option<Duration>,
@@ -170,6 +180,8 @@ struct FileConfig {
     dns_max_ips_per_name: Option<usize>,
     dns_preresolve_interval: Option<String>,
     dns_server: Option<SocketAddr>,
+    dns_resolver: Option<Vec<String>>,
+    dns_max_ttl: Option<String>,
     feed_max_bytes: Option<u64>,
     feed_retry_min: Option<String>,
     feed_min_refresh: Option<String>,
@@ -213,6 +225,10 @@ pub struct Config {
     pub dns_max_ips_per_name: usize,
     pub dns_preresolve_interval: Duration,
     pub dns_server: Option<SocketAddr>,
+    /// The resolvers FqdnPolicies trust unless they name their own (never empty unless the
+    /// node has no usable resolver: then FQDN pods can resolve nothing, and the agent says so).
+    pub dns_resolvers: Vec<IpAddr>,
+    pub dns_max_ttl: Duration,
     pub feed_max_bytes: u64,
     pub feed_retry_min: Duration,
     pub feed_min_refresh: Duration,
@@ -394,6 +410,28 @@ impl Config {
                 "dns-preresolve-interval",
             )?,
             dns_server: args.dns_server.or(file.dns_server),
+            dns_resolvers: if !args.dns_resolvers.is_empty() {
+                args.dns_resolvers.clone()
+            } else if let Some(list) = &file.dns_resolver {
+                list.iter()
+                    .map(|a| {
+                        a.parse()
+                            .map_err(|e| format!("config key dns-resolver: {a:?}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            } else if let Some(s) = args.dns_server.or(file.dns_server) {
+                vec![s.ip()]
+            } else {
+                resolv_conf_nameservers(
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                )
+            },
+            dns_max_ttl: dur(
+                args.dns_max_ttl,
+                &file.dns_max_ttl,
+                Duration::from_secs(3600),
+                "dns-max-ttl",
+            )?,
             feed_timeout: dur(
                 args.feed_timeout,
                 &file.feed_timeout,
@@ -435,6 +473,19 @@ impl Config {
             },
         })
     }
+}
+
+/// The `nameserver` addresses of a resolv.conf, without loopback ones (a node-local stub
+/// resolver is not reachable from pods) and without ones that do not parse.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+        })
+        .filter_map(|a| a.split('%').next()?.parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .collect()
 }
 
 #[cfg(test)]
@@ -488,5 +539,32 @@ mod tests {
         let e = Config::resolve(&args).unwrap_err();
         assert!(e.contains("unknown field") && e.contains("manifest"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn trusted_resolvers_default_from_the_dns_server_then_resolv_conf() {
+        let c = Config::resolve(&Args {
+            dns_server: Some("192.0.2.53:5353".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.dns_resolvers, ["192.0.2.53".parse::<IpAddr>().unwrap()]);
+        let c = Config::resolve(&Args {
+            dns_server: Some("192.0.2.53:53".parse().unwrap()),
+            dns_resolvers: vec!["10.96.0.10".parse().unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.dns_resolvers, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.dns_max_ttl, Duration::from_secs(3600));
+        assert_eq!(
+            resolv_conf_nameservers(
+                "# comment\nnameserver 127.0.0.53\nnameserver 10.96.0.10\nsearch a\nnameserver fe80::1%eth0\nnameserver ::1\nnameserver bogus\n"
+            ),
+            [
+                "10.96.0.10".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
     }
 }

@@ -129,9 +129,16 @@ impl Agent {
         )?;
         let mut dns = crate::dns::engine::Engine::new(crate::dns::engine::Limits {
             min_ttl: cfg.dns_min_ttl,
+            max_ttl: cfg.dns_max_ttl,
             grace: cfg.dns_grace,
             max_ips_per_name: cfg.dns_max_ips_per_name,
+            ..Default::default()
         });
+        if cfg.dns_resolvers.is_empty() {
+            warn!("no trusted DNS resolver (no --dns-resolver, --dns-server, nor a usable nameserver in /etc/resolv.conf): pods of FqdnPolicies without spec.resolvers can resolve nothing");
+        } else {
+            info!(resolvers = ?cfg.dns_resolvers, "trusted DNS resolvers for FqdnPolicies without their own");
+        }
         // Entries a previous run left keep enforcing; the engine takes over their expiry.
         let adopted = dp.fqdn_entries()?;
         if !adopted.is_empty() {
@@ -249,17 +256,21 @@ impl Agent {
             policies: m.policies.clone(),
             custom: Vec::new(),
         };
-        cluster
-            .policies
-            .extend(super::fqdn::isolation_policies(&self.fqdn_specs));
+        cluster.policies.extend(super::fqdn::isolation_policies(
+            &self.fqdn_specs,
+            &self.cfg.dns_resolvers,
+        ));
         let mut slot_pods = Vec::new();
         for r in self.registry.endpoints.values() {
             let pod = Self::pod_for(&r.endpoint, m);
             slot_pods.push((r.ifindex, pod.clone()));
             cluster.pods.push(pod);
         }
-        let slot_rules =
-            super::fqdn::slot_rules(&self.fqdn_specs, slot_pods.iter().map(|(s, p)| (*s, p)));
+        let slot_rules = super::fqdn::slot_rules(
+            &self.fqdn_specs,
+            &self.cfg.dns_resolvers,
+            slot_pods.iter().map(|(s, p)| (*s, p)),
+        );
         let st = self.compiler.compile(&cluster);
         if let Ok(mut en) = self.enricher.write() {
             en.rules = st

@@ -3,27 +3,39 @@
 //! puts the answers back on their way.
 //!
 //! An FqdnPolicy makes the pods it selects egress-isolated (like a NetworkPolicy with
-//! `policyTypes: [Egress]`) and allows them DNS (UDP and TCP 53, to any resolver), so that the
-//! answers can be seen; egress to a name's addresses comes from the answers.
+//! `policyTypes: [Egress]`) and allows them DNS (UDP and TCP 53) to its trusted resolvers only,
+//! so that a pod cannot ask a server it controls; egress to a name's addresses comes from the
+//! answers to the queries it sent them.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use dataplane_common::rule;
-use policies::model::{Pod, Policy, PortSel, PortSpec, Protocol, Rule};
+use ipnetwork::IpNetwork;
+use policies::model::{IpBlock, Peer, Pod, Policy, PortSel, PortSpec, Protocol, Rule};
 use tracing::{debug, warn};
 
 use crate::{
     dns::{
         engine::{Engine, SlotRule},
         inject::Injector,
-        maps::HeldAnswer,
+        maps::{DnsFrameKind, HeldAnswer},
         spec::FqdnSpec,
     },
     Datapath,
 };
 
-/// The NetworkPolicy equivalent of each FqdnPolicy: egress isolation plus DNS.
-pub fn isolation_policies(specs: &[FqdnSpec]) -> Vec<Policy> {
+/// The resolvers a policy trusts: its own, else the agent's.
+pub fn resolvers_of<'a>(spec: &'a FqdnSpec, default: &'a [IpAddr]) -> &'a [IpAddr] {
+    if spec.resolvers.is_empty() {
+        default
+    } else {
+        &spec.resolvers
+    }
+}
+
+/// The NetworkPolicy equivalent of each FqdnPolicy: egress isolation plus DNS to its trusted
+/// resolvers (with none, DNS to nowhere: the pods stay isolated and resolve nothing).
+pub fn isolation_policies(specs: &[FqdnSpec], default_resolvers: &[IpAddr]) -> Vec<Policy> {
     specs
         .iter()
         .map(|s| Policy {
@@ -32,21 +44,39 @@ pub fn isolation_policies(specs: &[FqdnSpec]) -> Vec<Policy> {
             audit: false,
             pod_selector: s.selector.clone(),
             ingress: None,
-            egress: Some(vec![Rule {
-                peers: None,
-                ports: Some(vec![
-                    PortSpec {
-                        protocol: Protocol::Udp,
-                        port: PortSel::Range(53, 53),
-                    },
-                    PortSpec {
-                        protocol: Protocol::Tcp,
-                        port: PortSel::Range(53, 53),
-                    },
-                ]),
-            }]),
+            egress: Some(match resolvers_of(s, default_resolvers) {
+                [] => Vec::new(),
+                rs => vec![dns_rule(rs)],
+            }),
         })
         .collect()
+}
+
+/// DNS (UDP and TCP 53) to exactly these addresses.
+fn dns_rule(resolvers: &[IpAddr]) -> Rule {
+    Rule {
+        peers: Some(
+            resolvers
+                .iter()
+                .map(|ip| {
+                    Peer::Block(IpBlock {
+                        cidr: IpNetwork::from(*ip),
+                        except: Vec::new(),
+                    })
+                })
+                .collect(),
+        ),
+        ports: Some(vec![
+            PortSpec {
+                protocol: Protocol::Udp,
+                port: PortSel::Range(53, 53),
+            },
+            PortSpec {
+                protocol: Protocol::Tcp,
+                port: PortSel::Range(53, 53),
+            },
+        ]),
+    }
 }
 
 /// Every FqdnPolicy rule with its id (`rule::FQDN_BASE + n`, in namespace/name/index order, so
@@ -63,9 +93,11 @@ pub fn numbered(specs: &[FqdnSpec]) -> Vec<(u32, &FqdnSpec, usize)> {
         .collect()
 }
 
-/// The FQDN rules of each endpoint slot, from the pods behind the slots.
+/// The FQDN rules of each endpoint slot, from the pods behind the slots, each with the
+/// resolvers its policy trusts.
 pub fn slot_rules<'a>(
     specs: &[FqdnSpec],
+    default_resolvers: &[IpAddr],
     pods: impl Iterator<Item = (u32, &'a Pod)>,
 ) -> BTreeMap<u32, Vec<SlotRule>> {
     let numbered = numbered(specs);
@@ -77,6 +109,7 @@ pub fn slot_rules<'a>(
             .map(|(id, s, i)| SlotRule {
                 rule_id: *id,
                 rule: s.rules[*i].clone(),
+                resolvers: resolvers_of(s, default_resolvers).to_vec(),
             })
             .collect();
         if !rules.is_empty() {
@@ -97,22 +130,37 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Handle held-back answers: write their entries, then re-inject them. Returns whether flow
-/// records' names changed. An answer is always
-/// re-injected (a malformed or unmatched one adds nothing), so DNS keeps working; only a
-/// failed map write holds it back (the client retries), because delivering it then would
-/// produce exactly the first-packet drop this exists to prevent.
+/// Handle the frames the kernel handed over: queries are remembered; answers have their
+/// entries written, then are re-injected. Returns whether flow records' names changed. An
+/// answer is always re-injected (a malformed, unsolicited or unmatched one adds nothing), so
+/// DNS keeps working; only a failed map write holds it back (the client retries), because
+/// delivering it then would produce exactly the first-packet drop this exists to prevent.
 pub fn handle_answers(
     engine: &mut Engine,
     dp: &mut Datapath,
     injector: &Injector,
-    answers: Vec<HeldAnswer>,
+    frames: Vec<HeldAnswer>,
 ) -> bool {
     let mut names_changed = false;
-    for a in answers {
+    for a in frames {
         let now = monotonic_ns();
+        if a.kind == DnsFrameKind::Query {
+            let r = engine.on_query(a.ifindex, &a.frame, now);
+            metrics::counter!("septa_dns_queries_total", "result" => r).increment(1);
+            continue;
+        }
         let o = engine.on_frame(a.ifindex, &a.frame, now);
         metrics::counter!("septa_dns_answers_total", "result" => o.result).increment(1);
+        if matches!(
+            o.result,
+            "unsolicited" | "mismatched" | "untrusted_resolver"
+        ) {
+            debug!(
+                ifindex = a.ifindex,
+                result = o.result,
+                "DNS answer delivered without being learned"
+            );
+        }
         let mut ok = true;
         for k in &o.remove {
             if let Err(e) = dp.remove_fqdn(k) {
@@ -143,6 +191,7 @@ pub fn handle_answers(
         names_changed |= o.names_changed;
     }
     metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
+    metrics::gauge!("septa_dns_pending_queries").set(engine.pending_queries() as f64);
     names_changed
 }
 

@@ -20,6 +20,10 @@ pub const MAX_CHAIN: usize = 16;
 /// The useful part of an answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
+    /// The transaction id.
+    pub id: u16,
+    /// The question's record type (0 when the answer has no question).
+    pub qtype: u16,
     /// The question's name (normalized).
     pub qname: String,
     /// The question followed by every CNAME target on its chain.
@@ -38,12 +42,14 @@ pub fn parse(bytes: &[u8]) -> Result<Answer, String> {
     }
     if m.response_code() != ResponseCode::NoError {
         // NXDOMAIN and errors carry no addresses; still a valid answer to deliver.
-        let qname = m
+        let (qname, qtype) = m
             .queries()
             .first()
-            .map(|q| normalize(&q.name().to_ascii()))
+            .map(|q| (normalize(&q.name().to_ascii()), u16::from(q.query_type())))
             .unwrap_or_default();
         return Ok(Answer {
+            id: m.id(),
+            qtype,
             chain: vec![qname.clone()],
             qname,
             addrs: Vec::new(),
@@ -88,11 +94,30 @@ pub fn parse(bytes: &[u8]) -> Result<Answer, String> {
         addrs.push((ip, r.ttl().min(*via)));
     }
     Ok(Answer {
+        id: m.id(),
+        qtype: u16::from(q.query_type()),
         qname,
         chain,
         addrs,
         truncated: m.truncated(),
     })
+}
+
+/// A query's transaction id, question name (normalized) and record type. Exactly one question,
+/// as every resolver sends.
+pub fn question(bytes: &[u8]) -> Result<(u16, String, u16), String> {
+    let m = Message::from_vec(bytes).map_err(|e| format!("not a DNS message: {e}"))?;
+    if m.message_type() != MessageType::Query {
+        return Err("an answer, not a query".into());
+    }
+    let [q] = m.queries() else {
+        return Err(format!("{} questions; expected one", m.queries().len()));
+    };
+    Ok((
+        m.id(),
+        normalize(&q.name().to_ascii()),
+        u16::from(q.query_type()),
+    ))
 }
 
 #[cfg(test)]

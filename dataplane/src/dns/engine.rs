@@ -2,6 +2,10 @@
 //! lifetime. Pure (no I/O): it says which map entries to write and remove; the agent writes
 //! them before it re-injects the answer.
 //!
+//! Trust: an answer is learned only if it answers a query the endpoint sent (see
+//! [`super::solicit`]) to a resolver the matching rule's policy trusts; its TTL is capped
+//! at `max_ttl`. Anything else is delivered unlearned and counted by its result.
+//!
 //! Lifetime of an entry: new connections for the record's TTL (at least `min_ttl`); for
 //! `grace` after that the entry stays so that an established connection re-checked after a
 //! policy change is not cut; then it is removed. At most `max_ips_per_name` addresses per
@@ -16,22 +20,33 @@ use std::{
 use dataplane_common::{v4_mapped, FqdnKey, FqdnValue};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
-use super::{answer, pattern::Pattern, spec::FqdnRule};
+use super::{
+    answer,
+    pattern::Pattern,
+    solicit::{Asked, Pending, QueryKey},
+    spec::FqdnRule,
+};
 
 /// Settings.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub min_ttl: Duration,
+    /// Longest life of an address learned from an answer, whatever TTL it claims.
+    pub max_ttl: Duration,
     pub grace: Duration,
     pub max_ips_per_name: usize,
+    /// How long after a query its answer still counts.
+    pub query_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(3600),
             grace: Duration::from_secs(60),
             max_ips_per_name: 64,
+            query_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -41,6 +56,8 @@ impl Default for Limits {
 pub struct SlotRule {
     pub rule_id: u32,
     pub rule: FqdnRule,
+    /// The resolvers whose answers this rule learns from (its policy's, or the agent's).
+    pub resolvers: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -55,7 +72,8 @@ pub struct Outcome {
     pub write: Vec<(FqdnKey, FqdnValue)>,
     /// Entries to remove (evicted).
     pub remove: Vec<FqdnKey>,
-    /// `added`, `refreshed`, `no_rule`, `not_dns`, `malformed`, `no_match`.
+    /// `added`, `refreshed`, `no_rule`, `not_dns`, `malformed`, `no_match`, or why the answer
+    /// was not trusted: `unsolicited`, `mismatched`, `late`, `untrusted_resolver`.
     pub result: &'static str,
     /// Addresses allowed (new or refreshed).
     pub addresses: usize,
@@ -77,6 +95,58 @@ pub struct Engine {
     names: BTreeMap<String, u32>,
     /// address → names that gave it (for flow records).
     pub names_of_addr: BTreeMap<IpAddr, BTreeSet<String>>,
+    /// Queries the endpoints sent, which answers must match.
+    pending: Pending,
+}
+
+/// The DNS message of a frame, with the addresses and ports it travelled between.
+struct Dns<'a> {
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    proto: u8,
+    message: &'a [u8],
+}
+
+/// Split an Ethernet frame into its DNS message (UDP payload, or one length-prefixed message
+/// in a TCP segment; a message that does not fit in the segment is `malformed`).
+fn split(frame: &[u8]) -> Result<Dns<'_>, &'static str> {
+    let p = SlicedPacket::from_ethernet(frame).map_err(|_| "malformed")?;
+    let (src, dst) = match &p.net {
+        Some(NetSlice::Ipv4(h)) => (
+            IpAddr::V4(h.header().source_addr()),
+            IpAddr::V4(h.header().destination_addr()),
+        ),
+        Some(NetSlice::Ipv6(h)) => (
+            IpAddr::V6(h.header().source_addr()),
+            IpAddr::V6(h.header().destination_addr()),
+        ),
+        _ => return Err("not_dns"),
+    };
+    let (sport, dport, proto, message) = match &p.transport {
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port(), 17, u.payload()),
+        Some(TransportSlice::Tcp(t)) => {
+            let b = t.payload();
+            if b.len() < 2 {
+                return Err("not_dns");
+            }
+            let n = u16::from_be_bytes([b[0], b[1]]) as usize;
+            if b.len() < 2 + n {
+                return Err("malformed");
+            }
+            (t.source_port(), t.destination_port(), 6, &b[2..2 + n])
+        }
+        _ => return Err("not_dns"),
+    };
+    Ok(Dns {
+        src,
+        sport,
+        dst,
+        dport,
+        proto,
+        message,
+    })
 }
 
 /// An address as the kernel keys it (IPv4 mapped).
@@ -102,9 +172,8 @@ fn key(slot: u32, ip: IpAddr, proto: u8, port: u16) -> FqdnKey {
 type Matched = (u32, Vec<(u8, u16)>);
 
 /// The rules among `rules` with a pattern matching a name of the answer's chain.
-fn matching(rules: &[SlotRule], chain: &[String]) -> Vec<Matched> {
+fn matching<'a>(rules: impl Iterator<Item = &'a SlotRule>, chain: &[String]) -> Vec<Matched> {
     rules
-        .iter()
         .filter(|r| {
             r.rule
                 .patterns
@@ -144,7 +213,47 @@ impl Engine {
         }
         self.per_name
             .retain(|(slot, _), _| self.rules.contains_key(slot));
+        let rules = &self.rules;
+        self.pending.retain_slots(|s| rules.contains_key(&s));
         gone
+    }
+
+    /// A copy of a query `slot` sent at `now_ns`: remember it for its answer. Returns the
+    /// result for the metric: `query`, or `no_rule`, `not_dns`, `malformed`.
+    pub fn on_query(&mut self, slot: u32, frame: &[u8], now_ns: u64) -> &'static str {
+        if !self.rules.contains_key(&slot) {
+            return "no_rule";
+        }
+        let d = match split(frame) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        let Ok((id, qname, qtype)) = answer::question(d.message) else {
+            return "malformed";
+        };
+        let key = QueryKey {
+            slot,
+            resolver: d.dst,
+            resolver_port: d.dport,
+            client_port: d.sport,
+            proto: d.proto,
+            id,
+        };
+        let deadline_ns = now_ns + self.limits.query_timeout.as_nanos() as u64;
+        self.pending.insert(
+            key,
+            Asked {
+                qname,
+                qtype,
+                deadline_ns,
+            },
+        );
+        "query"
+    }
+
+    /// Queries waiting for their answer.
+    pub fn pending_queries(&self) -> usize {
+        self.pending.len()
     }
 
     /// Adopt an entry found in the pinned map at start.
@@ -168,44 +277,39 @@ impl Engine {
             out.result = "no_rule";
             return out;
         }
-        let Ok(p) = SlicedPacket::from_ethernet(frame) else {
-            out.result = "malformed";
-            return out;
-        };
-        let payload: &[u8] = match &p.transport {
-            Some(TransportSlice::Udp(u)) => u.payload(),
-            // DNS over TCP: a 2-byte length, then the message; a message that does not fit in
-            // this segment is delivered without being learned (counted).
-            Some(TransportSlice::Tcp(t)) => {
-                let b = t.payload();
-                if b.len() < 2 {
-                    out.result = "not_dns";
-                    return out;
-                }
-                let n = u16::from_be_bytes([b[0], b[1]]) as usize;
-                if b.len() < 2 + n {
-                    out.result = "malformed";
-                    return out;
-                }
-                &b[2..2 + n]
-            }
-            _ => {
-                out.result = "not_dns";
+        let d = match split(frame) {
+            Ok(d) => d,
+            Err(r) => {
+                out.result = r;
                 return out;
             }
         };
-        if !matches!(p.net, Some(NetSlice::Ipv4(_) | NetSlice::Ipv6(_))) {
-            out.result = "not_dns";
-            return out;
-        }
-        let ans = match answer::parse(payload) {
+        let ans = match answer::parse(d.message) {
             Ok(a) => a,
             Err(_) => {
                 out.result = "malformed";
                 return out;
             }
         };
-        let matched = matching(&self.rules[&slot], &ans.chain);
+        let key = QueryKey {
+            slot,
+            resolver: d.src,
+            resolver_port: d.sport,
+            client_port: d.dport,
+            proto: d.proto,
+            id: ans.id,
+        };
+        if let Err(u) = self.pending.take(&key, &ans.qname, ans.qtype, now_ns) {
+            out.result = u.as_str();
+            return out;
+        }
+        let rules = &self.rules[&slot];
+        if !rules.iter().any(|r| r.resolvers.contains(&d.src)) {
+            out.result = "untrusted_resolver";
+            return out;
+        }
+        let trusted = rules.iter().filter(|r| r.resolvers.contains(&d.src));
+        let matched = matching(trusted, &ans.chain);
         self.apply(slot, &matched, &ans, now_ns, self.limits.min_ttl)
     }
 
@@ -235,6 +339,8 @@ impl Engine {
     ) -> Outcome {
         let name = super::pattern::normalize(name);
         let ans = answer::Answer {
+            id: 0,
+            qtype: 0,
             qname: name.clone(),
             chain: vec![name.clone()],
             addrs: addrs.to_vec(),
@@ -251,7 +357,7 @@ impl Engine {
                         .any(|p| p.exact() == Some(name.as_str()))
                 })
             })
-            .map(|(s, rs)| (*s, matching(rs, &ans.chain)))
+            .map(|(s, rs)| (*s, matching(rs.iter(), &ans.chain)))
             .collect();
         let mut total = Outcome {
             result: "no_rule",
@@ -291,7 +397,9 @@ impl Engine {
         // addresses than the bound), they were never in the kernel and must not be written.
         let mut fresh = BTreeSet::new();
         for (ip, ttl) in &ans.addrs {
-            let ttl = Duration::from_secs(u64::from(*ttl)).max(min_ttl);
+            let ttl = Duration::from_secs(u64::from(*ttl))
+                .min(self.limits.max_ttl)
+                .max(min_ttl);
             let expires_ns = now_ns + ttl.as_nanos() as u64;
             // Bound the addresses per (endpoint, name), oldest out first.
             let list = self.per_name.entry((slot, ans.qname.clone())).or_default();
@@ -358,6 +466,7 @@ impl Engine {
     /// Remove the entries whose grace period ended at `now_ns` (the kernel already refuses
     /// new connections once their TTL passed).
     pub fn gc(&mut self, now_ns: u64) -> Vec<FqdnKey> {
+        self.pending.expire(now_ns);
         let mut remove = Vec::new();
         for (k, e) in self.entries.iter() {
             if e.value.grace_ns <= now_ns {
@@ -427,11 +536,44 @@ mod tests {
         out
     }
 
+    /// The pod's query for `q` (id 1, type A) from 10.0.0.1:40000 to `resolver`:53.
+    fn query_from(q: &str, resolver: [u8; 4], id: u16) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(id)
+            .set_message_type(MessageType::Query)
+            .add_query(Query::query(Name::from_str(q).unwrap(), RecordType::A));
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [1; 6])
+            .ipv4([10, 0, 0, 1], resolver, 64)
+            .udp(40000, 53)
+            .write(&mut out, &m.to_vec().unwrap())
+            .unwrap();
+        out
+    }
+
+    fn query(q: &str) -> Vec<u8> {
+        query_from(q, [192, 0, 2, 53], 1)
+    }
+
+    /// The pod asks `q`, then the answer `records` arrives.
+    fn asked_and_answered(
+        e: &mut Engine,
+        slot: u32,
+        q: &str,
+        records: &[(&str, u32, &str)],
+        now: u64,
+    ) -> Outcome {
+        e.on_query(slot, &query(q), now);
+        e.on_frame(slot, &frame(q, records), now)
+    }
+
     fn engine(patterns: &[&str], ports: Option<Vec<(Protocol, u16)>>) -> Engine {
         let mut e = Engine::new(Limits {
             min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(3600),
             grace: Duration::from_secs(30),
             max_ips_per_name: 2,
+            query_timeout: Duration::from_secs(10),
         });
         e.set_rules(BTreeMap::from([(
             SLOT,
@@ -444,6 +586,7 @@ mod tests {
                         .collect(),
                     ports,
                 },
+                resolvers: vec!["192.0.2.53".parse().unwrap()],
             }],
         )]));
         e
@@ -454,15 +597,14 @@ mod tests {
     #[test]
     fn answers_for_allowed_names_become_entries_with_their_ttl() {
         let mut e = engine(&["*.example.com"], Some(vec![(Protocol::Tcp, 443)]));
-        let o = e.on_frame(
+        let o = asked_and_answered(
+            &mut e,
             SLOT,
-            &frame(
-                "www.example.com.",
-                &[
-                    ("www.example.com.", 300, "edge.cdn.net."),
-                    ("edge.cdn.net.", 2, "192.0.2.7"),
-                ],
-            ),
+            "www.example.com.",
+            &[
+                ("www.example.com.", 300, "edge.cdn.net."),
+                ("edge.cdn.net.", 2, "192.0.2.7"),
+            ],
             100 * S,
         );
         assert_eq!(o.result, "added");
@@ -484,9 +626,11 @@ mod tests {
             "no_rule"
         );
         assert_eq!(
-            e.on_frame(
+            asked_and_answered(
+                &mut e,
                 SLOT,
-                &frame("example.com.", &[("example.com.", 60, "192.0.2.9")]),
+                "example.com.",
+                &[("example.com.", 60, "192.0.2.9")],
                 0
             )
             .result,
@@ -500,9 +644,11 @@ mod tests {
     fn addresses_per_name_are_bounded_and_entries_outlive_their_ttl_by_the_grace() {
         let mut e = engine(&["api.example.com"], None);
         for (i, ip) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
-            let o = e.on_frame(
+            let o = asked_and_answered(
+                &mut e,
                 SLOT,
-                &frame("api.example.com.", &[("api.example.com.", 60, ip)]),
+                "api.example.com.",
+                &[("api.example.com.", 60, ip)],
                 i as u64 * S,
             );
             assert_eq!(o.write[0].0.port, 0, "no ports: any port, any protocol");
@@ -526,9 +672,11 @@ mod tests {
     #[test]
     fn one_answer_over_the_bound_writes_only_what_it_keeps() {
         let mut e = engine(&["big.example.com"], None);
-        let first = e.on_frame(
+        let first = asked_and_answered(
+            &mut e,
             SLOT,
-            &frame("big.example.com.", &[("big.example.com.", 60, "192.0.2.1")]),
+            "big.example.com.",
+            &[("big.example.com.", 60, "192.0.2.1")],
             0,
         );
         assert_eq!(first.write.len(), 1);
@@ -537,7 +685,7 @@ mod tests {
             .iter()
             .map(|ip| ("big.example.com.", 60, *ip))
             .collect();
-        let o = e.on_frame(SLOT, &frame("big.example.com.", &records), S);
+        let o = asked_and_answered(&mut e, SLOT, "big.example.com.", &records, S);
         assert_eq!(o.evicted, 3);
         let written: Vec<[u8; 16]> = o.write.iter().map(|(k, _)| k.addr).collect();
         assert_eq!(
@@ -569,6 +717,7 @@ mod tests {
                 f[i] = (seed >> 32) as u8;
             }
             let cut = 42 + (seed as usize >> 3) % (f.len() - 41);
+            e.on_query(SLOT, &query("a.example.com."), 0);
             let o = e.on_frame(SLOT, &f[..cut], 0);
             // A mutated answer may still parse; it can only ever allow its own addresses.
             for (k, _) in o.write {
@@ -576,11 +725,89 @@ mod tests {
             }
         }
         let before = e.len();
+        e.on_query(SLOT, &query("a.example.com."), 0);
         assert_eq!(
             e.on_frame(SLOT, &good[..good.len() - 1], 0).write.len(),
             0,
             "a cut answer"
         );
         assert_eq!(e.len(), before);
+    }
+
+    /// An answer is learned only for a query the endpoint sent to a resolver its rule trusts,
+    /// once, in time, and never for longer than the TTL cap.
+    #[test]
+    fn only_answers_to_the_pods_own_queries_are_learned() {
+        let mut e = engine(&["api.example.com"], None);
+        let answer = frame("api.example.com.", &[("api.example.com.", 60, "192.0.2.7")]);
+        assert_eq!(e.on_frame(SLOT, &answer, 0).result, "unsolicited");
+        // Asked another name with the same id and ports.
+        e.on_query(SLOT, &query("other.example.com."), 0);
+        assert_eq!(e.on_frame(SLOT, &answer, 0).result, "mismatched");
+        // Asked the right question, answered too late.
+        e.on_query(SLOT, &query("api.example.com."), 0);
+        assert_eq!(e.on_frame(SLOT, &answer, 11 * S).result, "late");
+        // Asked with another id.
+        let other_id = query_from("api.example.com.", [192, 0, 2, 53], 9);
+        assert_eq!(e.on_query(SLOT, &other_id, 0), "query");
+        assert_eq!(e.on_frame(SLOT, &answer, 0).result, "unsolicited");
+        // Asked a resolver the rule does not trust: the answer comes from there.
+        let mut untrusted = Vec::new();
+        {
+            let mut m = Message::new();
+            m.set_id(1)
+                .set_message_type(MessageType::Response)
+                .add_query(Query::query(
+                    Name::from_str("api.example.com.").unwrap(),
+                    RecordType::A,
+                ))
+                .add_answer(Record::from_rdata(
+                    Name::from_str("api.example.com.").unwrap(),
+                    60,
+                    RData::A(rdata::A("203.0.113.66".parse().unwrap())),
+                ));
+            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4([203, 0, 113, 53], [10, 0, 0, 1], 64)
+                .udp(53, 40000)
+                .write(&mut untrusted, &m.to_vec().unwrap())
+                .unwrap();
+        }
+        e.on_query(
+            SLOT,
+            &query_from("api.example.com.", [203, 0, 113, 53], 1),
+            0,
+        );
+        assert_eq!(e.on_frame(SLOT, &untrusted, 0).result, "untrusted_resolver");
+        assert!(e.is_empty(), "nothing learned so far");
+        // The real thing, once; a replay of the same answer is unsolicited.
+        e.on_query(SLOT, &query("api.example.com."), 0);
+        assert_eq!(e.on_frame(SLOT, &answer, S).result, "added");
+        assert_eq!(e.on_frame(SLOT, &answer, S).result, "unsolicited");
+        // A TTL of 2^31 s is capped.
+        let huge = frame(
+            "api.example.com.",
+            &[("api.example.com.", 1 << 31, "192.0.2.8")],
+        );
+        e.on_query(SLOT, &query("api.example.com."), 0);
+        let o = e.on_frame(SLOT, &huge, 0);
+        assert_eq!(o.result, "added");
+        let v = o
+            .write
+            .iter()
+            .find(|(k, _)| k.addr == v4_mapped([192, 0, 2, 8]))
+            .unwrap()
+            .1;
+        assert_eq!(v.expires_ns, 3600 * S);
+        // A query copy that is an answer, or garbage, is not remembered.
+        assert_eq!(e.on_query(SLOT, &answer, 0), "malformed");
+        assert_eq!(e.on_query(SLOT, b"junk", 0), "malformed");
+        assert_eq!(e.on_query(99, &query("api.example.com."), 0), "no_rule");
+        assert_eq!(
+            e.pending_queries(),
+            1,
+            "only the query with id 9, never answered"
+        );
+        assert_eq!(e.gc(10 * S).len(), 0);
+        assert_eq!(e.pending_queries(), 0, "forgotten at its deadline");
     }
 }

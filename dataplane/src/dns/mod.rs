@@ -1,9 +1,11 @@
-//! DNS-aware egress (issue 6, in progress): FQDN patterns and answer parsing. The policy kind,
-//! the data path and the agent's answer handling build on these.
+//! DNS-aware egress: the FqdnPolicy kind, name patterns, answer parsing, the queries answers
+//! must match, the engine that turns trusted answers into allowlist entries, and the maps and
+//! re-injection that connect it to the data path.
 
 pub mod answer;
 pub mod engine;
 pub mod inject;
 pub mod maps;
 pub mod pattern;
+pub mod solicit;
 pub mod spec;

@@ -9,7 +9,11 @@
 //!   egress:
 //!   - toFQDNs: [{matchName: api.payments.example}, {matchPattern: "*.cdn.example"}]
 //!     ports: [{protocol: TCP, port: 443}]      # absent: every port
+//!   resolvers: [10.96.0.10]                     # absent: the agent's --dns-resolver
 //! ```
+//!
+//! The selected pods may send DNS only to the trusted resolvers, and only their answers (to
+//! queries the pod sent) are learned.
 //!
 //! `septa recommend --external fqdn` writes this shape.
 
@@ -34,6 +38,8 @@ pub struct FqdnSpec {
     pub name: String,
     pub selector: Selector,
     pub rules: Vec<FqdnRule>,
+    /// The resolvers trusted for these rules; empty: the agent's default.
+    pub resolvers: Vec<std::net::IpAddr>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +47,7 @@ pub struct FqdnSpec {
 struct RawSpec {
     pod_selector: LabelSelector,
     egress: Vec<RawRule>,
+    resolvers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -146,11 +153,33 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<FqdnSpec, SpecError> {
         };
         rules.push(FqdnRule { patterns, ports });
     }
+    let mut resolvers = Vec::new();
+    for (i, r) in raw.resolvers.iter().flatten().enumerate() {
+        let at = format!("spec.resolvers[{i}]");
+        let ip: std::net::IpAddr = r
+            .parse()
+            .map_err(|_| (at.clone(), format!("{r:?} is not an IP address")))?;
+        let embedded = matches!(ip, std::net::IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || embedded {
+            return Err((
+                at,
+                format!("{r}: not a resolver pods can reach (give the cluster DNS address)"),
+            ));
+        }
+        resolvers.push(ip);
+    }
+    if raw.resolvers.as_ref().is_some_and(|r| r.is_empty()) {
+        return Err((
+            "spec.resolvers".into(),
+            "empty: the pods could resolve nothing (omit it for the agent's default)".into(),
+        ));
+    }
     Ok(FqdnSpec {
         namespace,
         name,
         selector,
         rules,
+        resolvers,
     })
 }
 
@@ -180,6 +209,15 @@ mod tests {
             Some(vec![(Protocol::Tcp, 443), (Protocol::Tcp, 80)])
         );
         assert_eq!(s.rules[1].ports, None);
+        assert!(s.resolvers.is_empty(), "the agent's default");
+        let v = yaml("kind: FqdnPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  egress: [{toFQDNs: [{matchName: a.example}]}]\n  resolvers: [10.96.0.10, 'fd00::a']\n");
+        assert_eq!(
+            from_manifest(&v).unwrap().resolvers,
+            [
+                "10.96.0.10".parse::<std::net::IpAddr>().unwrap(),
+                "fd00::a".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -195,6 +233,11 @@ mod tests {
             ("spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: a.example}], ports: [{port: 70000}]}]}", "spec.egress[0].ports[0].port", "outside"),
             ("spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: a.example}], ports: [{protocol: ICMP, port: 1}]}]}", "spec.egress[0].ports[0].protocol", "TCP, UDP or SCTP"),
             ("spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: a.example}], extra: 1}]}", "spec.egress[0]", "unknown field"),
+            ("spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: a.example}]}], resolvers: [dns.example]}", "spec.resolvers[0]", "not an IP"),
+            ("spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: a.example}]}], resolvers: ['::ffff:10.0.0.1']}", "spec.resolvers[0]", "cluster DNS"),
+            ("spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: a.example}]}], resolvers: [127.0.0.53]}", "spec.resolvers[0]", "cluster DNS"),
+            ("spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: a.example}]}], resolvers: []}", "spec.resolvers", "empty"),
+            ("spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: a.example}]}], resolver: [10.0.0.10]}", "spec", "unknown field"),
         ] {
             let (f, m) = from_manifest(&yaml(&format!("{base}{spec}\n"))).unwrap_err();
             assert!(f.starts_with(field) && m.contains(why), "{spec}: ({f}, {m})");
