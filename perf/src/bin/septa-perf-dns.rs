@@ -88,6 +88,8 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let mut node = Node::new("perfdns", Binaries::beside_current_exe()?)?;
     node.agent_args = [
+        "--dns-resolver",
+        RESOLVER,
         "--dns-preresolve-interval",
         "0s",
         "--dns-max-ips-per-name",
