@@ -176,6 +176,9 @@ pub fn scrape(dp: &Datapath) {
     ] {
         counter!("septa_dns_kernel_answers_total", "result" => what).absolute(v(i));
     }
+    counter!("septa_dns_kernel_queries_copied_total").absolute(v(stats::DNS_QUERIES));
+    counter!("septa_dns_kernel_over_budget_total").absolute(v(stats::DNS_OVER_BUDGET));
+    counter!("septa_icmp_related_total").absolute(v(stats::ICMP_RELATED));
     counter!("septa_fqdn_connections_total", "result" => "allowed")
         .absolute(v(stats::FQDN_ALLOWED));
     counter!("septa_fqdn_connections_total", "result" => "denied_unresolved")
