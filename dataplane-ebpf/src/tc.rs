@@ -685,10 +685,15 @@ fn handle<P: PacketBytes>(
             && dns
             && opened_by_pod
             && dir == direction::INGRESS
-            && is_dns(&f.pkt, f.pkt.sport)
+            && f.pkt.sport == 53
+            && (f.pkt.proto == parse::IPPROTO_UDP || f.pkt.proto == parse::IPPROTO_TCP)
             && is_fqdn_endpoint(slot)
         {
-            return Verdict::HoldDns;
+            if is_dns(&f.pkt, f.pkt.sport) {
+                return Verdict::HoldDns;
+            }
+            // A fragment of an answer: not a whole message; delivered unlearned.
+            count(stats::DNS_NOT_HELD);
         }
         return dns_query_or(action, &f.pkt, slot, dir, dns);
     }
