@@ -301,7 +301,12 @@ fn hostile_feeds_are_bounded_and_keep_the_last_good_list() {
     for p in paths {
         wait_metric(&n, &format!("septa_feed_entries{{feed=\"{p}\"}}"), 1.0);
     }
-    let before = metric(&metrics(&n), "septa_blocklist_entries{family=\"ipv4\"}");
+    // The per-feed gauge moves when a feed is parsed, the merged one once it is in the kernel.
+    let before = wait_metric(
+        &n,
+        "septa_blocklist_entries{family=\"ipv4\"}",
+        paths.len() as f64,
+    );
     assert_eq!(before, paths.len() as f64);
 
     // Now every feed turns hostile.

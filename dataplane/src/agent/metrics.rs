@@ -26,6 +26,18 @@ pub fn install() -> Option<PrometheusHandle> {
         "Packets dropped for reasons other than policy, by reason."
     );
     describe_counter!(
+        "septa_dns_kernel_queries_copied_total",
+        "DNS queries of FQDN pods copied to the agent (answers are learned only if they match one)."
+    );
+    describe_counter!(
+        "septa_dns_kernel_over_budget_total",
+        "DNS queries not copied and answers delivered unheld because a pod exceeded its DNS budget."
+    );
+    describe_counter!(
+        "septa_icmp_related_total",
+        "ICMP errors passed because they quote a tracked connection."
+    );
+    describe_counter!(
         "septa_datapath_events_lost_total",
         "Kernel events lost because the ring buffer was full."
     );
@@ -44,7 +56,8 @@ pub fn install() -> Option<PrometheusHandle> {
     for (name, help) in [
         ("septa_dns_kernel_answers_total", "DNS answers to FQDN pods: held for the agent, lost (ring full), not held (fragmented or too large)."),
         ("septa_fqdn_connections_total", "New egress connections of FQDN pods: allowed by an FQDN entry, or denied to an address no DNS answer gave."),
-        ("septa_dns_answers_total", "DNS answers the agent handled, by result."),
+        ("septa_dns_answers_total", "DNS answers the agent handled, by result (learned, or why not: unsolicited, mismatched, late, untrusted_resolver, ...)."),
+        ("septa_dns_queries_total", "DNS query copies the agent handled, by result."),
         ("septa_fqdn_addresses_added_total", "Addresses added to the FQDN allowlist from DNS answers."),
         ("septa_fqdn_entries_expired_total", "FQDN allowlist entries removed after their TTL (and grace)."),
         ("septa_fqdn_evicted_total", "Addresses evicted because a (pod, name) had too many."),
@@ -58,6 +71,10 @@ pub fn install() -> Option<PrometheusHandle> {
     }
     for (name, help) in [
         ("septa_fqdn_entries", "Entries in the FQDN allowlist."),
+        (
+            "septa_dns_pending_queries",
+            "DNS queries of FQDN pods waiting for their answer.",
+        ),
         (
             "septa_feed_entries",
             "Entries of a threat feed's list in force.",
