@@ -25,6 +25,9 @@ pub fn load_reporting(paths: &[PathBuf], stderr: &mut dyn Write) -> (Cluster, Di
     for x in &d.0 {
         let _ = writeln!(stderr, "error: {x}");
     }
+    for x in d.warnings() {
+        let _ = writeln!(stderr, "warning: {x}");
+    }
     (c, d)
 }
 

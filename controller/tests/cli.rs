@@ -92,6 +92,28 @@ fn bad_input_is_reported_and_exits_non_zero() {
     );
 }
 
+/// A misspelled field (`form:` for `from:`) is an error with exit code 1, not a silent
+/// allow-all; another product's policy is a warning.
+#[test]
+fn typos_fail_and_foreign_policies_warn() {
+    let dir = std::env::temp_dir().join(format!("septa-typo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{form: [{podSelector: {matchLabels: {app: api}}}]}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: x}\nspec: {}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: ok, namespace: x}\nspec: {containers: [{name: c, image: i}]}\n").unwrap();
+    let (code, _out, err) = septa(&["connlist", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("NetworkPolicy x/db: spec.ingress[0].form: unknown field \"form\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning:")
+            && err.contains("CiliumNetworkPolicy")
+            && err.contains("not enforce"),
+        "{err}"
+    );
+}
+
 #[test]
 fn usage_errors() {
     let (code, _, err) = septa(&["connlist"]);

@@ -25,12 +25,28 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Every problem found while loading; loading goes on past bad objects where that is safe.
+/// `.0` are errors (the input is wrong: the object is left out), `.1` warnings (the input is
+/// valid but something in it has no effect, e.g. another product's policy kind).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
+pub struct Diagnostics(pub Vec<Diagnostic>, pub Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// No errors (warnings aside).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+    /// The warnings.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.1
+    }
+    /// Record a warning.
+    pub fn warn(&mut self, file: &str, object: &str, field: &str, message: impl Into<String>) {
+        self.1.push(Diagnostic {
+            file: file.to_owned(),
+            object: object.to_owned(),
+            field: field.to_owned(),
+            message: message.into(),
+        });
     }
     pub fn push(&mut self, file: &str, object: &str, field: &str, message: impl Into<String>) {
         self.0.push(Diagnostic {
@@ -46,6 +62,9 @@ impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for d in &self.0 {
             writeln!(f, "{d}")?;
+        }
+        for d in &self.1 {
+            writeln!(f, "warning: {d}")?;
         }
         Ok(())
     }

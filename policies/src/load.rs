@@ -1,10 +1,16 @@
 //! Reading Kubernetes manifests into a [`Cluster`].
 //!
 //! Files and directories (recursively: `.yaml`, `.yml`, `.json`), multi-document YAML, JSON,
-//! and `kind: List`. Kinds used: Namespace, Pod, Deployment, ReplicaSet, StatefulSet,
-//! DaemonSet, Job, CronJob (their pod templates stand for their pods), NetworkPolicy; objects
-//! of septa's own group (`septa.dev/...`) are kept as they are for their owners. Other
-//! Kubernetes kinds are ignored; documents that are not Kubernetes objects are errors.
+//! and `kind: List`. Kinds used: Namespace, Pod, Service (core), Deployment, ReplicaSet,
+//! StatefulSet, DaemonSet (apps), Job, CronJob (batch; their pod templates stand for their
+//! pods), NetworkPolicy (networking.k8s.io); objects of septa's own group (`septa.dev/...`)
+//! are kept as they are for their owners. Documents that are not Kubernetes objects are errors.
+//!
+//! Strict, as the API server with strict field validation: an unknown (misspelled) field is an
+//! error naming its path, never dropped — a dropped `from:` or `matchLabels:` would turn a
+//! rule into allow-all. An unknown kind in a group septa analyses (`networking.k8s.io`,
+//! `policy.networking.k8s.io`) is an error; another product's policy kind (Cilium, Calico,
+//! Antrea) is a warning that it is not enforced; other kinds are skipped quietly.
 //!
 //! A bad object is reported with its file, object and field, and left out; the rest is still
 //! loaded, so callers can analyse what is safe and still exit non-zero.
@@ -27,7 +33,8 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
 
 use crate::{
     error::Diagnostics,
@@ -213,6 +220,16 @@ impl Builder {
             }
             return;
         }
+        let group = api.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        if let Some(why) = foreign_policy(group) {
+            self.diags.warn(
+                at,
+                &object,
+                "",
+                format!("{kind} ({api}) is {why}'s policy kind; septa does not enforce it"),
+            );
+            return;
+        }
         if api.starts_with("septa.dev/") {
             self.cluster.custom.push(crate::model::CustomObject {
                 at: at.to_owned(),
@@ -221,20 +238,27 @@ impl Builder {
             });
             return;
         }
-        let known = [
-            "Namespace",
-            "Service",
-            "Pod",
-            "Deployment",
-            "ReplicaSet",
-            "StatefulSet",
-            "DaemonSet",
-            "Job",
-            "CronJob",
-            "NetworkPolicy",
-        ];
-        if !known.contains(&kind.as_str()) {
-            return; // Another Kubernetes kind: not ours to analyse.
+        match kind_in_group(group, &kind) {
+            KindUse::Analysed => {}
+            KindUse::Other => return, // Another Kubernetes kind: not ours to analyse.
+            KindUse::NotEnforced => {
+                self.diags.warn(
+                    at,
+                    &object,
+                    "",
+                    format!("{kind} ({api}) is not enforced by this version of septa"),
+                );
+                return;
+            }
+            KindUse::Unknown(known) => {
+                self.diags.push(
+                    at,
+                    &object,
+                    "kind",
+                    format!("{group} has no kind {kind:?} (known: {known})"),
+                );
+                return;
+            }
         }
         if name.is_empty() {
             self.diags.push(at, &object, "metadata.name", "missing");
@@ -545,14 +569,102 @@ fn service(svc: &K8sService, ns: &str, name: &str) -> Result<Service, (String, S
     })
 }
 
-fn typed<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
+/// What septa does with a kind of a group.
+enum KindUse {
+    /// Decoded and analysed.
+    Analysed,
+    /// A Kubernetes kind septa has no use for: skipped.
+    Other,
+    /// A policy kind of a group septa analyses that it does not enforce yet: a warning.
+    NotEnforced,
+    /// No such kind in a group septa analyses (a misspelling): an error listing the kinds.
+    Unknown(&'static str),
+}
+
+fn kind_in_group(group: &str, kind: &str) -> KindUse {
+    let analysed: &[&str] = match group {
+        "" => &["Namespace", "Service", "Pod"],
+        "apps" => &["Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"],
+        "batch" => &["Job", "CronJob"],
+        "networking.k8s.io" => &["NetworkPolicy"],
+        _ => &[],
+    };
+    if analysed.contains(&kind) {
+        return KindUse::Analysed;
+    }
+    match group {
+        "networking.k8s.io" => match kind {
+            "Ingress" | "IngressClass" | "IPAddress" | "ServiceCIDR" => KindUse::Other,
+            _ => KindUse::Unknown(
+                "NetworkPolicy; Ingress, IngressClass, IPAddress, ServiceCIDR are not analysed",
+            ),
+        },
+        "policy.networking.k8s.io" => match kind {
+            "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
+                KindUse::NotEnforced
+            }
+            _ => KindUse::Unknown(
+                "ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy",
+            ),
+        },
+        _ => KindUse::Other,
+    }
+}
+
+/// The product whose policy group this is, if it is another network policy engine's.
+fn foreign_policy(group: &str) -> Option<&'static str> {
+    match group {
+        "cilium.io" => Some("Cilium"),
+        "crd.projectcalico.org" | "projectcalico.org" => Some("Calico"),
+        "crd.antrea.io" => Some("Antrea"),
+        _ => None,
+    }
+}
+
+/// Decode `v` as `T`, strictly: k8s-openapi's types drop unknown fields, so the typed object
+/// is serialized again and the first input field it did not keep is an error.
+fn typed<T: DeserializeOwned + Serialize>(v: Value) -> Result<T, (String, String)> {
+    let t: T = serde_path_to_error::deserialize(&v).map_err(|e| {
         let path = e.path().to_string();
         (
             if path == "." { String::new() } else { path },
             e.into_inner().to_string(),
         )
-    })
+    })?;
+    let kept = serde_json::to_value(&t).map_err(|e| (String::new(), e.to_string()))?;
+    if let Some((path, field)) = dropped_field(&v, &kept, "") {
+        return Err((
+            path,
+            format!("unknown field {field:?} (misspelled? the API server rejects it too)"),
+        ));
+    }
+    Ok(t)
+}
+
+/// The first field (path, name) of `input` that `kept` does not have. Nulls are absent values.
+fn dropped_field(input: &Value, kept: &Value, at: &str) -> Option<(String, String)> {
+    match (input, kept) {
+        (Value::Object(i), Value::Object(k)) => i.iter().find_map(|(name, iv)| {
+            if iv.is_null() {
+                return None;
+            }
+            let path = if at.is_empty() {
+                name.clone()
+            } else {
+                format!("{at}.{name}")
+            };
+            match k.get(name) {
+                None => Some((path, name.clone())),
+                Some(kv) => dropped_field(iv, kv, &path),
+            }
+        }),
+        (Value::Array(i), Value::Array(k)) => i
+            .iter()
+            .zip(k)
+            .enumerate()
+            .find_map(|(n, (iv, kv))| dropped_field(iv, kv, &format!("{at}[{n}]"))),
+        _ => None,
+    }
 }
 
 fn cronjob_owner(meta: &ObjectMeta) -> Option<String> {

@@ -241,3 +241,92 @@ fn paths_that_do_not_exist_or_hold_nothing() {
     assert!(d.0[0].message.contains("no .yaml"), "{d}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A misspelled field is an error naming its path (the API server rejects it too), never
+/// dropped: dropped, each of these turns a rule into allow-all.
+#[test]
+fn misspelled_fields_are_errors_not_allow_all() {
+    let base = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n";
+    for (spec, path) in [
+        (
+            "  podSelector: {}\n  ingress: [{form: [{podSelector: {matchLabels: {app: web}}}]}]\n",
+            "spec.ingress[0].form",
+        ),
+        (
+            "  podSelector: {}\n  ingress: [{from: [{podSelector: {matchLabel: {app: web}}}]}]\n",
+            "spec.ingress[0].from[0].podSelector.matchLabel",
+        ),
+        (
+            "  podSelecter: {matchLabels: {app: db}}\n  ingress: []\n",
+            "spec.podSelecter",
+        ),
+        (
+            "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, expect: [10.1.0.0/16]}}]}]\n",
+            "spec.egress[0].to[0].ipBlock.expect",
+        ),
+        ("  podSelector: {}\n  polcyTypes: [Ingress]\n", "spec.polcyTypes"),
+    ] {
+        let (c, d) = load_str("typo.yaml", &format!("{base}{spec}"));
+        assert!(c.policies.is_empty(), "{path}: the policy was kept");
+        assert_eq!(d.0.len(), 1, "{path}: {d}");
+        assert_eq!(d.0[0].field, path, "{d}");
+        assert!(d.0[0].message.contains("unknown field"), "{d}");
+        assert_eq!(d.0[0].object, "NetworkPolicy shop/p");
+    }
+    // Misspelled fields in workloads and metadata too.
+    let (_, d) = load_str(
+        "w.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w, namespace: shop, lables: {a: b}}\nspec:\n  selector: {matchLabels: {app: w}}\n  template: {metadata: {labels: {app: w}}, spec: {containers: [{name: c, image: i}]}}\n",
+    );
+    assert_eq!(d.0[0].field, "metadata.lables", "{d}");
+    // Explicit nulls are absent values, as kubectl writes them.
+    let (c, d) = load_str(
+        "nulls.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, creationTimestamp: null}\nspec: {podSelector: {}, ingress: null}\n",
+    );
+    assert!(d.is_empty(), "{d}");
+    assert_eq!(c.policies.len(), 1);
+}
+
+/// Kinds: a misspelled kind in a group septa analyses is an error; another product's policy
+/// is a warning that it is not enforced (and never decoded as a NetworkPolicy); other
+/// Kubernetes kinds are skipped quietly.
+#[test]
+fn unknown_and_foreign_policy_kinds() {
+    let (c, d) = load_str(
+        "k.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicies\nmetadata: {name: p}\nspec: {podSelector: {}}\n",
+    );
+    assert!(c.policies.is_empty());
+    assert_eq!(d.0.len(), 1, "{d}");
+    assert_eq!(d.0[0].field, "kind");
+    assert!(d.0[0].message.contains("NetworkPolicy"), "{d}");
+    let (_, d) = load_str(
+        "anp.yaml",
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolcy\nmetadata: {name: p}\nspec: {}\n",
+    );
+    assert_eq!(d.0.len(), 1, "{d}");
+    for (api, kind) in [
+        ("cilium.io/v2", "CiliumNetworkPolicy"),
+        ("projectcalico.org/v3", "NetworkPolicy"),
+        ("crd.projectcalico.org/v1", "GlobalNetworkPolicy"),
+        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy"),
+    ] {
+        let (c, d) = load_str(
+            "foreign.yaml",
+            &format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: p, namespace: shop}}\nspec: {{selector: all(), types: [Ingress]}}\n"),
+        );
+        assert!(d.is_empty(), "{api} {kind}: an error: {d}");
+        assert!(
+            c.policies.is_empty(),
+            "{api} {kind} decoded as a NetworkPolicy"
+        );
+        assert_eq!(d.warnings().len(), 1, "{api} {kind}");
+        assert!(d.warnings()[0].message.contains("not enforce"), "{d}");
+    }
+    let (_, d) = load_str(
+        "other.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i}\nspec: {}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
+    );
+    assert!(d.is_empty() && d.warnings().is_empty(), "{d}");
+}

@@ -187,6 +187,9 @@ impl Agent {
         };
         let (feeds, fqdns) = septa_objects(&cluster, self.cfg.feed_min_refresh, &mut problems);
         metrics::gauge!("septa_manifest_errors").set(problems.0.len() as f64);
+        for d in problems.warnings() {
+            warn!(file = %d.file, object = %d.object, "{}", d.message);
+        }
         if !problems.is_empty() {
             for d in &problems.0 {
                 error!(file = %d.file, object = %d.object, field = %d.field, "{}", d.message);
