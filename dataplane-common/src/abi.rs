@@ -41,6 +41,24 @@ pub mod maps {
     /// LRU: endpoint slot → the GCRA arrival time (ns) of its DNS budget
     /// ([`crate::dns_budget`]): queries copied and answers held per endpoint are rate-limited.
     pub const DNS_BUDGET: &str = "SEPTA_DNS_BUDGET";
+    /// Array of one u64: the CLOCK_MONOTONIC ns of the agent's last heartbeat (0: stopped).
+    /// DNS frames are handed to the agent only while it is fresh ([`crate::agent`]).
+    pub const AGENT: &str = "SEPTA_AGENT";
+}
+
+/// The agent's presence, as the data path sees it.
+pub mod agent {
+    /// How often the agent's main loop writes its heartbeat.
+    pub const HEARTBEAT_INTERVAL_NS: u64 = 250_000_000;
+    /// A heartbeat older than this means no agent: DNS answers pass unheld (unlearned) and
+    /// queries are not copied, so an absent agent is never a DNS outage.
+    pub const STALE_NS: u64 = 2_000_000_000;
+
+    /// Whether a heartbeat written at `heartbeat` (0: stopped) is fresh at `now`.
+    #[inline(always)]
+    pub fn present(heartbeat: u64, now: u64) -> bool {
+        heartbeat != 0 && (heartbeat >= now || now - heartbeat < STALE_NS)
+    }
 }
 
 /// Endpoint slots of cgroup workloads start here (below it, slots are interface indexes):

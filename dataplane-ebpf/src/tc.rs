@@ -15,7 +15,9 @@
 //!   through ingress isolation); other ICMP errors are ordinary packets under policy.
 //! - DNS answers are held for the agent only on the reverse of a connection the pod opened to
 //!   port 53, after conntrack, anti-spoofing and ingress checks; the pod's queries are copied
-//!   to the agent so it learns only answers to them. Both are rate-limited per endpoint.
+//!   to the agent so it learns only answers to them. Both are rate-limited per endpoint, and
+//!   both happen only while the agent's heartbeat is fresh: without an agent, answers pass
+//!   unlearned (DNS works; new names' addresses are not allowed until it returns).
 //! - Malformed IP packets and interfaces with no endpoint entry fail **closed** (dropped and
 //!   counted), unless the node runs with `FAIL_OPEN`, in which case they pass and are counted
 //!   as fail-open passes. Policy must not be bypassable with a bad header.
@@ -37,7 +39,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, TcContext, XdpContext},
 };
 use dataplane_common::{
-    block_action, block_hook,
+    agent, block_action, block_hook,
     blocklist::{self, BlockMap, Listed},
     config_flags,
     conntrack::{self, CtTransition},
@@ -86,6 +88,8 @@ static FQDN: HashMap<FqdnKey, FqdnValue> = HashMap::pinned(sizes::FQDN, 0);
 static DNS_ANSWERS: RingBuf = RingBuf::pinned(sizes::DNS_ANSWERS_BYTES, 0);
 #[map(name = "SEPTA_DNS_BUDGET")]
 static DNS_BUDGET: LruHashMap<u32, u64> = LruHashMap::pinned(sizes::DNS_BUDGET, 0);
+#[map(name = "SEPTA_AGENT")]
+static AGENT: Array<u64> = Array::pinned(1, 0);
 /// Per-CPU scratch for a new connection's conntrack entry (not pinned).
 #[map(name = "SEPTA_CT_SCRATCH")]
 static CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
@@ -689,10 +693,11 @@ fn handle<P: PacketBytes>(
             && (f.pkt.proto == parse::IPPROTO_UDP || f.pkt.proto == parse::IPPROTO_TCP)
             && is_fqdn_endpoint(slot)
         {
-            if is_dns(&f.pkt, f.pkt.sport) {
+            if is_dns(&f.pkt, f.pkt.sport) && agent_present() {
                 return Verdict::HoldDns;
             }
-            // A fragment of an answer: not a whole message; delivered unlearned.
+            // A fragment of an answer (not a whole message), or no agent to hand it to:
+            // delivered unlearned.
             count(stats::DNS_NOT_HELD);
         }
         return dns_query_or(action, &f.pkt, slot, dir, dns);
@@ -719,10 +724,21 @@ fn dns_query_or(action: i32, pkt: &Packet, slot: u32, dir: u8, dns: bool) -> Ver
         && dir == direction::EGRESS
         && is_dns(pkt, pkt.dport)
         && is_fqdn_endpoint(slot)
+        && agent_present()
     {
         return Verdict::CopyDnsQuery;
     }
     verdict(action)
+}
+
+/// Whether an agent is there to take DNS frames (its heartbeat is fresh). Without one, a held
+/// answer would never be delivered: the pods' DNS would stop with the agent.
+#[inline(never)]
+fn agent_present() -> bool {
+    let heartbeat = AGENT.get(0).copied().unwrap_or(0);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    agent::present(heartbeat, now)
 }
 
 /// Link-scoped neighbour discovery and MLD pass; from the pod, a global source must still be

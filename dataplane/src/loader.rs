@@ -536,6 +536,7 @@ fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
         (maps::STATS, 4, 8, Some(stats::COUNT)),
         (maps::FQDN, 24, 24, None),
         (maps::DNS_BUDGET, 4, 8, None),
+        (maps::AGENT, 4, 8, None),
     ];
     for (name, key, value, entries) in expected {
         let path = opts.pin_dir.join(name);

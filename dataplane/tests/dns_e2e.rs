@@ -530,3 +530,52 @@ fn large_tcp_answers_are_learned_and_delivered_at_once() {
     );
     assert_eq!(metric(m, "septa_fqdn_evicted_total"), 56.0, "{m}");
 }
+
+/// Restarting the agent while a pod resolves in a loop: no lookup fails (answers pass unheld
+/// while it is away, and the ones it held are delivered as it stops), and names resolved
+/// after the restart open egress again.
+#[test]
+fn an_agent_restart_is_not_a_dns_outage() {
+    let (mut n, out, a, _b, _log) = setup("dns-restart", "0s");
+    let _srv = Server::start(&out.path(), &[PORT], &[]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looper = {
+        let (netns, stop) = (a.netns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match query(&netns, "api.example.test", false) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // Some lookups before, during and after the restart (the counters start again with the
+    // new agent).
+    let learned = |n: &Node| {
+        let m = http_get(&n.bed.node_path(), "/metrics");
+        metric(&m, "septa_dns_answers_total{result=\"added\"}")
+            + metric(&m, "septa_dns_answers_total{result=\"refreshed\"}")
+    };
+    poll_until(Duration::from_secs(10), || {
+        (learned(&n) >= 3.0).then_some(())
+    })
+    .expect("no lookups learned before the restart");
+    n.stop_agent().unwrap();
+    n.start_agent().unwrap();
+    poll_until(Duration::from_secs(10), || {
+        (learned(&n) >= 3.0).then_some(())
+    })
+    .expect("no lookups learned after the restart");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = looper.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} lookups failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(connects(&a, to("198.51.100.10")));
+}

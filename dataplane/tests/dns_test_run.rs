@@ -193,6 +193,41 @@ fn dns_frames_are_rate_limited_per_endpoint() {
     assert_eq!(over + copied as u64, runs as u64);
 }
 
+/// Without an agent (stopped: heartbeat 0; crashed: heartbeat stale) answers pass unheld and
+/// queries are not copied: DNS keeps working, the addresses are just not learned.
+#[test]
+fn an_absent_agent_is_not_a_dns_outage() {
+    let mut dp = dp("dns_absent", true);
+    let mut answers = dp.take_dns_answers().unwrap();
+    let stale = now_ns() - dataplane_common::agent::STALE_NS - 1_000_000_000;
+    for (what, heartbeat) in [("stopped", 0), ("crashed", stale)] {
+        dp.set_agent_heartbeat(heartbeat).unwrap();
+        let before = dp.stats().unwrap()[stats::DNS_NOT_HELD as usize];
+        assert_eq!(
+            dp.test_run(TC_FROM_POD, &query_frame(), 1).unwrap().action,
+            PASS
+        );
+        assert_eq!(
+            dp.test_run(TC_TO_POD, &answer_frame(), 1).unwrap().action,
+            PASS,
+            "{what}: the answer is delivered"
+        );
+        assert!(answers.drain().is_empty(), "{what}: handed to no one");
+        assert_eq!(
+            dp.stats().unwrap()[stats::DNS_NOT_HELD as usize],
+            before + 1,
+            "{what}"
+        );
+    }
+    // Back: held again.
+    dp.set_agent_heartbeat(now_ns()).unwrap();
+    assert_eq!(
+        dp.test_run(TC_TO_POD, &answer_frame(), 1).unwrap().action,
+        DROP
+    );
+    assert_eq!(answers.drain().len(), 1);
+}
+
 #[test]
 fn endpoints_without_fqdn_rules_get_answers_directly() {
     let mut dp = dp("dns_plain", false);

@@ -928,6 +928,10 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     let mut answers = unsafe { tokio::io::unix::AsyncFd::register(agent.dp.take_dns_answers()?) }
         .map_err(std::io::Error::from)?;
     let mut scrape = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Written by this loop, the one that handles answers: a stuck loop is an absent agent.
+    let mut heartbeat = tokio::time::interval(std::time::Duration::from_nanos(
+        dataplane_common::agent::HEARTBEAT_INTERVAL_NS,
+    ));
     let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
     let mut tick = tokio::time::interval(agent.cfg.poll_interval);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -981,6 +985,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                     changed
                 });
             }
+            _ = heartbeat.tick() => super::fqdn::heartbeat(&mut agent.dp, true),
             _ = sweep_tick.tick() => {
                 let events = agent.sweep();
                 if !events.is_empty() {
@@ -991,6 +996,11 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    // Answers pass unheld from now on, rather than wait in the ring for a stopped agent; the
+    // ones already held are delivered on the way out.
+    super::fqdn::heartbeat(&mut agent.dp, false);
+    let held = answers.get_mut().drain();
+    super::fqdn::handle_answers(&mut agent.dns, &mut agent.dp, &injector, held);
     let _ = std::fs::remove_file(&sock);
     agent.shutdown();
     Ok(())

@@ -195,6 +195,16 @@ pub fn handle_answers(
     names_changed
 }
 
+/// Tell the kernel the agent is here to take DNS frames (see [`dataplane_common::agent`]);
+/// `running == false` on the way out, so that answers pass at once instead of after the
+/// heartbeat goes stale.
+pub fn heartbeat(dp: &mut Datapath, running: bool) {
+    let ns = if running { monotonic_ns() } else { 0 };
+    if let Err(e) = dp.set_agent_heartbeat(ns) {
+        warn!(error = %e, "writing the agent heartbeat; DNS answers may pass unlearned");
+    }
+}
+
 /// Remove entries whose TTL and grace period are over; returns how many.
 pub fn gc(engine: &mut Engine, dp: &mut Datapath) -> usize {
     let remove = engine.gc(monotonic_ns());

@@ -1,6 +1,6 @@
 //! The DNS maps: the FQDN allowlist and the ring of held-back answers and copied queries.
 
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use dataplane_common::{
     dns_capture, maps, FqdnKey, FqdnValue, DNS_CAPTURE_MAX, DNS_QUERY_CAPTURE_MAX,
 };
@@ -78,6 +78,14 @@ impl Datapath {
     /// Remove an entry (no error if absent).
     pub fn remove_fqdn(&mut self, key: &FqdnKey) -> Result<(), Error> {
         crate::loader::ignore_missing(self.fqdn()?.remove(key), maps::FQDN)
+    }
+
+    /// Write the agent's heartbeat (CLOCK_MONOTONIC ns; 0 when it stops), which lets the
+    /// kernel hand DNS frames to it.
+    pub fn set_agent_heartbeat(&mut self, ns: u64) -> Result<(), Error> {
+        let mut a: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(maps::AGENT)?).map_err(map_err(maps::AGENT))?;
+        a.set(0, ns, 0).map_err(map_err(maps::AGENT))
     }
 
     /// Every entry (read at start to adopt what a previous run left).

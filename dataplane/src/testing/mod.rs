@@ -45,8 +45,9 @@ impl ScratchDatapath {
         Self::load_with(tag, |_| {})
     }
 
-    /// [`ScratchDatapath::load`], then policy revision 1, no flags, and every denial reported
-    /// (no event rate limit): what most data-path tests start from.
+    /// [`ScratchDatapath::load`], then policy revision 1, no flags, every denial reported (no
+    /// event rate limit), and an agent present (a heartbeat that never goes stale): what most
+    /// data-path tests start from.
     pub fn load_configured(tag: &str) -> Result<Self, Error> {
         let mut dp = Self::load(tag)?;
         dp.set_config(&dataplane_common::Config {
@@ -54,6 +55,7 @@ impl ScratchDatapath {
             flags: 0,
             deny_event_interval_ns: 0,
         })?;
+        dp.set_agent_heartbeat(u64::MAX)?;
         Ok(dp)
     }
 
