@@ -974,6 +974,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 super::metrics::scrape(&agent.dp);
                 agent.feeds.scrape(&agent.dp);
                 // The enricher's copy of the names follows only real changes.
+                super::fqdn::release_stalled(&mut agent.dns, &injector);
                 if super::fqdn::gc(&mut agent.dns, &mut agent.dp) > 0 {
                     agent.refresh_dns_names();
                 }

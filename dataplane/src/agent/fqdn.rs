@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::{
     dns::{
-        engine::{Engine, SlotRule},
+        engine::{Engine, Outcome, SlotRule},
         inject::Injector,
         maps::{DnsFrameKind, HeldAnswer},
         spec::FqdnSpec,
@@ -149,50 +149,75 @@ pub fn handle_answers(
             metrics::counter!("septa_dns_queries_total", "result" => r).increment(1);
             continue;
         }
-        let o = engine.on_frame(a.ifindex, &a.frame, now);
-        metrics::counter!("septa_dns_answers_total", "result" => o.result).increment(1);
-        if matches!(
-            o.result,
-            "unsolicited" | "mismatched" | "untrusted_resolver"
-        ) {
-            debug!(
-                ifindex = a.ifindex,
-                result = o.result,
-                "DNS answer delivered without being learned"
-            );
-        }
+        let answered = engine.on_answer(a.ifindex, &a.frame, now);
         let mut ok = true;
-        for k in &o.remove {
-            if let Err(e) = dp.remove_fqdn(k) {
-                warn!(error = %e, "removing an evicted FQDN entry");
-            }
-        }
-        for (k, v) in &o.write {
-            if let Err(e) = dp.set_fqdn(k, v) {
-                warn!(error = %e, "writing an FQDN entry; the answer is held back (the client will retry)");
-                ok = false;
-            }
-        }
-        metrics::counter!("septa_fqdn_evicted_total").increment(o.evicted as u64);
-        if o.result == "added" {
-            metrics::counter!("septa_fqdn_addresses_added_total").increment(o.addresses as u64);
+        for o in &answered.outcomes {
+            ok &= write_outcome(dp, a.ifindex, o);
+            names_changed |= o.names_changed;
         }
         if !ok {
             metrics::counter!("septa_dns_answers_total", "result" => "held_back").increment(1);
             continue;
         }
-        if let Err(e) = injector.send(a.ifindex, &a.frame) {
-            warn!(ifindex = a.ifindex, error = %e, "re-injecting a DNS answer");
-            metrics::counter!("septa_dns_reinject_errors_total").increment(1);
-        }
-        if !o.names.is_empty() {
-            debug!(ifindex = a.ifindex, names = ?o.names, entries = o.write.len(), "DNS answer learned");
-        }
-        names_changed |= o.names_changed;
+        deliver(injector, a.ifindex, &answered.deliver);
     }
     metrics::gauge!("septa_fqdn_entries").set(engine.len() as f64);
     metrics::gauge!("septa_dns_pending_queries").set(engine.pending_queries() as f64);
     names_changed
+}
+
+/// Count one answer's outcome and write its entries; false if a write failed (the answer
+/// must then not be delivered).
+fn write_outcome(dp: &mut Datapath, ifindex: u32, o: &Outcome) -> bool {
+    metrics::counter!("septa_dns_answers_total", "result" => o.result).increment(1);
+    if matches!(
+        o.result,
+        "unsolicited" | "mismatched" | "untrusted_resolver"
+    ) {
+        debug!(
+            ifindex,
+            result = o.result,
+            "DNS answer delivered without being learned"
+        );
+    }
+    let mut ok = true;
+    for k in &o.remove {
+        if let Err(e) = dp.remove_fqdn(k) {
+            warn!(error = %e, "removing an evicted FQDN entry");
+        }
+    }
+    for (k, v) in &o.write {
+        if let Err(e) = dp.set_fqdn(k, v) {
+            warn!(error = %e, "writing an FQDN entry; the answer is held back (the client will retry)");
+            ok = false;
+        }
+    }
+    metrics::counter!("septa_fqdn_evicted_total").increment(o.evicted as u64);
+    if o.result == "added" {
+        metrics::counter!("septa_fqdn_addresses_added_total").increment(o.addresses as u64);
+    }
+    if !o.names.is_empty() {
+        debug!(ifindex, names = ?o.names, entries = o.write.len(), "DNS answer learned");
+    }
+    ok
+}
+
+/// Re-inject frames out of `ifindex`, in order.
+fn deliver(injector: &Injector, ifindex: u32, frames: &[Vec<u8>]) {
+    for f in frames {
+        if let Err(e) = injector.send(ifindex, f) {
+            warn!(ifindex, error = %e, "re-injecting a DNS answer");
+            metrics::counter!("septa_dns_reinject_errors_total").increment(1);
+        }
+    }
+}
+
+/// Deliver, unlearned, the TCP answer segments whose message did not complete in time.
+pub fn release_stalled(engine: &mut Engine, injector: &Injector) {
+    for (slot, frames) in engine.stalled_streams(monotonic_ns()) {
+        metrics::counter!("septa_dns_answers_total", "result" => "incomplete").increment(1);
+        deliver(injector, slot, &frames);
+    }
 }
 
 /// Tell the kernel the agent is here to take DNS frames (see [`dataplane_common::agent`]);

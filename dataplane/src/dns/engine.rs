@@ -25,6 +25,7 @@ use super::{
     pattern::Pattern,
     solicit::{Asked, Pending, QueryKey},
     spec::FqdnRule,
+    stream::{StreamKey, Streams},
 };
 
 /// Settings.
@@ -97,20 +98,42 @@ pub struct Engine {
     pub names_of_addr: BTreeMap<IpAddr, BTreeSet<String>>,
     /// Queries the endpoints sent, which answers must match.
     pending: Pending,
+    /// TCP answers waiting for the rest of their message.
+    streams: Streams,
 }
 
-/// The DNS message of a frame, with the addresses and ports it travelled between.
+/// What handling one held answer frame gave: an outcome per DNS message it completed, and the
+/// frames to deliver now (the frame itself; for TCP, every segment of a message once it is
+/// whole, or none while it waits).
+#[derive(Debug, Default)]
+pub struct Answered {
+    pub outcomes: Vec<Outcome>,
+    pub deliver: Vec<Vec<u8>>,
+}
+
+/// The transport payload of a frame, with the addresses and ports it travelled between.
 struct Dns<'a> {
     src: IpAddr,
     sport: u16,
     dst: IpAddr,
     dport: u16,
     proto: u8,
-    message: &'a [u8],
+    /// TCP sequence number (0 for UDP).
+    seq: u32,
+    /// UDP: the DNS message; TCP: the segment's payload (length-prefixed messages).
+    payload: &'a [u8],
 }
 
-/// Split an Ethernet frame into its DNS message (UDP payload, or one length-prefixed message
-/// in a TCP segment; a message that does not fit in the segment is `malformed`).
+/// The first whole length-prefixed message of a TCP payload.
+fn first_message(b: &[u8]) -> Result<&[u8], &'static str> {
+    if b.len() < 2 {
+        return Err("not_dns");
+    }
+    let n = u16::from_be_bytes([b[0], b[1]]) as usize;
+    b.get(2..2 + n).ok_or("malformed")
+}
+
+/// Split an Ethernet frame into its addresses, ports and transport payload.
 fn split(frame: &[u8]) -> Result<Dns<'_>, &'static str> {
     let p = SlicedPacket::from_ethernet(frame).map_err(|_| "malformed")?;
     let (src, dst) = match &p.net {
@@ -124,19 +147,15 @@ fn split(frame: &[u8]) -> Result<Dns<'_>, &'static str> {
         ),
         _ => return Err("not_dns"),
     };
-    let (sport, dport, proto, message) = match &p.transport {
-        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port(), 17, u.payload()),
-        Some(TransportSlice::Tcp(t)) => {
-            let b = t.payload();
-            if b.len() < 2 {
-                return Err("not_dns");
-            }
-            let n = u16::from_be_bytes([b[0], b[1]]) as usize;
-            if b.len() < 2 + n {
-                return Err("malformed");
-            }
-            (t.source_port(), t.destination_port(), 6, &b[2..2 + n])
-        }
+    let (sport, dport, proto, seq, payload) = match &p.transport {
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port(), 17, 0, u.payload()),
+        Some(TransportSlice::Tcp(t)) => (
+            t.source_port(),
+            t.destination_port(),
+            6,
+            t.sequence_number(),
+            t.payload(),
+        ),
         _ => return Err("not_dns"),
     };
     Ok(Dns {
@@ -145,7 +164,8 @@ fn split(frame: &[u8]) -> Result<Dns<'_>, &'static str> {
         dst,
         dport,
         proto,
-        message,
+        seq,
+        payload,
     })
 }
 
@@ -228,7 +248,15 @@ impl Engine {
             Ok(d) => d,
             Err(r) => return r,
         };
-        let Ok((id, qname, qtype)) = answer::question(d.message) else {
+        let message = if d.proto == 6 {
+            match first_message(d.payload) {
+                Ok(m) => m,
+                Err(r) => return r,
+            }
+        } else {
+            d.payload
+        };
+        let Ok((id, qname, qtype)) = answer::question(message) else {
             return "malformed";
         };
         let key = QueryKey {
@@ -270,21 +298,79 @@ impl Engine {
         id
     }
 
-    /// Handle one held-back frame going out of `slot` at monotonic time `now_ns`.
-    pub fn on_frame(&mut self, slot: u32, frame: &[u8], now_ns: u64) -> Outcome {
-        let mut out = Outcome::default();
+    /// Handle one held-back frame going out of `slot` at monotonic time `now_ns`: learn what
+    /// it completes, and say which frames to deliver.
+    pub fn on_answer(&mut self, slot: u32, frame: &[u8], now_ns: u64) -> Answered {
+        let mut a = Answered::default();
+        let only = |result| Answered {
+            outcomes: vec![Outcome {
+                result,
+                ..Outcome::default()
+            }],
+            deliver: vec![frame.to_vec()],
+        };
         if !self.rules.contains_key(&slot) {
-            out.result = "no_rule";
-            return out;
+            return only("no_rule");
         }
         let d = match split(frame) {
             Ok(d) => d,
-            Err(r) => {
-                out.result = r;
-                return out;
-            }
+            Err(r) => return only(r),
         };
-        let ans = match answer::parse(d.message) {
+        if d.proto != 6 {
+            a.outcomes
+                .push(self.on_message(slot, &d, d.payload, now_ns));
+            a.deliver.push(frame.to_vec());
+            return a;
+        }
+        if d.payload.is_empty() {
+            return only("not_dns");
+        }
+        let key = StreamKey {
+            slot,
+            src: d.src,
+            sport: d.sport,
+            dst: d.dst,
+            dport: d.dport,
+        };
+        let fed = self
+            .streams
+            .feed(key, d.seq, d.payload, frame.to_vec(), now_ns);
+        for m in &fed.messages {
+            let o = self.on_message(slot, &d, m, now_ns);
+            a.outcomes.push(o);
+        }
+        if fed.abandoned {
+            a.outcomes.push(Outcome {
+                result: "malformed",
+                ..Outcome::default()
+            });
+        }
+        a.deliver = fed.deliver;
+        a
+    }
+
+    /// TCP segments held longer than the reassembly deadline: (slot, frames) to deliver
+    /// unlearned.
+    pub fn stalled_streams(&mut self, now_ns: u64) -> Vec<(u32, Vec<Vec<u8>>)> {
+        self.streams.expire(now_ns)
+    }
+
+    /// [`Engine::on_answer`] for a frame that holds one whole message (UDP, or TCP in one
+    /// segment): its outcome.
+    pub fn on_frame(&mut self, slot: u32, frame: &[u8], now_ns: u64) -> Outcome {
+        self.on_answer(slot, frame, now_ns)
+            .outcomes
+            .pop()
+            .unwrap_or(Outcome {
+                result: "held",
+                ..Outcome::default()
+            })
+    }
+
+    /// One DNS answer message of `slot`, which travelled as `d` says.
+    fn on_message(&mut self, slot: u32, d: &Dns<'_>, message: &[u8], now_ns: u64) -> Outcome {
+        let mut out = Outcome::default();
+        let ans = match answer::parse(message) {
             Ok(a) => a,
             Err(_) => {
                 out.result = "malformed";
@@ -809,5 +895,69 @@ mod tests {
         );
         assert_eq!(e.gc(10 * S).len(), 0);
         assert_eq!(e.pending_queries(), 0, "forgotten at its deadline");
+    }
+
+    /// A TCP answer split over segments is learned once whole, and every segment is delivered
+    /// then, in order; before that nothing is delivered.
+    #[test]
+    fn tcp_answers_in_several_segments_are_reassembled() {
+        let mut e = engine(&["api.example.com"], None);
+        let tcp = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, seq: u32, p: &[u8]| {
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(src, dst, 64)
+                .tcp(sport, dport, seq, 65535)
+                .write(&mut out, p)
+                .unwrap();
+            out
+        };
+        let framed = |m: Vec<u8>| {
+            let mut v = (m.len() as u16).to_be_bytes().to_vec();
+            v.extend(m);
+            v
+        };
+        let mut q = Message::new();
+        q.set_id(3)
+            .set_message_type(MessageType::Query)
+            .add_query(Query::query(
+                Name::from_str("api.example.com.").unwrap(),
+                RecordType::A,
+            ));
+        let query = framed(q.to_vec().unwrap());
+        assert_eq!(
+            e.on_query(
+                SLOT,
+                &tcp([10, 0, 0, 1], [192, 0, 2, 53], 40000, 53, 1, &query),
+                0
+            ),
+            "query"
+        );
+        let mut m = Message::new();
+        m.set_id(3)
+            .set_message_type(MessageType::Response)
+            .add_query(Query::query(
+                Name::from_str("api.example.com.").unwrap(),
+                RecordType::A,
+            ))
+            .add_answer(Record::from_rdata(
+                Name::from_str("api.example.com.").unwrap(),
+                60,
+                RData::A(rdata::A("192.0.2.77".parse().unwrap())),
+            ));
+        let answer = framed(m.to_vec().unwrap());
+        let (a, b) = answer.split_at(1);
+        let first = tcp([192, 0, 2, 53], [10, 0, 0, 1], 53, 40000, 500, a);
+        let second = tcp([192, 0, 2, 53], [10, 0, 0, 1], 53, 40000, 501, b);
+        let held = e.on_answer(SLOT, &first, 0);
+        assert!(held.deliver.is_empty() && held.outcomes.is_empty());
+        let done = e.on_answer(SLOT, &second, 0);
+        assert_eq!(done.deliver, [first.clone(), second.clone()]);
+        assert_eq!(done.outcomes.len(), 1);
+        assert_eq!(done.outcomes[0].result, "added");
+        assert_eq!(done.outcomes[0].write[0].0.addr, v4_mapped([192, 0, 2, 77]));
+        // A stream that never completes is released unlearned after the deadline.
+        assert!(e.on_answer(SLOT, &first, S).deliver.is_empty());
+        assert!(e.stalled_streams(S).is_empty());
+        assert_eq!(e.stalled_streams(3 * S), [(SLOT, vec![first])]);
     }
 }

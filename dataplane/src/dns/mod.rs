@@ -9,3 +9,4 @@ pub mod maps;
 pub mod pattern;
 pub mod solicit;
 pub mod spec;
+pub mod stream;
