@@ -216,3 +216,33 @@ proptest! {
         }
     }
 }
+
+/// A connection is learned only when both ends let it through: the source's `forwarded`
+/// record alone (the destination may have dropped it) is left out and counted.
+#[test]
+fn connections_the_destination_blocked_are_not_learned() {
+    let ns = [0u8, 1];
+    let (c, d) = load_str("m.yaml", &manifests(&ns, &[]));
+    assert!(d.is_empty(), "{d}");
+    let mut o = Observer::new(&c, Window::default());
+    // w0 → w1 on 80: forwarded by w0's egress, dropped by w1's ingress.
+    o.record("a:1", &record(&ns, 0, 0, 1, 0, "egress"));
+    let mut dropped = record(&ns, 0, 0, 1, 0, "ingress");
+    dropped.verdict = "dropped".into();
+    o.record("a:2", &dropped);
+    // w0 → w1 on 443: only the source's record, no reply.
+    o.record("a:3", &record(&ns, 1, 0, 1, 1, "egress"));
+    // w0 → w1 on 5432: only the source's record, but answered (reverse bytes).
+    let mut answered = record(&ns, 2, 0, 1, 2, "egress");
+    answered.kind = "end".into();
+    answered.bytes.reverse = 100;
+    o.record("a:4", &answered);
+    // w1 → w0 on 9000: both ends' records.
+    o.record("a:5", &record(&ns, 3, 1, 0, 4, "egress"));
+    o.record("a:6", &record(&ns, 3, 1, 0, 4, "ingress"));
+    let obs = o.finish();
+    let ports: Vec<u16> = obs.tuples.keys().map(|t| t.port).collect();
+    assert_eq!(ports, [5432, 9000], "{:?}", obs.skips);
+    assert_eq!(obs.skips.count("denied_at_destination"), 1);
+    assert_eq!(obs.skips.count("unconfirmed"), 1);
+}

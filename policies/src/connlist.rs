@@ -66,6 +66,19 @@ impl ConnSet {
         }
     }
 
+    /// Whether every connection of `self` is also in `o`.
+    pub fn is_subset(&self, o: &ConnSet) -> bool {
+        if o.all {
+            return true;
+        }
+        if self.all {
+            return false;
+        }
+        self.protocols
+            .iter()
+            .all(|(p, a)| o.protocols.get(p).is_some_and(|b| a.minus(b).is_empty()))
+    }
+
     /// Whether `port` of `proto` is in the set.
     pub fn allows(&self, proto: Protocol, port: u16) -> bool {
         self.all || self.protocols.get(&proto).is_some_and(|s| s.contains(port))
@@ -251,6 +264,18 @@ impl Change {
             _ => "changed",
         }
     }
+
+    /// What the change does, by set inclusion: `added` and `widens` allow more, `removed`
+    /// and `narrows` allow less, `changes` both allows and takes away.
+    pub fn effect(&self) -> &'static str {
+        match (&self.old, &self.new) {
+            (None, _) => "added",
+            (_, None) => "removed",
+            (Some(o), Some(n)) if o.is_subset(n) => "widens",
+            (Some(o), Some(n)) if n.is_subset(o) => "narrows",
+            _ => "changes",
+        }
+    }
 }
 
 /// The connections one policy set allows and the other does not.
@@ -275,4 +300,50 @@ pub fn diff(old: &Cluster, new: &Cluster) -> Vec<Change> {
             dst,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod effect_tests {
+    use super::*;
+
+    fn set(ports: &[(Protocol, u16, u16)]) -> ConnSet {
+        let mut s = ConnSet::default();
+        for &(p, lo, hi) in ports {
+            s.add(p, &PortSet::range(lo, hi));
+        }
+        s
+    }
+
+    #[test]
+    fn changes_are_classified_by_set_inclusion() {
+        let any = Node::External(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST);
+        let change = |old: Option<ConnSet>, new: Option<ConnSet>| Change {
+            src: any.clone(),
+            dst: any.clone(),
+            old,
+            new,
+        };
+        let tcp80 = set(&[(Protocol::Tcp, 80, 80)]);
+        let tcp80_90 = set(&[(Protocol::Tcp, 80, 90)]);
+        let udp53 = set(&[(Protocol::Udp, 53, 53)]);
+        assert_eq!(change(None, Some(tcp80.clone())).effect(), "added");
+        assert_eq!(change(Some(tcp80.clone()), None).effect(), "removed");
+        assert_eq!(
+            change(Some(tcp80.clone()), Some(tcp80_90.clone())).effect(),
+            "widens"
+        );
+        assert_eq!(
+            change(Some(tcp80_90.clone()), Some(tcp80.clone())).effect(),
+            "narrows"
+        );
+        assert_eq!(
+            change(Some(tcp80.clone()), Some(ConnSet::all())).effect(),
+            "widens"
+        );
+        assert_eq!(
+            change(Some(ConnSet::all()), Some(udp53.clone())).effect(),
+            "narrows"
+        );
+        assert_eq!(change(Some(tcp80), Some(udp53)).effect(), "changes");
+    }
 }

@@ -129,27 +129,28 @@ pub fn run(req: &Request) -> Result<Outcome> {
         read_into(&mut learner, s)?;
     }
     let pods = cluster.pods.clone();
-    let (proposals, warnings) =
-        propose::propose(&learner.obs, &learner.workloads, &pods, &req.options);
+    let workloads = learner.workloads.clone();
+    let learned = learner.finish();
+    let (proposals, warnings) = propose::propose(&learned, &workloads, &pods, &req.options);
     let replay_obs = if let Some(w) = replay_w {
         let mut r = Observer::new(&cluster, w);
         for s in &req.flows {
             read_into(&mut r, s)?;
         }
-        Some(r.obs)
+        Some(r.finish_for_replay())
     } else if !req.replay_flows.is_empty() {
         let mut r = Observer::new(&cluster, Window::default());
         for p in &req.replay_flows {
             read_into(&mut r, &FlowSource::File(p.clone()))?;
         }
-        Some(r.obs)
+        Some(r.finish_for_replay())
     } else {
         None
     };
     let replay = match &replay_obs {
-        Some(ro) => Some(
-            replay::replay(&cluster, &proposals, &learner.obs, ro).map_err(anyhow::Error::msg)?,
-        ),
+        Some(ro) => {
+            Some(replay::replay(&cluster, &proposals, &learned, ro).map_err(anyhow::Error::msg)?)
+        }
         None => None,
     };
     // Today's policies versus today's plus the proposal (as enforcement would see it).
@@ -159,7 +160,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
     Ok(Outcome {
         proposals,
         warnings,
-        observations: learner.obs,
+        observations: learned,
         replay,
         changes,
     })

@@ -4,6 +4,10 @@
 //! What is learned, and what is counted and left out:
 //! - connections that were let through (`forwarded` or `audit`); denied ones are counted, not
 //!   learned (a proposal must not open what today's policy blocks);
+//! - a pod-to-pod connection only when both ends let it through: the destination's own
+//!   record allowed it, or a reply came back (reverse bytes). The source's `forwarded` record
+//!   alone does not count: the destination may have dropped it (counted
+//!   `denied_at_destination`, or `unconfirmed` when nothing is known of the other end);
 //! - one count per connection: the `new` record of the endpoint that sent the first packet
 //!   (pod-to-pod connections are recorded at both ends), `aggregate` records by `connections`;
 //!   bytes from `end` and `aggregate` records;
@@ -90,8 +94,12 @@ pub struct Skips {
 
 impl Skips {
     fn add(&mut self, reason: &'static str, at: &str, detail: impl std::fmt::Display) {
+        self.add_n(reason, at, detail, 1);
+    }
+
+    fn add_n(&mut self, reason: &'static str, at: &str, detail: impl std::fmt::Display, n: u64) {
         let e = self.by_reason.entry(reason).or_default();
-        e.0 += 1;
+        e.0 += n;
         if e.1.len() < 5 {
             e.1.push(format!("{at}: {detail}"));
         }
@@ -136,6 +144,10 @@ pub struct Observer<'a> {
     by_ip: BTreeMap<IpAddr, WorkloadRef>,
     window: Window,
     pub obs: Observations,
+    /// Pod-to-pod tuples the destination let through, or that were answered.
+    confirmed: BTreeSet<Tuple>,
+    /// Pod-to-pod tuples the destination dropped.
+    refused: BTreeSet<Tuple>,
 }
 
 impl<'a> Observer<'a> {
@@ -154,7 +166,50 @@ impl<'a> Observer<'a> {
             by_ip,
             window,
             obs: Observations::default(),
+            confirmed: BTreeSet::new(),
+            refused: BTreeSet::new(),
         }
+    }
+
+    /// The observations to learn from, once every record is read: pod-to-pod tuples that
+    /// neither end confirmed are taken out (counted by why).
+    pub fn finish(self) -> Observations {
+        self.finish_with(true)
+    }
+
+    /// The observations to replay against: only tuples the destination dropped (and never
+    /// let through) are taken out; unconfirmed ones stay, so a proposal that would deny real
+    /// traffic is never excused for lack of the other end's records.
+    pub fn finish_for_replay(self) -> Observations {
+        self.finish_with(false)
+    }
+
+    fn finish_with(mut self, require_confirmation: bool) -> Observations {
+        let unconfirmed: Vec<Tuple> = self
+            .obs
+            .tuples
+            .keys()
+            .filter(|t| {
+                matches!((&t.src, &t.dst), (Party::Workload(_), Party::Workload(_)))
+                    && !self.confirmed.contains(t)
+                    && (require_confirmation || self.refused.contains(t))
+            })
+            .cloned()
+            .collect();
+        for t in unconfirmed {
+            let e = self.obs.tuples.remove(&t).unwrap_or_default();
+            let (reason, why) = if self.refused.contains(&t) {
+                ("denied_at_destination", "the destination dropped it")
+            } else {
+                (
+                    "unconfirmed",
+                    "no record from the destination and no reply: it may have been blocked there",
+                )
+            };
+            let at = super::describe_tuple(&t);
+            self.obs.skips.add_n(reason, &at, why, e.connections.max(1));
+        }
+        self.obs
     }
 
     /// Read JSON lines from `r` (`name` is used in skip reports).
@@ -195,13 +250,13 @@ impl<'a> Observer<'a> {
             None => (time, time),
             Some((a, b)) => (a.min(time), b.max(time)),
         });
-        if r.verdict == "dropped" {
-            self.obs
-                .skips
-                .add("denied", at, "a dropped connection is not learned");
-            return;
-        }
         let Some(proto) = Protocol::parse(&r.protocol) else {
+            if r.verdict == "dropped" {
+                self.obs
+                    .skips
+                    .add("denied", at, "a dropped connection is not learned");
+                return;
+            }
             // ICMP and others: NetworkPolicy has no rules for them.
             self.obs
                 .skips
@@ -226,6 +281,27 @@ impl<'a> Observer<'a> {
             },
             _ => vec![(dst_raw.clone(), r.destination.port)],
         };
+        let pod_to_pod = matches!(src, Party::Workload(_));
+        if r.verdict == "dropped" {
+            if pod_to_pod && r.direction == "ingress" {
+                for (dst, port) in &dsts {
+                    if matches!(dst, Party::Workload(_)) {
+                        self.refused.insert(Tuple {
+                            src: src.clone(),
+                            dst: dst.clone(),
+                            proto,
+                            port: *port,
+                        });
+                    }
+                }
+            }
+            self.obs
+                .skips
+                .add("denied", at, "a dropped connection is not learned");
+            return;
+        }
+        // The destination's own record, or a reply: both ends let it through.
+        let confirms = r.direction == "ingress" || r.bytes.reverse > 0;
         if matches!(src, Party::External(_))
             && dsts.iter().all(|(d, _)| matches!(d, Party::External(_)))
         {
@@ -255,6 +331,9 @@ impl<'a> Observer<'a> {
                 proto,
                 port,
             };
+            if confirms {
+                self.confirmed.insert(tuple.clone());
+            }
             let e = self.obs.tuples.entry(tuple.clone()).or_default();
             e.connections += connections;
             e.bytes += bytes;

@@ -121,17 +121,16 @@ fn blocks(r: &ReportInput) -> Vec<Block> {
                 c.old.as_ref().map_or("nothing".into(), |s| s.to_string())
             )
         };
-        let removed: Vec<String> = mine
-            .iter()
-            .filter(|c| c.kind() != "added")
-            .map(|c| line(c))
-            .collect();
-        let added: Vec<String> = mine
-            .iter()
-            .filter(|c| c.kind() == "added")
-            .map(|c| line(c))
-            .collect();
-        if removed.is_empty() && added.is_empty() {
+        let of = |effects: &[&str]| -> Vec<String> {
+            mine.iter()
+                .filter(|c| effects.contains(&c.effect()))
+                .map(|c| line(c))
+                .collect()
+        };
+        let removed = of(&["removed", "narrows"]);
+        let added = of(&["added", "widens"]);
+        let both = of(&["changes"]);
+        if removed.is_empty() && added.is_empty() && both.is_empty() {
             b.push(Block::P("Against today's policies: no change.".into()));
         }
         if !removed.is_empty() {
@@ -143,10 +142,17 @@ fn blocks(r: &ReportInput) -> Vec<Block> {
         }
         if !added.is_empty() {
             b.push(Block::P(format!(
-                "Adds ({} pairs) against today's policies:",
+                "Adds or widens ({} pairs) against today's policies:",
                 added.len()
             )));
             b.push(Block::List(added));
+        }
+        if !both.is_empty() {
+            b.push(Block::P(format!(
+                "Both adds and takes away ({} pairs) against today's policies:",
+                both.len()
+            )));
+            b.push(Block::List(both));
         }
         if !p.warnings.is_empty() {
             b.push(Block::P("Look twice:".into()));
