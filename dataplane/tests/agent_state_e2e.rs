@@ -179,7 +179,7 @@ fn an_add_whose_registration_cannot_be_saved_fails_and_is_undone() {
 }
 
 #[test]
-fn a_registry_beyond_repair_stops_the_start_and_the_pods_keep_their_policy() {
+fn a_damaged_registry_costs_no_pod_its_policy() {
     let mut n = node("corrupt");
     n.start_agent().unwrap();
     let web = n.add_pod("demo", "web-1", "app=web").unwrap();
@@ -187,19 +187,34 @@ fn a_registry_beyond_repair_stops_the_start_and_the_pods_keep_their_policy() {
     let other = n.add_pod("demo", "other-1", "app=other").unwrap();
     let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
     assert_policy_holds(&client, &other, &web, "before");
-    n.stop_agent().unwrap();
-
     let state = n.state_dir();
     let (current, previous) = (
         state.join("endpoints.json"),
         state.join("endpoints.json.prev"),
     );
-    let saved = [
-        std::fs::read(&current).unwrap(),
-        std::fs::read(&previous).unwrap(),
-    ];
-    for (f, good) in [&current, &previous].into_iter().zip(&saved) {
-        std::fs::write(f, &good[..good.len() / 2]).unwrap();
+    let good = std::fs::read(&current).unwrap();
+    let truncated = &good[..good.len() / 2];
+
+    // endpoints.json truncated: its second copy takes over, every pod stays as it was.
+    n.stop_agent().unwrap();
+    std::fs::write(&current, truncated).unwrap();
+    n.start_agent().unwrap();
+    for a in [&web, &client, &other] {
+        n.runtime.check(a).unwrap();
+    }
+    assert_policy_holds(
+        &client,
+        &other,
+        &web,
+        "after a restart over a truncated registry",
+    );
+    assert!(n.agent_log().contains("using its second copy"));
+    assert_eq!(std::fs::read(&current).unwrap(), good, "rewritten at start");
+
+    // Both copies truncated: no start (and so no empty registry wiping the pinned endpoints).
+    n.stop_agent().unwrap();
+    for f in [&current, &previous] {
+        std::fs::write(f, truncated).unwrap();
     }
     let e = n
         .start_agent()
@@ -211,14 +226,12 @@ fn a_registry_beyond_repair_stops_the_start_and_the_pods_keep_their_policy() {
     );
     assert_policy_holds(&client, &other, &web, "with the agent refusing to start");
 
-    for (f, good) in [&current, &previous].into_iter().zip(&saved) {
-        std::fs::write(f, good).unwrap();
-    }
+    std::fs::write(&previous, &good).unwrap();
     n.start_agent().unwrap();
     for a in [&web, &client, &other] {
         n.runtime.check(a).unwrap();
     }
-    assert_policy_holds(&client, &other, &web, "once the registry is restored");
+    assert_policy_holds(&client, &other, &web, "once a copy is restored");
 }
 
 #[test]

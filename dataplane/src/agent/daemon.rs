@@ -72,8 +72,8 @@ impl Agent {
         // Everything that can refuse the start comes before the first write to pinned state.
         let dirs = AgentDirs::take(&cfg.state_dir, &cfg.pin_dir, &cfg.socket)?;
         let (mut registry, note) = Registry::load(dirs.state.clone())?;
-        if let Some(n) = note {
-            error!(problem = %n, "endpoint registry damaged; using its previous copy");
+        if let Some(n) = &note {
+            error!(problem = %n, "endpoint registry damaged; using its second copy");
         }
         let mut dp = Datapath::load(&LoadOptions {
             pin_dir: cfg.pin_dir.clone(),
@@ -115,9 +115,16 @@ impl Agent {
                 Err(_) => gone.push(cid.clone()),
             }
         }
+        let rewrite = note.is_some() || !gone.is_empty();
         for cid in gone {
             warn!(container = %cid, "registered endpoint's interface is gone; forgetting it");
             registry.endpoints.remove(&cid);
+        }
+        // Both copies as they now are: a damaged one does not linger until the next change.
+        if rewrite {
+            if let Err(e) = registry.save() {
+                warn!(error = %e, "saving the endpoint registry; will retry on the next change");
+            }
         }
         for iface in &cfg.xdp_interfaces {
             dp.attach_xdp(iface)?;

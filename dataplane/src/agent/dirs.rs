@@ -7,8 +7,9 @@
 //! another agent holds its lock. Files are opened relative to the directory handle taken at
 //! start-up, never through a path that could be re-pointed later; new files are created with
 //! `O_EXCL|O_NOFOLLOW` (a link planted at the temporary name is removed, never followed) and
-//! replace the old one by rename after an fsync of the file and then of the directory, so a
-//! crash or a full file system leaves either the old content or the new one, never a mix.
+//! replace the old one by rename, after an fsync of the file, and the directory is fsynced
+//! after the rename: a crash or a full file system leaves either the old content or the new
+//! one, never a mix, and a change reported done survives a power loss.
 
 use std::{
     io::{self, Read, Write},
@@ -193,17 +194,9 @@ impl Dir {
 
     /// Replace the file `name` with `bytes`, created with `mode`: written to `name.tmp`
     /// (`O_EXCL|O_NOFOLLOW`; whatever was left at that name, a link included, is removed first),
-    /// fsynced, renamed over `name`, then the directory fsynced. With `previous`, the file being
-    /// replaced is first renamed to that name, so the last two versions are kept. On error
-    /// `name` still holds its old content (or, when only the last rename failed, `previous`
-    /// does and `name` is absent); the error names the file.
-    pub fn replace(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        mode: u32,
-        previous: Option<&str>,
-    ) -> io::Result<()> {
+    /// fsynced, renamed over `name`, then the directory fsynced. On error `name` still holds its
+    /// old content; the error names the file.
+    pub fn replace(&self, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
         let tmp = format!("{name}.tmp");
         let named = |n: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("{}: {e}", self.join(n).display()))
@@ -236,15 +229,6 @@ impl Dir {
         if let Err(e) = written {
             let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
             return Err(named(&tmp, e));
-        }
-        if let Some(prev) = previous {
-            match rustix::fs::renameat(&self.fd, name, &self.fd, prev) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => {
-                    let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
-                    return Err(named(prev, e.into()));
-                }
-            }
         }
         if let Err(e) = rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name) {
             let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
@@ -385,23 +369,20 @@ mod tests {
         let target = scratch("link-target");
         std::fs::write(&target, "precious").unwrap();
         std::os::unix::fs::symlink(&target, d.join("endpoints.json.tmp")).unwrap();
-        dir.replace("endpoints.json", b"{}", 0o600, Some("endpoints.json.prev"))
-            .unwrap();
+        dir.replace("endpoints.json", b"{}", 0o600).unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
         assert_eq!(std::fs::read(d.join("endpoints.json")).unwrap(), b"{}");
         let m = std::fs::symlink_metadata(d.join("endpoints.json")).unwrap();
         assert!(m.is_file());
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
         assert!(!d.join("endpoints.json.tmp").exists());
-        // The second write keeps the first as the previous copy.
-        dir.replace(
-            "endpoints.json",
-            b"{\"a\":1}",
-            0o600,
-            Some("endpoints.json.prev"),
-        )
-        .unwrap();
-        assert_eq!(std::fs::read(d.join("endpoints.json.prev")).unwrap(), b"{}");
+        // A crash's leftover at the temporary name is no obstacle either.
+        std::fs::write(d.join("endpoints.json.tmp"), "half").unwrap();
+        dir.replace("endpoints.json", b"{\"a\":1}", 0o600).unwrap();
+        assert_eq!(
+            std::fs::read(d.join("endpoints.json")).unwrap(),
+            b"{\"a\":1}"
+        );
         // Reads do not follow links either.
         std::os::unix::fs::symlink(&target, d.join("linked")).unwrap();
         let e = dir.read("linked", 1024).unwrap_err().to_string();

@@ -1,18 +1,20 @@
 //! Endpoints registered by the CNI plugin, persisted so a restarted agent adopts the pods
 //! that already exist (without restarting them).
 //!
-//! The registry is `endpoints.json` in the state directory, replaced atomically on every change
-//! (fsync of the file and the directory) with the version it replaces kept as
-//! `endpoints.json.prev`. Fail mode on load: an unreadable or corrupt file is moved aside to
-//! `endpoints.json.corrupt` and the previous copy is used (the last change before the damage
-//! is lost: its pod is re-added by the runtime's retry or stays in its fail mode); when the
-//! previous copy is unreadable too, the agent **refuses to start** with an error naming both
-//! files. It never starts empty over a damaged registry: that would remove every pinned
-//! endpoint entry and cut every pod on the node off (or leave them unenforced with
-//! `--fail-open`), whereas the pinned programs and maps keep enforcing the last state while the
-//! agent is down. Rebuilding the registry from the pinned maps is not attempted: they hold an
-//! interface's identity and addresses but not the container id, pod name and labels a
-//! registration needs.
+//! The registry is kept twice in the state directory: on every change `endpoints.json.prev`
+//! and then `endpoints.json` are each replaced atomically with the same content (fsync of the
+//! file and the directory; see [`super::dirs`]), so either copy alone holds every
+//! acknowledged endpoint. (A crash between the two writes leaves `endpoints.json` one change
+//! behind, a change that was never acknowledged.)
+//!
+//! Fail mode on load: an unreadable or corrupt `endpoints.json` is moved aside to
+//! `endpoints.json.corrupt` and the previous copy is used; when that copy is unreadable too,
+//! the agent **refuses to start** with an error naming both files. It never starts empty over
+//! a damaged registry: that would remove every pinned endpoint entry and cut every pod on the
+//! node off (or leave them unenforced with `--fail-open`), whereas the pinned programs and
+//! maps keep enforcing the last state while the agent is down. Rebuilding the registry from
+//! the pinned maps is not attempted: they hold an interface's identity and addresses but not
+//! the container id, pod name and labels a registration needs.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -23,7 +25,7 @@ use crate::Error;
 
 /// The registry's file in the state directory.
 pub const FILE: &str = "endpoints.json";
-/// The version `FILE` replaced, used when `FILE` is damaged or missing.
+/// The second copy, written just before `FILE`, used when `FILE` is damaged or missing.
 pub const PREVIOUS: &str = "endpoints.json.prev";
 /// Where a damaged `FILE` is moved when the previous copy is used instead.
 pub const CORRUPT: &str = "endpoints.json.corrupt";
@@ -72,7 +74,7 @@ impl Registry {
                 Ok(Some(eps)) => (
                     eps,
                     Some(format!(
-                        "{} is missing (a write was interrupted); using {}",
+                        "{} is missing; using {}",
                         dir.join(FILE).display(),
                         dir.join(PREVIOUS).display()
                     )),
@@ -96,7 +98,7 @@ impl Registry {
                     (
                         eps,
                         Some(format!(
-                            "{current}; moved to {} and using {} (the change written last is lost)",
+                            "{current}; moved to {} and using {}",
                             dir.join(CORRUPT).display(),
                             dir.join(PREVIOUS).display()
                         )),
@@ -134,11 +136,12 @@ impl Registry {
         id
     }
 
-    /// Write the registry (mode 0600) and make it durable before returning: an endpoint is
-    /// acknowledged only once this succeeded. The error names the file.
+    /// Write both copies of the registry (mode 0600) and make them durable before returning:
+    /// an endpoint is acknowledged only once this succeeded. The error names the file.
     pub fn save(&self) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.endpoints)?;
-        self.dir.replace(FILE, &bytes, 0o600, Some(PREVIOUS))
+        self.dir.replace(PREVIOUS, &bytes, 0o600)?;
+        self.dir.replace(FILE, &bytes, 0o600)
     }
 
     /// Remove the registry and its copies (enforcement removed: nothing to adopt).
@@ -220,7 +223,7 @@ mod tests {
         let full = std::fs::read(d.join(FILE)).unwrap();
         std::fs::write(d.join(FILE), &full[..full.len() / 2]).unwrap();
         let (r, note) = Registry::load(dir.clone()).unwrap();
-        assert_eq!(cids(&r), ["a"], "the copy before the last write");
+        assert_eq!(cids(&r), ["a", "b"], "nothing acknowledged is lost");
         let note = note.expect("the fallback is reported");
         assert!(note.contains(FILE) && note.contains(PREVIOUS), "{note}");
         assert_eq!(
@@ -228,23 +231,30 @@ mod tests {
             &full[..full.len() / 2],
             "the damaged file is kept for inspection"
         );
-        // The next write does not turn the damaged file into the previous copy.
+        // The next write restores both copies.
         r.save().unwrap();
         let (again, note) = Registry::load(dir.clone()).unwrap();
-        assert_eq!((cids(&again), note), (vec!["a"], None));
+        assert_eq!((cids(&again), note), (vec!["a", "b"], None));
         let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
-    fn an_interrupted_write_uses_the_previous_copy() {
-        let (d, dir) = scratch("interrupted");
+    fn a_missing_registry_uses_the_previous_copy() {
+        let (d, dir) = scratch("missing");
         saved(&dir, &["a", "b"]);
-        // The crash between the two renames: the current file is gone, its successor never
-        // arrived.
-        std::fs::rename(d.join(FILE), d.join(PREVIOUS)).unwrap();
+        std::fs::remove_file(d.join(FILE)).unwrap();
         let (r, note) = Registry::load(dir.clone()).unwrap();
         assert_eq!(cids(&r), ["a", "b"]);
         assert!(note.is_some());
+        r.save().unwrap();
+        // The crash between the two writes: the copies differ by a change never acknowledged,
+        // and the main file, the older one, wins.
+        let (mut r, _) = Registry::load(dir.clone()).unwrap();
+        r.endpoints.insert("c".into(), endpoint("c", 3));
+        let bytes = serde_json::to_vec(&r.endpoints).unwrap();
+        dir.replace(PREVIOUS, &bytes, 0o600).unwrap();
+        let (r, note) = Registry::load(dir.clone()).unwrap();
+        assert_eq!((cids(&r), note), (vec!["a", "b"], None));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -367,7 +367,7 @@ impl Manager {
             .filter_map(|n| Some((n.to_owned(), self.store.id(n)?)))
             .collect();
         let bytes = serde_json::to_vec(&ids).unwrap_or_default();
-        if let Err(e) = self.settings.state.replace(IDS_FILE, &bytes, 0o600, None) {
+        if let Err(e) = self.settings.state.replace(IDS_FILE, &bytes, 0o600) {
             warn!(path = %self.ids_path.display(), error = %e, "cannot save feed ids");
         }
     }
