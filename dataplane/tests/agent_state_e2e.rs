@@ -294,17 +294,23 @@ fn a_second_agent_on_the_node_fails_at_once_and_the_first_keeps_serving() {
 
 #[test]
 fn directories_others_could_write_to_are_refused_at_start() {
-    let cases: [(&str, &str, u32); 3] = [
-        ("world-writable state directory", "state", 0o777),
-        ("group-writable state directory", "state", 0o770),
-        ("world-writable socket directory", ".", 0o757),
+    let cases: [(&str, u32); 4] = [
+        ("state", 0o777),
+        ("state", 0o770),
+        ("socket", 0o757),
+        ("pin", 0o777),
     ];
-    for (case, sub, mode) in cases {
+    for (which, mode) in cases {
+        let case = format!("{which} directory mode {mode:o}");
         let mut n = node("perm");
-        let dir = n.dir.join(sub);
+        let dir = match which {
+            "state" => n.state_dir(),
+            "socket" => n.dir.clone(),
+            _ => n.pin_dir.clone(),
+        };
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-        let e = n.start_agent().expect_err(case).to_string();
+        let e = n.start_agent().expect_err(&case).to_string();
         let dir = dir.canonicalize().unwrap();
         assert!(
             e.contains(&dir.display().to_string()) && e.contains("chmod go-w"),
