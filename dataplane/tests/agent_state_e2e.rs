@@ -248,10 +248,14 @@ fn a_second_agent_on_the_node_fails_at_once_and_the_first_keeps_serving() {
     let own_state = n.dir.join("state-second").display().to_string();
     let lock = n.state_dir().join("agent.lock").display().to_string();
     let pins = n.pin_dir.display().to_string();
-    let socket = n.socket.display().to_string();
+    let socket_lock = n.dir.join(".septa.sock.lock").display().to_string();
+    // A socket something else already serves on (an agent of a build without the lock).
+    let served = n.dir.join("served.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&served).unwrap();
+    let served = served.display().to_string();
     /// (case, flags of the second agent that differ from the first's, what its error names).
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<String>);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (
             "the same directories",
             vec![],
@@ -270,7 +274,16 @@ fn a_second_agent_on_the_node_fails_at_once_and_the_first_keeps_serving() {
         (
             "its own state and pins, the same socket",
             vec![("--state-dir", &own_state), ("--pin-dir", &own_pins)],
-            vec![socket.clone(), "another agent is serving on it".into()],
+            vec![socket_lock.clone(), format!("pid {pid}")],
+        ),
+        (
+            "its own state and pins, a socket served by another process",
+            vec![
+                ("--state-dir", &own_state),
+                ("--pin-dir", &own_pins),
+                ("--socket", &served),
+            ],
+            vec![served.clone(), "another agent is serving on it".into()],
         ),
     ];
     for (case, overrides, want) in cases {

@@ -268,14 +268,15 @@ impl Dir {
 
 /// The directories of one running agent, checked and locked: the state directory (the registry,
 /// `agent.lock`), the pin directory (locked itself: bpffs holds no plain files), and the
-/// socket's directory.
+/// socket's directory (`.<socket>.lock`, so two agents starting at once on one socket cannot
+/// both bind it).
 #[derive(Debug)]
 pub struct AgentDirs {
     pub state: std::sync::Arc<Dir>,
     pub socket: Dir,
     /// The socket's file name in [`AgentDirs::socket`].
     pub socket_name: String,
-    _locks: [Lock; 2],
+    _locks: [Lock; 3],
 }
 
 /// The lock file in the state directory.
@@ -301,6 +302,9 @@ impl AgentDirs {
             parent
         };
         let dir = Dir::open(parent, "socket directory (--socket)")?;
+        let name = name.to_string_lossy().into_owned();
+        let socket_lock = dir.lock_file(&format!(".{name}.lock"))?;
+        // An agent that takes no such lock (an older build) still answers on the socket.
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             return Err(Error::Config(format!(
                 "socket {}: another agent is serving on it; stop it first (or give this one \
@@ -311,8 +315,8 @@ impl AgentDirs {
         Ok(AgentDirs {
             state: std::sync::Arc::new(state),
             socket: dir,
-            socket_name: name.to_string_lossy().into_owned(),
-            _locks: [state_lock, pin_lock],
+            socket_name: name,
+            _locks: [state_lock, pin_lock, socket_lock],
         })
     }
 }
