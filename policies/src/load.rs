@@ -1,10 +1,14 @@
 //! Reading Kubernetes manifests into a [`Cluster`].
 //!
 //! Files and directories (recursively: `.yaml`, `.yml`, `.json`), multi-document YAML, JSON,
-//! and `kind: List`. Kinds used: Namespace, Pod, Service (core), Deployment, ReplicaSet,
-//! StatefulSet, DaemonSet (apps), Job, CronJob (batch; their pod templates stand for their
-//! pods), NetworkPolicy (networking.k8s.io); objects of septa's own group (`septa.dev/...`)
-//! are kept as they are for their owners. Documents that are not Kubernetes objects are errors.
+//! and `kind: List`. Only regular files are read (a link to one is followed; a FIFO, device
+//! or socket is reported, never opened in a way that blocks), each up to [`MAX_FILE_BYTES`]
+//! counted while reading, not taken from its metadata; links to directories are not followed
+//! (so a `self -> .` link is no loop). Kinds used: Namespace, Pod, Service (core), Deployment,
+//! ReplicaSet, StatefulSet, DaemonSet (apps), Job, CronJob (batch; their pod templates stand
+//! for their pods), NetworkPolicy (networking.k8s.io); objects of septa's own group
+//! (`septa.dev/...`) are kept as they are for their owners. Documents that are not Kubernetes
+//! objects are errors.
 //!
 //! Strict, as the API server with strict field validation: an unknown (misspelled) field is an
 //! error naming its path, never dropped — a dropped `from:` or `matchLabels:` would turn a
@@ -69,28 +73,9 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> (Cluster, Diagnostics) {
         }
         for f in files {
             let name = f.display().to_string();
-            match std::fs::metadata(&f) {
-                Ok(m) if m.len() > MAX_FILE_BYTES => {
-                    b.diags.push(
-                        &name,
-                        "",
-                        "",
-                        format!(
-                            "file is {} bytes, more than the {MAX_FILE_BYTES}-byte limit",
-                            m.len()
-                        ),
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    b.diags.push(&name, "", "", e.to_string());
-                    continue;
-                }
-                _ => {}
-            }
-            match std::fs::read_to_string(&f) {
+            match read_manifest(&f) {
                 Ok(text) => b.add_text(&name, &text),
-                Err(e) => b.diags.push(&name, "", "", format!("cannot read: {e}")),
+                Err(e) => b.diags.push(&name, "", "", e),
             }
         }
     }
@@ -102,6 +87,29 @@ pub fn load_str(name: &str, text: &str) -> (Cluster, Diagnostics) {
     let mut b = Builder::default();
     b.add_text(name, text);
     b.finish()
+}
+
+/// Read one manifest file: a regular file (opened non-blocking, so a FIFO cannot hang the
+/// caller, then checked with fstat), at most [`MAX_FILE_BYTES`], UTF-8.
+fn read_manifest(f: &Path) -> Result<String, String> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(f)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (FIFOs, devices and sockets are never read)".into());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("file is more than the {MAX_FILE_BYTES}-byte limit"));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8: {e}"))
 }
 
 fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
@@ -116,8 +124,15 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         .collect();
     entries.sort();
     for e in entries {
-        if e.is_dir() {
+        // Not through a link: a link to a directory is skipped (`self -> .` would loop), a link
+        // to a file is read like the file.
+        let Ok(lmeta) = std::fs::symlink_metadata(&e) else {
+            continue;
+        };
+        if lmeta.is_dir() {
             collect(&e, out)?;
+        } else if lmeta.file_type().is_symlink() && e.is_dir() {
+            continue;
         } else if matches!(
             e.extension().and_then(|x| x.to_str()),
             Some("yaml" | "yml" | "json")

@@ -330,3 +330,55 @@ fn unknown_and_foreign_policy_kinds() {
     );
     assert!(d.is_empty() && d.warnings().is_empty(), "{d}");
 }
+
+#[test]
+fn fifos_devices_and_directory_link_loops_neither_block_nor_break_the_load() {
+    let dir = std::env::temp_dir().join(format!("septa-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(
+        dir.join("sub/ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n",
+    )
+    .unwrap();
+    // A link to a directory above: followed, it would be a loop and fail every load.
+    std::os::unix::fs::symlink("..", dir.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink(".", dir.join("self")).unwrap();
+    // A link to a file is read like the file.
+    std::os::unix::fs::symlink("sub/ns.yaml", dir.join("linked.yaml")).unwrap();
+    let (c, d) = policies::load::load_paths(&[&dir]);
+    assert!(
+        d.0.len() == 1 && d.0[0].message.contains("duplicate object"),
+        "only the duplicate through the file link: {d}"
+    );
+    assert_eq!(c.namespaces.len(), 1, "{d}");
+    std::fs::remove_file(dir.join("linked.yaml")).unwrap();
+    let (_, d) = policies::load::load_paths(&[&dir]);
+    assert!(d.is_empty(), "directory links are not followed: {d}");
+
+    // A FIFO named like a manifest: a blocking open would wait for a writer for good. Loaded
+    // on a thread so that a regression fails here instead of hanging the test run.
+    let fifo =
+        std::ffi::CString::new(dir.join("pipe.yaml").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    // A device named like a manifest: its metadata length (0) says nothing of what it yields.
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d2 = dir.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(policies::load::load_paths(&[&d2]));
+    });
+    let (c, d) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the load returns instead of blocking on the FIFO or reading the device");
+    let mut refused: Vec<&str> =
+        d.0.iter()
+            .filter(|p| p.message.contains("not a regular file"))
+            .map(|p| p.file.rsplit('/').next().unwrap_or_default())
+            .collect();
+    refused.sort();
+    assert_eq!(refused, ["pipe.yaml", "zero.yaml"], "{d}");
+    assert_eq!(c.namespaces.len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -24,13 +24,13 @@ pub struct Args {
     /// Directory of manifests (Namespaces, Pods or workloads, NetworkPolicies) [default: none]
     #[arg(long)]
     pub manifests: Option<PathBuf>,
-    /// bpffs directory for pinned maps and links [default: /sys/fs/bpf/septa]
+    /// bpffs directory for pinned maps and links; locked while the agent runs [default: /sys/fs/bpf/septa]
     #[arg(long)]
     pub pin_dir: Option<PathBuf>,
-    /// Unix socket septa-cni registers endpoints on (root-only) [default: /run/septa/septa.sock]
+    /// Unix socket septa-cni registers endpoints on (root-only, in a directory only the agent's user can write to) [default: /run/septa/septa.sock]
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Directory for the endpoint registry, so a restarted agent adopts existing pods [default: /run/septa]
+    /// Directory for the endpoint registry, so a restarted agent adopts existing pods; owned by the agent's user, not writable by group or others, locked while the agent runs [default: /run/septa]
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Address of the health endpoint (GET /healthz, /readyz) [default: 127.0.0.1:9876]

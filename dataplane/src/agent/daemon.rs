@@ -1,5 +1,11 @@
 //! The agent's state and main loop: registry requests, manifest changes and shutdown, each
 //! followed by a compile and a reconcile of the maps.
+//!
+//! Start-up order is what keeps a second agent, or one that cannot start, from disturbing a
+//! running one: directories checked and locked first (see [`super::dirs`]), then the registry
+//! read, then the data path loaded, and the socket bound last of all, once nothing else can
+//! fail; it is bound under a temporary name and renamed into place, and removed at shutdown
+//! only if it is still the one this agent bound.
 
 use std::{
     collections::BTreeMap,
@@ -27,6 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     config::Config,
+    dirs::{AgentDirs, Dir},
     protocol::{Endpoint, Request, Response, MAX_LINE},
     registry::{Registered, Registry},
     source::Source,
@@ -43,6 +50,8 @@ pub struct Agent {
     manifests: Option<Cluster>,
     source: Option<Source>,
     pub registry: Registry,
+    /// The state, pin and socket directories, checked and locked for this agent's lifetime.
+    dirs: AgentDirs,
     pub ready: Arc<AtomicBool>,
     sweeper: crate::flows::sweep::Sweeper,
     /// What flow records are enriched with; refreshed after every compile.
@@ -60,6 +69,12 @@ pub struct Agent {
 impl Agent {
     /// Load (or re-open) the data path, adopt registered endpoints, read the manifests.
     pub fn start(cfg: Config) -> Result<Self, Error> {
+        // Everything that can refuse the start comes before the first write to pinned state.
+        let dirs = AgentDirs::take(&cfg.state_dir, &cfg.pin_dir, &cfg.socket)?;
+        let (mut registry, note) = Registry::load(dirs.state.clone())?;
+        if let Some(n) = &note {
+            error!(problem = %n, "endpoint registry damaged; using its second copy");
+        }
         let mut dp = Datapath::load(&LoadOptions {
             pin_dir: cfg.pin_dir.clone(),
             conntrack_entries: cfg.conntrack_entries,
@@ -79,10 +94,6 @@ impl Agent {
         dp.set_config(&DpConfig { ..dcfg })?;
         let actual = dp.read_state()?;
         info!(pin_dir = %cfg.pin_dir.display(), policy_entries = actual.policy.len(), ipcache_entries = actual.ipcache.len(), endpoints = actual.endpoints.len(), "data path loaded");
-        let (mut registry, problem) = Registry::load(&cfg.state_dir);
-        if let Some(p) = problem {
-            error!(problem = %p, "endpoint registry");
-        }
         // Adopt endpoints whose interface (or cgroup) still exists; forget the others.
         let mut gone = Vec::new();
         for (cid, r) in registry.endpoints.iter_mut() {
@@ -104,9 +115,16 @@ impl Agent {
                 Err(_) => gone.push(cid.clone()),
             }
         }
+        let rewrite = note.is_some() || !gone.is_empty();
         for cid in gone {
             warn!(container = %cid, "registered endpoint's interface is gone; forgetting it");
             registry.endpoints.remove(&cid);
+        }
+        // Both copies as they now are: a damaged one does not linger until the next change.
+        if rewrite {
+            if let Err(e) = registry.save() {
+                warn!(error = %e, "saving the endpoint registry; will retry on the next change");
+            }
         }
         for iface in &cfg.xdp_interfaces {
             dp.attach_xdp(iface)?;
@@ -122,7 +140,7 @@ impl Agent {
                 },
                 retry_min: cfg.feed_retry_min,
                 protect: cfg.feed_protect.clone(),
-                state_dir: cfg.state_dir.clone(),
+                state: dirs.state.clone(),
                 ca: cfg.feed_ca.clone(),
             },
             &host_addresses(),
@@ -162,6 +180,7 @@ impl Agent {
             manifests: None,
             source,
             registry,
+            dirs,
             ready: Arc::new(AtomicBool::new(false)),
             enricher: Default::default(),
             sweeper: Default::default(),
@@ -442,8 +461,11 @@ impl Agent {
             Request::Del { container_id } => {
                 if let Some(r) = self.registry.endpoints.remove(&container_id) {
                     self.detach_endpoint(&r.endpoint, r.ifindex);
+                    // Answered ok all the same: a DEL must not fail (the runtime would retry it
+                    // for good), and the stale line only re-attaches enforcement after a
+                    // restart, to an interface or cgroup that still exists then.
                     if let Err(e) = self.registry.save() {
-                        warn!(error = %e, "saving the endpoint registry");
+                        error!(error = %e, "saving the endpoint registry after a delete");
                     }
                     if let Err(e) = self.reconcile() {
                         error!(error = %e, "reconcile after delete");
@@ -462,6 +484,9 @@ impl Agent {
         if self.manifests.is_none() {
             return Response::err("agent not ready: no valid manifests applied yet");
         }
+        if let Err(e) = ep.check_addresses() {
+            return Response::err(e);
+        }
         let endpoint_id = match self.registry.endpoints.get(&ep.container_id) {
             Some(r) => r.endpoint_id,
             None => self.registry.allocate_id(),
@@ -479,7 +504,7 @@ impl Agent {
         };
         let cid = ep.container_id.clone();
         let pod = format!("{}/{}", ep.namespace, ep.name);
-        self.registry.endpoints.insert(
+        let previous = self.registry.endpoints.insert(
             cid.clone(),
             Registered {
                 endpoint: ep.clone(),
@@ -487,19 +512,37 @@ impl Agent {
                 endpoint_id,
             },
         );
-        // Map entries first, programs second: the first packet already finds its endpoint.
-        if let Err(e) = self
+        // Map entries first, programs second: the first packet already finds its endpoint. The
+        // registry is written last, and an ADD is acknowledged only once it is durable: a pod
+        // that a restarted agent would not adopt must not be started as if it were protected.
+        let done = self
             .reconcile()
             .and_then(|_| self.attach_endpoint(&ep, slot))
-        {
-            self.registry.endpoints.remove(&cid);
-            self.detach_endpoint(&ep, slot);
+            .and_then(|_| {
+                self.registry.save().map_err(|e| {
+                    Error::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("endpoint registry not saved, so a restarted agent would not adopt this pod: {e}; free space in the state directory or fix it, then retry"),
+                    ))
+                })
+            });
+        if let Err(e) = done {
+            // Back to what was registered (and persisted) before this request.
+            let keep_attached = previous.as_ref().is_some_and(|p| {
+                p.ifindex == slot
+                    && p.endpoint.host_ifname == ep.host_ifname
+                    && p.endpoint.cgroup == ep.cgroup
+            });
+            match previous {
+                Some(p) => self.registry.endpoints.insert(cid.clone(), p),
+                None => self.registry.endpoints.remove(&cid),
+            };
+            if !keep_attached {
+                self.detach_endpoint(&ep, slot);
+            }
             let _ = self.reconcile();
             error!(container = %cid, pod = %pod, error = %e, "endpoint add failed");
             return Response::err(e.to_string());
-        }
-        if let Err(e) = self.registry.save() {
-            warn!(error = %e, "saving the endpoint registry");
         }
         let identity = self.actual.endpoints.get(&slot).map(|e| e.identity);
         info!(container = %cid, pod = %pod, iface = %ep.host_ifname, cgroup = ?ep.cgroup, slot, identity, "endpoint added");
@@ -575,7 +618,9 @@ impl Agent {
                 Ok(()) => info!("enforcement removed: programs detached, pinned state deleted"),
                 Err(e) => error!(error = %e, "removing enforcement"),
             }
-            let _ = std::fs::remove_file(self.cfg.state_dir.join("endpoints.json"));
+            if let Err(e) = self.registry.remove_files() {
+                error!(error = %e, "removing the endpoint registry");
+            }
         } else {
             info!("stopping; enforcement stays in place (pinned maps and links)");
         }
@@ -820,15 +865,8 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTa
 /// Run the agent until SIGTERM/SIGINT.
 pub async fn run(mut agent: Agent) -> Result<(), Error> {
     let sock = agent.cfg.socket.clone();
-    if let Some(d) = sock.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock)?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     let (tx, mut rx) = mpsc::channel::<Job>(64);
     let tap = FlowTap::new();
-    tokio::spawn(serve_socket(listener, tx, tap.clone()));
     let health = tokio::net::TcpListener::bind(agent.cfg.health_addr)
         .await
         .map_err(|e| Error::Interface {
@@ -908,7 +946,6 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
             }
         });
     }
-    info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
     let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
     agent.sync_feeds(&feed_tx);
     let injector = crate::dns::inject::Injector::new()?;
@@ -935,6 +972,10 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
     let mut tick = tokio::time::interval(agent.cfg.poll_interval);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Last: nothing below can fail, so an agent that cannot start never replaces the socket.
+    let (listener, bound) = bind_socket(&agent.dirs.socket, &agent.dirs.socket_name)?;
+    tokio::spawn(serve_socket(listener, tx, tap.clone()));
+    info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
     loop {
         tokio::select! {
             Some((req, reply)) = rx.recv() => {
@@ -1002,9 +1043,33 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     super::fqdn::heartbeat(&mut agent.dp, false);
     let held = answers.get_mut().drain();
     super::fqdn::handle_answers(&mut agent.dns, &mut agent.dp, &injector, held);
-    let _ = std::fs::remove_file(&sock);
+    // Only the socket this agent bound: a replacement belongs to someone else.
+    if agent.dirs.socket.identity(&agent.dirs.socket_name) == bound {
+        let _ = agent.dirs.socket.remove(&agent.dirs.socket_name);
+    }
     agent.shutdown();
     Ok(())
+}
+
+/// Bind the registry socket: under a temporary name, made mode 0600, then renamed over `name`,
+/// so the socket path never exists with looser permissions and a stale socket is replaced
+/// atomically. Returns the listener and the socket file's identity (device, inode).
+fn bind_socket(dir: &Dir, name: &str) -> Result<(UnixListener, Option<(u64, u64)>), Error> {
+    let tmp = format!(".{name}.new");
+    let named = |e: std::io::Error| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("socket {}: {e}", dir.join(name).display()),
+        ))
+    };
+    dir.remove(&tmp).map_err(named)?;
+    let listener = std::os::unix::net::UnixListener::bind(dir.join(&tmp)).map_err(named)?;
+    std::fs::set_permissions(dir.join(&tmp), std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| dir.rename(&tmp, name))
+        .and_then(|_| listener.set_nonblocking(true))
+        .map_err(named)?;
+    let bound = dir.identity(name);
+    Ok((UnixListener::from_std(listener).map_err(named)?, bound))
 }
 
 #[cfg(test)]

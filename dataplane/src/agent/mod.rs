@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dirs;
 pub mod fqdn;
 pub mod health;
 pub mod metrics;

@@ -28,6 +28,28 @@ pub struct Endpoint {
     pub ips: Vec<IpAddr>,
 }
 
+impl Endpoint {
+    /// At most one address of each family: anti-spoofing and the ipcache hold one IPv4 and one
+    /// IPv6 address per endpoint, so a second one would have its traffic dropped as spoofed.
+    /// The error names both addresses.
+    pub fn check_addresses(&self) -> Result<(), String> {
+        for (i, a) in self.ips.iter().enumerate() {
+            if let Some(b) = self.ips[..i]
+                .iter()
+                .find(|b| b.is_ipv4() == a.is_ipv4() && *b != a)
+            {
+                let family = if a.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(format!(
+                    "pod {}/{} has two {family} addresses, {b} and {a}; septa enforces one \
+                     address per family: give the pod one {family} address",
+                    self.namespace, self.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -165,3 +187,43 @@ impl Response {
 
 /// Largest request line accepted (a guard against a misbehaving client).
 pub const MAX_LINE: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_per_family() {
+        let ep = |ips: &[&str]| Endpoint {
+            container_id: "c".into(),
+            netns: "/run/netns/p".into(),
+            ifname: "eth0".into(),
+            host_ifname: "veth0".into(),
+            cgroup: None,
+            namespace: "demo".into(),
+            name: "web-1".into(),
+            labels: None,
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+        };
+        let cases: [(&[&str], Option<&str>); 5] = [
+            (&["10.0.0.1"], None),
+            (&["10.0.0.1", "fd00::1"], None),
+            (&["10.0.0.1", "10.0.0.1"], None),
+            (
+                &["10.0.0.1", "fd00::1", "10.0.0.2"],
+                Some("pod demo/web-1 has two IPv4 addresses, 10.0.0.1 and 10.0.0.2"),
+            ),
+            (
+                &["fd00::1", "fd00::2"],
+                Some("two IPv6 addresses, fd00::1 and fd00::2"),
+            ),
+        ];
+        for (ips, want) in cases {
+            match (ep(ips).check_addresses(), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.contains(w), "{ips:?}: {e}"),
+                (got, _) => panic!("{ips:?}: {got:?}"),
+            }
+        }
+    }
+}

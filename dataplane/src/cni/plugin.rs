@@ -152,7 +152,8 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     Ok(conf)
 }
 
-/// Talk to the agent: one request, one response, with a deadline.
+/// Talk to the agent: one request, one response, with a deadline. Nothing is sent unless the
+/// process serving the socket runs as this plugin's user (see [`check_peer`]).
 pub fn call_agent(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, CniError> {
     let unreachable = |e: std::io::Error| {
         CniError::new(
@@ -162,6 +163,7 @@ pub fn call_agent(socket: &Path, req: &Request, timeout: Duration) -> Result<Res
         )
     };
     let mut s = UnixStream::connect(socket).map_err(unreachable)?;
+    check_peer(&s, socket)?;
     s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     s.set_write_timeout(Some(timeout)).map_err(unreachable)?;
     let mut line = serde_json::to_string(req)
@@ -179,6 +181,34 @@ pub fn call_agent(socket: &Path, req: &Request, timeout: Duration) -> Result<Res
             e.to_string(),
         )
     })
+}
+
+/// The agent runs as root, like the plugin: a process of another user serving the socket (one
+/// that could bind it in a directory others can write to while the agent was down) is not the
+/// agent, and must not be able to acknowledge registrations it never enforces.
+fn check_peer(s: &UnixStream, socket: &Path) -> Result<(), CniError> {
+    let peer = rustix::net::sockopt::socket_peercred(s).map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("cannot tell who serves {}", socket.display()),
+            e.to_string(),
+        )
+    })?;
+    let me = rustix::process::geteuid();
+    if peer.uid != me {
+        return Err(CniError::new(
+            code::IO_FAILURE,
+            format!(
+                "{} is served by a process of uid {} (pid {}), not of uid {}: not the septa agent",
+                socket.display(),
+                peer.uid.as_raw(),
+                peer.pid.as_raw_nonzero(),
+                me.as_raw()
+            ),
+            "the socket's directory must be root's and not writable by others; start septa-agent",
+        ));
+    }
+    Ok(())
 }
 
 /// The host-side veth and pod addresses from `prevResult`, checked against the interfaces.
@@ -419,6 +449,43 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_served_by_another_user_is_not_the_agent() {
+        let dir = std::env::temp_dir().join(format!("septa-impostor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let sock = dir.join("septa.sock");
+        let (bound, ready) = std::sync::mpsc::channel();
+        let server = {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                // This thread alone becomes uid 65534: the raw system calls, unlike setuid(3),
+                // change only the calling thread's credentials, which listen(2) records.
+                // SAFETY: plain system calls without pointers.
+                unsafe {
+                    assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+                    assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+                }
+                let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+                bound.send(()).unwrap();
+                // One client; it would be acknowledged as the agent acknowledges an ADD.
+                let (s, _) = l.accept().unwrap();
+                let mut line = String::new();
+                let n = BufReader::new(&s).read_line(&mut line).unwrap_or(0);
+                if n > 0 {
+                    let _ = (&s).write_all(b"{\"ok\": true}\n");
+                }
+                n
+            })
+        };
+        ready.recv().unwrap();
+        let e = call_agent(&sock, &Request::Status, Duration::from_secs(5)).unwrap_err();
+        assert!(e.msg.contains("uid 65534"), "{e:?}");
+        assert_eq!(server.join().unwrap(), 0, "nothing was sent to it");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn env(cmd: &str) -> Env {
         Env {

@@ -64,6 +64,9 @@ pub struct Applied {
     pub held: usize,
 }
 
+/// The file in the state directory that keeps feed ids.
+const IDS_FILE: &str = "feeds.json";
+
 /// Settings of the feed loop (from the agent's configuration).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -71,8 +74,8 @@ pub struct Settings {
     pub retry_min: Duration,
     /// Ranges never blocked (besides loopback and the node's addresses).
     pub protect: Vec<IpNetwork>,
-    /// Where feed ids are kept across restarts.
-    pub state_dir: PathBuf,
+    /// Where feed ids are kept across restarts (`feeds.json`, written like the registry).
+    pub state: std::sync::Arc<crate::agent::dirs::Dir>,
     /// CA certificates trusted for HTTPS feeds besides the public roots.
     pub ca: Vec<reqwest::Certificate>,
 }
@@ -101,11 +104,11 @@ impl Manager {
         protect.extend(host.iter().map(|ip| IpNetwork::from(*ip)));
         let client = fetch::client(&settings.ca).map_err(Error::Config)?;
         let applied = dp.blocklist()?;
-        let ids_path = settings.state_dir.join("feeds.json");
+        let ids_path = settings.state.join(IDS_FILE);
         let mut store = Store::new(protect);
         // Ids from the last run, so adopted entries keep their attribution.
-        if let Ok(text) = std::fs::read_to_string(&ids_path) {
-            match serde_json::from_str::<BTreeMap<String, u32>>(&text) {
+        if let Ok(Some(text)) = settings.state.read(IDS_FILE, 16 << 20) {
+            match serde_json::from_slice::<BTreeMap<String, u32>>(&text) {
                 Ok(ids) => {
                     for (name, id) in ids {
                         store.reserve(&name, id);
@@ -363,13 +366,8 @@ impl Manager {
             .names()
             .filter_map(|n| Some((n.to_owned(), self.store.id(n)?)))
             .collect();
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.settings.state_dir)?;
-            let tmp = self.ids_path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&ids).unwrap_or_default())?;
-            std::fs::rename(&tmp, &self.ids_path)
-        };
-        if let Err(e) = write() {
+        let bytes = serde_json::to_vec(&ids).unwrap_or_default();
+        if let Err(e) = self.settings.state.replace(IDS_FILE, &bytes, 0o600) {
             warn!(path = %self.ids_path.display(), error = %e, "cannot save feed ids");
         }
     }

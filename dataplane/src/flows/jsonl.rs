@@ -3,6 +3,7 @@
 //! Rotation renames `flows.jsonl` → `flows.jsonl.1` → ... → `flows.jsonl.<keep>` (the oldest
 //! is deleted) and starts a new file. A record is written with one `write_all` of a complete
 //! line, and rotation happens only between records, so no record is split or lost by it.
+//! Files are created mode 0640: records name pods, addresses and policies.
 
 use std::{
     fs::{File, OpenOptions},
@@ -32,6 +33,19 @@ fn rotated(path: &Path, i: usize) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{i}"));
     PathBuf::from(s)
+}
+
+/// Flow logs name pods, addresses and policies: readable by the owner and its group only.
+const LOG_MODE: u32 = 0o640;
+
+/// Open `path` for appending, created with [`LOG_MODE`].
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_MODE)
+        .open(path)
 }
 
 impl JsonlWriter {
@@ -67,10 +81,7 @@ impl JsonlWriter {
                 ),
             ));
         }
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let f = open_log(path)
             .map_err(|e| io::Error::new(e.kind(), format!("flow log {}: {e}", path.display())))?;
         let written = f.metadata()?.len();
         Ok(Self {
@@ -111,7 +122,7 @@ impl JsonlWriter {
             }
         }
         std::fs::rename(&path, rotated(&path, 1))?;
-        let f = OpenOptions::new().create(true).append(true).open(&path)?;
+        let f = open_log(&path)?;
         self.target = Target::File(path, f);
         self.written = 0;
         Ok(())
@@ -232,6 +243,22 @@ mod tests {
             newest.contains("\"forward\":4999"),
             "the current file holds the latest records"
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn logs_are_readable_by_owner_and_group_only_after_rotation_too() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("mode");
+        let path = d.join("flows.jsonl");
+        let mut w = JsonlWriter::file(&path, 4096, 2).unwrap();
+        for i in 0..100 {
+            w.write(&rec(i)).unwrap();
+        }
+        for p in [path.clone(), rotated(&path, 1)] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o640, "{}", p.display());
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 

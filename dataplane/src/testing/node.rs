@@ -92,6 +92,9 @@ impl Node {
         ));
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)?;
+        // The socket's directory: the agent refuses one that others can write to, whatever
+        // the umask made of it.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let socket = dir.join("septa.sock");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/septa-node-{}", bed.id));
         let network = septa_network(
@@ -130,6 +133,49 @@ impl Node {
         Ok(())
     }
 
+    /// The agent's state directory (`--state-dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The command [`Node::start_agent`] runs, with `overrides` replacing the values of the
+    /// flags they name (`--pin-dir`, `--state-dir`, `--socket`, ...; clap refuses a flag given
+    /// twice) and standard streams left to the caller.
+    pub fn agent_command(&self, overrides: &[(&str, &str)]) -> Command {
+        let state = self.state_dir();
+        let (netns, manifests, pins, socket, state) = (
+            self.bed.node_path().display().to_string(),
+            self.manifests.display().to_string(),
+            self.pin_dir.display().to_string(),
+            self.socket.display().to_string(),
+            state.display().to_string(),
+        );
+        // Defaults for tests, unless the caller passes the flag itself.
+        let flags = [
+            ("--netns", netns.as_str()),
+            ("--manifests", &manifests),
+            ("--pin-dir", &pins),
+            ("--socket", &socket),
+            ("--state-dir", &state),
+            ("--health-addr", "127.0.0.1:9876"),
+            ("--poll-interval", "50ms"),
+            ("--deny-event-interval", "0ms"),
+        ];
+        let mut c = Command::new(&self.bins.agent);
+        for (flag, value) in flags {
+            if self.agent_args.iter().any(|a| a == flag) {
+                continue;
+            }
+            let value = overrides
+                .iter()
+                .find(|(f, _)| *f == flag)
+                .map_or(value, |(_, v)| *v);
+            c.args([flag, value]);
+        }
+        c.args(&self.agent_args).env("SEPTA_LOG", &self.log_filter);
+        c
+    }
+
     /// Start the agent and wait until it answers `Status` ok.
     pub fn start_agent(&mut self) -> Result<()> {
         if self.agent.is_some() {
@@ -139,25 +185,8 @@ impl Node {
             .create(true)
             .append(true)
             .open(self.dir.join("agent.log"))?;
-        // Defaults for tests, unless the caller passes the flag itself.
-        let defaults: Vec<&str> = [
-            ("--health-addr", "127.0.0.1:9876"),
-            ("--poll-interval", "50ms"),
-            ("--deny-event-interval", "0ms"),
-        ]
-        .into_iter()
-        .filter(|(flag, _)| !self.agent_args.iter().any(|a| a == flag))
-        .flat_map(|(f, v)| [f, v])
-        .collect();
-        let child = Command::new(&self.bins.agent)
-            .args(["--netns", &self.bed.node_path().display().to_string()])
-            .args(["--manifests", &self.manifests.display().to_string()])
-            .args(["--pin-dir", &self.pin_dir.display().to_string()])
-            .args(["--socket", &self.socket.display().to_string()])
-            .args(["--state-dir", &self.dir.join("state").display().to_string()])
-            .args(defaults)
-            .args(&self.agent_args)
-            .env("SEPTA_LOG", &self.log_filter)
+        let child = self
+            .agent_command(&[])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -177,6 +206,12 @@ impl Node {
                 .map(|_| true)
         });
         self.agent = child;
+        if ready == Some(false) {
+            // It exited: reaped and forgotten, so the node can start another.
+            if let Some(mut c) = self.agent.take() {
+                let _ = c.wait();
+            }
+        }
         if ready != Some(true) {
             bail!(
                 "agent not ready (it exited, or not within 20 s); log:\n{}",
