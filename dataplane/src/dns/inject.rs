@@ -86,7 +86,23 @@ impl Injector {
         }
     }
 
+    /// Send one frame; a full queue of the pod's veth (`ENOBUFS`, which a busy node gives) is
+    /// retried a few times, a millisecond apart, before it is an error: the answer is the
+    /// pod's, and its resolver would otherwise wait for a retransmission.
     fn send_raw(&self, ifindex: u32, frame: &[u8]) -> io::Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.send_once(ifindex, frame) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn send_once(&self, ifindex: u32, frame: &[u8]) -> io::Result<()> {
         // SAFETY: zeroed sockaddr_ll is a valid starting value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
