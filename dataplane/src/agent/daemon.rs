@@ -95,18 +95,26 @@ impl Agent {
                 }
                 continue;
             }
-            match crate::netns::ifindex(&r.endpoint.host_ifname) {
-                Ok(ifindex) => {
-                    r.ifindex = ifindex;
-                    dp.attach(&r.endpoint.host_ifname)?;
-                    info!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, "endpoint adopted");
+            // The registered index, under the registered name: a name alone may have been
+            // reused by another pod's veth since.
+            match crate::link::link(r.ifindex) {
+                Ok(l) if l.name == r.endpoint.host_ifname => {
+                    dp.attach_ifindex(r.ifindex, &r.endpoint.host_ifname)?;
+                    info!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.ifindex, "endpoint adopted");
                 }
-                Err(_) => gone.push(cid.clone()),
+                _ => gone.push(cid.clone()),
             }
         }
         for cid in gone {
             warn!(container = %cid, "registered endpoint's interface is gone; forgetting it");
             registry.endpoints.remove(&cid);
+        }
+        let pruned = dp.prune_dead_links();
+        if pruned > 0 {
+            info!(
+                pins = pruned,
+                "removed pins of links whose interface is gone"
+            );
         }
         for iface in &cfg.xdp_interfaces {
             dp.attach_xdp(iface)?;
@@ -415,17 +423,21 @@ impl Agent {
                     Response::err("agent not ready: no valid manifests applied yet")
                 }
             }
-            Request::Check { container_id } => match self.registry.endpoints.get(&container_id) {
-                None => Response::err(format!("container {container_id} is not registered")),
-                Some(r) if !self.attached(r) => {
-                    Response::err(format!("programs are not attached for {container_id}"))
+            Request::Check { container_id } => {
+                self.forget_gone();
+                match self.registry.endpoints.get(&container_id) {
+                    None => Response::err(format!("container {container_id} is not registered")),
+                    Some(r) => match self.verify(r) {
+                        Err(e) => Response::err(format!("container {container_id}: {e}")),
+                        Ok(()) => Response {
+                            identity: self.actual.endpoints.get(&r.ifindex).map(|e| e.identity),
+                            ..Response::ok()
+                        },
+                    },
                 }
-                Some(r) => Response {
-                    identity: self.actual.endpoints.get(&r.ifindex).map(|e| e.identity),
-                    ..Response::ok()
-                },
-            },
+            }
             Request::Del { container_id } => {
+                self.forget_gone();
                 if let Some(r) = self.registry.endpoints.remove(&container_id) {
                     self.detach_endpoint(&r.endpoint, r.ifindex);
                     if let Err(e) = self.registry.save() {
@@ -435,6 +447,9 @@ impl Agent {
                         error!(error = %e, "reconcile after delete");
                     }
                     info!(container = %container_id, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), "endpoint removed");
+                } else {
+                    // An ADD that never completed may have left links behind.
+                    self.dp.prune_dead_links();
                 }
                 Response::ok()
             }
@@ -448,7 +463,9 @@ impl Agent {
         if self.manifests.is_none() {
             return Response::err("agent not ready: no valid manifests applied yet");
         }
-        let endpoint_id = match self.registry.endpoints.get(&ep.container_id) {
+        self.forget_gone();
+        let previous = self.registry.endpoints.get(&ep.container_id).cloned();
+        let endpoint_id = match &previous {
             Some(r) => r.endpoint_id,
             None => self.registry.allocate_id(),
         };
@@ -463,6 +480,31 @@ impl Agent {
                 Err(e) => return Response::err(format!("host interface: {e}")),
             },
         };
+        // The request names the pod's host interface; only the kernel can vouch for it.
+        if ep.cgroup.is_none() {
+            if let Err(e) =
+                crate::link::verify_veth_peer(slot, std::path::Path::new(&ep.netns), &ep.ifname)
+            {
+                warn!(container = %ep.container_id, iface = %ep.host_ifname, netns = %ep.netns, reason = %e, "ADD refused: the host interface is not the pod's");
+                return Response::err(format!(
+                    "{} is not the host side of {} in {}: {e}",
+                    ep.host_ifname, ep.ifname, ep.netns
+                ));
+            }
+        }
+        if let Some((other, _)) = self.registry.endpoints.iter().find(|(c, r)| {
+            **c != ep.container_id
+                && match (&ep.cgroup, &r.endpoint.cgroup) {
+                    (None, None) => r.ifindex == slot,
+                    (Some(a), Some(b)) => a == b,
+                    _ => false,
+                }
+        }) {
+            return Response::err(format!(
+                "{} is already registered to container {other}; DEL that container first",
+                ep.cgroup.as_deref().unwrap_or(&ep.host_ifname)
+            ));
+        }
         let cid = ep.container_id.clone();
         let pod = format!("{}/{}", ep.namespace, ep.name);
         self.registry.endpoints.insert(
@@ -484,6 +526,11 @@ impl Agent {
             error!(container = %cid, pod = %pod, error = %e, "endpoint add failed");
             return Response::err(e.to_string());
         }
+        // The same container registered again on another interface: the old one is no
+        // longer its own.
+        if let Some(old) = previous.filter(|p| p.ifindex != slot) {
+            self.detach_endpoint(&old.endpoint, old.ifindex);
+        }
         if let Err(e) = self.registry.save() {
             warn!(error = %e, "saving the endpoint registry");
         }
@@ -498,33 +545,90 @@ impl Agent {
     fn attach_endpoint(&mut self, ep: &Endpoint, slot: u32) -> Result<(), Error> {
         match &ep.cgroup {
             Some(cg) => self.dp.attach_cgroup(std::path::Path::new(cg), slot),
-            None => self.dp.attach(&ep.host_ifname),
+            None => self.dp.attach_ifindex(slot, &ep.host_ifname),
         }
     }
 
+    /// Detach an endpoint's programs, unless another registration owns the same interface or
+    /// slot (its programs are that endpoint's enforcement).
     fn detach_endpoint(&mut self, ep: &Endpoint, slot: u32) {
+        if self.registry.endpoints.values().any(|r| r.ifindex == slot) {
+            return;
+        }
         let r = match &ep.cgroup {
             Some(cg) => self.dp.detach_cgroup(std::path::Path::new(cg), slot),
-            None => self.dp.detach(&ep.host_ifname),
+            None => self.dp.detach_ifindex(slot),
         };
         if let Err(e) = r {
             warn!(error = %e, "detaching");
         }
     }
 
-    fn attached(&self, r: &Registered) -> bool {
+    /// Whether an endpoint is enforced: for a veth, the host interface is still the pod's and
+    /// both programs run on it, reading the maps pinned now; for a cgroup, its links are pinned.
+    fn verify(&self, r: &Registered) -> Result<(), String> {
         match &r.endpoint.cgroup {
-            Some(_) => self
-                .dp
-                .pin_dir()
-                .join("cgroups")
-                .join(format!("{}_egress", r.ifindex))
-                .exists(),
-            None => self
-                .dp
-                .pinned_interfaces()
-                .contains(&r.endpoint.host_ifname),
+            Some(_) => {
+                let pin = self
+                    .dp
+                    .pin_dir()
+                    .join("cgroups")
+                    .join(format!("{}_egress", r.ifindex));
+                if pin.exists() {
+                    Ok(())
+                } else {
+                    Err("programs are not attached to its cgroup".into())
+                }
+            }
+            None => {
+                crate::link::verify_veth_peer(
+                    r.ifindex,
+                    std::path::Path::new(&r.endpoint.netns),
+                    &r.endpoint.ifname,
+                )?;
+                self.dp.tcx_verify(r.ifindex)
+            }
         }
+    }
+
+    /// Forget veth endpoints whose host interface is gone (the pod's namespace was removed
+    /// without a DEL), with their links and map entries. Returns how many were forgotten.
+    pub fn forget_gone(&mut self) -> usize {
+        let links = match crate::link::links() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "listing interfaces");
+                return 0;
+            }
+        };
+        let gone: Vec<(String, Registered)> = self
+            .registry
+            .endpoints
+            .iter()
+            .filter(|(_, r)| {
+                r.endpoint.cgroup.is_none()
+                    && links
+                        .get(&r.ifindex)
+                        .is_none_or(|l| l.name != r.endpoint.host_ifname)
+            })
+            .map(|(c, r)| (c.clone(), r.clone()))
+            .collect();
+        for (cid, r) in &gone {
+            self.registry.endpoints.remove(cid);
+            self.detach_endpoint(&r.endpoint, r.ifindex);
+            warn!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.ifindex, "endpoint's interface is gone; forgetting it");
+        }
+        if !gone.is_empty() {
+            metrics::counter!("septa_endpoints_forgotten_total").increment(gone.len() as u64);
+            self.dp.prune_dead_links();
+            if let Err(e) = self.registry.save() {
+                warn!(error = %e, "saving the endpoint registry");
+            }
+            if let Err(e) = self.reconcile() {
+                error!(error = %e, "reconcile after forgetting endpoints");
+            }
+        }
+        gone.len()
     }
 
     /// Sweep conntrack: updates for long-lived connections, ends for idle ones (their entries
@@ -953,6 +1057,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
             }
             _ = scrape.tick() => {
+                agent.forget_gone();
                 super::metrics::scrape(&agent.dp);
                 agent.feeds.scrape(&agent.dp);
                 // The enricher's copy of the names follows only real changes.

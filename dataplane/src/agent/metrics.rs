@@ -119,6 +119,10 @@ pub fn install() -> Option<PrometheusHandle> {
         "Records a slow `septa flows --follow` client missed."
     );
     describe_counter!("septa_reconciles_total", "Map reconciliations, by result.");
+    describe_counter!(
+        "septa_endpoints_forgotten_total",
+        "Endpoints forgotten because their host interface disappeared without a DEL."
+    );
     describe_histogram!(
         "septa_map_update_duration_seconds",
         Unit::Seconds,

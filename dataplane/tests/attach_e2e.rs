@@ -1,0 +1,286 @@
+//! Which interface an endpoint's programs are attached to, end to end: the real agent in a node
+//! namespace, pods through the real CNI chain (bridge + host-local + septa-cni), and requests
+//! crafted the way a buggy or hostile runtime or previous plugin would send them.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use dataplane::{
+    agent::protocol::{Endpoint, Request, Response},
+    cni::plugin::call_agent,
+    testing::{
+        bed::ip,
+        cni::Attachment,
+        node::{Binaries, Node},
+        traffic::*,
+    },
+};
+
+const WORKLOADS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+"#;
+
+/// web accepts client on `port`, nothing else.
+fn policy(port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: web, namespace: demo}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: client}}}}}}], ports: [{{port: {port}}}]}}]\n"
+    )
+}
+
+fn bins() -> Binaries {
+    Binaries::from_paths(
+        env!("CARGO_BIN_EXE_septa-agent"),
+        env!("CARGO_BIN_EXE_septa-cni"),
+    )
+}
+
+/// A node with the agent running and pods web-1 (app=web, serving `tcp`), client-1
+/// (app=client) and other-1 (app=other).
+fn node_with_pods(tag: &str, tcp: &[u16]) -> (Node, Attachment, Attachment, Attachment, Server) {
+    let mut n = Node::new(tag, bins()).unwrap();
+    n.write_manifest("00-workloads.yaml", WORKLOADS).unwrap();
+    n.write_manifest("10-policy.yaml", &policy(8080)).unwrap();
+    n.start_agent().unwrap();
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    let client = n.add_pod("demo", "client-1", "app=client").unwrap();
+    let other = n.add_pod("demo", "other-1", "app=other").unwrap();
+    let srv = Server::start(&web.netns, tcp, &[]).unwrap();
+    (n, web, client, other, srv)
+}
+
+fn to(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+/// The host-side veth the bridge plugin made for a pod (named in its result, no sandbox).
+fn host_veth(a: &Attachment) -> String {
+    a.result["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["sandbox"].as_str().unwrap_or_default().is_empty())
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .find(|n| n != "cni-septa0")
+        .expect("the bridge plugin names the host veth")
+}
+
+fn request(n: &Node, req: Request) -> Response {
+    call_agent(&n.socket, &req, Duration::from_secs(15)).unwrap()
+}
+
+fn add(n: &Node, container: &str, netns: &Path, host: &str, app: &str, ip: IpAddr) -> Response {
+    request(
+        n,
+        Request::Add(Endpoint {
+            container_id: container.into(),
+            netns: netns.display().to_string(),
+            ifname: "eth0".into(),
+            host_ifname: host.into(),
+            cgroup: None,
+            namespace: "demo".into(),
+            name: container.into(),
+            labels: Some([("app".to_string(), app.to_string())].into()),
+            ips: vec![ip],
+        }),
+    )
+}
+
+fn check(n: &Node, container: &str) -> Response {
+    request(
+        n,
+        Request::Check {
+            container_id: container.into(),
+        },
+    )
+}
+
+fn del(n: &Node, container: &str) -> Response {
+    request(
+        n,
+        Request::Del {
+            container_id: container.into(),
+        },
+    )
+}
+
+/// Web is enforced as the policy says: client reaches it on 8080, other does not.
+fn assert_web_enforced(client: &Attachment, other: &Attachment, web: IpAddr, what: &str) {
+    let mut c = tcp_connect(&client.netns, to(web, 8080))
+        .unwrap_or_else(|e| panic!("{what}: client reaches web: {e}"));
+    echo(&mut c, b"hi").unwrap();
+    assert!(
+        tcp_connect(&other.netns, to(web, 8080)).is_err(),
+        "{what}: other is denied"
+    );
+}
+
+/// A pod made by hand, as another runtime might: namespace `septa-<bed>-<name>`, a veth whose
+/// host side is called `host` (on the node's bridge), address `addr` in the pod network.
+fn manual_pod(n: &Node, name: &str, host: &str, addr: &str) -> PathBuf {
+    let netns = format!("septa-{}-{name}", n.bed.id);
+    ip(&["netns", "add", &netns]).unwrap();
+    n.bed
+        .exec(&[
+            "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ])
+        .unwrap();
+    n.bed
+        .exec(&["link", "set", host, "master", "cni-septa0"])
+        .unwrap();
+    n.bed.exec(&["link", "set", host, "up"]).unwrap();
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+    ] {
+        let mut a = vec!["-n", netns.as_str()];
+        a.extend(args.iter().copied());
+        ip(&a).unwrap();
+    }
+    PathBuf::from("/run/netns").join(netns)
+}
+
+/// Remove a pod without a DEL (a runtime that crashed): its veth pair, then its namespace.
+/// (Deleting the veth first makes it gone now; a namespace's devices go asynchronously.)
+fn vanish(n: &mut Node, a: &Attachment) {
+    let i = n
+        .pods
+        .iter()
+        .position(|(_, p)| p.container_id == a.container_id)
+        .unwrap();
+    let (netns, _) = n.pods.remove(i);
+    n.bed.exec(&["link", "del", &host_veth(a)]).unwrap();
+    ip(&["netns", "del", &netns]).unwrap();
+}
+
+#[test]
+fn add_is_refused_for_an_interface_that_is_not_the_pods_own() {
+    let (n, web, client, other, _srv) = node_with_pods("own", &[8080]);
+    let web_ip = Node::pod_ip(&web);
+    let web_veth = host_veth(&web);
+    // Another pod's namespace claims web's host veth (a forged prevResult).
+    let r = add(&n, "c-evil", &other.netns, &web_veth, "client", web_ip);
+    assert!(!r.ok, "another pod's veth accepted: {r:?}");
+    assert!(r.error.contains("not the host side"), "{r:?}");
+    // Web's own namespace, but for another container: the interface is taken.
+    let r = add(&n, "c-evil2", &web.netns, &web_veth, "client", web_ip);
+    assert!(!r.ok, "a registered interface accepted again: {r:?}");
+    assert!(
+        r.error.contains("already registered to container c-web-1"),
+        "{r:?}"
+    );
+    // The node's bridge (the kind of interface an uplink is) is no pod's veth.
+    let r = add(&n, "c-evil3", &other.netns, "cni-septa0", "client", web_ip);
+    assert!(!r.ok && r.error.contains("not a veth"), "{r:?}");
+    // The node's own namespace is no pod's namespace.
+    let r = add(
+        &n,
+        "c-evil4",
+        &n.bed.node_path(),
+        &web_veth,
+        "client",
+        web_ip,
+    );
+    assert!(!r.ok, "the node namespace accepted as a pod's: {r:?}");
+    // The refused containers' DELs leave web as it was.
+    for c in ["c-evil", "c-evil2", "c-evil3", "c-evil4"] {
+        assert!(del(&n, c).ok);
+    }
+    assert!(check(&n, "c-web-1").ok, "{}", n.agent_log());
+    assert_web_enforced(&client, &other, web_ip, "after the refused registrations");
+}
+
+#[test]
+fn a_reused_host_veth_name_gets_programs_and_check_tells_the_truth() {
+    let (mut n, web, client, other, _srv) = node_with_pods("reuse", &[8080]);
+    let name = host_veth(&web);
+    vanish(&mut n, &web);
+    let r = check(&n, "c-web-1");
+    assert!(!r.ok, "CHECK of a pod whose veth is gone: {r:?}");
+    // A new pod whose host veth has the old name.
+    let netns = manual_pod(&n, "web-2", &name, "10.88.0.200");
+    let web2: IpAddr = "10.88.0.200".parse().unwrap();
+    let r = add(&n, "c-web-2", &netns, &name, "web", web2);
+    assert!(r.ok, "{r:?}\n{}", n.agent_log());
+    assert!(check(&n, "c-web-2").ok);
+    let _srv2 = Server::start(&netns, &[8080], &[]).unwrap();
+    assert_web_enforced(&client, &other, web2, "the new pod");
+    // The vanished pod's DEL (late) leaves the new pod's programs alone.
+    assert!(del(&n, "c-web-1").ok);
+    assert!(check(&n, "c-web-2").ok, "{}", n.agent_log());
+    assert_web_enforced(&client, &other, web2, "after the old pod's DEL");
+    // CHECK looks at the kernel: programs removed behind the agent's back are reported.
+    let pins = n.pin_dir.join("tcx");
+    for e in std::fs::read_dir(&pins).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let r = check(&n, "c-web-2");
+    assert!(!r.ok && r.error.contains("no ingress program"), "{r:?}");
+    let _ = ip(&["netns", "del", netns.file_name().unwrap().to_str().unwrap()]);
+}
+
+#[test]
+fn restart_with_a_reused_host_veth_name_attaches_afresh() {
+    let (mut n, web, client, other, _srv) = node_with_pods("reuse-rst", &[8080]);
+    let name = host_veth(&web);
+    n.stop_agent().unwrap();
+    vanish(&mut n, &web);
+    let netns = manual_pod(&n, "web-2", &name, "10.88.0.201");
+    let web2: IpAddr = "10.88.0.201".parse().unwrap();
+    n.start_agent().unwrap();
+    assert!(!check(&n, "c-web-1").ok, "the vanished pod is forgotten");
+    let r = add(&n, "c-web-2", &netns, &name, "web", web2);
+    assert!(r.ok, "{r:?}\n{}", n.agent_log());
+    let _srv2 = Server::start(&netns, &[8080], &[]).unwrap();
+    assert_web_enforced(&client, &other, web2, "the new pod after a restart");
+    let _ = ip(&["netns", "del", netns.file_name().unwrap().to_str().unwrap()]);
+}
+
+#[test]
+fn del_of_an_unknown_container_removes_links_left_behind() {
+    let (mut n, web, _client, _other, _srv) = node_with_pods("orphan", &[8080]);
+    // The agent stops, the registry loses the pod (as after a crash mid-ADD), the pod goes.
+    n.stop_agent().unwrap();
+    std::fs::remove_file(n.dir.join("state").join("endpoints.json")).unwrap();
+    n.start_agent().unwrap();
+    vanish(&mut n, &web);
+    assert!(del(&n, "c-web-1").ok);
+    let left: Vec<_> = std::fs::read_dir(n.pin_dir.join("tcx"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    // client-1 and other-1 keep theirs: two pods, two hooks.
+    assert_eq!(left.len(), 4, "{left:?}");
+}
+
+#[test]
+fn policy_reaches_the_programs_after_the_map_pins_were_deleted() {
+    let (mut n, web, client, _other, _srv) = node_with_pods("mappins", &[8080, 8081]);
+    let web_ip = Node::pod_ip(&web);
+    assert!(tcp_connect(&client.netns, to(web_ip, 8081)).is_err());
+    n.stop_agent().unwrap();
+    // The map pins go (link pins, in subdirectories, stay): the restarted agent makes new maps.
+    for e in std::fs::read_dir(&n.pin_dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    n.start_agent().unwrap();
+    n.write_manifest("10-policy.yaml", &policy(8081)).unwrap();
+    let opened = poll_until(Duration::from_secs(10), || {
+        tcp_connect(&client.netns, to(web_ip, 8081)).ok()
+    });
+    assert!(
+        opened.is_some(),
+        "the new policy is enforced by the programs on the pods\n{}",
+        n.agent_log()
+    );
+    assert!(tcp_connect(&client.netns, to(web_ip, 8080)).is_err());
+    assert!(check(&n, "c-web-1").ok);
+}
