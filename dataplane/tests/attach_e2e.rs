@@ -5,6 +5,10 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -14,7 +18,7 @@ use dataplane::{
     testing::{
         bed::ip,
         cni::Attachment,
-        node::{Binaries, Node},
+        node::{http_get, Binaries, Node},
         traffic::*,
     },
 };
@@ -283,4 +287,120 @@ fn policy_reaches_the_programs_after_the_map_pins_were_deleted() {
     );
     assert!(tcp_connect(&client.netns, to(web_ip, 8080)).is_err());
     assert!(check(&n, "c-web-1").ok);
+}
+
+/// Idle connections to the health port, kept at `count` (each one the agent closes is opened
+/// again) until `stop`, from the node's namespace: what any local user can do. `held` hears
+/// once the first `count` are open; the thread returns how many it opened in all.
+fn hold_idle_connections(
+    node: PathBuf,
+    count: usize,
+    stop: Arc<AtomicBool>,
+    held: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        dataplane::netns::in_netns(&node, || {
+            use std::io::Read;
+            let connect = || std::net::TcpStream::connect("127.0.0.1:9876").ok();
+            let mut conns: Vec<std::net::TcpStream> =
+                (0..count).filter_map(|_| connect()).collect();
+            let mut opened = conns.len();
+            let _ = held.send(());
+            // Bounded: a few thousand rounds at most, then it stops by itself.
+            for _ in 0..6000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for s in conns.iter_mut() {
+                    s.set_nonblocking(true).unwrap();
+                    let mut b = [0u8; 64];
+                    if matches!(s.read(&mut b), Ok(0) | Err(_))
+                        && !matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    {
+                        if let Some(c) = connect() {
+                            *s = c;
+                            opened += 1;
+                        }
+                    }
+                }
+                // Pacing of the load, not synchronisation.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened
+        })
+        .unwrap()
+    })
+}
+
+/// The sockets a process holds.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// `GET /healthz`, with the error if there is one.
+fn health(node: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    dataplane::netns::in_netns(node, || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9876")?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .map_err(std::io::Error::other)?
+}
+
+#[test]
+fn idle_health_connections_leave_the_agent_able_to_serve() {
+    let mut n = Node::new("fds", bins()).unwrap();
+    n.write_manifest("00-workloads.yaml", WORKLOADS).unwrap();
+    n.write_manifest("10-policy.yaml", &policy(8080)).unwrap();
+    n.start_agent().unwrap();
+    let web = n.add_pod("demo", "web-1", "app=web").unwrap();
+    // A small limit on the agent's open files, so that holding connections could exhaust it.
+    let pid = n.agent_pid().unwrap();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let limit = rustix::process::Rlimit {
+        current: Some(open + 128),
+        maximum: Some(open + 128),
+    };
+    rustix::process::prlimit(
+        rustix::process::Pid::from_raw(pid as i32),
+        rustix::process::Resource::Nofile,
+        limit,
+    )
+    .unwrap();
+    let sockets = sockets_of(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = hold_idle_connections(n.bed.node_path(), 300, stop.clone(), held_tx);
+    held_rx.recv().unwrap();
+    // The agent holds a bounded number of them, far from its limit.
+    let held = sockets_of(pid).saturating_sub(sockets);
+    // While they are held: a CNI ADD and a CHECK succeed, and health answers.
+    let r = n.add_pod("demo", "client-1", "app=client");
+    let checked = n.runtime.check(&web);
+    let health_under_load = health(&n.bed.node_path());
+    stop.store(true, Ordering::Relaxed);
+    let opened = holder.join().unwrap();
+    assert!(opened >= 300, "the connections were held ({opened})");
+    assert!(
+        held <= dataplane::agent::health::MAX_WAITING + 16,
+        "the agent holds {held} idle connections"
+    );
+    let client = r.unwrap_or_else(|e| panic!("ADD under load: {e}\n{}", n.agent_log()));
+    checked.unwrap_or_else(|e| panic!("CHECK under load: {e}\n{}", n.agent_log()));
+    let h =
+        health_under_load.unwrap_or_else(|e| panic!("health under load: {e}\n{}", n.agent_log()));
+    assert!(h.starts_with("HTTP/1.0 200"), "{h:?}");
+    // And afterwards.
+    assert!(http_get(&n.bed.node_path(), "/healthz").starts_with("HTTP/1.0 200"));
+    n.runtime.check(&client).unwrap();
+    assert!(n.agent_running());
 }

@@ -856,23 +856,55 @@ async fn write_json_line<T: serde::Serialize>(
     w.write_all(&out).await
 }
 
-/// Accept registry connections on `socket` (mode 0600) and forward requests to the loop.
+/// Connections to the registry socket served at once (flow followers included); more wait in
+/// the kernel's backlog.
+const MAX_SOCKET_CONNECTIONS: usize = 256;
+/// Deadline for a client to send a whole request line, and for an answer to be written.
+const SOCKET_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accept registry connections on `socket` (mode 0600) and forward requests to the loop. Only
+/// root may register endpoints: the peer's credentials are checked on every connection, in case
+/// the socket's mode or directory is not what it should be.
 async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTap) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SOCKET_CONNECTIONS));
+    let mut errors = super::health::AcceptErrors::new("socket");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                errors.recovered();
+                s
+            }
+            Err(e) => {
+                errors.failed(&e).await;
+                continue;
+            }
         };
         let tx = tx.clone();
         let tap = tap.clone();
         tokio::spawn(async move {
+            let _permit = permit;
+            let uid = stream.peer_cred().map(|c| c.uid()).ok();
             let (r, mut w) = stream.into_split();
+            if uid != Some(0) {
+                warn!(uid = ?uid, "refused a registry connection from a user other than root");
+                let mut out = serde_json::to_string(&Response::err(
+                    "only root may use the septa agent's socket",
+                ))
+                .unwrap_or_default();
+                out.push('\n');
+                let _ = tokio::time::timeout(SOCKET_IO_TIMEOUT, w.write_all(out.as_bytes())).await;
+                return;
+            }
             let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 16));
             let mut line = String::new();
             loop {
                 line.clear();
-                match lines.read_line(&mut line).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                match tokio::time::timeout(SOCKET_IO_TIMEOUT, lines.read_line(&mut line)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(_)) => {}
                 }
                 let resp = if line.len() > MAX_LINE {
                     Response::err(format!("request longer than {MAX_LINE} bytes"))
@@ -899,8 +931,9 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTa
                 };
                 let mut out = serde_json::to_string(&resp).unwrap_or_default();
                 out.push('\n');
-                if w.write_all(out.as_bytes()).await.is_err() {
-                    return;
+                match tokio::time::timeout(SOCKET_IO_TIMEOUT, w.write_all(out.as_bytes())).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
                 }
             }
         });

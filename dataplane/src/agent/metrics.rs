@@ -120,6 +120,14 @@ pub fn install() -> Option<PrometheusHandle> {
     );
     describe_counter!("septa_reconciles_total", "Map reconciliations, by result.");
     describe_counter!(
+        "septa_accept_errors_total",
+        "Failed accepts on the agent's listeners (health, socket), e.g. out of file descriptors."
+    );
+    describe_counter!(
+        "septa_health_connections_evicted_total",
+        "Idle health connections closed to make room for new ones."
+    );
+    describe_counter!(
         "septa_endpoints_forgotten_total",
         "Endpoints forgotten because their host interface disappeared without a DEL."
     );
