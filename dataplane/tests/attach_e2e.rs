@@ -404,3 +404,135 @@ fn idle_health_connections_leave_the_agent_able_to_serve() {
     n.runtime.check(&client).unwrap();
     assert!(n.agent_running());
 }
+
+#[test]
+fn an_add_whose_client_hung_up_is_not_registered() {
+    let (n, _web, client, other, _srv) = node_with_pods("hangup", &[8080]);
+    let netns = manual_pod(&n, "late", "septa-late0", "10.88.0.202");
+    let late: IpAddr = "10.88.0.202".parse().unwrap();
+    let ep = Endpoint {
+        container_id: "c-late".into(),
+        netns: netns.display().to_string(),
+        ifname: "eth0".into(),
+        host_ifname: "septa-late0".into(),
+        cgroup: None,
+        namespace: "demo".into(),
+        name: "late".into(),
+        labels: Some([("app".to_string(), "web".to_string())].into()),
+        ips: vec![late],
+    };
+    // The agent is stopped while a runtime sends an ADD and gives up on it (closes); the agent
+    // finds the request and the hang-up together when it resumes.
+    let pid = n.agent_pid().unwrap() as i32;
+    // SAFETY: signalling the test's own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&n.socket).unwrap();
+        let mut line = serde_json::to_string(&Request::Add(ep.clone())).unwrap();
+        line.push('\n');
+        s.write_all(line.as_bytes()).unwrap();
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let dropped = poll_until(Duration::from_secs(10), || {
+        n.agent_log().contains("ADD dropped").then_some(())
+    });
+    assert!(dropped.is_some(), "{}", n.agent_log());
+    assert!(
+        !check(&n, "c-late").ok,
+        "nobody waited for it: not registered"
+    );
+    // The same ADD from a client that waits is served.
+    let r = request(&n, Request::Add(ep));
+    assert!(r.ok, "{r:?}");
+    let _srv2 = Server::start(&netns, &[8080], &[]).unwrap();
+    assert_web_enforced(&client, &other, late, "the pod added by a waiting client");
+    let _ = ip(&["netns", "del", netns.file_name().unwrap().to_str().unwrap()]);
+}
+
+#[test]
+fn requests_queued_together_are_all_served_in_order() {
+    let (n, web, client, other, _srv) = node_with_pods("batch", &[8080]);
+    let pods: Vec<(String, PathBuf, IpAddr)> = (0..6)
+        .map(|i| {
+            let host = format!("septa-b{i}");
+            let addr = format!("10.88.0.{}", 210 + i);
+            let netns = manual_pod(&n, &format!("b{i}"), &host, &addr);
+            (host, netns, addr.parse().unwrap())
+        })
+        .collect();
+    // Queued while the agent is stopped: six ADDs, a DEL of client-1 and, on one connection,
+    // an ADD followed by the DEL of the same container and a CHECK.
+    let pid = n.agent_pid().unwrap() as i32;
+    // SAFETY: signalling the test's own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let socket = n.socket.clone();
+    let send = move |reqs: Vec<Request>| {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            for r in &reqs {
+                let mut line = serde_json::to_string(r).unwrap();
+                line.push('\n');
+                s.write_all(line.as_bytes()).unwrap();
+            }
+            std::io::BufReader::new(s)
+                .lines()
+                .take(reqs.len())
+                .map(|l| serde_json::from_str::<Response>(&l.unwrap()).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let endpoint = |i: usize, (host, netns, ip): &(String, PathBuf, IpAddr)| Endpoint {
+        container_id: format!("c-b{i}"),
+        netns: netns.display().to_string(),
+        ifname: "eth0".into(),
+        host_ifname: host.clone(),
+        cgroup: None,
+        namespace: "demo".into(),
+        name: format!("b{i}"),
+        labels: Some([("app".to_string(), "web".to_string())].into()),
+        ips: vec![*ip],
+    };
+    let mut threads: Vec<_> = pods[..5]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| send(vec![Request::Add(endpoint(i, p))]))
+        .collect();
+    threads.push(send(vec![Request::Del {
+        container_id: "c-other-1".into(),
+    }]));
+    let ordered = send(vec![
+        Request::Add(endpoint(5, &pods[5])),
+        Request::Del {
+            container_id: "c-b5".into(),
+        },
+        Request::Check {
+            container_id: "c-b5".into(),
+        },
+    ]);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    for t in threads {
+        let r = t.join().unwrap();
+        assert!(r.iter().all(|r| r.ok), "{r:?}\n{}", n.agent_log());
+    }
+    let r = ordered.join().unwrap();
+    assert!(r[0].ok && r[1].ok, "{r:?}");
+    assert!(!r[2].ok, "the CHECK sees the DEL before it: {r:?}");
+    for (i, p) in pods[..5].iter().enumerate() {
+        assert!(check(&n, &format!("c-b{i}")).ok);
+        let _srv = Server::start(&p.1, &[8080], &[]).unwrap();
+        let mut c = tcp_connect(&client.netns, to(p.2, 8080)).unwrap();
+        echo(&mut c, b"hi").unwrap();
+    }
+    assert!(!check(&n, "c-other-1").ok);
+    assert!(check(&n, "c-web-1").ok);
+    // other-1 is gone from the agent: its programs are detached.
+    let _ = (web, other);
+    for (_, netns, _) in &pods {
+        let _ = ip(&["netns", "del", netns.file_name().unwrap().to_str().unwrap()]);
+    }
+}

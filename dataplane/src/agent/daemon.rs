@@ -424,7 +424,7 @@ impl Agent {
                 }
             }
             Request::Check { container_id } => {
-                self.forget_gone();
+                self.forget_if_gone(&container_id);
                 match self.registry.endpoints.get(&container_id) {
                     None => Response::err(format!("container {container_id} is not registered")),
                     Some(r) => match self.verify(r) {
@@ -436,110 +436,204 @@ impl Agent {
                     },
                 }
             }
-            Request::Del { container_id } => {
-                self.forget_gone();
-                if let Some(r) = self.registry.endpoints.remove(&container_id) {
-                    self.detach_endpoint(&r.endpoint, r.ifindex);
-                    if let Err(e) = self.registry.save() {
-                        warn!(error = %e, "saving the endpoint registry");
-                    }
-                    if let Err(e) = self.reconcile() {
-                        error!(error = %e, "reconcile after delete");
-                    }
-                    info!(container = %container_id, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), "endpoint removed");
-                } else {
-                    // An ADD that never completed may have left links behind.
-                    self.dp.prune_dead_links();
-                }
-                Response::ok()
+            req @ (Request::Add(_) | Request::Del { .. }) => {
+                let (tx, mut rx) = oneshot::channel();
+                self.handle_batch(vec![(req, tx)]);
+                rx.try_recv()
+                    .unwrap_or_else(|_| Response::err("the request was not answered"))
             }
-            Request::Add(ep) => self.add(ep),
             // Served by the socket task from the flow tap, never queued here.
             Request::Flows { .. } => Response::err("flow queries are served by the socket task"),
         }
     }
 
-    fn add(&mut self, ep: Endpoint) -> Response {
-        if self.manifests.is_none() {
-            return Response::err("agent not ready: no valid manifests applied yet");
+    /// Serve queued requests. ADDs and DELs change the registry first and share one compile
+    /// and reconcile, then the added endpoints get their programs: a burst of requests costs
+    /// one compile, not one each. Other requests, and a second request for a container with
+    /// an ADD in the batch, first finish what came before them, so answers keep the order of
+    /// the requests. An ADD whose client hung up is dropped unanswered: nobody waits for it,
+    /// and its runtime will not DEL a pod it never heard was added.
+    pub fn handle_batch(&mut self, jobs: Vec<Job>) {
+        let mut batch = Batch::default();
+        for (req, reply) in jobs {
+            match req {
+                Request::Add(ep) => {
+                    if reply.is_closed() {
+                        metrics::counter!("septa_requests_dropped_total", "op" => "add")
+                            .increment(1);
+                        warn!(container = %ep.container_id, "ADD dropped: its client hung up before it was served");
+                        continue;
+                    }
+                    if batch.has(&ep.container_id) {
+                        self.finish_batch(&mut batch);
+                    }
+                    match self.prepare_add(ep) {
+                        Ok(p) => batch.adds.push((p, reply)),
+                        Err(r) => {
+                            let _ = reply.send(r);
+                        }
+                    }
+                }
+                Request::Del { container_id } => {
+                    if batch.has(&container_id) {
+                        self.finish_batch(&mut batch);
+                    }
+                    batch.removed |= self.remove_registration(&container_id);
+                    batch.dels.push(reply);
+                }
+                other => {
+                    self.finish_batch(&mut batch);
+                    let _ = reply.send(self.handle(other));
+                }
+            }
         }
-        self.forget_gone();
+        self.finish_batch(&mut batch);
+    }
+
+    /// Validate an ADD and put it in the registry; its map entries and programs follow in
+    /// [`Agent::finish_batch`].
+    fn prepare_add(&mut self, ep: Endpoint) -> Result<PendingAdd, Response> {
+        if self.manifests.is_none() {
+            return Err(Response::err(
+                "agent not ready: no valid manifests applied yet",
+            ));
+        }
+        // A veth endpoint is keyed by its interface index, a cgroup by a slot above them.
+        let slot = match &ep.cgroup {
+            Some(cg) if !std::path::Path::new(cg).is_dir() => {
+                return Err(Response::err(format!("cgroup {cg} is not a directory")))
+            }
+            Some(_) => None,
+            None => match crate::netns::ifindex(&ep.host_ifname) {
+                Ok(i) => Some(i),
+                Err(e) => return Err(Response::err(format!("host interface: {e}"))),
+            },
+        };
+        // The request names the pod's host interface; only the kernel can vouch for it.
+        if let Some(ifindex) = slot {
+            if let Err(e) =
+                crate::link::verify_veth_peer(ifindex, std::path::Path::new(&ep.netns), &ep.ifname)
+            {
+                warn!(container = %ep.container_id, iface = %ep.host_ifname, netns = %ep.netns, reason = %e, "ADD refused: the host interface is not the pod's");
+                return Err(Response::err(format!(
+                    "{} is not the host side of {} in {}: {e}",
+                    ep.host_ifname, ep.ifname, ep.netns
+                )));
+            }
+        }
+        let owner = |reg: &Registry| {
+            reg.endpoints
+                .iter()
+                .find(|(c, r)| {
+                    **c != ep.container_id
+                        && match (&ep.cgroup, &r.endpoint.cgroup) {
+                            (None, None) => Some(r.ifindex) == slot,
+                            (Some(a), Some(b)) => a == b,
+                            _ => false,
+                        }
+                })
+                .map(|(c, _)| c.clone())
+        };
+        if let Some(other) = owner(&self.registry) {
+            // Its interface may be gone, and the index given to this one since.
+            self.forget_if_gone(&other);
+            if self.registry.endpoints.contains_key(&other) {
+                return Err(Response::err(format!(
+                    "{} is already registered to container {other}; DEL that container first",
+                    ep.cgroup.as_deref().unwrap_or(&ep.host_ifname)
+                )));
+            }
+        }
         let previous = self.registry.endpoints.get(&ep.container_id).cloned();
         let endpoint_id = match &previous {
             Some(r) => r.endpoint_id,
             None => self.registry.allocate_id(),
         };
-        // A veth endpoint is keyed by its interface index, a cgroup by a slot above them.
-        let slot = match &ep.cgroup {
-            Some(cg) if !std::path::Path::new(cg).is_dir() => {
-                return Response::err(format!("cgroup {cg} is not a directory"))
-            }
-            Some(_) => dataplane_common::CGROUP_SLOT_BASE | endpoint_id,
-            None => match crate::netns::ifindex(&ep.host_ifname) {
-                Ok(i) => i,
-                Err(e) => return Response::err(format!("host interface: {e}")),
-            },
-        };
-        // The request names the pod's host interface; only the kernel can vouch for it.
-        if ep.cgroup.is_none() {
-            if let Err(e) =
-                crate::link::verify_veth_peer(slot, std::path::Path::new(&ep.netns), &ep.ifname)
-            {
-                warn!(container = %ep.container_id, iface = %ep.host_ifname, netns = %ep.netns, reason = %e, "ADD refused: the host interface is not the pod's");
-                return Response::err(format!(
-                    "{} is not the host side of {} in {}: {e}",
-                    ep.host_ifname, ep.ifname, ep.netns
-                ));
-            }
-        }
-        if let Some((other, _)) = self.registry.endpoints.iter().find(|(c, r)| {
-            **c != ep.container_id
-                && match (&ep.cgroup, &r.endpoint.cgroup) {
-                    (None, None) => r.ifindex == slot,
-                    (Some(a), Some(b)) => a == b,
-                    _ => false,
-                }
-        }) {
-            return Response::err(format!(
-                "{} is already registered to container {other}; DEL that container first",
-                ep.cgroup.as_deref().unwrap_or(&ep.host_ifname)
-            ));
-        }
-        let cid = ep.container_id.clone();
-        let pod = format!("{}/{}", ep.namespace, ep.name);
+        let slot = slot.unwrap_or(dataplane_common::CGROUP_SLOT_BASE | endpoint_id);
         self.registry.endpoints.insert(
-            cid.clone(),
+            ep.container_id.clone(),
             Registered {
                 endpoint: ep.clone(),
                 ifindex: slot,
                 endpoint_id,
             },
         );
-        // Map entries first, programs second: the first packet already finds its endpoint.
-        if let Err(e) = self
-            .reconcile()
-            .and_then(|_| self.attach_endpoint(&ep, slot))
-        {
-            self.registry.endpoints.remove(&cid);
-            self.detach_endpoint(&ep, slot);
-            let _ = self.reconcile();
-            error!(container = %cid, pod = %pod, error = %e, "endpoint add failed");
-            return Response::err(e.to_string());
+        Ok(PendingAdd { ep, slot, previous })
+    }
+
+    /// Forget a registration and detach its programs (map entries go at the next reconcile).
+    /// Returns whether there was one.
+    fn remove_registration(&mut self, container_id: &str) -> bool {
+        match self.registry.endpoints.remove(container_id) {
+            Some(r) => {
+                self.detach_endpoint(&r.endpoint, r.ifindex);
+                info!(container = %container_id, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), "endpoint removed");
+                true
+            }
+            None => {
+                // An ADD that never completed may have left links behind.
+                self.dp.prune_dead_links();
+                false
+            }
         }
-        // The same container registered again on another interface: the old one is no
-        // longer its own.
-        if let Some(old) = previous.filter(|p| p.ifindex != slot) {
-            self.detach_endpoint(&old.endpoint, old.ifindex);
+    }
+
+    /// Compile once for the batch's registry changes, attach the added endpoints' programs
+    /// (map entries first, programs second: the first packet already finds its endpoint),
+    /// save the registry and answer.
+    fn finish_batch(&mut self, batch: &mut Batch) {
+        if batch.adds.is_empty() && !batch.removed {
+            for reply in batch.dels.drain(..) {
+                let _ = reply.send(Response::ok());
+            }
+            return;
+        }
+        let compiled = self.reconcile();
+        if let Err(e) = &compiled {
+            error!(error = %e, kind = e.metric_label(), "reconcile after registry changes");
+        }
+        let mut failed = false;
+        for (p, reply) in batch.adds.drain(..) {
+            let cid = p.ep.container_id.clone();
+            let pod = format!("{}/{}", p.ep.namespace, p.ep.name);
+            let attached = match &compiled {
+                Ok(()) => self
+                    .attach_endpoint(&p.ep, p.slot)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = attached {
+                self.registry.endpoints.remove(&cid);
+                self.detach_endpoint(&p.ep, p.slot);
+                failed = true;
+                error!(container = %cid, pod = %pod, error = %e, "endpoint add failed");
+                let _ = reply.send(Response::err(e));
+                continue;
+            }
+            // The same container registered again on another interface: the old one is no
+            // longer its own.
+            if let Some(old) = p.previous.filter(|o| o.ifindex != p.slot) {
+                self.detach_endpoint(&old.endpoint, old.ifindex);
+            }
+            let identity = self.actual.endpoints.get(&p.slot).map(|e| e.identity);
+            info!(container = %cid, pod = %pod, iface = %p.ep.host_ifname, cgroup = ?p.ep.cgroup, slot = p.slot, identity, "endpoint added");
+            let _ = reply.send(Response {
+                identity,
+                ..Response::ok()
+            });
+        }
+        if failed {
+            if let Err(e) = self.reconcile() {
+                error!(error = %e, "reconcile after a failed add");
+            }
         }
         if let Err(e) = self.registry.save() {
             warn!(error = %e, "saving the endpoint registry");
         }
-        let identity = self.actual.endpoints.get(&slot).map(|e| e.identity);
-        info!(container = %cid, pod = %pod, iface = %ep.host_ifname, cgroup = ?ep.cgroup, slot, identity, "endpoint added");
-        Response {
-            identity,
-            ..Response::ok()
+        for reply in batch.dels.drain(..) {
+            let _ = reply.send(Response::ok());
         }
+        batch.removed = false;
     }
 
     fn attach_endpoint(&mut self, ep: &Endpoint, slot: u32) -> Result<(), Error> {
@@ -591,6 +685,17 @@ impl Agent {
         }
     }
 
+    /// Forget the veth endpoint of `container_id` if its host interface is gone.
+    fn forget_if_gone(&mut self, container_id: &str) {
+        let gone = self.registry.endpoints.get(container_id).is_some_and(|r| {
+            r.endpoint.cgroup.is_none()
+                && crate::link::link(r.ifindex).map_or(true, |l| l.name != r.endpoint.host_ifname)
+        });
+        if gone {
+            self.forget(vec![container_id.to_owned()]);
+        }
+    }
+
     /// Forget veth endpoints whose host interface is gone (the pod's namespace was removed
     /// without a DEL), with their links and map entries. Returns how many were forgotten.
     pub fn forget_gone(&mut self) -> usize {
@@ -601,7 +706,7 @@ impl Agent {
                 return 0;
             }
         };
-        let gone: Vec<(String, Registered)> = self
+        let gone: Vec<String> = self
             .registry
             .endpoints
             .iter()
@@ -611,10 +716,17 @@ impl Agent {
                         .get(&r.ifindex)
                         .is_none_or(|l| l.name != r.endpoint.host_ifname)
             })
-            .map(|(c, r)| (c.clone(), r.clone()))
+            .map(|(c, _)| c.clone())
             .collect();
-        for (cid, r) in &gone {
-            self.registry.endpoints.remove(cid);
+        self.forget(gone)
+    }
+
+    /// Forget these endpoints (their interface is gone), with their links and map entries.
+    fn forget(&mut self, gone: Vec<String>) -> usize {
+        for cid in &gone {
+            let Some(r) = self.registry.endpoints.remove(cid) else {
+                continue;
+            };
             self.detach_endpoint(&r.endpoint, r.ifindex);
             warn!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.ifindex, "endpoint's interface is gone; forgetting it");
         }
@@ -775,7 +887,37 @@ pub fn host_addresses() -> Vec<IpAddr> {
     out
 }
 
-type Job = (Request, oneshot::Sender<Response>);
+/// A request waiting on the main loop, and where its answer goes.
+pub type Job = (Request, oneshot::Sender<Response>);
+
+/// Requests queued together on the main loop: more than this wait for the next batch.
+const MAX_BATCH: usize = 256;
+
+/// An ADD in the registry, waiting for its batch's compile and then its programs.
+struct PendingAdd {
+    ep: Endpoint,
+    slot: u32,
+    /// The container's registration before this ADD, if any.
+    previous: Option<Registered>,
+}
+
+/// The registry changes of one batch, not yet compiled, and the answers they owe.
+#[derive(Default)]
+struct Batch {
+    adds: Vec<(PendingAdd, oneshot::Sender<Response>)>,
+    dels: Vec<oneshot::Sender<Response>>,
+    /// A DEL removed a registration.
+    removed: bool,
+}
+
+impl Batch {
+    /// Whether an ADD of this batch is for `container_id`.
+    fn has(&self, container_id: &str) -> bool {
+        self.adds
+            .iter()
+            .any(|(p, _)| p.ep.container_id == container_id)
+    }
+}
 
 /// Recent flow records (bounded) and the live stream, for `septa flows`.
 #[derive(Clone)]
@@ -919,6 +1061,36 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTa
                             tap.serve(&mut w, filter, last, follow).await;
                             return;
                         }
+                        Ok(req @ Request::Add(_)) => {
+                            // An ADD whose client hung up (a CNI plugin past its deadline) is
+                            // dropped: the loop does not register a pod nobody waits for.
+                            // (Other requests are answered even to a client that only shut
+                            // down its sending side.)
+                            let gone_already = tokio::select! {
+                                biased;
+                                gone = hung_up(&mut lines) => gone,
+                                _ = std::future::ready(()) => false,
+                            };
+                            if gone_already {
+                                warn!("ADD dropped: its client hung up before it was queued");
+                                metrics::counter!("septa_requests_dropped_total", "op" => "add")
+                                    .increment(1);
+                                return;
+                            }
+                            let (otx, mut orx) = oneshot::channel();
+                            if tx.send((req, otx)).await.is_err() {
+                                return;
+                            }
+                            tokio::select! {
+                                r = &mut orx => r.unwrap_or_else(|_| Response::err("agent shutting down")),
+                                gone = hung_up(&mut lines) => {
+                                    if gone {
+                                        return;
+                                    }
+                                    orx.await.unwrap_or_else(|_| Response::err("agent shutting down"))
+                                }
+                            }
+                        }
                         Ok(req) => {
                             let (otx, orx) = oneshot::channel();
                             if tx.send((req, otx)).await.is_err() {
@@ -938,6 +1110,12 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTa
             }
         });
     }
+}
+
+/// Whether the client hung up: its side is at end of file (or failed). Data it sent after its
+/// request (pipelining) means it is still there; nothing is consumed.
+async fn hung_up<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> bool {
+    r.fill_buf().await.map_or(true, |b| b.is_empty())
 }
 
 /// Run the agent until SIGTERM/SIGINT.
@@ -1056,9 +1234,16 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            Some((req, reply)) = rx.recv() => {
-                let resp = agent.handle(req);
-                let _ = reply.send(resp);
+            Some(job) = rx.recv() => {
+                // Everything queued meanwhile goes in the same batch: one compile for all.
+                let mut jobs = vec![job];
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                agent.handle_batch(jobs);
             }
             _ = tick.tick() => {
                 if agent.poll_source() {

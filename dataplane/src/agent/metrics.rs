@@ -128,6 +128,10 @@ pub fn install() -> Option<PrometheusHandle> {
         "Idle health connections closed to make room for new ones."
     );
     describe_counter!(
+        "septa_requests_dropped_total",
+        "Requests dropped unserved because their client hung up first, by operation."
+    );
+    describe_counter!(
         "septa_endpoints_forgotten_total",
         "Endpoints forgotten because their host interface disappeared without a DEL."
     );
