@@ -104,6 +104,13 @@ fn request(
         None, // NETLINK_ROUTE is protocol 0
     )
     .map_err(|e| io_err(what, e))?;
+    // The kernel answers at once; a deadline keeps a surprise from stalling the caller.
+    rustix::net::sockopt::set_socket_timeout(
+        &fd,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(std::time::Duration::from_secs(5)),
+    )
+    .map_err(|e| io_err(what, e))?;
     let mut msg = Vec::with_capacity(HDR + body.len());
     msg.extend_from_slice(&((HDR + body.len()) as u32).to_ne_bytes());
     msg.extend_from_slice(&ty.to_ne_bytes());
@@ -291,4 +298,59 @@ pub fn verify_veth_peer(host_ifindex: u32, netns: &Path, ifname: &str) -> Result
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An RTM_NEWLINK payload: ifinfomsg, then attributes.
+    fn newlink(ifindex: u32, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut b = ifinfomsg(ifindex);
+        for (ty, p) in attrs {
+            push_attr(&mut b, *ty, p);
+        }
+        b
+    }
+
+    #[test]
+    fn a_veth_with_its_peer_in_another_namespace() {
+        let mut kind = Vec::new();
+        push_attr(&mut kind, IFLA_INFO_KIND, b"veth\0");
+        let p = newlink(
+            7,
+            &[
+                (IFLA_IFNAME, b"vethabc\0".to_vec()),
+                (IFLA_LINK, 2u32.to_ne_bytes().to_vec()),
+                (IFLA_LINKINFO | 0x8000, kind), // NLA_F_NESTED is ignored
+                (IFLA_LINK_NETNSID, 3i32.to_ne_bytes().to_vec()),
+            ],
+        );
+        assert_eq!(
+            parse_link(&p),
+            Some(Link {
+                ifindex: 7,
+                name: "vethabc".into(),
+                kind: Some("veth".into()),
+                peer_ifindex: Some(2),
+                peer_netnsid: Some(3),
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_or_odd_attributes_end_the_walk_instead_of_panicking() {
+        assert_eq!(parse_link(&[0u8; 8]), None, "shorter than ifinfomsg");
+        let mut p = newlink(4, &[(IFLA_IFNAME, b"eth0\0".to_vec())]);
+        p.extend_from_slice(&[200, 0, 3, 0, b'x']); // claims 200 bytes, has 5
+        let l = parse_link(&p).unwrap();
+        assert_eq!((l.ifindex, l.name.as_str(), l.kind), (4, "eth0", None));
+        assert_eq!(attrs(&[3, 0, 1, 0]).count(), 0, "length below the header");
+        // Attributes are 4-byte aligned: a 5-byte payload is followed by padding.
+        let mut b = Vec::new();
+        push_attr(&mut b, 1, b"abcde");
+        push_attr(&mut b, 2, b"f");
+        let got: Vec<(u16, &[u8])> = attrs(&b).collect();
+        assert_eq!(got, vec![(1, &b"abcde"[..]), (2, &b"f"[..])]);
+    }
 }

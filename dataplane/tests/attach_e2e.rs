@@ -1,6 +1,7 @@
-//! Which interface an endpoint's programs are attached to, end to end: the real agent in a node
-//! namespace, pods through the real CNI chain (bridge + host-local + septa-cni), and requests
-//! crafted the way a buggy or hostile runtime or previous plugin would send them.
+//! Which interface an endpoint's programs are attached to, and how the agent's local listeners
+//! and request queue hold up, end to end: the real agent in a node namespace, pods through the
+//! real CNI chain (bridge + host-local + septa-cni), and requests crafted the way a buggy or
+//! hostile runtime, previous plugin or local user would send them.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -22,6 +23,7 @@ use dataplane::{
         traffic::*,
     },
 };
+use dataplane_common::maps;
 
 const WORKLOADS: &str = r#"
 apiVersion: v1
@@ -247,19 +249,41 @@ fn restart_with_a_reused_host_veth_name_attaches_afresh() {
 
 #[test]
 fn del_of_an_unknown_container_removes_links_left_behind() {
-    let (mut n, web, _client, _other, _srv) = node_with_pods("orphan", &[8080]);
-    // The agent stops, the registry loses the pod (as after a crash mid-ADD), the pod goes.
-    n.stop_agent().unwrap();
-    std::fs::remove_file(n.dir.join("state").join("endpoints.json")).unwrap();
-    n.start_agent().unwrap();
-    vanish(&mut n, &web);
-    assert!(del(&n, "c-web-1").ok);
-    let left: Vec<_> = std::fs::read_dir(n.pin_dir.join("tcx"))
+    let (n, _web, _client, _other, _srv) = node_with_pods("orphan", &[8080]);
+    // Links without a registration, as an ADD interrupted between attach and answer leaves
+    // them: attached by a second data path on the agent's pins.
+    let netns = manual_pod(&n, "half", "septa-half0", "10.88.0.220");
+    let max = |m: &str| {
+        aya::maps::MapInfo::from_pin(n.pin_dir.join(m))
+            .unwrap()
+            .max_entries()
+    };
+    let mut dp = dataplane::Datapath::load(&dataplane::LoadOptions {
+        pin_dir: n.pin_dir.clone(),
+        conntrack_entries: max(maps::CONNTRACK),
+        policy_entries: max(maps::POLICY),
+        ipcache_entries: max(maps::IPCACHE),
+        events_bytes: max(maps::EVENTS),
+    })
+    .unwrap();
+    dataplane::netns::in_netns(&n.bed.node_path(), || dp.attach("septa-half0"))
         .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    // client-1 and other-1 keep theirs: two pods, two hooks.
-    assert_eq!(left.len(), 4, "{left:?}");
+        .unwrap();
+    drop(dp);
+    let pins = || std::fs::read_dir(n.pin_dir.join("tcx")).unwrap().count();
+    assert_eq!(
+        pins(),
+        8,
+        "three pods and the half-added one, two hooks each"
+    );
+    n.bed.exec(&["link", "del", "septa-half0"]).unwrap();
+    assert!(del(&n, "c-half").ok);
+    assert_eq!(
+        pins(),
+        6,
+        "the DEL removed the pins of the interface that is gone"
+    );
+    let _ = ip(&["netns", "del", netns.file_name().unwrap().to_str().unwrap()]);
 }
 
 #[test]

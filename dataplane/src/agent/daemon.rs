@@ -1,5 +1,11 @@
 //! The agent's state and main loop: registry requests, manifest changes and shutdown, each
-//! followed by a compile and a reconcile of the maps.
+//! followed by a compile and a reconcile of the maps (registry requests queued together share
+//! one).
+//!
+//! Fail mode of registrations: an endpoint is accepted only for a host interface the kernel
+//! shows to be the veth peer of the pod's interface, and only once per interface; programs
+//! are attached after the map entries, and an ADD that fails is undone. An endpoint whose
+//! interface disappears is forgotten with its links; CHECK answers from the kernel's view.
 
 use std::{
     collections::BTreeMap,
