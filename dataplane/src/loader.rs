@@ -272,6 +272,8 @@ impl Datapath {
             let link = match from {
                 Some((p, LinkState::Current)) => {
                     if p == pin {
+                        // A live pin of the earlier naming as well would run the program twice.
+                        let _ = std::fs::remove_file(&legacy);
                         continue;
                     }
                     PinnedLink::from_pin(&p).ok().map(FdLink::from)
