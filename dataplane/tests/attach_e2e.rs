@@ -560,3 +560,53 @@ fn requests_queued_together_are_all_served_in_order() {
         let _ = ip(&["netns", "del", netns.file_name().unwrap().to_str().unwrap()]);
     }
 }
+
+#[test]
+fn links_pinned_by_interface_name_are_taken_over() {
+    use dataplane::testing::scenario::Scenario;
+    use dataplane_common::parse::IPPROTO_TCP;
+    let mut s = Scenario::new("legacy").expect("test bed");
+    let _server = Server::start(&s.server.netns_path(), &[8080, 8081], &[]).unwrap();
+    s.allow(IPPROTO_TCP, 8080, 42).unwrap();
+    let pins = s.dp.pin_dir().to_owned();
+    let (iface, ifindex) = (s.server.host_if.clone(), s.server.host_ifindex);
+    // Pins as an earlier version named them: links/<interface>_<hook>.
+    std::fs::create_dir_all(pins.join("links")).unwrap();
+    for hook in ["ingress", "egress"] {
+        std::fs::rename(
+            pins.join("tcx").join(format!("{ifindex}_{hook}")),
+            pins.join("links").join(format!("{iface}_{hook}")),
+        )
+        .unwrap();
+    }
+    let mut second = s.dp.reopen().expect("a second load on the same pins");
+    let node = s.bed.node_path();
+    dataplane::netns::in_netns(&node, || second.attach(&iface))
+        .unwrap()
+        .unwrap();
+    for hook in ["ingress", "egress"] {
+        assert!(pins.join("tcx").join(format!("{ifindex}_{hook}")).exists());
+        assert!(!pins.join("links").join(format!("{iface}_{hook}")).exists());
+    }
+    // One program per hook: the old link was taken over, not joined by a second one.
+    for hook in [
+        aya::programs::TcAttachType::Ingress,
+        aya::programs::TcAttachType::Egress,
+    ] {
+        let (_, progs) = dataplane::netns::in_netns(&node, || {
+            aya::programs::SchedClassifier::query_tcx(&iface, hook)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(progs.len(), 1, "{hook:?}");
+    }
+    dataplane::netns::in_netns(&node, || second.tcx_verify(ifindex))
+        .unwrap()
+        .unwrap();
+    let client_ns = s.client.netns_path();
+    let mut c = tcp_connect(&client_ns, to(s.server.ipv4.into(), 8080)).unwrap();
+    echo(&mut c, b"hi").unwrap();
+    assert!(tcp_connect(&client_ns, to(s.server.ipv4.into(), 8081)).is_err());
+    let old = std::mem::replace(&mut s.dp, second);
+    drop(old);
+}
