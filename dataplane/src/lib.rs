@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod feeds;
 pub mod flows;
+pub mod link;
 pub mod loader;
 pub mod netns;
 pub mod reconcile;

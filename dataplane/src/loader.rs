@@ -1,7 +1,7 @@
 //! Loading the eBPF object, attaching the TC programs, and typed access to the maps.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -55,14 +55,37 @@ impl Default for LoadOptions {
 
 /// The loaded data path: programs, maps and attachments.
 ///
-/// TCX links are pinned under `<pin dir>/links/<interface>_<hook>` (bpffs refuses names with
-/// a dot), so enforcement outlives
-/// the process: a restarted agent swaps its new program into the existing link atomically,
-/// and a stopped one leaves the last programs enforcing.
+/// TCX links are pinned under `<pin dir>/tcx/<ifindex>_<hook>`, keyed by interface index, not
+/// name: a name is reused as soon as a pod's veth is gone, an index is not (the kernel hands
+/// them out in increasing order). Pins outlive the process: a restarted agent swaps its new
+/// program into the existing link atomically, and a stopped one leaves the last programs
+/// enforcing. A pinned link is trusted only after the kernel confirms it: its program runs on
+/// that interface now, and it reads the maps pinned now (see [`Datapath::tcx_verify`]).
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    attached: BTreeMap<(String, &'static str), PathBuf>,
+    /// Interfaces attached or adopted by this process: index and name at the time.
+    attached: BTreeMap<u32, String>,
+    /// Per loaded program: the pinned maps it uses (ids). A link whose program lacks one of
+    /// them reads maps that are no longer the pinned ones.
+    pinned_maps: BTreeMap<&'static str, BTreeSet<u32>>,
+}
+
+/// The TCX hooks on a pod's host interface: program, attach type, pin name suffix.
+const TCX_HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (programs::TC_FROM_POD, TcAttachType::Ingress, "ingress"),
+    (programs::TC_TO_POD, TcAttachType::Egress, "egress"),
+];
+
+/// A pinned link, as the kernel sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum LinkState {
+    /// Runs this process's program, or the same build reading the same pinned maps.
+    Current,
+    /// Live, but runs another program or reads other maps: swap ours in.
+    Outdated,
+    /// Not attached where its pin says (its interface is gone, or it is detached).
+    Dead,
 }
 
 impl Datapath {
@@ -104,10 +127,40 @@ impl Datapath {
                     source,
                 })?;
         }
+        let pinned: BTreeSet<u32> = std::fs::read_dir(&opts.pin_dir)
+            .map_err(|source| Error::PinDir {
+                path: opts.pin_dir.clone(),
+                source,
+            })?
+            .filter_map(|e| aya::maps::MapInfo::from_pin(e.ok()?.path()).ok())
+            .map(|m| m.id())
+            .collect();
+        let mut pinned_maps = BTreeMap::new();
+        for name in [
+            programs::TC_FROM_POD,
+            programs::TC_TO_POD,
+            programs::XDP_HOST,
+            programs::CG_EGRESS,
+            programs::CG_INGRESS,
+        ] {
+            let used = ebpf
+                .program(name)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.map_ids().ok().flatten())
+                .ok_or_else(|| Error::Missing {
+                    kind: "map ids of program",
+                    name: name.into(),
+                })?;
+            pinned_maps.insert(
+                name,
+                used.into_iter().filter(|id| pinned.contains(id)).collect(),
+            );
+        }
         Ok(Self {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
             attached: BTreeMap::new(),
+            pinned_maps,
         })
     }
 
@@ -126,64 +179,140 @@ impl Datapath {
         &mut self.ebpf
     }
 
+    /// Whether a link's program `prog_id` (tag `tag`, maps `map_ids`) is as good as the loaded
+    /// program `name`: the same program, or the same build reading the same pinned maps.
+    /// Keeping such a link saves the kernel an RCU grace period per swap (tens of ms), which
+    /// adds up over thousands of endpoints at agent start.
+    fn is_current(&self, name: &str, prog_id: u32, tag: u64, map_ids: &[u32]) -> bool {
+        let Some(ours) = self.ebpf.program(name).and_then(|p| p.info().ok()) else {
+            return false;
+        };
+        prog_id == ours.id()
+            || (tag == ours.tag()
+                && self
+                    .pinned_maps
+                    .get(name)
+                    .is_some_and(|m| m.iter().all(|id| map_ids.contains(id))))
+    }
+
+    /// Whether `link` runs a program as good as the loaded program `name` (see `is_current`).
+    fn link_is_current(&self, link: &FdLink, name: &str) -> bool {
+        let Ok(id) = link.info().map(|i| i.program_id()) else {
+            return false;
+        };
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)
+            .is_some_and(|p| {
+                let maps = p.map_ids().ok().flatten().unwrap_or_default();
+                self.is_current(name, id, p.tag(), &maps)
+            })
+    }
+
+    /// What the link pinned at `pin` for interface `ifindex` is: whether its program is among
+    /// those the kernel runs on that interface's `hook` now, and whether it is ours.
+    fn tcx_state(&self, pin: &Path, ifindex: u32, name: &str, hook: TcAttachType) -> LinkState {
+        let Some(info) = tcx_program_on(pin, ifindex, hook) else {
+            return LinkState::Dead;
+        };
+        let map_ids = info.map_ids().ok().flatten().unwrap_or_default();
+        if self.is_current(name, info.id(), info.tag(), &map_ids) {
+            LinkState::Current
+        } else {
+            LinkState::Outdated
+        }
+    }
+
+    fn tcx_pin(&self, ifindex: u32, hook_name: &str) -> PathBuf {
+        self.pin_dir
+            .join("tcx")
+            .join(format!("{ifindex}_{hook_name}"))
+    }
+
     /// Attach both TC programs (TCX) to the host-side interface `iface` of an endpoint, in the
-    /// caller's network namespace (see [`crate::netns::in_netns`]). If a pinned link for the
-    /// interface exists (a previous agent), this program replaces the old one in it atomically:
-    /// there is no moment without a program.
+    /// caller's network namespace (see [`crate::netns::in_netns`]). See [`Datapath::attach_ifindex`].
     pub fn attach(&mut self, iface: &str) -> Result<(), Error> {
-        let links = self.pin_dir.join("links");
-        std::fs::create_dir_all(&links).map_err(|source| Error::PinDir {
-            path: links.clone(),
+        let ifindex = crate::netns::ifindex(iface)?;
+        self.attach_ifindex(ifindex, iface)
+    }
+
+    /// Attach both TC programs (TCX) to interface `ifindex` (named `iface`) in the caller's
+    /// network namespace. A pinned link for the interface (a previous agent) that is live keeps
+    /// running if it is current, or gets this program swapped in atomically: there is no
+    /// moment without a program. A pinned link that is not live on this interface is dropped
+    /// and the programs attached afresh.
+    pub fn attach_ifindex(&mut self, ifindex: u32, iface: &str) -> Result<(), Error> {
+        let iface_err = |e: String| Error::Interface {
+            iface: iface.into(),
+            reason: e,
+        };
+        let dir = self.pin_dir.join("tcx");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir {
+            path: dir.clone(),
             source,
         })?;
-        for (name, hook, hook_name) in [
-            (programs::TC_FROM_POD, TcAttachType::Ingress, "ingress"),
-            (programs::TC_TO_POD, TcAttachType::Egress, "egress"),
-        ] {
-            if self.attached.contains_key(&(iface.to_owned(), name)) {
-                continue;
+        for (name, hook, hook_name) in TCX_HOOKS {
+            let pin = self.tcx_pin(ifindex, hook_name);
+            // Pins of earlier versions were named after the interface.
+            let legacy = self
+                .pin_dir
+                .join("links")
+                .join(format!("{iface}_{hook_name}"));
+            let mut from = None;
+            for p in [&pin, &legacy] {
+                if from.is_none() && p.exists() {
+                    match self.tcx_state(p, ifindex, name, hook) {
+                        LinkState::Dead => {
+                            let _ = std::fs::remove_file(p);
+                        }
+                        state => from = Some((p.clone(), state)),
+                    }
+                }
             }
-            let pin = links.join(format!("{iface}_{hook_name}"));
-            let iface_err = |e: String| Error::Interface {
-                iface: iface.into(),
-                reason: e,
-            };
-            let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
-            let ours = prog.info().ok().map(|i| i.tag());
-            let replaced = match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    let old = FdLink::from(old);
-                    // Same build already running in the link: keep it. Swapping costs the
-                    // kernel an RCU grace period per link (tens of ms), which adds up over
-                    // thousands of endpoints at agent start.
-                    if ours.is_some() && program_tag_of_link(&old) == ours {
-                        self.attached.insert((iface.to_owned(), name), pin);
+            let link = match from {
+                Some((p, LinkState::Current)) => {
+                    if p == pin {
+                        // A live pin of the earlier naming as well would run the program twice.
+                        let _ = std::fs::remove_file(&legacy);
                         continue;
                     }
-                    match SchedClassifierLink::try_from(old) {
-                        Ok(link) => prog.attach_to_link(link).ok(),
-                        Err(_) => None,
+                    PinnedLink::from_pin(&p).ok().map(FdLink::from)
+                }
+                Some((p, _)) => {
+                    let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
+                    let swapped = PinnedLink::from_pin(&p)
+                        .ok()
+                        .map(FdLink::from)
+                        .and_then(|l| SchedClassifierLink::try_from(l).ok())
+                        .and_then(|l| prog.attach_to_link(l).ok());
+                    match swapped {
+                        Some(id) => Some(self.take_tcx_link(name, id, iface)?),
+                        None => {
+                            let _ = std::fs::remove_file(&p);
+                            None
+                        }
                     }
                 }
-                Err(_) => None,
+                None => None,
             };
-            let id = match replaced {
-                Some(id) => id,
+            let link = match link {
+                Some(l) => l,
                 None => {
-                    // No pin, or a stale one (its interface is gone): start afresh.
-                    let _ = std::fs::remove_file(&pin);
-                    prog.attach(iface, hook)
-                        .map_err(|e| iface_err(format!("attaching {name}: {e}")))?
+                    let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
+                    let id = prog
+                        .attach(iface, hook)
+                        .map_err(|e| iface_err(format!("attaching {name}: {e}")))?;
+                    let link = self.take_tcx_link(name, id, iface)?;
+                    // Attached by name: make sure the name still meant this index.
+                    if crate::netns::ifindex(iface).ok() != Some(ifindex) {
+                        drop(link);
+                        return Err(iface_err(format!(
+                            "renamed or replaced while attaching (expected interface index {ifindex})"
+                        )));
+                    }
+                    link
                 }
             };
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(|source| Error::Program {
-                    name: name.into(),
-                    source,
-                })?
-                .try_into()
-                .map_err(|e| iface_err(format!("{name}: not an fd link: {e}")))?;
             if !pin.exists() {
                 link.pin(&pin).map_err(|e| {
                     iface_err(format!(
@@ -192,29 +321,122 @@ impl Datapath {
                     ))
                 })?;
             }
-            self.attached.insert((iface.to_owned(), name), pin);
+            if legacy.exists() {
+                let _ = std::fs::remove_file(&legacy);
+            }
         }
+        self.attached.insert(ifindex, iface.to_owned());
         Ok(())
     }
 
-    /// Detach both programs from `iface` and remove their pins (no error if not attached).
-    pub fn detach(&mut self, iface: &str) -> Result<(), Error> {
-        for name in [programs::TC_FROM_POD, programs::TC_TO_POD] {
-            if let Some(pin) = self.attached.remove(&(iface.to_owned(), name)) {
-                // Unpinning drops the last reference: the kernel detaches the link.
-                if let Ok(link) = PinnedLink::from_pin(&pin) {
-                    let _ = link.unpin();
+    fn take_tcx_link(
+        &mut self,
+        name: &str,
+        id: aya::programs::tc::SchedClassifierLinkId,
+        iface: &str,
+    ) -> Result<FdLink, Error> {
+        program::<SchedClassifier>(&mut self.ebpf, name)?
+            .take_link(id)
+            .map_err(|source| Error::Program {
+                name: name.into(),
+                source,
+            })?
+            .try_into()
+            .map_err(|e| Error::Interface {
+                iface: iface.into(),
+                reason: format!("{name}: not an fd link: {e}"),
+            })
+    }
+
+    /// Whether both TC programs run on interface `ifindex` through this data path's pinned
+    /// links, and read the maps pinned now. The error says what is missing.
+    pub fn tcx_verify(&self, ifindex: u32) -> Result<(), String> {
+        for (name, hook, hook_name) in TCX_HOOKS {
+            let pin = self.tcx_pin(ifindex, hook_name);
+            match self.tcx_state(&pin, ifindex, name, hook) {
+                LinkState::Current => {}
+                LinkState::Outdated => {
+                    return Err(format!(
+                        "the {hook_name} program on interface {ifindex} is not the current one"
+                    ))
                 }
-                let _ = std::fs::remove_file(&pin);
+                LinkState::Dead => {
+                    return Err(format!(
+                        "no {hook_name} program runs on interface {ifindex}"
+                    ))
+                }
             }
         }
         Ok(())
     }
 
+    /// Detach both programs from interface `ifindex` and remove their pins (no error if not
+    /// attached).
+    pub fn detach_ifindex(&mut self, ifindex: u32) -> Result<(), Error> {
+        self.attached.remove(&ifindex);
+        for (_, _, hook_name) in TCX_HOOKS {
+            let pin = self.tcx_pin(ifindex, hook_name);
+            // Unpinning drops the last reference: the kernel detaches the link.
+            if let Ok(link) = PinnedLink::from_pin(&pin) {
+                let _ = link.unpin();
+            }
+            let _ = std::fs::remove_file(&pin);
+        }
+        Ok(())
+    }
+
+    /// Remove the pins of TCX links whose program no longer runs on the interface the pin
+    /// names (the interface is gone, or was replaced), of this and of earlier versions' naming.
+    /// Returns how many were removed.
+    pub fn prune_dead_links(&mut self) -> usize {
+        let mut removed = 0;
+        for dir in ["tcx", "links"] {
+            let Ok(rd) = std::fs::read_dir(self.pin_dir.join(dir)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let Some((iface, hook)) = file
+                    .strip_suffix("_ingress")
+                    .map(|i| (i, TcAttachType::Ingress))
+                    .or_else(|| {
+                        file.strip_suffix("_egress")
+                            .map(|i| (i, TcAttachType::Egress))
+                    })
+                else {
+                    continue;
+                };
+                let ifindex = match dir {
+                    "tcx" => iface.parse().ok(),
+                    _ => crate::netns::ifindex(iface).ok(),
+                };
+                let live = ifindex.is_some_and(|i| tcx_program_on(&e.path(), i, hook).is_some());
+                if !live && std::fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Detach both programs from `iface` and remove their pins (no error if not attached or
+    /// if the interface is gone).
+    pub fn detach(&mut self, iface: &str) -> Result<(), Error> {
+        let found = self
+            .attached
+            .iter()
+            .find(|(_, n)| n.as_str() == iface)
+            .map(|(i, _)| *i);
+        match found.or_else(|| crate::netns::ifindex(iface).ok()) {
+            Some(ifindex) => self.detach_ifindex(ifindex),
+            None => Ok(()),
+        }
+    }
+
     /// Attach both cgroup_skb programs to the cgroup v2 directory `path` and map the cgroup to
     /// endpoint slot `slot` (at or above `CGROUP_SLOT_BASE`). Links are pinned as
-    /// `cgroups/<slot>_<hook>`; a pinned link from a previous agent is kept as it is (its
-    /// program reads the same pinned maps).
+    /// `cgroups/<slot>_<hook>`; a pinned link from a previous agent is kept while its program
+    /// is this build reading the maps pinned now, and replaced otherwise.
     pub fn attach_cgroup(&mut self, path: &Path, slot: u32) -> Result<(), Error> {
         use std::os::unix::fs::MetadataExt;
         let cg_err = |reason: String| Error::Interface {
@@ -244,9 +466,14 @@ impl Datapath {
             ),
         ] {
             let pin = links.join(format!("{slot}_{hook_name}"));
-            if pin.exists() {
-                continue;
-            }
+            // A previous agent's link is kept only while it runs this build on the maps pinned
+            // now; otherwise the new link goes in first and the old one is dropped after (two
+            // programs on a cgroup both have to pass a packet: never less enforcement).
+            let stale = match PinnedLink::from_pin(&pin).map(FdLink::from) {
+                Ok(old) if self.link_is_current(&old, name) => continue,
+                Ok(_) => true,
+                Err(_) => false,
+            };
             let prog = program::<aya::programs::CgroupSkb>(&mut self.ebpf, name)?;
             // Link-based cgroup attachments always coexist with others; the flags must be 0.
             let lid = prog
@@ -260,6 +487,11 @@ impl Datapath {
                 })?
                 .try_into()
                 .map_err(|e| cg_err(format!("{name}: not an fd link: {e}")))?;
+            if stale {
+                if let Ok(old) = PinnedLink::from_pin(&pin) {
+                    let _ = old.unpin();
+                }
+            }
             link.pin(&pin)
                 .map_err(|e| cg_err(format!("pinning {name} link: {e}")))?;
         }
@@ -291,7 +523,8 @@ impl Datapath {
     }
 
     /// Attach XDP to a host interface (in the caller's network namespace), pinned as
-    /// `xdp/<interface>`; a pinned link from a previous agent is kept.
+    /// `xdp/<interface>`; a pinned link from a previous agent is kept while its program is this
+    /// build reading the maps pinned now, and gets this program swapped in otherwise.
     pub fn attach_xdp(&mut self, iface: &str) -> Result<(), Error> {
         let dir = self.pin_dir.join("xdp");
         std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir {
@@ -299,17 +532,35 @@ impl Datapath {
             source,
         })?;
         let pin = dir.join(iface);
-        if pin.exists() {
-            return Ok(());
-        }
         let err = |reason: String| Error::Interface {
             iface: iface.into(),
             reason,
         };
+        // A previous agent's link is kept while it runs this build on the maps pinned now;
+        // otherwise this program is swapped into it atomically.
+        let swapped = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let old = FdLink::from(old);
+                if self.link_is_current(&old, programs::XDP_HOST) {
+                    return Ok(());
+                }
+                let prog = program::<aya::programs::Xdp>(&mut self.ebpf, programs::XDP_HOST)?;
+                aya::programs::xdp::XdpLink::try_from(old)
+                    .ok()
+                    .and_then(|l| prog.attach_to_link(l).ok())
+            }
+            Err(_) => None,
+        };
         let prog = program::<aya::programs::Xdp>(&mut self.ebpf, programs::XDP_HOST)?;
-        let id = prog
-            .attach(iface, aya::programs::XdpMode::Default)
-            .map_err(|e| err(format!("attaching XDP: {e}")))?;
+        let id = match swapped {
+            Some(id) => id,
+            None => {
+                // No pin, or a stale one (its interface is gone): start afresh.
+                let _ = std::fs::remove_file(&pin);
+                prog.attach(iface, aya::programs::XdpMode::Default)
+                    .map_err(|e| err(format!("attaching XDP: {e}")))?
+            }
+        };
         let link: FdLink = prog
             .take_link(id)
             .map_err(|source| Error::Program {
@@ -318,21 +569,24 @@ impl Datapath {
             })?
             .try_into()
             .map_err(|e| err(format!("XDP link: {e}")))?;
-        link.pin(&pin)
-            .map_err(|e| err(format!("pinning XDP link: {e}")))?;
+        if !pin.exists() {
+            link.pin(&pin)
+                .map_err(|e| err(format!("pinning XDP link: {e}")))?;
+        }
         Ok(())
     }
 
-    /// Interfaces with pinned links (attached by this or a previous agent).
-    pub fn pinned_interfaces(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.pin_dir.join("links"))
+    /// Indexes of the interfaces with pinned TCX links (attached by this or a previous agent).
+    pub fn pinned_ifindexes(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = std::fs::read_dir(self.pin_dir.join("tcx"))
             .into_iter()
             .flatten()
             .filter_map(|e| {
                 let name = e.ok()?.file_name().to_str()?.to_owned();
                 name.strip_suffix("_ingress")
-                    .or_else(|| name.strip_suffix("_egress"))
-                    .map(str::to_owned)
+                    .or_else(|| name.strip_suffix("_egress"))?
+                    .parse()
+                    .ok()
             })
             .collect();
         v.sort();
@@ -340,11 +594,9 @@ impl Datapath {
         v
     }
 
-    /// Interfaces the programs are attached to.
+    /// Interfaces the programs are attached to (by this process), by name.
     pub fn attached_interfaces(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.attached.keys().map(|(i, _)| i.clone()).collect();
-        v.dedup();
-        v
+        self.attached.values().cloned().collect()
     }
 
     pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
@@ -485,7 +737,7 @@ impl Datapath {
         };
         // Links first: removing a link's pin detaches it (nothing else holds it).
         self.attached.clear();
-        for sub in ["links", "cgroups", "xdp"] {
+        for sub in ["tcx", "links", "cgroups", "xdp"] {
             let links = self.pin_dir.join(sub);
             if links.exists() {
                 for entry in std::fs::read_dir(&links).map_err(pin_err)? {
@@ -576,13 +828,24 @@ fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
     Ok(())
 }
 
-/// The tag of the program a link runs.
-fn program_tag_of_link(link: &FdLink) -> Option<u64> {
-    let id = link.info().ok()?.program_id();
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
-        .map(|p| p.tag())
+/// The program of the link pinned at `pin`, if the kernel runs it on interface `ifindex`'s
+/// TCX `hook` now. The interface's programs are queried by name, so the name is confirmed to
+/// mean this index before and after the query.
+fn tcx_program_on(
+    pin: &Path,
+    ifindex: u32,
+    hook: TcAttachType,
+) -> Option<aya::programs::ProgramInfo> {
+    let prog_id = FdLink::from(PinnedLink::from_pin(pin).ok()?)
+        .info()
+        .ok()?
+        .program_id();
+    let iface = crate::link::link(ifindex).ok()?;
+    let (_, progs) = SchedClassifier::query_tcx(&iface.name, hook).ok()?;
+    if crate::netns::ifindex(&iface.name).ok() != Some(ifindex) {
+        return None;
+    }
+    progs.into_iter().find(|p| p.id() == prog_id)
 }
 
 /// A loaded program by name, as its concrete type (SchedClassifier, CgroupSkb, Xdp).

@@ -6,6 +6,13 @@
 //! read, then the data path loaded, and the socket bound last of all, once nothing else can
 //! fail; it is bound under a temporary name and renamed into place, and removed at shutdown
 //! only if it is still the one this agent bound.
+//!
+//! Registry requests queued together share one compile and reconcile.
+//!
+//! Fail mode of registrations: an endpoint is accepted only for a host interface the kernel
+//! shows to be the veth peer of the pod's interface, and only once per interface; programs
+//! are attached after the map entries, and an ADD that fails is undone. An endpoint whose
+//! interface disappears is forgotten with its links; CHECK answers from the kernel's view.
 
 use std::{
     collections::BTreeMap,
@@ -106,13 +113,14 @@ impl Agent {
                 }
                 continue;
             }
-            match crate::netns::ifindex(&r.endpoint.host_ifname) {
-                Ok(ifindex) => {
-                    r.ifindex = ifindex;
-                    dp.attach(&r.endpoint.host_ifname)?;
-                    info!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, "endpoint adopted");
+            // The registered index, under the registered name: a name alone may have been
+            // reused by another pod's veth since.
+            match crate::link::link(r.ifindex) {
+                Ok(l) if l.name == r.endpoint.host_ifname => {
+                    dp.attach_ifindex(r.ifindex, &r.endpoint.host_ifname)?;
+                    info!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.ifindex, "endpoint adopted");
                 }
-                Err(_) => gone.push(cid.clone()),
+                _ => gone.push(cid.clone()),
             }
         }
         let rewrite = note.is_some() || !gone.is_empty();
@@ -125,6 +133,13 @@ impl Agent {
             if let Err(e) = registry.save() {
                 warn!(error = %e, "saving the endpoint registry; will retry on the next change");
             }
+        }
+        let pruned = dp.prune_dead_links();
+        if pruned > 0 {
+            info!(
+                pins = pruned,
+                "removed pins of links whose interface is gone"
+            );
         }
         for iface in &cfg.xdp_interfaces {
             dp.attach_xdp(iface)?;
@@ -448,140 +463,362 @@ impl Agent {
                     Response::err("agent not ready: no valid manifests applied yet")
                 }
             }
-            Request::Check { container_id } => match self.registry.endpoints.get(&container_id) {
-                None => Response::err(format!("container {container_id} is not registered")),
-                Some(r) if !self.attached(r) => {
-                    Response::err(format!("programs are not attached for {container_id}"))
+            Request::Check { container_id } => {
+                self.forget_if_gone(&container_id);
+                match self.registry.endpoints.get(&container_id) {
+                    None => Response::err(format!("container {container_id} is not registered")),
+                    Some(r) => match self.verify(r) {
+                        Err(e) => Response::err(format!("container {container_id}: {e}")),
+                        Ok(()) => Response {
+                            identity: self.actual.endpoints.get(&r.ifindex).map(|e| e.identity),
+                            ..Response::ok()
+                        },
+                    },
                 }
-                Some(r) => Response {
-                    identity: self.actual.endpoints.get(&r.ifindex).map(|e| e.identity),
-                    ..Response::ok()
-                },
-            },
-            Request::Del { container_id } => {
-                if let Some(r) = self.registry.endpoints.remove(&container_id) {
-                    self.detach_endpoint(&r.endpoint, r.ifindex);
-                    // Answered ok all the same: a DEL must not fail (the runtime would retry it
-                    // for good), and the stale line only re-attaches enforcement after a
-                    // restart, to an interface or cgroup that still exists then.
-                    if let Err(e) = self.registry.save() {
-                        error!(error = %e, "saving the endpoint registry after a delete");
-                    }
-                    if let Err(e) = self.reconcile() {
-                        error!(error = %e, "reconcile after delete");
-                    }
-                    info!(container = %container_id, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), "endpoint removed");
-                }
-                Response::ok()
             }
-            Request::Add(ep) => self.add(ep),
+            req @ (Request::Add(_) | Request::Del { .. }) => {
+                let (tx, mut rx) = oneshot::channel();
+                self.handle_batch(vec![(req, tx)]);
+                rx.try_recv()
+                    .unwrap_or_else(|_| Response::err("the request was not answered"))
+            }
             // Served by the socket task from the flow tap, never queued here.
             Request::Flows { .. } => Response::err("flow queries are served by the socket task"),
         }
     }
 
-    fn add(&mut self, ep: Endpoint) -> Response {
+    /// Serve queued requests. ADDs and DELs change the registry first and share one compile
+    /// and reconcile, then the added endpoints get their programs: a burst of requests costs
+    /// one compile, not one each. Other requests, and a second request for a container with
+    /// an ADD in the batch, first finish what came before them, so answers keep the order of
+    /// the requests. An ADD whose client hung up is dropped unanswered: nobody waits for it,
+    /// and its runtime will not DEL a pod it never heard was added.
+    pub fn handle_batch(&mut self, jobs: Vec<Job>) {
+        let mut batch = Batch::default();
+        for (req, reply) in jobs {
+            match req {
+                Request::Add(ep) => {
+                    if reply.is_closed() {
+                        metrics::counter!("septa_requests_dropped_total", "op" => "add")
+                            .increment(1);
+                        warn!(container = %ep.container_id, "ADD dropped: its client hung up before it was served");
+                        continue;
+                    }
+                    if batch.has(&ep.container_id) {
+                        self.finish_batch(&mut batch);
+                    }
+                    match self.prepare_add(ep) {
+                        Ok(p) => batch.adds.push((p, reply)),
+                        Err(r) => {
+                            let _ = reply.send(r);
+                        }
+                    }
+                }
+                Request::Del { container_id } => {
+                    if batch.has(&container_id) {
+                        self.finish_batch(&mut batch);
+                    }
+                    batch.removed |= self.remove_registration(&container_id);
+                    batch.dels.push(reply);
+                }
+                other => {
+                    self.finish_batch(&mut batch);
+                    let _ = reply.send(self.handle(other));
+                }
+            }
+        }
+        self.finish_batch(&mut batch);
+    }
+
+    /// Validate an ADD and put it in the registry; its map entries and programs follow in
+    /// [`Agent::finish_batch`].
+    fn prepare_add(&mut self, ep: Endpoint) -> Result<PendingAdd, Response> {
         if self.manifests.is_none() {
-            return Response::err("agent not ready: no valid manifests applied yet");
+            return Err(Response::err(
+                "agent not ready: no valid manifests applied yet",
+            ));
         }
         if let Err(e) = ep.check_addresses() {
-            return Response::err(e);
+            return Err(Response::err(e));
         }
-        let endpoint_id = match self.registry.endpoints.get(&ep.container_id) {
-            Some(r) => r.endpoint_id,
-            None => self.registry.allocate_id(),
-        };
         // A veth endpoint is keyed by its interface index, a cgroup by a slot above them.
         let slot = match &ep.cgroup {
             Some(cg) if !std::path::Path::new(cg).is_dir() => {
-                return Response::err(format!("cgroup {cg} is not a directory"))
+                return Err(Response::err(format!("cgroup {cg} is not a directory")))
             }
-            Some(_) => dataplane_common::CGROUP_SLOT_BASE | endpoint_id,
+            Some(_) => None,
             None => match crate::netns::ifindex(&ep.host_ifname) {
-                Ok(i) => i,
-                Err(e) => return Response::err(format!("host interface: {e}")),
+                Ok(i) => Some(i),
+                Err(e) => return Err(Response::err(format!("host interface: {e}"))),
             },
         };
-        let cid = ep.container_id.clone();
-        let pod = format!("{}/{}", ep.namespace, ep.name);
-        let previous = self.registry.endpoints.insert(
-            cid.clone(),
+        // The request names the pod's host interface; only the kernel can vouch for it.
+        if let Some(ifindex) = slot {
+            if let Err(e) =
+                crate::link::verify_veth_peer(ifindex, std::path::Path::new(&ep.netns), &ep.ifname)
+            {
+                warn!(container = %ep.container_id, iface = %ep.host_ifname, netns = %ep.netns, reason = %e, "ADD refused: the host interface is not the pod's");
+                return Err(Response::err(format!(
+                    "{} is not the host side of {} in {}: {e}",
+                    ep.host_ifname, ep.ifname, ep.netns
+                )));
+            }
+        }
+        let owner = |reg: &Registry| {
+            reg.endpoints
+                .iter()
+                .find(|(c, r)| {
+                    **c != ep.container_id
+                        && match (&ep.cgroup, &r.endpoint.cgroup) {
+                            (None, None) => Some(r.ifindex) == slot,
+                            (Some(a), Some(b)) => a == b,
+                            _ => false,
+                        }
+                })
+                .map(|(c, _)| c.clone())
+        };
+        if let Some(other) = owner(&self.registry) {
+            // Its interface may be gone, and the index given to this one since.
+            self.forget_if_gone(&other);
+            if self.registry.endpoints.contains_key(&other) {
+                return Err(Response::err(format!(
+                    "{} is already registered to container {other}; DEL that container first",
+                    ep.cgroup.as_deref().unwrap_or(&ep.host_ifname)
+                )));
+            }
+        }
+        let previous = self.registry.endpoints.get(&ep.container_id).cloned();
+        let endpoint_id = match &previous {
+            Some(r) => r.endpoint_id,
+            None => self.registry.allocate_id(),
+        };
+        let slot = slot.unwrap_or(dataplane_common::CGROUP_SLOT_BASE | endpoint_id);
+        self.registry.endpoints.insert(
+            ep.container_id.clone(),
             Registered {
                 endpoint: ep.clone(),
                 ifindex: slot,
                 endpoint_id,
             },
         );
-        // Map entries first, programs second: the first packet already finds its endpoint. The
-        // registry is written last, and an ADD is acknowledged only once it is durable: a pod
-        // that a restarted agent would not adopt must not be started as if it were protected.
-        let done = self
-            .reconcile()
-            .and_then(|_| self.attach_endpoint(&ep, slot))
-            .and_then(|_| {
-                self.registry.save().map_err(|e| {
-                    Error::Io(std::io::Error::new(
-                        e.kind(),
-                        format!("endpoint registry not saved, so a restarted agent would not adopt this pod: {e}; free space in the state directory or fix it, then retry"),
-                    ))
-                })
-            });
-        if let Err(e) = done {
-            // Back to what was registered (and persisted) before this request.
-            let keep_attached = previous.as_ref().is_some_and(|p| {
-                p.ifindex == slot
-                    && p.endpoint.host_ifname == ep.host_ifname
-                    && p.endpoint.cgroup == ep.cgroup
-            });
-            match previous {
-                Some(p) => self.registry.endpoints.insert(cid.clone(), p),
-                None => self.registry.endpoints.remove(&cid),
-            };
-            if !keep_attached {
-                self.detach_endpoint(&ep, slot);
+        Ok(PendingAdd { ep, slot, previous })
+    }
+
+    /// Forget a registration and detach its programs (map entries go at the next reconcile).
+    /// Returns whether there was one.
+    fn remove_registration(&mut self, container_id: &str) -> bool {
+        match self.registry.endpoints.remove(container_id) {
+            Some(r) => {
+                self.detach_endpoint(&r.endpoint, r.ifindex);
+                info!(container = %container_id, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), "endpoint removed");
+                true
             }
-            let _ = self.reconcile();
-            error!(container = %cid, pod = %pod, error = %e, "endpoint add failed");
-            return Response::err(e.to_string());
+            None => {
+                // An ADD that never completed may have left links behind.
+                self.dp.prune_dead_links();
+                false
+            }
         }
-        let identity = self.actual.endpoints.get(&slot).map(|e| e.identity);
-        info!(container = %cid, pod = %pod, iface = %ep.host_ifname, cgroup = ?ep.cgroup, slot, identity, "endpoint added");
-        Response {
-            identity,
-            ..Response::ok()
+    }
+
+    /// Compile once for the batch's registry changes, attach the added endpoints' programs
+    /// (map entries first, programs second: the first packet already finds its endpoint),
+    /// save the registry and answer. An ADD is acknowledged only once the registry is durable:
+    /// a pod that a restarted agent would not adopt must not be started as if it were
+    /// protected, so a failed save fails (and undoes) the batch's ADDs. A DEL is answered ok
+    /// all the same (the runtime would retry it for good); its stale line only re-attaches
+    /// enforcement after a restart, to an interface or cgroup that still exists then.
+    fn finish_batch(&mut self, batch: &mut Batch) {
+        if batch.adds.is_empty() && !batch.removed {
+            for reply in batch.dels.drain(..) {
+                let _ = reply.send(Response::ok());
+            }
+            return;
+        }
+        let compiled = self.reconcile();
+        if let Err(e) = &compiled {
+            error!(error = %e, kind = e.metric_label(), "reconcile after registry changes");
+        }
+        let mut failed = false;
+        let mut attached = Vec::new();
+        for (p, reply) in batch.adds.drain(..) {
+            let done = match &compiled {
+                Ok(()) => self
+                    .attach_endpoint(&p.ep, p.slot)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match done {
+                Ok(()) => attached.push((p, reply)),
+                Err(e) => {
+                    self.undo_add(&p);
+                    failed = true;
+                    error!(container = %p.ep.container_id, pod = %format!("{}/{}", p.ep.namespace, p.ep.name), error = %e, "endpoint add failed");
+                    let _ = reply.send(Response::err(e));
+                }
+            }
+        }
+        if let Err(e) = self.registry.save() {
+            let why = format!("endpoint registry not saved, so a restarted agent would not adopt this pod: {e}; free space in the state directory or fix it, then retry");
+            error!(error = %e, adds = attached.len(), "saving the endpoint registry; the batch's ADDs fail and are undone");
+            for (p, reply) in attached.drain(..) {
+                self.undo_add(&p);
+                let _ = reply.send(Response::err(why.clone()));
+            }
+            failed = true;
+        }
+        if failed {
+            if let Err(e) = self.reconcile() {
+                error!(error = %e, "reconcile after a failed add");
+            }
+        }
+        for (p, reply) in attached {
+            // The same container registered again on another interface: the old one is no
+            // longer its own.
+            if let Some(old) = p.previous.filter(|o| o.ifindex != p.slot) {
+                self.detach_endpoint(&old.endpoint, old.ifindex);
+            }
+            let identity = self.actual.endpoints.get(&p.slot).map(|e| e.identity);
+            info!(container = %p.ep.container_id, pod = %format!("{}/{}", p.ep.namespace, p.ep.name), iface = %p.ep.host_ifname, cgroup = ?p.ep.cgroup, slot = p.slot, identity, "endpoint added");
+            let _ = reply.send(Response {
+                identity,
+                ..Response::ok()
+            });
+        }
+        for reply in batch.dels.drain(..) {
+            let _ = reply.send(Response::ok());
+        }
+        batch.removed = false;
+    }
+
+    /// Back to what was registered (and persisted) before an ADD: its previous registration,
+    /// or none; the new slot's programs go unless the previous registration used them too.
+    fn undo_add(&mut self, p: &PendingAdd) {
+        let keep_attached = p.previous.as_ref().is_some_and(|o| {
+            o.ifindex == p.slot
+                && o.endpoint.host_ifname == p.ep.host_ifname
+                && o.endpoint.cgroup == p.ep.cgroup
+        });
+        match &p.previous {
+            Some(o) => {
+                self.registry
+                    .endpoints
+                    .insert(p.ep.container_id.clone(), o.clone());
+            }
+            None => {
+                self.registry.endpoints.remove(&p.ep.container_id);
+            }
+        }
+        if !keep_attached {
+            self.detach_endpoint(&p.ep, p.slot);
         }
     }
 
     fn attach_endpoint(&mut self, ep: &Endpoint, slot: u32) -> Result<(), Error> {
         match &ep.cgroup {
             Some(cg) => self.dp.attach_cgroup(std::path::Path::new(cg), slot),
-            None => self.dp.attach(&ep.host_ifname),
+            None => self.dp.attach_ifindex(slot, &ep.host_ifname),
         }
     }
 
+    /// Detach an endpoint's programs, unless another registration owns the same interface or
+    /// slot (its programs are that endpoint's enforcement).
     fn detach_endpoint(&mut self, ep: &Endpoint, slot: u32) {
+        if self.registry.endpoints.values().any(|r| r.ifindex == slot) {
+            return;
+        }
         let r = match &ep.cgroup {
             Some(cg) => self.dp.detach_cgroup(std::path::Path::new(cg), slot),
-            None => self.dp.detach(&ep.host_ifname),
+            None => self.dp.detach_ifindex(slot),
         };
         if let Err(e) = r {
             warn!(error = %e, "detaching");
         }
     }
 
-    fn attached(&self, r: &Registered) -> bool {
+    /// Whether an endpoint is enforced: for a veth, the host interface is still the pod's and
+    /// both programs run on it, reading the maps pinned now; for a cgroup, its links are pinned.
+    fn verify(&self, r: &Registered) -> Result<(), String> {
         match &r.endpoint.cgroup {
-            Some(_) => self
-                .dp
-                .pin_dir()
-                .join("cgroups")
-                .join(format!("{}_egress", r.ifindex))
-                .exists(),
-            None => self
-                .dp
-                .pinned_interfaces()
-                .contains(&r.endpoint.host_ifname),
+            Some(_) => {
+                let pin = self
+                    .dp
+                    .pin_dir()
+                    .join("cgroups")
+                    .join(format!("{}_egress", r.ifindex));
+                if pin.exists() {
+                    Ok(())
+                } else {
+                    Err("programs are not attached to its cgroup".into())
+                }
+            }
+            None => {
+                crate::link::verify_veth_peer(
+                    r.ifindex,
+                    std::path::Path::new(&r.endpoint.netns),
+                    &r.endpoint.ifname,
+                )?;
+                self.dp.tcx_verify(r.ifindex)
+            }
         }
+    }
+
+    /// Forget the veth endpoint of `container_id` if its host interface is gone.
+    fn forget_if_gone(&mut self, container_id: &str) {
+        let gone = self.registry.endpoints.get(container_id).is_some_and(|r| {
+            r.endpoint.cgroup.is_none()
+                && crate::link::link(r.ifindex).map_or(true, |l| l.name != r.endpoint.host_ifname)
+        });
+        if gone {
+            self.forget(vec![container_id.to_owned()]);
+        }
+    }
+
+    /// Forget veth endpoints whose host interface is gone (the pod's namespace was removed
+    /// without a DEL), with their links and map entries. Returns how many were forgotten.
+    pub fn forget_gone(&mut self) -> usize {
+        let links = match crate::link::links() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "listing interfaces");
+                return 0;
+            }
+        };
+        let gone: Vec<String> = self
+            .registry
+            .endpoints
+            .iter()
+            .filter(|(_, r)| {
+                r.endpoint.cgroup.is_none()
+                    && links
+                        .get(&r.ifindex)
+                        .is_none_or(|l| l.name != r.endpoint.host_ifname)
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        self.forget(gone)
+    }
+
+    /// Forget these endpoints (their interface is gone), with their links and map entries.
+    fn forget(&mut self, gone: Vec<String>) -> usize {
+        for cid in &gone {
+            let Some(r) = self.registry.endpoints.remove(cid) else {
+                continue;
+            };
+            self.detach_endpoint(&r.endpoint, r.ifindex);
+            warn!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.ifindex, "endpoint's interface is gone; forgetting it");
+        }
+        if !gone.is_empty() {
+            metrics::counter!("septa_endpoints_forgotten_total").increment(gone.len() as u64);
+            self.dp.prune_dead_links();
+            if let Err(e) = self.registry.save() {
+                warn!(error = %e, "saving the endpoint registry");
+            }
+            if let Err(e) = self.reconcile() {
+                error!(error = %e, "reconcile after forgetting endpoints");
+            }
+        }
+        gone.len()
     }
 
     /// Sweep conntrack: updates for long-lived connections, ends for idle ones (their entries
@@ -730,7 +967,37 @@ pub fn host_addresses() -> Vec<IpAddr> {
     out
 }
 
-type Job = (Request, oneshot::Sender<Response>);
+/// A request waiting on the main loop, and where its answer goes.
+pub type Job = (Request, oneshot::Sender<Response>);
+
+/// Requests queued together on the main loop: more than this wait for the next batch.
+const MAX_BATCH: usize = 256;
+
+/// An ADD in the registry, waiting for its batch's compile and then its programs.
+struct PendingAdd {
+    ep: Endpoint,
+    slot: u32,
+    /// The container's registration before this ADD, if any.
+    previous: Option<Registered>,
+}
+
+/// The registry changes of one batch, not yet compiled, and the answers they owe.
+#[derive(Default)]
+struct Batch {
+    adds: Vec<(PendingAdd, oneshot::Sender<Response>)>,
+    dels: Vec<oneshot::Sender<Response>>,
+    /// A DEL removed a registration.
+    removed: bool,
+}
+
+impl Batch {
+    /// Whether an ADD of this batch is for `container_id`.
+    fn has(&self, container_id: &str) -> bool {
+        self.adds
+            .iter()
+            .any(|(p, _)| p.ep.container_id == container_id)
+    }
+}
 
 /// Recent flow records (bounded) and the live stream, for `septa flows`.
 #[derive(Clone)]
@@ -811,23 +1078,55 @@ async fn write_json_line<T: serde::Serialize>(
     w.write_all(&out).await
 }
 
-/// Accept registry connections on `socket` (mode 0600) and forward requests to the loop.
+/// Connections to the registry socket served at once (flow followers included); more wait in
+/// the kernel's backlog.
+const MAX_SOCKET_CONNECTIONS: usize = 256;
+/// Deadline for a client to send a whole request line, and for an answer to be written.
+const SOCKET_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accept registry connections on `socket` (mode 0600) and forward requests to the loop. Only
+/// root may register endpoints: the peer's credentials are checked on every connection, in case
+/// the socket's mode or directory is not what it should be.
 async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTap) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SOCKET_CONNECTIONS));
+    let mut errors = super::health::AcceptErrors::new("socket");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                errors.recovered();
+                s
+            }
+            Err(e) => {
+                errors.failed(&e).await;
+                continue;
+            }
         };
         let tx = tx.clone();
         let tap = tap.clone();
         tokio::spawn(async move {
+            let _permit = permit;
+            let uid = stream.peer_cred().map(|c| c.uid()).ok();
             let (r, mut w) = stream.into_split();
+            if uid != Some(0) {
+                warn!(uid = ?uid, "refused a registry connection from a user other than root");
+                let mut out = serde_json::to_string(&Response::err(
+                    "only root may use the septa agent's socket",
+                ))
+                .unwrap_or_default();
+                out.push('\n');
+                let _ = tokio::time::timeout(SOCKET_IO_TIMEOUT, w.write_all(out.as_bytes())).await;
+                return;
+            }
             let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 16));
             let mut line = String::new();
             loop {
                 line.clear();
-                match lines.read_line(&mut line).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                match tokio::time::timeout(SOCKET_IO_TIMEOUT, lines.read_line(&mut line)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(_)) => {}
                 }
                 let resp = if line.len() > MAX_LINE {
                     Response::err(format!("request longer than {MAX_LINE} bytes"))
@@ -842,6 +1141,36 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTa
                             tap.serve(&mut w, filter, last, follow).await;
                             return;
                         }
+                        Ok(req @ Request::Add(_)) => {
+                            // An ADD whose client hung up (a CNI plugin past its deadline) is
+                            // dropped: the loop does not register a pod nobody waits for.
+                            // (Other requests are answered even to a client that only shut
+                            // down its sending side.)
+                            let gone_already = tokio::select! {
+                                biased;
+                                gone = hung_up(&mut lines) => gone,
+                                _ = std::future::ready(()) => false,
+                            };
+                            if gone_already {
+                                warn!("ADD dropped: its client hung up before it was queued");
+                                metrics::counter!("septa_requests_dropped_total", "op" => "add")
+                                    .increment(1);
+                                return;
+                            }
+                            let (otx, mut orx) = oneshot::channel();
+                            if tx.send((req, otx)).await.is_err() {
+                                return;
+                            }
+                            tokio::select! {
+                                r = &mut orx => r.unwrap_or_else(|_| Response::err("agent shutting down")),
+                                gone = hung_up(&mut lines) => {
+                                    if gone {
+                                        return;
+                                    }
+                                    orx.await.unwrap_or_else(|_| Response::err("agent shutting down"))
+                                }
+                            }
+                        }
                         Ok(req) => {
                             let (otx, orx) = oneshot::channel();
                             if tx.send((req, otx)).await.is_err() {
@@ -854,12 +1183,19 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTa
                 };
                 let mut out = serde_json::to_string(&resp).unwrap_or_default();
                 out.push('\n');
-                if w.write_all(out.as_bytes()).await.is_err() {
-                    return;
+                match tokio::time::timeout(SOCKET_IO_TIMEOUT, w.write_all(out.as_bytes())).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
                 }
             }
         });
     }
+}
+
+/// Whether the client hung up: its side is at end of file (or failed). Data it sent after its
+/// request (pipelining) means it is still there; nothing is consumed.
+async fn hung_up<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> bool {
+    r.fill_buf().await.map_or(true, |b| b.is_empty())
 }
 
 /// Run the agent until SIGTERM/SIGINT.
@@ -978,9 +1314,16 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
     loop {
         tokio::select! {
-            Some((req, reply)) = rx.recv() => {
-                let resp = agent.handle(req);
-                let _ = reply.send(resp);
+            Some(job) = rx.recv() => {
+                // Everything queued meanwhile goes in the same batch: one compile for all.
+                let mut jobs = vec![job];
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                agent.handle_batch(jobs);
             }
             _ = tick.tick() => {
                 if agent.poll_source() {
@@ -1012,6 +1355,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
             }
             _ = scrape.tick() => {
+                agent.forget_gone();
                 super::metrics::scrape(&agent.dp);
                 agent.feeds.scrape(&agent.dp);
                 // The enricher's copy of the names follows only real changes.

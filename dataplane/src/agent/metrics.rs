@@ -136,6 +136,22 @@ pub fn install() -> Option<PrometheusHandle> {
         "Records a slow `septa flows --follow` client missed."
     );
     describe_counter!("septa_reconciles_total", "Map reconciliations, by result.");
+    describe_counter!(
+        "septa_accept_errors_total",
+        "Failed accepts on the agent's listeners (health, socket), e.g. out of file descriptors."
+    );
+    describe_counter!(
+        "septa_health_connections_evicted_total",
+        "Idle health connections closed to make room for new ones."
+    );
+    describe_counter!(
+        "septa_requests_dropped_total",
+        "Requests dropped unserved because their client hung up first, by operation."
+    );
+    describe_counter!(
+        "septa_endpoints_forgotten_total",
+        "Endpoints forgotten because their host interface disappeared without a DEL."
+    );
     describe_histogram!(
         "septa_map_update_duration_seconds",
         Unit::Seconds,

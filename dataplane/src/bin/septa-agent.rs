@@ -42,6 +42,10 @@ fn main() {
             std::process::exit(2);
         }
     }
+    // Pinned links and connections each hold a descriptor; the default soft limit is small.
+    if let Some(n) = dataplane::agent::health::raise_nofile_limit() {
+        tracing::debug!(limit = n, "open files limit");
+    }
     let agent = match Agent::start(cfg) {
         Ok(a) => a,
         Err(e) => {

@@ -212,12 +212,15 @@ fn check_peer(s: &UnixStream, socket: &Path) -> Result<(), CniError> {
 }
 
 /// The host-side veth and pod addresses from `prevResult`, checked against the interfaces.
-/// `driver_in_pod(ifname)` and `driver_on_host(ifname)` return an interface's driver name.
+/// `driver_in_pod(ifname)` and `driver_on_host(ifname)` return an interface's driver name;
+/// `is_peer(host)` tells whether host veth `host` is the peer of `CNI_IFNAME` in `CNI_NETNS`
+/// (the agent checks this again itself).
 pub fn endpoint_from_prev(
     env: &Env,
     prev: &Value,
     driver_in_pod: impl Fn(&str) -> std::io::Result<String>,
     driver_on_host: impl Fn(&str) -> std::io::Result<String>,
+    is_peer: impl Fn(&str) -> bool,
 ) -> Result<(String, Vec<IpAddr>), CniError> {
     let bad = |m: String| CniError::new(code::INVALID_CONFIG, m, "");
     let ifaces = prev
@@ -238,7 +241,7 @@ pub fn endpoint_from_prev(
             "septa-cni attaches to the host side of a veth; for ipvlan/macvlan pods use the agent's cgroup mode",
         ));
     }
-    let mut host = None;
+    let mut veths = Vec::new();
     for i in ifaces {
         let name = i.get("name").and_then(|n| n.as_str()).unwrap_or_default();
         let in_sandbox = i
@@ -246,13 +249,21 @@ pub fn endpoint_from_prev(
             .and_then(|s| s.as_str())
             .is_some_and(|s| !s.is_empty());
         if !in_sandbox && !name.is_empty() && driver_on_host(name).is_ok_and(|d| d == "veth") {
-            if host.is_some() {
-                return Err(bad("prevResult lists more than one host-side veth".into()));
-            }
-            host = Some(name.to_owned());
+            veths.push(name.to_owned());
         }
     }
-    let host = host.ok_or_else(|| bad("prevResult has no host-side veth (is the previous plugin bridge, ptp or another veth CNI?)".into()))?;
+    if veths.is_empty() {
+        return Err(bad("prevResult has no host-side veth (is the previous plugin bridge, ptp or another veth CNI?)".into()));
+    }
+    // prevResult may list other pods' or the node's veths: the pod's is the peer of its own.
+    let host = veths.iter().find(|v| is_peer(v)).cloned().ok_or_else(|| {
+        bad(format!(
+            "no host-side veth in prevResult ({}) is the peer of {} in {}",
+            veths.join(", "),
+            env.ifname,
+            env.netns
+        ))
+    })?;
     let mut ips = Vec::new();
     for (n, ip) in prev
         .get("ips")
@@ -350,8 +361,13 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
                 crate::netns::in_netns(&netns, move || super::ethtool::driver(&name))
                     .map_err(|e| std::io::Error::other(e.to_string()))?
             };
+            let is_peer = |host: &str| {
+                crate::netns::ifindex(host)
+                    .is_ok_and(|i| crate::link::verify_veth_peer(i, &netns, &env.ifname).is_ok())
+            };
             let (host_ifname, ips) =
-                endpoint_from_prev(env, &prev, in_pod, super::ethtool::driver).map_err(fail)?;
+                endpoint_from_prev(env, &prev, in_pod, super::ethtool::driver, is_peer)
+                    .map_err(fail)?;
             let args = env.args_map();
             let ep = Endpoint {
                 container_id: env.container_id.clone(),
@@ -555,24 +571,37 @@ mod tests {
 
     #[test]
     fn host_veth_and_addresses_from_prev_result() {
-        let (host, ips) = endpoint_from_prev(&env("ADD"), &prev(), drivers, drivers).unwrap();
+        let any = |_: &str| true;
+        let (host, ips) = endpoint_from_prev(&env("ADD"), &prev(), drivers, drivers, any).unwrap();
         assert_eq!(host, "veth1234", "the bridge itself is skipped");
         assert_eq!(ips, vec!["10.22.0.5".parse::<IpAddr>().unwrap()]);
-        let e = endpoint_from_prev(&env("ADD"), &prev(), |_| Ok("macvlan".into()), drivers)
+        let e = endpoint_from_prev(&env("ADD"), &prev(), |_| Ok("macvlan".into()), drivers, any)
             .unwrap_err();
         assert_eq!(e.code, code::NOT_A_VETH);
         let mut p = prev();
         p["interfaces"] = json!([{"name": "eth0", "sandbox": "/run/netns/p"}]);
-        assert!(endpoint_from_prev(&env("ADD"), &p, drivers, drivers)
+        assert!(endpoint_from_prev(&env("ADD"), &p, drivers, drivers, any)
             .unwrap_err()
             .msg
             .contains("no host-side veth"));
         let mut p = prev();
         p["ips"] = json!([{"address": "banana"}]);
-        assert!(endpoint_from_prev(&env("ADD"), &p, drivers, drivers)
+        assert!(endpoint_from_prev(&env("ADD"), &p, drivers, drivers, any)
             .unwrap_err()
             .msg
             .contains("banana"));
+        // Several host veths: the pod's peer is chosen; none of them: refused.
+        let mut p = prev();
+        p["interfaces"]
+            .as_array_mut()
+            .unwrap()
+            .insert(1, json!({"name": "vethother", "mac": "aa:bb:cc:dd:ee:04"}));
+        let (host, _) =
+            endpoint_from_prev(&env("ADD"), &p, drivers, drivers, |v| v == "veth1234").unwrap();
+        assert_eq!(host, "veth1234");
+        let e = endpoint_from_prev(&env("ADD"), &p, drivers, drivers, |_| false).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("vethother, veth1234"), "{e:?}");
     }
 
     #[test]
