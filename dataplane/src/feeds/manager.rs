@@ -301,8 +301,12 @@ impl Manager {
         let mut held = 0;
         if !self.pending.is_empty() {
             // Some feed has not delivered since the start: what the tries hold may be its.
-            held = d.remove.len();
-            d.remove.clear();
+            let pending: std::collections::BTreeSet<u32> = self
+                .pending
+                .iter()
+                .filter_map(|n| self.store.id(n))
+                .collect();
+            held = super::store::hold_pending_removals(&mut d.remove, &self.applied, &pending);
         }
         if d.is_empty() {
             return Ok(Applied {

@@ -286,6 +286,26 @@ fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     }
 }
 
+/// While feeds have delivered no list since the start, removals are held back: an entry the
+/// kernel holds may be theirs (adopted from the last run). Only what is attributed to a
+/// pending feed is held, though: entries whose deciding feeds (`BlockEntry::feed`, ids kept
+/// across restarts) are all known and not pending are removed at once, so deleting a feed
+/// unblocks its addresses even while another feed is still being fetched. Returns how many
+/// removals were held.
+pub fn hold_pending_removals(
+    remove: &mut Vec<IpNetwork>,
+    actual: &Blocklist,
+    pending_ids: &BTreeSet<u32>,
+) -> usize {
+    let before = remove.len();
+    remove.retain(|net| {
+        actual.get(net).is_some_and(|e| {
+            e.feed.iter().any(|f| *f != 0) && e.feed.iter().all(|f| !pending_ids.contains(f))
+        })
+    });
+    before - remove.len()
+}
+
 /// What turns `actual` (the kernel map's contents) into `desired`.
 pub fn diff(actual: &Blocklist, desired: &Blocklist) -> Diff {
     let mut d = Diff::default();
@@ -542,5 +562,33 @@ mod tests {
         s.accept("big", DROP_ALL, lines(&changed)).unwrap();
         let step = diff(&d1, &s.desired().0);
         assert_eq!((step.upsert.len(), step.remove.len()), (1, 10));
+    }
+
+    #[test]
+    fn removals_are_held_only_for_pending_feeds() {
+        let entry = |feed: u32| BlockEntry {
+            feed: [feed, feed, 0],
+            action: [block_action::DROP, block_action::DROP, block_action::NONE],
+            _pad: 0,
+        };
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let actual: Blocklist = BTreeMap::from([
+            (net("192.0.2.1/32"), entry(1)),
+            (net("192.0.2.2/32"), entry(2)),
+            (net("192.0.2.3/32"), BlockEntry::default()),
+        ]);
+        let mut remove = vec![
+            net("192.0.2.1/32"),
+            net("192.0.2.2/32"),
+            net("192.0.2.3/32"),
+        ];
+        // Feed 2 is pending: its entry, and one of unknown attribution, stay.
+        let held = hold_pending_removals(&mut remove, &actual, &BTreeSet::from([2]));
+        assert_eq!(held, 2);
+        assert_eq!(
+            remove,
+            [net("192.0.2.1/32")],
+            "a deleted feed's entry goes at once"
+        );
     }
 }

@@ -121,7 +121,8 @@ impl Node {
             pods: Vec::new(),
             agent_args: Vec::new(),
             log_filter: "info".into(),
-            ready_timeout: Duration::from_secs(20),
+            // A deadline, not a measurement: generous for a loaded two-core machine.
+            ready_timeout: Duration::from_secs(60),
         })
     }
 
@@ -214,7 +215,8 @@ impl Node {
         }
         if ready != Some(true) {
             bail!(
-                "agent not ready (it exited, or not within 20 s); log:\n{}",
+                "agent not ready (it exited, or not within {:?}); log:\n{}",
+                self.ready_timeout,
                 self.agent_log()
             );
         }
