@@ -268,6 +268,22 @@ fn feeds_drop_listed_traffic_at_xdp_and_tc_and_follow_changes() {
     assert!(!connects(&out.path(), Some(HOST_LISTED), node_addr));
     assert!(connects(&pod.netns, None, sock(POD_LISTED)));
 
+    // Deleting one feed while the other has still delivered nothing since the restart: the
+    // deleted feed's entries go at once, the pending one's stay.
+    n.write_manifest(
+        "20-feeds.yaml",
+        &feed_manifest("host", &server.url("/host.txt"), "hostIngress", "drop"),
+    )
+    .unwrap();
+    poll_until(Duration::from_secs(10), || {
+        connects(&pod.netns, None, sock(CLEAN)).then_some(())
+    })
+    .expect("a deleted feed's entries stayed while another feed was pending");
+    assert!(
+        !connects(&out.path(), Some(HOST_LISTED), node_addr),
+        "the pending feed's entries must stay"
+    );
+
     // Removing the feeds removes their entries.
     std::fs::remove_file(n.manifests.join("20-feeds.yaml")).unwrap();
     poll_until(Duration::from_secs(10), || {
