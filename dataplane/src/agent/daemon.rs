@@ -1146,11 +1146,7 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTa
                             // dropped: the loop does not register a pod nobody waits for.
                             // (Other requests are answered even to a client that only shut
                             // down its sending side.)
-                            let gone_already = tokio::select! {
-                                biased;
-                                gone = hung_up(&mut lines) => gone,
-                                _ = std::future::ready(()) => false,
-                            };
+                            let gone_already = hung_up_now(&lines);
                             if gone_already {
                                 warn!("ADD dropped: its client hung up before it was queued");
                                 metrics::counter!("septa_requests_dropped_total", "op" => "add")
@@ -1190,6 +1186,27 @@ async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTa
             }
         });
     }
+}
+
+/// Whether the client has hung up already, without waiting: bytes it sent after its request
+/// mean it is still there; otherwise the socket is peeked, and end of file means gone. (A
+/// poll through tokio would not do: after a short read it waits for a new readiness edge,
+/// which an end of file that arrived with the request never gives.)
+fn hung_up_now(lines: &BufReader<tokio::io::Take<tokio::net::unix::OwnedReadHalf>>) -> bool {
+    use std::os::fd::AsFd;
+    if !lines.buffer().is_empty() {
+        return false;
+    }
+    let stream: &tokio::net::UnixStream = lines.get_ref().get_ref().as_ref();
+    let mut b = [0u8; 1];
+    matches!(
+        rustix::net::recv(
+            stream.as_fd(),
+            &mut b[..],
+            rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT
+        ),
+        Ok((_, 0))
+    )
 }
 
 /// Whether the client hung up: its side is at end of file (or failed). Data it sent after its
