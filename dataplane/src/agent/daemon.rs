@@ -211,14 +211,22 @@ impl Agent {
     }
 
     /// Re-read the manifests if they changed; apply them only when they load without errors.
-    /// Returns whether the state changed.
+    /// Returns whether the state changed. (At start; the run loop reads them on a thread of
+    /// their own, see [`spawn_loader`].)
     pub fn poll_source(&mut self) -> bool {
         let Some(src) = self.source.as_mut() else {
             return false;
         };
-        let Some((cluster, mut problems)) = src.poll() else {
+        let Some((cluster, problems)) = src.poll() else {
             return false;
         };
+        self.apply_load(cluster, problems)
+    }
+
+    /// Apply one load of the manifests directory, only when it has no errors. Returns whether
+    /// the state changed.
+    pub fn apply_load(&mut self, cluster: Cluster, mut problems: policies::Diagnostics) -> bool {
+        let dir = self.cfg.manifests.clone().unwrap_or_default();
         let (feeds, fqdns) = septa_objects(&cluster, self.cfg.feed_min_refresh, &mut problems);
         metrics::gauge!("septa_manifest_errors").set(problems.0.len() as f64);
         for d in problems.warnings() {
@@ -234,7 +242,7 @@ impl Agent {
             );
             return false;
         }
-        info!(dir = %src.dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), "manifests loaded");
+        info!(dir = %dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), "manifests loaded");
         self.feeds.set_wanted(feeds);
         self.fqdn_specs = fqdns;
         self.manifests = Some(cluster);
@@ -1323,7 +1331,8 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         dataplane_common::agent::HEARTBEAT_INTERVAL_NS,
     ));
     let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
-    let mut tick = tokio::time::interval(agent.cfg.poll_interval);
+    let (mut loads, load_started) = spawn_loader(agent.source.take(), agent.cfg.poll_interval);
+    let mut stalled = false;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Last: nothing below can fail, so an agent that cannot start never replaces the socket.
     let (listener, bound) = bind_socket(&agent.dirs.socket, &agent.dirs.socket_name)?;
@@ -1342,8 +1351,8 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
                 agent.handle_batch(jobs);
             }
-            _ = tick.tick() => {
-                if agent.poll_source() {
+            Some((cluster, problems)) = loads.recv() => {
+                if agent.apply_load(cluster, problems) {
                     if let Err(e) = agent.reconcile() {
                         error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
                     }
@@ -1372,6 +1381,7 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
             }
             _ = scrape.tick() => {
+                stalled = check_load_deadline(&load_started, stalled);
                 agent.forget_gone();
                 super::metrics::scrape(&agent.dp);
                 agent.feeds.scrape(&agent.dp);
@@ -1410,6 +1420,63 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
     }
     agent.shutdown();
     Ok(())
+}
+
+/// How long one read of the manifests directory may take before the agent says it is stuck.
+const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Read the manifests directory on a thread of its own, every `interval`, and send each load
+/// that changed something. A read that hangs (a stuck network mount, a file that never ends)
+/// then stalls only this thread: the main loop keeps serving pods and DNS with the last good
+/// state, and says the load is late (see [`check_load_deadline`]). The second value is when
+/// the load in progress started (ns since the Unix epoch; 0 when none is).
+fn spawn_loader(
+    source: Option<Source>,
+    interval: std::time::Duration,
+) -> (
+    mpsc::Receiver<(Cluster, policies::Diagnostics)>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    let (tx, rx) = mpsc::channel(1);
+    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(mut src) = source {
+        let started = started.clone();
+        let spawned = std::thread::Builder::new()
+            .name("septa-manifests".into())
+            .spawn(move || loop {
+                started.store(unix_ns(), std::sync::atomic::Ordering::Relaxed);
+                let load = src.poll();
+                started.store(0, std::sync::atomic::Ordering::Relaxed);
+                if let Some(l) = load {
+                    if tx.blocking_send(l).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(interval);
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot start the manifest reader; manifests are not re-read");
+        }
+    }
+    (rx, started)
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Report a manifest read past [`LOAD_DEADLINE`] (once, until it ends): logged, and the
+/// `septa_manifest_load_stalled` gauge is 1 meanwhile. Returns whether it is stalled now.
+fn check_load_deadline(started: &std::sync::atomic::AtomicU64, was: bool) -> bool {
+    let at = started.load(std::sync::atomic::Ordering::Relaxed);
+    let late = at != 0 && unix_ns().saturating_sub(at) > LOAD_DEADLINE.as_nanos() as u64;
+    if late && !was {
+        error!(deadline = ?LOAD_DEADLINE, "reading the manifests directory is taking too long (a hung file system?); the last good state stays enforced");
+    }
+    metrics::gauge!("septa_manifest_load_stalled").set(if late { 1.0 } else { 0.0 });
+    late
 }
 
 /// Bind the registry socket: under a temporary name, made mode 0600, then renamed over `name`,

@@ -168,6 +168,10 @@ pub fn install() -> Option<PrometheusHandle> {
         "septa_manifest_errors",
         "Errors in the last load of the manifests directory (0 when applied)."
     );
+    describe_gauge!(
+        "septa_manifest_load_stalled",
+        "1 while a read of the manifests directory has taken longer than its 10 s deadline."
+    );
     Some(handle)
 }
 
