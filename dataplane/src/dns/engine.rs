@@ -599,9 +599,11 @@ mod tests {
 
     const SLOT: u32 = 7;
 
-    fn frame(q: &str, records: &[(&str, u32, &str)]) -> Vec<u8> {
+    /// The answer message (id `id`, type A question `q`) with `records` (name, TTL, address or
+    /// CNAME target).
+    fn response(id: u16, q: &str, records: &[(&str, u32, &str)]) -> Vec<u8> {
         let mut m = Message::new();
-        m.set_id(1)
+        m.set_id(id)
             .set_message_type(MessageType::Response)
             .add_query(Query::query(Name::from_str(q).unwrap(), RecordType::A));
         for (name, ttl, data) in records {
@@ -612,14 +614,22 @@ mod tests {
             };
             m.add_answer(Record::from_rdata(Name::from_str(name).unwrap(), *ttl, rd));
         }
-        let dns = m.to_vec().unwrap();
+        m.to_vec().unwrap()
+    }
+
+    /// The answer to query id 1 for `q`, from `resolver`:53 to 10.0.0.1:40000.
+    fn frame_from(resolver: [u8; 4], q: &str, records: &[(&str, u32, &str)]) -> Vec<u8> {
         let mut out = Vec::new();
         etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
-            .ipv4([192, 0, 2, 53], [10, 0, 0, 1], 64)
+            .ipv4(resolver, [10, 0, 0, 1], 64)
             .udp(53, 40000)
-            .write(&mut out, &dns)
+            .write(&mut out, &response(1, q, records))
             .unwrap();
         out
+    }
+
+    fn frame(q: &str, records: &[(&str, u32, &str)]) -> Vec<u8> {
+        frame_from([192, 0, 2, 53], q, records)
     }
 
     /// The pod's query for `q` (id 1, type A) from 10.0.0.1:40000 to `resolver`:53.
@@ -838,26 +848,11 @@ mod tests {
         assert_eq!(e.on_query(SLOT, &other_id, 0), "query");
         assert_eq!(e.on_frame(SLOT, &answer, 0).result, "unsolicited");
         // Asked a resolver the rule does not trust: the answer comes from there.
-        let mut untrusted = Vec::new();
-        {
-            let mut m = Message::new();
-            m.set_id(1)
-                .set_message_type(MessageType::Response)
-                .add_query(Query::query(
-                    Name::from_str("api.example.com.").unwrap(),
-                    RecordType::A,
-                ))
-                .add_answer(Record::from_rdata(
-                    Name::from_str("api.example.com.").unwrap(),
-                    60,
-                    RData::A(rdata::A("203.0.113.66".parse().unwrap())),
-                ));
-            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
-                .ipv4([203, 0, 113, 53], [10, 0, 0, 1], 64)
-                .udp(53, 40000)
-                .write(&mut untrusted, &m.to_vec().unwrap())
-                .unwrap();
-        }
+        let untrusted = frame_from(
+            [203, 0, 113, 53],
+            "api.example.com.",
+            &[("api.example.com.", 60, "203.0.113.66")],
+        );
         e.on_query(
             SLOT,
             &query_from("api.example.com.", [203, 0, 113, 53], 1),
@@ -932,19 +927,11 @@ mod tests {
             ),
             "query"
         );
-        let mut m = Message::new();
-        m.set_id(3)
-            .set_message_type(MessageType::Response)
-            .add_query(Query::query(
-                Name::from_str("api.example.com.").unwrap(),
-                RecordType::A,
-            ))
-            .add_answer(Record::from_rdata(
-                Name::from_str("api.example.com.").unwrap(),
-                60,
-                RData::A(rdata::A("192.0.2.77".parse().unwrap())),
-            ));
-        let answer = framed(m.to_vec().unwrap());
+        let answer = framed(response(
+            3,
+            "api.example.com.",
+            &[("api.example.com.", 60, "192.0.2.77")],
+        ));
         let (a, b) = answer.split_at(1);
         let first = tcp([192, 0, 2, 53], [10, 0, 0, 1], 53, 40000, 500, a);
         let second = tcp([192, 0, 2, 53], [10, 0, 0, 1], 53, 40000, 501, b);
