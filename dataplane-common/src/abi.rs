@@ -44,6 +44,27 @@ pub mod maps {
     /// Array of one u64: the CLOCK_MONOTONIC ns of the agent's last heartbeat (0: stopped).
     /// DNS frames are handed to the agent only while it is fresh ([`crate::agent`]).
     pub const AGENT: &str = "SEPTA_AGENT";
+
+    /// Every map above: the maps the eBPF object pins by name.
+    pub const ALL: [&str; 17] = [
+        CONFIG,
+        ENDPOINTS,
+        IPCACHE,
+        POLICY,
+        CONNTRACK,
+        FRAGS,
+        DENY_RATELIMIT,
+        EVENTS,
+        STATS,
+        CGROUP_SLOTS,
+        BLOCK_V4,
+        BLOCK_V6,
+        FEED_STATS,
+        FQDN,
+        DNS_ANSWERS,
+        DNS_BUDGET,
+        AGENT,
+    ];
 }
 
 /// The agent's presence, as the data path sees it.

@@ -4,6 +4,7 @@
 //! The kernel/user contract (map layouts, constants) is `dataplane-common`.
 
 pub mod blocklist;
+pub mod contract;
 pub mod dns;
 pub mod error;
 pub mod events;

@@ -15,12 +15,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    maps, programs, sizes, stats, BlockEntry, Config, CtEntry, CtKey, EndpointInfo, IpcacheEntry,
-    PolicyKey, PolicyValue,
+    maps, programs, sizes, stats, Config, CtEntry, CtKey, EndpointInfo, IpcacheEntry, PolicyKey,
+    PolicyValue,
 };
 use ipnetwork::IpNetwork;
 
-use crate::{error::map_err, events::EventReader, Error, EBPF_OBJECT};
+use crate::{contract, error::map_err, events::EventReader, Error, EBPF_OBJECT};
 
 /// Where the default pin directory lives (under the bpffs mount).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/septa";
@@ -99,13 +99,12 @@ impl Datapath {
             source,
         })?;
         check_pins(opts)?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&opts.pin_dir)
-            .map_max_entries(maps::CONNTRACK, opts.conntrack_entries)
-            .map_max_entries(maps::POLICY, opts.policy_entries)
-            .map_max_entries(maps::IPCACHE, opts.ipcache_entries)
-            .map_max_entries(maps::EVENTS, opts.events_bytes)
-            .load(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&opts.pin_dir);
+        for (name, entries) in max_entries(opts) {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in [programs::TC_FROM_POD, programs::TC_TO_POD] {
             program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
@@ -756,76 +755,20 @@ impl Datapath {
 /// Refuse pinned maps that do not match what this build and these options would create: aya
 /// would reuse them silently, with the old size or, worse, an old layout.
 fn check_pins(opts: &LoadOptions) -> Result<(), Error> {
-    use std::mem::size_of;
-    let u = |n: usize| n as u32;
-    // (map, key size, value size, max entries if set by options)
-    let expected = [
-        (maps::CONFIG, 4, u(size_of::<Config>()), None),
-        (maps::ENDPOINTS, 4, u(size_of::<EndpointInfo>()), None),
-        (
-            maps::IPCACHE,
-            20,
-            u(size_of::<IpcacheEntry>()),
-            Some(opts.ipcache_entries),
-        ),
-        (
-            maps::POLICY,
-            u(size_of::<PolicyKey>()),
-            u(size_of::<PolicyValue>()),
-            Some(opts.policy_entries),
-        ),
-        (
-            maps::CONNTRACK,
-            u(size_of::<CtKey>()),
-            u(size_of::<CtEntry>()),
-            Some(opts.conntrack_entries),
-        ),
-        (maps::EVENTS, 0, 0, Some(opts.events_bytes)),
-        (maps::CGROUP_SLOTS, 8, 4, None),
-        (maps::BLOCK_V4, 8, u(size_of::<BlockEntry>()), None),
-        (maps::BLOCK_V6, 20, u(size_of::<BlockEntry>()), None),
-        (maps::FEED_STATS, 4, 8, None),
-        (maps::STATS, 4, 8, Some(stats::COUNT)),
-        (maps::FQDN, 24, 24, None),
-        (maps::DNS_BUDGET, 4, 8, None),
-        (maps::AGENT, 4, 8, None),
-    ];
-    for (name, key, value, entries) in expected {
-        let path = opts.pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| Error::PinnedMismatch {
-            path: path.clone(),
-            what: format!("cannot be opened ({e})"),
-        })?;
-        let mut wrong = Vec::new();
-        if info.key_size() != key {
-            wrong.push(format!(
-                "has {}-byte keys, this build uses {key}",
-                info.key_size()
-            ));
-        }
-        if info.value_size() != value {
-            wrong.push(format!(
-                "has {}-byte values, this build uses {value}",
-                info.value_size()
-            ));
-        }
-        if let Some(n) = entries.filter(|&n| n != info.max_entries()) {
-            wrong.push(format!(
-                "holds {} entries, {n} were asked for",
-                info.max_entries()
-            ));
-        }
-        if !wrong.is_empty() {
-            return Err(Error::PinnedMismatch {
-                path,
-                what: wrong.join(" and "),
-            });
-        }
+    for map in contract::pinned_maps(EBPF_OBJECT, &max_entries(opts))? {
+        map.check_pin(&opts.pin_dir)?;
     }
     Ok(())
+}
+
+/// The map sizes the options set, as given to the loader and expected of pinned maps.
+fn max_entries(opts: &LoadOptions) -> [(&'static str, u32); 4] {
+    [
+        (maps::CONNTRACK, opts.conntrack_entries),
+        (maps::POLICY, opts.policy_entries),
+        (maps::IPCACHE, opts.ipcache_entries),
+        (maps::EVENTS, opts.events_bytes),
+    ]
 }
 
 /// The program of the link pinned at `pin`, if the kernel runs it on interface `ifindex`'s

@@ -1,5 +1,7 @@
 //! The programs load and pass the verifier; pinned maps are reused by a second load.
 
+use aya::maps::MapData;
+use dataplane::Error;
 use dataplane_common::{maps, programs, Config};
 use testbed::ScratchDatapath;
 
@@ -53,6 +55,41 @@ fn maps_are_pinned_and_reused() {
         !dir.exists(),
         "unpin_all removes the pin directory, taken maps included"
     );
+}
+
+/// A map pinned under one of septa's names that is not what this build creates (here: another
+/// of its maps pinned under the name) is refused before anything uses it, naming the pin and
+/// what differs.
+#[test]
+fn pinned_maps_of_another_shape_are_refused() {
+    // (map replaced, map pinned in its place, what the error must say)
+    let cases = [
+        (
+            maps::FRAGS,
+            maps::DNS_BUDGET,
+            "has 8-byte values, this build uses 4",
+        ),
+        (maps::DENY_RATELIMIT, maps::CONFIG, "is a Array map"),
+        (maps::DNS_ANSWERS, maps::EVENTS, "is the map `SEPTA_EVENTS`"),
+    ];
+    for (victim, donor, expected) in cases {
+        let mut dp = ScratchDatapath::load("mismatch").unwrap();
+        let dir = dp.pin_dir().to_owned();
+        let impostor = MapData::from_pin(dir.join(donor)).unwrap();
+        std::fs::remove_file(dir.join(victim)).unwrap();
+        impostor.pin(dir.join(victim)).unwrap();
+        match dp.reopen() {
+            Err(Error::PinnedMismatch { path, what }) => {
+                assert_eq!(path, dir.join(victim), "names the map: {what}");
+                assert!(
+                    what.contains(expected),
+                    "{victim}: `{expected}` in `{what}`"
+                );
+            }
+            Err(e) => panic!("{victim} in place of {donor}: not a pinned mismatch: {e}"),
+            Ok(_) => panic!("{victim} in place of {donor}: loaded"),
+        }
+    }
 }
 
 #[test]
