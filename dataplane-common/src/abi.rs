@@ -178,42 +178,134 @@ pub mod rule {
     pub const ANTI_SPOOF: u32 = 0xffff_fffb;
 }
 
-/// Verdicts (what happened to the packet).
-pub mod verdict {
-    pub const FORWARDED: u8 = 1;
-    pub const DROPPED: u8 = 2;
-    /// Let through, but an audit-mode policy would have denied it.
-    pub const AUDIT: u8 = 3;
+/// A kernel/user value carried as a raw integer: a `#[repr(transparent)]` newtype (free in the
+/// kernel, where it is the integer), its named values as associated constants and, for code
+/// that stores the raw integer, the same constants in a module. [`as_str`](Verdict::as_str) is
+/// the one text of each value, used by every renderer (logs, flow records, exports).
+macro_rules! abi_value {
+    (
+        $(#[$meta:meta])*
+        $name:ident($raw:ty), raw constants in mod $module:ident {
+            $( $(#[$cmeta:meta])* $konst:ident = $val:literal, $text:literal; )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(transparent)]
+        #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub $raw);
+
+        impl $name {
+            $( $(#[$cmeta])* pub const $konst: $name = $name($val); )*
+
+            /// Every value this build defines.
+            pub const ALL: &'static [$name] = &[$($name::$konst),*];
+
+            /// The value's name, as flow records (schema v1), logs and exports show it;
+            /// `unknown` for a value this build does not define.
+            pub const fn as_str(self) -> &'static str {
+                match self.0 {
+                    $($val => $text,)*
+                    _ => "unknown",
+                }
+            }
+
+            /// The value [`as_str`](Self::as_str) names `name`.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == name)
+            }
+
+            /// Whether this build defines the value.
+            pub const fn is_known(self) -> bool {
+                match self.0 {
+                    $($val => true,)*
+                    _ => false,
+                }
+            }
+        }
+
+        impl From<$raw> for $name {
+            #[inline(always)]
+            fn from(raw: $raw) -> Self {
+                $name(raw)
+            }
+        }
+
+        impl From<$name> for $raw {
+            #[inline(always)]
+            fn from(v: $name) -> Self {
+                v.0
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                write!(f, concat!(stringify!($name), "({}={})"), self.0, self.as_str())
+            }
+        }
+
+        #[doc = concat!("The values of [`", stringify!($name), "`] as raw integers, for the fields that store them.")]
+        pub mod $module {
+            $(
+                #[doc = concat!("[`", stringify!($name), "::", stringify!($konst), "`](super::", stringify!($name), "::", stringify!($konst), ").")]
+                pub const $konst: $raw = super::$name::$konst.0;
+            )*
+        }
+
+        const _: () = assert!(core::mem::size_of::<$name>() == core::mem::size_of::<$raw>());
+    };
 }
 
-/// Why a packet was dropped (or, for AUDIT, would have been).
-pub mod reason {
-    pub const NONE: u8 = 0;
-    /// Isolated endpoint and no policy entry allows it.
-    pub const POLICY_DENIED: u8 = 1;
-    /// Truncated or invalid L2/L3/L4 header.
-    pub const MALFORMED: u8 = 2;
-    /// A non-first IP fragment whose first fragment was not seen.
-    pub const FRAG_UNKNOWN: u8 = 3;
-    /// The interface carries the program but has no endpoint entry.
-    pub const NO_ENDPOINT: u8 = 4;
-    /// Pod egress with a source address that is not the pod's (or of a family the pod has no
-    /// address of), or an IPv6 packet with an IPv4-embedding address in either direction.
-    pub const SPOOFED: u8 = 5;
-    /// An established connection whose allowing policy was removed.
-    pub const REVOKED: u8 = 6;
-    /// More IPv6 extension headers than the parser follows.
-    pub const EXT_HDR_LIMIT: u8 = 7;
-    /// The peer address is on a threat feed (the rule id names the feed).
-    pub const BLOCKLISTED: u8 = 8;
+abi_value! {
+    /// A verdict: what happened to the packet.
+    Verdict(u8), raw constants in mod verdict {
+        /// Let through.
+        FORWARDED = 1, "forwarded";
+        /// Dropped.
+        DROPPED = 2, "dropped";
+        /// Let through, but an audit-mode policy would have denied it.
+        AUDIT = 3, "audit";
+    }
 }
 
-/// Policy direction, from the subject endpoint's point of view.
-pub mod direction {
-    /// Traffic entering the subject endpoint.
-    pub const INGRESS: u8 = 0;
-    /// Traffic leaving the subject endpoint.
-    pub const EGRESS: u8 = 1;
+abi_value! {
+    /// Why a packet was dropped (or, for an AUDIT verdict, would have been).
+    Reason(u8), raw constants in mod reason {
+        /// Not dropped.
+        NONE = 0, "none";
+        /// Isolated endpoint and no policy entry allows it.
+        POLICY_DENIED = 1, "policy-denied";
+        /// Truncated or invalid L2/L3/L4 header.
+        MALFORMED = 2, "malformed";
+        /// A non-first IP fragment whose first fragment was not seen.
+        FRAG_UNKNOWN = 3, "fragment-unknown";
+        /// The interface carries the program but has no endpoint entry.
+        NO_ENDPOINT = 4, "no-endpoint";
+        /// Pod egress with a source address that is not the pod's (or of a family the pod has
+        /// no address of), or an IPv6 packet with an IPv4-embedding address in either direction.
+        SPOOFED = 5, "spoofed-source";
+        /// An established connection whose allowing policy was removed.
+        REVOKED = 6, "revoked";
+        /// More IPv6 extension headers than the parser follows.
+        EXT_HDR_LIMIT = 7, "ext-header-limit";
+        /// The peer address is on a threat feed (the rule id names the feed).
+        BLOCKLISTED = 8, "blocklisted";
+    }
+}
+
+abi_value! {
+    /// Policy direction, from the subject endpoint's point of view.
+    Direction(u8), raw constants in mod direction {
+        /// Traffic entering the subject endpoint.
+        INGRESS = 0, "ingress";
+        /// Traffic leaving the subject endpoint.
+        EGRESS = 1, "egress";
+    }
 }
 
 /// Isolation bits of an endpoint, per direction ([`EndpointInfo::isolation`]).
@@ -255,16 +347,18 @@ pub mod endpoint_flags {
     pub const FQDN: u8 = 4;
 }
 
-/// Event kinds of [`FlowEvent::kind`].
-pub mod event {
-    /// A new connection was accepted (verdict FORWARDED or AUDIT).
-    pub const NEW: u8 = 1;
-    /// A packet was dropped (rate-limited per flow), or a connection was revoked.
-    pub const DENY: u8 = 2;
-    /// A connection ended (TCP FIN both ways or RST) with its packet and byte counts.
-    pub const END: u8 = 3;
-    /// Userspace only: the periodic report of a long-lived connection's counts.
-    pub const UPDATE: u8 = 4;
+abi_value! {
+    /// The kind of a [`FlowEvent`].
+    EventKind(u8), raw constants in mod event {
+        /// A new connection was accepted (verdict FORWARDED or AUDIT).
+        NEW = 1, "new";
+        /// A packet was dropped (rate-limited per flow), or a connection was revoked.
+        DENY = 2, "deny";
+        /// A connection ended (TCP FIN both ways or RST) with its packet and byte counts.
+        END = 3, "end";
+        /// Userspace only: the periodic report of a long-lived connection's counts.
+        UPDATE = 4, "update";
+    }
 }
 
 /// Indices of the per-CPU counters in the stats map.
@@ -677,13 +771,13 @@ pub struct FlowEvent {
     pub peer_identity: u32,
     pub sport: u16,
     pub dport: u16,
-    /// [`event`].
+    /// [`EventKind`], raw (see [`FlowEvent::kind`]).
     pub kind: u8,
-    /// [`verdict`].
+    /// [`Verdict`], raw (see [`FlowEvent::verdict`]).
     pub verdict: u8,
-    /// [`reason`].
+    /// [`Reason`], raw (see [`FlowEvent::reason`]).
     pub reason: u8,
-    /// [`direction`] of the connection's original packet.
+    /// [`Direction`] of the connection's original packet, raw (see [`FlowEvent::direction`]).
     pub direction: u8,
     pub proto: u8,
     /// 4 or 6.
@@ -694,6 +788,27 @@ pub struct FlowEvent {
 }
 
 impl FlowEvent {
+    /// The event's kind.
+    #[inline(always)]
+    pub fn kind(&self) -> EventKind {
+        EventKind(self.kind)
+    }
+    /// What happened to the packet.
+    #[inline(always)]
+    pub fn verdict(&self) -> Verdict {
+        Verdict(self.verdict)
+    }
+    /// Why it was dropped ([`Reason::NONE`] when it was not).
+    #[inline(always)]
+    pub fn reason(&self) -> Reason {
+        Reason(self.reason)
+    }
+    /// The policy direction of the connection's original packet.
+    #[inline(always)]
+    pub fn direction(&self) -> Direction {
+        Direction(self.direction)
+    }
+
     /// The event for a conntrack entry, as the kernel emits it and the sweeper re-reports it;
     /// one constructor so the two cannot drift apart.
     #[inline(always)]
@@ -773,4 +888,105 @@ mod pod {
     unsafe impl aya::Pod for BlockEntry {}
     unsafe impl aya::Pod for FqdnKey {}
     unsafe impl aya::Pod for FqdnValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names<T: Copy>(all: &[T], as_str: fn(T) -> &'static str) -> Vec<&'static str> {
+        all.iter().map(|v| as_str(*v)).collect()
+    }
+
+    /// These texts are flow record schema v1 (and the IPFIX and log texts): a change here is a
+    /// change of the published format.
+    #[test]
+    fn values_have_their_schema_v1_names() {
+        assert_eq!(
+            names(EventKind::ALL, EventKind::as_str),
+            ["new", "deny", "end", "update"]
+        );
+        assert_eq!(
+            names(Verdict::ALL, Verdict::as_str),
+            ["forwarded", "dropped", "audit"]
+        );
+        assert_eq!(
+            names(Reason::ALL, Reason::as_str),
+            [
+                "none",
+                "policy-denied",
+                "malformed",
+                "fragment-unknown",
+                "no-endpoint",
+                "spoofed-source",
+                "revoked",
+                "ext-header-limit",
+                "blocklisted"
+            ]
+        );
+        assert_eq!(
+            names(Direction::ALL, Direction::as_str),
+            ["ingress", "egress"]
+        );
+    }
+
+    /// The raw constants are the newtypes' values, the names are unique and parse back, and
+    /// only values outside `ALL` are unknown.
+    #[test]
+    fn values_round_trip_through_their_names() {
+        macro_rules! check {
+            ($t:ident, $module:ident, [$($k:ident),*]) => {{
+                assert_eq!($t::ALL, [$($t($module::$k)),*], stringify!($t));
+                for v in $t::ALL {
+                    assert!(v.is_known());
+                    assert_eq!($t::from_name(v.as_str()), Some(*v), "{v:?}");
+                    assert_eq!($t::from(u8::from(*v)), *v);
+                }
+                for raw in 0..=u8::MAX {
+                    let v = $t(raw);
+                    assert_eq!(v.is_known(), $t::ALL.contains(&v), "{v:?}");
+                    assert_eq!(v.as_str() == "unknown", !v.is_known(), "{v:?}");
+                }
+                assert_eq!($t::from_name("unknown"), None);
+            }};
+        }
+        check!(EventKind, event, [NEW, DENY, END, UPDATE]);
+        check!(Verdict, verdict, [FORWARDED, DROPPED, AUDIT]);
+        check!(
+            Reason,
+            reason,
+            [
+                NONE,
+                POLICY_DENIED,
+                MALFORMED,
+                FRAG_UNKNOWN,
+                NO_ENDPOINT,
+                SPOOFED,
+                REVOKED,
+                EXT_HDR_LIMIT,
+                BLOCKLISTED
+            ]
+        );
+        check!(Direction, direction, [INGRESS, EGRESS]);
+    }
+
+    #[test]
+    fn flow_event_fields_read_as_their_types() {
+        let e = FlowEvent {
+            kind: event::UPDATE,
+            verdict: verdict::AUDIT,
+            reason: reason::REVOKED,
+            direction: direction::EGRESS,
+            ..Default::default()
+        };
+        assert_eq!(
+            (e.kind(), e.verdict(), e.reason(), e.direction()),
+            (
+                EventKind::UPDATE,
+                Verdict::AUDIT,
+                Reason::REVOKED,
+                Direction::EGRESS
+            )
+        );
+    }
 }

@@ -86,30 +86,12 @@ pub fn describe(e: &FlowEvent) -> String {
 
 /// As [`describe`], naming compiled rules with `rule_name` (e.g. `shop/api/ingress[0]`).
 pub fn describe_with(e: &FlowEvent, rule_name: impl Fn(u32) -> Option<String>) -> String {
-    use dataplane_common::{event, reason, rule, verdict};
-    let kind = match e.kind {
-        event::NEW => "NEW",
-        event::DENY => "DENY",
-        event::END => "END",
-        _ => "?",
-    };
-    let v = match e.verdict {
-        verdict::FORWARDED => "forwarded",
-        verdict::DROPPED => "dropped",
-        verdict::AUDIT => "audit",
-        _ => "?",
-    };
-    let why = match e.reason {
-        reason::NONE => "",
-        reason::POLICY_DENIED => " reason=policy-denied",
-        reason::MALFORMED => " reason=malformed",
-        reason::FRAG_UNKNOWN => " reason=fragment-unknown",
-        reason::NO_ENDPOINT => " reason=no-endpoint",
-        reason::SPOOFED => " reason=spoofed-source",
-        reason::REVOKED => " reason=revoked",
-        reason::EXT_HDR_LIMIT => " reason=ext-header-limit",
-        reason::BLOCKLISTED => " reason=blocklisted",
-        _ => " reason=?",
+    use dataplane_common::{rule, Reason};
+    let kind = e.kind().as_str();
+    let v = e.verdict().as_str();
+    let why = match e.reason() {
+        Reason::NONE => String::new(),
+        r => format!(" reason={r}"),
     };
     let rule_name = match e.rule_id {
         rule::DEFAULT_DENY => "default-deny".to_owned(),
@@ -119,11 +101,7 @@ pub fn describe_with(e: &FlowEvent, rule_name: impl Fn(u32) -> Option<String>) -
         rule::ANTI_SPOOF => "anti-spoof".to_owned(),
         id => rule_name(id).unwrap_or_else(|| format!("#{id}")),
     };
-    let dir = if e.direction == dataplane_common::direction::INGRESS {
-        "ingress"
-    } else {
-        "egress"
-    };
+    let dir = e.direction().as_str();
     let proto = match e.proto {
         6 => "TCP".to_owned(),
         17 => "UDP".to_owned(),
@@ -134,7 +112,7 @@ pub fn describe_with(e: &FlowEvent, rule_name: impl Fn(u32) -> Option<String>) -
         p => format!("proto-{p}"),
     };
     format!(
-        "{kind:<4} {v:<9} {proto} {}:{} -> {}:{} {dir} rule={rule_name}{why} pkts={}/{} bytes={}/{}",
+        "{kind:<6} {v:<9} {proto} {}:{} -> {}:{} {dir} rule={rule_name}{why} pkts={}/{} bytes={}/{}",
         addr(&e.saddr),
         e.sport,
         addr(&e.daddr),

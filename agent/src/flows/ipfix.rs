@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_common::verdict;
+use dataplane_common::{Direction, EventKind, Verdict};
 
 use super::FlowRecord;
 
@@ -190,20 +190,16 @@ impl IpfixExporter {
         d.extend_from_slice(&r.packets.forward.to_be_bytes());
         d.extend_from_slice(&r.bytes.reverse.to_be_bytes());
         d.extend_from_slice(&r.packets.reverse.to_be_bytes());
-        d.push(if r.direction == "egress" { 1 } else { 0 });
-        // firewallEvent: 1 created, 2 deleted, 3 denied.
-        d.push(match r.kind.as_str() {
-            "new" => 1,
-            "end" => 2,
+        d.push(Direction::from_name(&r.direction).map_or(Direction::INGRESS.0, u8::from));
+        // firewallEvent (IANA IE 233): 1 created, 2 deleted, 3 denied, 5 updated.
+        d.push(match EventKind::from_name(&r.kind) {
+            Some(EventKind::NEW) => 1,
+            Some(EventKind::END) => 2,
+            Some(EventKind::UPDATE) => 5,
             _ => 3,
         });
         d.extend_from_slice(&r.rule_id.to_be_bytes());
-        d.push(match r.verdict.as_str() {
-            "forwarded" => verdict::FORWARDED,
-            "dropped" => verdict::DROPPED,
-            "audit" => verdict::AUDIT,
-            _ => 0,
-        });
+        d.push(Verdict::from_name(&r.verdict).map_or(0, u8::from));
         let policy = r.policy.as_ref().map_or_else(
             || match &r.feed {
                 Some(f) => format!("threat-feed:{f}"),
@@ -283,5 +279,106 @@ impl IpfixExporter {
             }
         }
         flush(&mut msg, &mut size, &mut data_in_msg, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataplane_common::{Direction, EventKind, FlowEvent, Reason, Verdict};
+
+    use super::*;
+
+    /// Where the element `(enterprise, id)` starts in an IPv4 data record.
+    fn offset(enterprise: u32, id: u16) -> usize {
+        let f = fields(false);
+        let i = f
+            .iter()
+            .position(|&(e, n, _)| (e, n) == (enterprise, id))
+            .expect("element in the template");
+        f[..i].iter().map(|&(_, _, len)| len as usize).sum()
+    }
+
+    /// Every value of every ABI newtype renders as its one name in the log line, the flow
+    /// record and IPFIX, and none of them as `?` or `unknown`.
+    #[test]
+    fn every_abi_value_renders_the_same_in_every_renderer() {
+        let at_direction = offset(0, 61);
+        let at_event = offset(0, 233);
+        let at_verdict = offset(SEPTA_PEN, 2);
+        let at_reason = offset(SEPTA_PEN, 6);
+        // firewallEvent is IPFIX's own vocabulary (IANA IE 233).
+        let firewall_event = [
+            (EventKind::NEW, 1),
+            (EventKind::DENY, 3),
+            (EventKind::END, 2),
+            (EventKind::UPDATE, 5),
+        ];
+        assert_eq!(firewall_event.len(), EventKind::ALL.len());
+        let enricher = super::super::Enricher::default();
+        for &kind in EventKind::ALL {
+            for &verdict in Verdict::ALL {
+                for &reason in Reason::ALL {
+                    for &direction in Direction::ALL {
+                        let e = FlowEvent {
+                            kind: kind.0,
+                            verdict: verdict.0,
+                            reason: reason.0,
+                            direction: direction.0,
+                            saddr: dataplane_common::v4_mapped([10, 0, 0, 1]),
+                            daddr: dataplane_common::v4_mapped([10, 0, 0, 2]),
+                            proto: 6,
+                            family: 4,
+                            ..Default::default()
+                        };
+                        let case = format!("{kind:?} {verdict:?} {reason:?} {direction:?}");
+
+                        let line = dataplane::events::describe(&e);
+                        let words: Vec<&str> = line.split_whitespace().collect();
+                        assert_eq!(words[..2], [kind.as_str(), verdict.as_str()], "{line}");
+                        assert!(
+                            line.contains(&format!(" {direction} rule=")),
+                            "{case}: {line}"
+                        );
+                        if reason == Reason::NONE {
+                            assert!(!line.contains("reason="), "{case}: {line}");
+                        } else {
+                            assert!(line.contains(&format!(" reason={reason} ")), "{line}");
+                        }
+                        assert!(
+                            !line
+                                .split(|c: char| c.is_whitespace() || c == '=')
+                                .any(|w| w == "?" || w == "unknown"),
+                            "{case}: {line}"
+                        );
+
+                        let r = enricher.record(&e);
+                        assert_eq!(
+                            (
+                                r.kind.as_str(),
+                                r.verdict.as_str(),
+                                r.direction.as_str(),
+                                r.drop_reason.as_deref()
+                            ),
+                            (
+                                kind.as_str(),
+                                verdict.as_str(),
+                                direction.as_str(),
+                                (reason != Reason::NONE).then_some(reason.as_str())
+                            ),
+                            "{case}"
+                        );
+
+                        let (_, data) = IpfixExporter::encode(&r).expect("an IPv4 record");
+                        assert_eq!(data[at_direction], direction.0, "{case}");
+                        assert_eq!(data[at_verdict], verdict.0, "{case}");
+                        let fw = firewall_event.iter().find(|(k, _)| *k == kind).unwrap().1;
+                        assert_eq!(data[at_event], fw, "{case}");
+                        let why = &data[at_reason..at_reason + NAME_LEN];
+                        let why = std::str::from_utf8(why).unwrap().trim_end_matches('\0');
+                        assert_eq!(why, r.drop_reason.as_deref().unwrap_or(""), "{case}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ pub mod sweep;
 use std::{collections::BTreeMap, net::IpAddr};
 
 pub use api::flow::{Counts, FlowPeer, FlowRecord, PolicyRef, SCHEMA_VERSION};
-use dataplane_common::{direction, event, reason, rule, verdict, FlowEvent};
+use dataplane_common::{direction, rule, FlowEvent, Reason};
 
 /// Where records go: the JSON-lines log and the IPFIX collector, as configured.
 pub struct Exporters {
@@ -180,35 +180,10 @@ impl Enricher {
             } else {
                 e.start_ns
             }),
-            kind: match e.kind {
-                event::NEW => "new",
-                event::DENY => "deny",
-                event::END => "end",
-                event::UPDATE => "update",
-                _ => "unknown",
-            }
-            .into(),
-            verdict: match e.verdict {
-                verdict::FORWARDED => "forwarded",
-                verdict::DROPPED => "dropped",
-                verdict::AUDIT => "audit",
-                _ => "unknown",
-            }
-            .into(),
-            drop_reason: match e.reason {
-                reason::NONE => None,
-                reason::POLICY_DENIED => Some("policy-denied"),
-                reason::MALFORMED => Some("malformed"),
-                reason::FRAG_UNKNOWN => Some("fragment-unknown"),
-                reason::NO_ENDPOINT => Some("no-endpoint"),
-                reason::SPOOFED => Some("spoofed-source"),
-                reason::REVOKED => Some("revoked"),
-                reason::EXT_HDR_LIMIT => Some("ext-header-limit"),
-                reason::BLOCKLISTED => Some("blocklisted"),
-                _ => Some("unknown"),
-            }
-            .map(str::to_owned),
-            direction: if egress { "egress" } else { "ingress" }.into(),
+            kind: e.kind().as_str().into(),
+            verdict: e.verdict().as_str().into(),
+            drop_reason: (e.reason() != Reason::NONE).then(|| e.reason().as_str().to_owned()),
+            direction: e.direction().as_str().into(),
             ip_version: e.family,
             protocol: match e.proto {
                 1 => "ICMP".to_owned(),
@@ -255,6 +230,8 @@ impl Enricher {
 
 #[cfg(test)]
 mod tests {
+    use dataplane_common::{event, reason, verdict};
+
     use super::*;
 
     #[test]
