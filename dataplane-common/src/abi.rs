@@ -812,7 +812,7 @@ impl FlowEvent {
     /// The event for a conntrack entry, as the kernel emits it and the sweeper re-reports it;
     /// one constructor so the two cannot drift apart.
     #[inline(always)]
-    pub fn from_ct(kind: u8, reason: u8, family: u8, key: &CtKey, e: &CtEntry) -> Self {
+    pub fn from_ct(kind: EventKind, reason: Reason, family: u8, key: &CtKey, e: &CtEntry) -> Self {
         FlowEvent {
             timestamp_ns: e.last_seen_ns,
             start_ns: e.created_ns,
@@ -828,9 +828,9 @@ impl FlowEvent {
             peer_identity: e.peer_identity,
             sport: key.sport,
             dport: key.dport,
-            kind,
+            kind: kind.0,
             verdict: e.verdict,
-            reason,
+            reason: reason.0,
             direction: e.direction,
             proto: key.proto,
             family,

@@ -43,13 +43,13 @@ use dataplane_common::{
     blocklist::{self, BlockMap, Listed},
     config_flags,
     conntrack::{self, CtTransition},
-    ct_state, direction, dns_budget, dns_capture, event, identity,
+    ct_state, direction, dns_budget, dns_capture, identity,
     parse::{self, Packet, PacketBytes},
     policy::{self, Decision, PolicyMap},
     reason, rule, sizes, stats, verdict, BlockEntry, Config, CtEntry, CtKey, DnsCapture,
-    DnsQueryCapture, EndpointInfo, FlowEvent, FqdnKey, FqdnValue, FragKey, FragPorts, IpcacheEntry,
-    PolicyKey, PolicyValue, CGROUP_SLOT_BASE, DNS_CAPTURE_MAX, DNS_QUERY_CAPTURE_MAX,
-    DNS_REINJECT_MARK,
+    DnsQueryCapture, EndpointInfo, EventKind, FlowEvent, FqdnKey, FqdnValue, FragKey, FragPorts,
+    IpcacheEntry, PolicyKey, PolicyValue, Reason, CGROUP_SLOT_BASE, DNS_CAPTURE_MAX,
+    DNS_QUERY_CAPTURE_MAX, DNS_REINJECT_MARK,
 };
 
 /// Let the packet continue (TCX_NEXT: later programs on the hook still run).
@@ -365,7 +365,13 @@ fn xdp_listed(f: &Flow, l: Listed) -> Verdict {
         },
         ..CtEntry::default()
     };
-    emit(event::DENY, reason::BLOCKLISTED, &f.key, &e, f.pkt.family);
+    emit(
+        EventKind::DENY,
+        Reason::BLOCKLISTED,
+        &f.key,
+        &e,
+        f.pkt.family,
+    );
     verdict
 }
 
@@ -899,7 +905,7 @@ fn new_flow(f: &Flow) -> i32 {
         e.verdict = verdict::DROPPED;
         e.rule_id = rule::ANTI_SPOOF;
         e.peer_identity = identity::UNKNOWN;
-        deny_event(f, e, reason::SPOOFED);
+        deny_event(f, e, Reason::SPOOFED);
         return DROP;
     }
     let peer_addr = if f.dir == direction::EGRESS {
@@ -914,7 +920,7 @@ fn new_flow(f: &Flow) -> i32 {
     e.verdict = d.verdict;
     if d.verdict == verdict::DROPPED {
         count(stats::DROPPED);
-        deny_event(f, e, d.reason);
+        deny_event(f, e, Reason(d.reason));
         return DROP;
     }
     count(if d.verdict == verdict::AUDIT {
@@ -930,7 +936,7 @@ fn new_flow(f: &Flow) -> i32 {
     } else {
         e.state = ct_state::CLOSED;
     }
-    emit(event::NEW, d.reason, &f.key, e, f.pkt.family);
+    emit(EventKind::NEW, Reason(d.reason), &f.key, e, f.pkt.family);
     PASS
 }
 
@@ -966,7 +972,7 @@ fn established(f: &Flow, orig: &CtKey, e: *mut CtEntry, reply: bool) -> i32 {
         if d.verdict == verdict::DROPPED {
             count(stats::CT_REVOKED);
             count(stats::DROPPED);
-            emit(event::DENY, reason::REVOKED, orig, e, f.pkt.family);
+            emit(EventKind::DENY, Reason::REVOKED, orig, e, f.pkt.family);
             let _ = CT.remove(orig);
             return DROP;
         }
@@ -977,16 +983,16 @@ fn established(f: &Flow, orig: &CtKey, e: *mut CtEntry, reply: bool) -> i32 {
         stats::FORWARDED
     });
     if conntrack::account(e, reply, f.pkt.tcp_flags, f.bytes, f.now) == CtTransition::Ended {
-        emit(event::END, reason::NONE, orig, e, f.pkt.family);
+        emit(EventKind::END, Reason::NONE, orig, e, f.pkt.family);
     }
     PASS
 }
 
 /// A denial event, at most one per flow per `deny_event_interval_ns`.
 #[inline(always)]
-fn deny_event(f: &Flow, e: &CtEntry, why: u8) {
+fn deny_event(f: &Flow, e: &CtEntry, why: Reason) {
     if deny_event_due(f) {
-        emit(event::DENY, why, &f.key, e, f.pkt.family);
+        emit(EventKind::DENY, why, &f.key, e, f.pkt.family);
     }
 }
 
@@ -1005,7 +1011,7 @@ fn deny_event_due(f: &Flow) -> bool {
 }
 
 #[inline(never)]
-fn emit(kind: u8, why: u8, key: &CtKey, e: &CtEntry, family: u8) {
+fn emit(kind: EventKind, why: Reason, key: &CtKey, e: &CtEntry, family: u8) {
     let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
         count(stats::EVENTS_LOST);
         return;

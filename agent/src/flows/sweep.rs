@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use dataplane_common::{ct_state, event, CtEntry, CtKey, FlowEvent};
+use dataplane_common::{ct_state, CtEntry, CtKey, EventKind, FlowEvent, Reason};
 
 /// Sweep settings.
 #[derive(Clone, Copy, Debug)]
@@ -30,13 +30,13 @@ pub struct Sweeper {
     reported: HashMap<CtKey, u64>,
 }
 
-fn event_of(kind: u8, k: &CtKey, e: &CtEntry) -> FlowEvent {
+fn event_of(kind: EventKind, k: &CtKey, e: &CtEntry) -> FlowEvent {
     let family = if dataplane_common::is_v4_mapped(&k.saddr) {
         4
     } else {
         6
     };
-    FlowEvent::from_ct(kind, 0, family, k, e)
+    FlowEvent::from_ct(kind, Reason::NONE, family, k, e)
 }
 
 impl Sweeper {
@@ -64,7 +64,7 @@ impl Sweeper {
             if dead {
                 // Closed TCP connections already had their END from the kernel.
                 if !closed {
-                    out.events.push(event_of(event::END, k, e));
+                    out.events.push(event_of(EventKind::END, k, e));
                 }
                 out.expired.push(*k);
                 self.reported.remove(k);
@@ -73,7 +73,7 @@ impl Sweeper {
             let total = e.packets_fwd + e.packets_rev;
             let before = self.reported.get(k).copied();
             if !closed && before.is_some_and(|b| b != total) {
-                out.events.push(event_of(event::UPDATE, k, e));
+                out.events.push(event_of(EventKind::UPDATE, k, e));
             }
             seen.insert(*k, total);
         }
@@ -85,6 +85,8 @@ impl Sweeper {
 
 #[cfg(test)]
 mod tests {
+    use dataplane_common::event;
+
     use super::*;
 
     fn entry(proto: u8, last_seen: u64, packets: u64, state: u8) -> (CtKey, CtEntry) {
