@@ -19,6 +19,7 @@
 //! - egress to the cluster DNS resolver is always allowed (**added**, not observed), so a
 //!   proposal cannot break name resolution.
 
+use api::fqdn_policy::{FqdnEgressRule, FqdnPolicySpec, FqdnPort, FqdnSelector};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -177,80 +178,157 @@ pub fn propose(
     all_pods: &[Pod],
     opts: &Options,
 ) -> (Vec<Proposal>, Vec<String>) {
-    let mut out = Vec::new();
-    let mut warnings = Vec::new();
-    let end = obs.span.map(|s| s.1);
-    for (w, rep) in workloads {
-        let ingress: Vec<(&Tuple, &Evidence)> = obs
+    Proposer {
+        obs,
+        workloads,
+        all_pods,
+        opts,
+    }
+    .propose()
+}
+
+/// What every proposal is built from: the observations, the workloads and their pods, and
+/// the options.
+struct Proposer<'a> {
+    obs: &'a Observations,
+    workloads: &'a BTreeMap<WorkloadRef, &'a Pod>,
+    all_pods: &'a [Pod],
+    opts: &'a Options,
+}
+
+/// The observed tuples of one direction, with their evidence.
+type Seen<'a> = Vec<(&'a Tuple, &'a Evidence)>;
+
+/// One workload's proposal while it is built: its rules' evidence and its warnings.
+struct Draft<'a> {
+    w: &'a WorkloadRef,
+    rep: &'a Pod,
+    rules: Vec<RuleEvidence>,
+    warnings: Vec<String>,
+}
+
+impl<'a> Proposer<'a> {
+    /// Every workload seen in the flows with a stable selector gets a proposal; the others
+    /// a warning saying why not.
+    fn propose(&self) -> (Vec<Proposal>, Vec<String>) {
+        let mut out = Vec::new();
+        let mut warnings = Vec::new();
+        for (w, rep) in self.workloads {
+            match self.workload(w, rep) {
+                Ok(p) => out.push(p),
+                Err(why) => warnings.push(why),
+            }
+        }
+        (out, warnings)
+    }
+
+    /// The phases for one workload: its tuples, its selector, ingress rules, egress rules
+    /// (with FQDN groups), its learning state, then the objects.
+    fn workload(&self, w: &'a WorkloadRef, rep: &'a Pod) -> Result<Proposal, String> {
+        let ingress: Seen = self
+            .obs
             .tuples
             .iter()
             .filter(|(t, _)| t.dst == Party::Workload(w.clone()))
             .collect();
-        let egress: Vec<(&Tuple, &Evidence)> = obs
+        let egress: Seen = self
+            .obs
             .tuples
             .iter()
             .filter(|(t, _)| t.src == Party::Workload(w.clone()))
             .collect();
         if ingress.is_empty() && egress.is_empty() {
-            warnings.push(format!(
+            return Err(format!(
                 "{w}: never seen in the flows; no proposal (it would cut it off)"
             ));
-            continue;
         }
-        let Some(labels) = selector_labels(w, all_pods, opts) else {
-            warnings.push(format!(
+        let Some(labels) = selector_labels(w, self.all_pods, self.opts) else {
+            return Err(format!(
                 "{w}: its pods share no stable label to select them by; no proposal"
             ));
-            continue;
         };
-        let mut p_warn = Vec::new();
-        let also: Vec<String> = workloads
+        let mut d = Draft {
+            w,
+            rep,
+            rules: Vec::new(),
+            warnings: Vec::new(),
+        };
+        self.warn_shared_selector(&mut d, &labels);
+        let in_rules = self.ingress_rules(&mut d, &ingress);
+        let (eg_rules, fqdn_groups) = self.egress_rules(&mut d, &egress);
+        let mut total = Evidence::default();
+        for (_, e) in ingress.iter().chain(egress.iter()) {
+            total.merge(e);
+        }
+        let state = self.learning_state(&ingress, &egress);
+        for r in d
+            .rules
+            .iter()
+            .filter(|r| r.evidence.as_ref().is_some_and(|e| e.connections <= 1))
+        {
+            d.warnings.push(format!(
+                "{} rule {} was seen once ({})",
+                r.direction,
+                r.index,
+                r.peers.join(", ")
+            ));
+        }
+        let policy = self.network_policy(&d, &labels, state, in_rules, eg_rules);
+        let fqdn = (!fqdn_groups.is_empty()).then(|| fqdn_policy(w, &labels, &fqdn_groups));
+        Ok(Proposal {
+            workload: w.clone(),
+            policy,
+            fqdn,
+            rules: d.rules,
+            state,
+            tuples: ingress.len() + egress.len(),
+            connections: total.connections,
+            warnings: d.warnings,
+        })
+    }
+
+    /// A selector that also selects other workloads of the namespace is allowed (their
+    /// pods share every label), but said.
+    fn warn_shared_selector(&self, d: &mut Draft, labels: &BTreeMap<String, String>) {
+        let also: Vec<String> = self
+            .workloads
             .iter()
             .filter(|(o, pod)| {
-                *o != w
-                    && o.namespace == w.namespace
+                *o != d.w
+                    && o.namespace == d.w.namespace
                     && labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
             })
             .map(|(o, _)| o.to_string())
             .collect();
         if !also.is_empty() {
-            p_warn.push(format!("the selector also selects {}", also.join(", ")));
+            d.warnings
+                .push(format!("the selector also selects {}", also.join(", ")));
         }
-        let mut rules = Vec::new();
-        let mut dns_evidence: Option<Evidence> = None;
-        // The resolver itself answers every pod of the cluster on port 53, seen or not: the
-        // DNS rule every proposal carries must find it open.
-        let resolver = is_resolver(w, opts, workloads);
-        let (dns_in, ingress_rest): (Vec<_>, Vec<_>) = ingress
+    }
+
+    /// Ingress rules from what was seen; the cluster resolver also answers every pod on
+    /// port 53, seen or not, because the DNS rule every proposal carries must find it open.
+    fn ingress_rules(&self, d: &mut Draft, ingress: &Seen) -> Vec<NetworkPolicyIngressRule> {
+        let resolver = is_resolver(d.w, self.opts, self.workloads);
+        let (dns_in, rest): (Seen, Seen) = ingress
             .iter()
             .copied()
             .partition(|(t, _)| resolver && t.port == 53 && matches!(t.src, Party::Workload(_)));
-        let mut in_rules: Vec<NetworkPolicyIngressRule> = build_rules(
-            &ingress_rest,
-            |t| &t.src,
-            w,
-            rep,
-            true,
-            opts,
-            &mut rules,
-            all_pods,
-            workloads,
-            &mut p_warn,
-        );
+        let mut rules: Vec<NetworkPolicyIngressRule> = self.build_rules(d, &rest, |t| &t.src, true);
         if resolver {
             let mut e = Evidence::default();
             for (_, x) in &dns_in {
                 e.merge(x);
             }
-            rules.push(RuleEvidence {
+            d.rules.push(RuleEvidence {
                 direction: "ingress",
-                index: in_rules.len(),
+                index: rules.len(),
                 peers: vec!["DNS clients: every pod of the cluster".into()],
                 ports: vec!["UDP 53".into(), "TCP 53".into()],
                 replicas: e.dst_pods.len(),
                 evidence: (!dns_in.is_empty()).then_some(e),
             });
-            in_rules.push(NetworkPolicyIngressRule {
+            rules.push(NetworkPolicyIngressRule {
                 from: Some(vec![NetworkPolicyPeer {
                     namespace_selector: Some(LabelSelector::default()),
                     ..NetworkPolicyPeer::default()
@@ -261,35 +339,33 @@ pub fn propose(
                 ]),
             });
         }
-        let (mut eg_rules_cidr, fqdn_groups) = {
-            let (named, plain): (Vec<_>, Vec<_>) = egress.iter().partition(|(t, e)| {
-                opts.external == ExternalMode::Fqdn
-                    && matches!(t.dst, Party::External(_))
-                    && !e.names.is_empty()
-            });
-            // DNS to the cluster resolver is covered by the DNS rule below.
-            let (dns_seen, plain): (Vec<_>, Vec<_>) = plain
-                .into_iter()
-                .copied()
-                .partition(|(t, _)| is_cluster_dns(t, opts, workloads));
-            for (_, e) in dns_seen {
-                dns_evidence.get_or_insert_with(Evidence::default).merge(e);
-            }
-            let r = build_rules(
-                &plain,
-                |t| &t.dst,
-                w,
-                rep,
-                false,
-                opts,
-                &mut rules,
-                all_pods,
-                workloads,
-                &mut p_warn,
-            );
-            (r, fqdn_rules(&named))
-        };
-        if let Some(dns) = &opts.dns {
+        rules
+    }
+
+    /// Egress rules from what was seen, named external peers as FQDN groups (with
+    /// `--external fqdn`), and the rule to the cluster resolver (added, not observed).
+    fn egress_rules(
+        &self,
+        d: &mut Draft,
+        egress: &Seen,
+    ) -> (Vec<NetworkPolicyEgressRule>, NameGroups) {
+        let (named, plain): (Vec<_>, Vec<_>) = egress.iter().partition(|(t, e)| {
+            self.opts.external == ExternalMode::Fqdn
+                && matches!(t.dst, Party::External(_))
+                && !e.names.is_empty()
+        });
+        // DNS to the cluster resolver is covered by the DNS rule below.
+        let (dns_seen, plain): (Seen, Seen) = plain
+            .into_iter()
+            .copied()
+            .partition(|(t, _)| is_cluster_dns(t, self.opts, self.workloads));
+        let mut dns_evidence: Option<Evidence> = None;
+        for (_, e) in dns_seen {
+            dns_evidence.get_or_insert_with(Evidence::default).merge(e);
+        }
+        let mut rules: Vec<NetworkPolicyEgressRule> =
+            self.build_rules(d, &plain, |t| &t.dst, false);
+        if let Some(dns) = &self.opts.dns {
             let peer = NetworkPolicyPeer {
                 namespace_selector: Some(match_labels(BTreeMap::from([(
                     NAMESPACE_NAME_LABEL.to_owned(),
@@ -298,122 +374,135 @@ pub fn propose(
                 pod_selector: Some(match_labels(dns.labels.clone())),
                 ip_block: None,
             };
-            let ports = vec![
-                np_port(Protocol::Udp, 53, 53, None),
-                np_port(Protocol::Tcp, 53, 53, None),
-            ];
-            rules.push(RuleEvidence {
+            d.rules.push(RuleEvidence {
                 direction: "egress",
-                index: eg_rules_cidr.len(),
+                index: rules.len(),
                 peers: vec![format!("DNS {}/{}", dns.namespace, fmt_labels(&dns.labels))],
                 ports: vec!["UDP 53".into(), "TCP 53".into()],
                 replicas: dns_evidence.as_ref().map_or(0, |e| e.src_pods.len()),
                 evidence: dns_evidence,
             });
-            eg_rules_cidr.push(NetworkPolicyEgressRule {
+            rules.push(NetworkPolicyEgressRule {
                 to: Some(vec![peer]),
-                ports: Some(ports),
+                ports: Some(vec![
+                    np_port(Protocol::Udp, 53, 53, None),
+                    np_port(Protocol::Tcp, 53, 53, None),
+                ]),
             });
         }
-        let mut total = Evidence::default();
-        for (_, e) in ingress.iter().chain(egress.iter()) {
-            total.merge(e);
-        }
-        // From the tuples, not from reading order: the last time the workload was seen, and
-        // the latest first sighting of any of its tuples.
-        let last_seen = ingress
-            .iter()
-            .chain(egress.iter())
-            .filter_map(|(_, e)| e.last)
-            .max();
-        let last_new = ingress
-            .iter()
-            .chain(egress.iter())
-            .filter_map(|(_, e)| e.first)
-            .max();
-        let state = match (last_seen, last_new, end) {
+        (rules, fqdn_rules(&named))
+    }
+
+    /// From the tuples, not from reading order: the last time the workload was seen, and
+    /// the latest first sighting of any of its tuples, against the end of the observations.
+    fn learning_state(&self, ingress: &Seen, egress: &Seen) -> LearningState {
+        let both = || ingress.iter().chain(egress.iter());
+        let last_seen = both().filter_map(|(_, e)| e.last).max();
+        let last_new = both().filter_map(|(_, e)| e.first).max();
+        match (last_seen, last_new, self.obs.span.map(|s| s.1)) {
             (Some(seen), Some(new), Some(end)) => {
                 let since = |t: SystemTime| end.duration_since(t).unwrap_or_default();
-                if since(seen) >= opts.stale_after {
+                if since(seen) >= self.opts.stale_after {
                     LearningState::Stale
-                } else if since(new) >= opts.stable_after {
+                } else if since(new) >= self.opts.stable_after {
                     LearningState::Stable
                 } else {
                     LearningState::Learning
                 }
             }
             _ => LearningState::Learning,
-        };
-        for r in rules
-            .iter()
-            .filter(|r| r.evidence.as_ref().is_some_and(|e| e.connections <= 1))
-        {
-            p_warn.push(format!(
-                "{} rule {} was seen once ({})",
-                r.direction,
-                r.index,
-                r.peers.join(", ")
-            ));
         }
-        let name = policy_name(w);
+    }
+
+    /// The NetworkPolicy, annotated with where it came from and its evidence.
+    fn network_policy(
+        &self,
+        d: &Draft,
+        labels: &BTreeMap<String, String>,
+        state: LearningState,
+        ingress: Vec<NetworkPolicyIngressRule>,
+        egress: Vec<NetworkPolicyEgressRule>,
+    ) -> NetworkPolicy {
         let mut annotations = BTreeMap::from([
             (
                 "septa.dev/generated-by".to_owned(),
                 "septa recommend".to_owned(),
             ),
-            ("septa.dev/workload".to_owned(), w.to_string()),
+            ("septa.dev/workload".to_owned(), d.w.to_string()),
             ("septa.dev/learning-state".to_owned(), state.to_string()),
-            ("septa.dev/evidence".to_owned(), evidence_json(&rules)),
+            ("septa.dev/evidence".to_owned(), evidence_json(&d.rules)),
         ]);
-        if opts.audit {
+        if self.opts.audit {
             annotations.insert("septa.dev/mode".into(), "audit".into());
         }
-        let selector = match_labels(labels.clone());
-        let policy = NetworkPolicy {
+        NetworkPolicy {
             metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(w.namespace.clone()),
+                name: Some(policy_name(d.w)),
+                namespace: Some(d.w.namespace.clone()),
                 annotations: Some(annotations),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "septa".to_owned(),
-                )])),
+                labels: Some(managed_by_septa()),
                 ..ObjectMeta::default()
             },
             spec: Some(NetworkPolicySpec {
-                pod_selector: Some(selector.clone()),
+                pod_selector: Some(match_labels(labels.clone())),
                 policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
-                ingress: Some(in_rules),
-                egress: Some(eg_rules_cidr),
+                ingress: Some(ingress),
+                egress: Some(egress),
             }),
-        };
-        let fqdn = (!fqdn_groups.is_empty()).then(|| {
-            serde_json::json!({
-                "apiVersion": "septa.dev/v1alpha1",
-                "kind": "FqdnPolicy",
-                "metadata": {"name": name, "namespace": w.namespace,
-                             "labels": {"app.kubernetes.io/managed-by": "septa"}},
-                "spec": {
-                    "podSelector": {"matchLabels": labels},
-                    "egress": fqdn_groups.iter().map(|(ports, names)| serde_json::json!({
-                        "toFQDNs": names.iter().map(|n| serde_json::json!({"matchName": n})).collect::<Vec<_>>(),
-                        "ports": ports.iter().map(|(p, n)| serde_json::json!({"protocol": p.to_string(), "port": n})).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                }
-            })
-        });
-        out.push(Proposal {
-            workload: w.clone(),
-            policy,
-            fqdn,
-            rules,
-            state,
-            tuples: ingress.len() + egress.len(),
-            connections: total.connections,
-            warnings: p_warn,
-        });
+        }
     }
-    (out, warnings)
+}
+
+/// `app.kubernetes.io/managed-by: septa`, on everything `recommend` writes.
+fn managed_by_septa() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "app.kubernetes.io/managed-by".to_owned(),
+        "septa".to_owned(),
+    )])
+}
+
+/// The FqdnPolicy for a workload's named external peers, in the typed shape the agent
+/// decodes.
+fn fqdn_policy(
+    w: &WorkloadRef,
+    labels: &BTreeMap<String, String>,
+    groups: &NameGroups,
+) -> serde_json::Value {
+    let spec = FqdnPolicySpec {
+        pod_selector: LabelSelector {
+            match_labels: Some(labels.clone()),
+            match_expressions: None,
+        },
+        egress: groups
+            .iter()
+            .map(|(ports, names)| FqdnEgressRule {
+                to_fqdns: names
+                    .iter()
+                    .map(|n| FqdnSelector {
+                        match_name: Some(n.clone()),
+                        match_pattern: None,
+                    })
+                    .collect(),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(p, n)| FqdnPort {
+                            protocol: Some(p.to_string()),
+                            port: u32::from(*n),
+                        })
+                        .collect(),
+                ),
+            })
+            .collect(),
+        resolvers: None,
+    };
+    serde_json::json!({
+        "apiVersion": api::API_VERSION,
+        "kind": "FqdnPolicy",
+        "metadata": {"name": policy_name(w), "namespace": w.namespace,
+                     "labels": managed_by_septa()},
+        "spec": spec,
+    })
 }
 
 /// Whether a tuple is a lookup at the cluster resolver on port 53 (covered by the DNS rule).
@@ -504,131 +593,129 @@ fn merge_ports(ports: &PortsUsed) -> Vec<PortKey> {
     out
 }
 
-/// Rules of one direction for workload `w`: peers from `peer_of`, grouped by identical port
-/// sets. Appends the rules' descriptions and evidence to `descr`.
-#[allow(clippy::too_many_arguments)]
-fn build_rules<R: MakeRule>(
-    tuples: &[(&Tuple, &Evidence)],
-    peer_of: impl Fn(&Tuple) -> &Party,
-    w: &WorkloadRef,
-    rep: &Pod,
-    ingress: bool,
-    opts: &Options,
-    descr: &mut Vec<RuleEvidence>,
-    all_pods: &[Pod],
-    workloads: &BTreeMap<WorkloadRef, &Pod>,
-    warnings: &mut Vec<String>,
-) -> Vec<R> {
-    // peer → ports, and the evidence of each (peer, port).
-    let mut by_peer: BTreeMap<PeerKey, PortsUsed> = BTreeMap::new();
-    let mut ev: BTreeMap<(PeerKey, Protocol, u16), Evidence> = BTreeMap::new();
-    let mut external: BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
-    for (t, e) in tuples {
-        let name = if ingress {
-            rep.named_ports
-                .iter()
-                .find(|(_, (p, n))| *p == t.proto && *n == t.port)
-                .map(|(name, _)| name.clone())
-        } else {
-            None
-        };
-        match peer_of(t) {
-            Party::Workload(pw) => {
-                by_peer
-                    .entry(PeerKey::Workload(pw.clone()))
-                    .or_default()
-                    .insert((t.proto, t.port, name));
-                ev.entry((PeerKey::Workload(pw.clone()), t.proto, t.port))
-                    .or_default()
-                    .merge(e);
-            }
-            Party::External(ip) => {
-                external.entry(*ip).or_default().insert((t.proto, t.port));
-                if e.names.is_empty() && !ingress {
-                    warnings.push(format!(
-                        "egress to {ip} has no DNS name; it is allowed by address"
-                    ));
+impl Proposer<'_> {
+    /// Rules of one direction for the draft's workload: peers from `peer_of`, grouped by
+    /// identical port sets. Appends the rules' descriptions and evidence to the draft.
+    fn build_rules<R: MakeRule>(
+        &self,
+        d: &mut Draft,
+        tuples: &[(&Tuple, &Evidence)],
+        peer_of: impl Fn(&Tuple) -> &Party,
+        ingress: bool,
+    ) -> Vec<R> {
+        let (w, rep, opts) = (d.w, d.rep, self.opts);
+        let (all_pods, workloads) = (self.all_pods, self.workloads);
+        // peer → ports, and the evidence of each (peer, port).
+        let mut by_peer: BTreeMap<PeerKey, PortsUsed> = BTreeMap::new();
+        let mut ev: BTreeMap<(PeerKey, Protocol, u16), Evidence> = BTreeMap::new();
+        let mut external: BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
+        for (t, e) in tuples {
+            let name = if ingress {
+                rep.named_ports
+                    .iter()
+                    .find(|(_, (p, n))| *p == t.proto && *n == t.port)
+                    .map(|(name, _)| name.clone())
+            } else {
+                None
+            };
+            match peer_of(t) {
+                Party::Workload(pw) => {
+                    by_peer
+                        .entry(PeerKey::Workload(pw.clone()))
+                        .or_default()
+                        .insert((t.proto, t.port, name));
+                    ev.entry((PeerKey::Workload(pw.clone()), t.proto, t.port))
+                        .or_default()
+                        .merge(e);
+                }
+                Party::External(ip) => {
+                    external.entry(*ip).or_default().insert((t.proto, t.port));
+                    if e.names.is_empty() && !ingress {
+                        d.warnings.push(format!(
+                            "egress to {ip} has no DNS name; it is allowed by address"
+                        ));
+                    }
                 }
             }
         }
-    }
-    // External addresses: grouped by identical ports, aggregated per group.
-    let mut groups: BTreeMap<BTreeSet<(Protocol, u16)>, Vec<IpAddr>> = BTreeMap::new();
-    for (ip, ports) in &external {
-        groups.entry(ports.clone()).or_default().push(*ip);
-    }
-    for (ports, ips) in groups {
-        for net in aggregate(&ips, opts) {
-            let key = PeerKey::Cidr(net);
-            for (proto, port) in &ports {
-                by_peer
-                    .entry(key.clone())
-                    .or_default()
-                    .insert((*proto, *port, None));
-                let e = ev.entry((key.clone(), *proto, *port)).or_default();
-                for (t, te) in tuples {
-                    if let Party::External(ip) = peer_of(t) {
-                        if net.contains(*ip) && t.proto == *proto && t.port == *port {
-                            e.merge(te);
+        // External addresses: grouped by identical ports, aggregated per group.
+        let mut groups: BTreeMap<BTreeSet<(Protocol, u16)>, Vec<IpAddr>> = BTreeMap::new();
+        for (ip, ports) in &external {
+            groups.entry(ports.clone()).or_default().push(*ip);
+        }
+        for (ports, ips) in groups {
+            for net in aggregate(&ips, opts) {
+                let key = PeerKey::Cidr(net);
+                for (proto, port) in &ports {
+                    by_peer
+                        .entry(key.clone())
+                        .or_default()
+                        .insert((*proto, *port, None));
+                    let e = ev.entry((key.clone(), *proto, *port)).or_default();
+                    for (t, te) in tuples {
+                        if let Party::External(ip) = peer_of(t) {
+                            if net.contains(*ip) && t.proto == *proto && t.port == *port {
+                                e.merge(te);
+                            }
                         }
                     }
                 }
             }
         }
-    }
-    // Peers with the same port set share a rule.
-    let mut rules: BTreeMap<PortsUsed, Vec<PeerKey>> = BTreeMap::new();
-    for (peer, ports) in by_peer {
-        rules.entry(ports).or_default().push(peer);
-    }
-    let mut ordered: Vec<(Vec<PeerKey>, PortsUsed)> = rules
-        .into_iter()
-        .map(|(ports, peers)| (peers, ports))
-        .collect();
-    ordered.sort();
-    let direction = if ingress { "ingress" } else { "egress" };
-    let mut out = Vec::new();
-    for (index, (peers, ports)) in ordered.into_iter().enumerate() {
-        let np_peers: Vec<NetworkPolicyPeer> = peers
-            .iter()
-            .map(|p| peer_of_key(p, w, all_pods, workloads, opts))
+        // Peers with the same port set share a rule.
+        let mut rules: BTreeMap<PortsUsed, Vec<PeerKey>> = BTreeMap::new();
+        for (peer, ports) in by_peer {
+            rules.entry(ports).or_default().push(peer);
+        }
+        let mut ordered: Vec<(Vec<PeerKey>, PortsUsed)> = rules
+            .into_iter()
+            .map(|(ports, peers)| (peers, ports))
             .collect();
-        let merged = merge_ports(&ports);
-        let np_ports: Vec<NetworkPolicyPort> = merged
-            .iter()
-            .map(|(proto, a, b, name)| np_port(*proto, *a, *b, name.as_deref()))
-            .collect();
-        let mut e = Evidence::default();
-        for p in &peers {
-            for (proto, port, _) in &ports {
-                if let Some(x) = ev.get(&(p.clone(), *proto, *port)) {
-                    e.merge(x);
+        ordered.sort();
+        let direction = if ingress { "ingress" } else { "egress" };
+        let mut out = Vec::new();
+        for (index, (peers, ports)) in ordered.into_iter().enumerate() {
+            let np_peers: Vec<NetworkPolicyPeer> = peers
+                .iter()
+                .map(|p| peer_of_key(p, w, all_pods, workloads, opts))
+                .collect();
+            let merged = merge_ports(&ports);
+            let np_ports: Vec<NetworkPolicyPort> = merged
+                .iter()
+                .map(|(proto, a, b, name)| np_port(*proto, *a, *b, name.as_deref()))
+                .collect();
+            let mut e = Evidence::default();
+            for p in &peers {
+                for (proto, port, _) in &ports {
+                    if let Some(x) = ev.get(&(p.clone(), *proto, *port)) {
+                        e.merge(x);
+                    }
                 }
             }
+            let replicas = if ingress {
+                e.dst_pods.len()
+            } else {
+                e.src_pods.len()
+            };
+            d.rules.push(RuleEvidence {
+                direction,
+                index,
+                peers: peers.iter().map(|p| describe_peer(p, w)).collect(),
+                ports: merged
+                    .iter()
+                    .map(|(proto, a, b, name)| match name {
+                        Some(n) => format!("{proto} {n} ({a})"),
+                        None if a == b => format!("{proto} {a}"),
+                        None => format!("{proto} {a}-{b}"),
+                    })
+                    .collect(),
+                evidence: Some(e),
+                replicas,
+            });
+            out.push(R::make(np_peers, np_ports));
         }
-        let replicas = if ingress {
-            e.dst_pods.len()
-        } else {
-            e.src_pods.len()
-        };
-        descr.push(RuleEvidence {
-            direction,
-            index,
-            peers: peers.iter().map(|p| describe_peer(p, w)).collect(),
-            ports: merged
-                .iter()
-                .map(|(proto, a, b, name)| match name {
-                    Some(n) => format!("{proto} {n} ({a})"),
-                    None if a == b => format!("{proto} {a}"),
-                    None => format!("{proto} {a}-{b}"),
-                })
-                .collect(),
-            evidence: Some(e),
-            replicas,
-        });
-        out.push(R::make(np_peers, np_ports));
+        out
     }
-    out
 }
 
 /// So one builder makes ingress and egress rules.
