@@ -2,5 +2,6 @@
 //! NetworkPolicy recommendations learned from flows.
 
 pub mod flows;
+pub mod objects;
 pub mod reachability;
 pub mod recommend;

@@ -29,6 +29,11 @@ enum Command {
         /// Manifest files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// The agent's --dns-resolver (repeatable): where pods of FqdnPolicies without
+        /// spec.resolvers may send DNS. Without it that peer is shown as
+        /// `dns-resolvers:agent-default`.
+        #[arg(long = "dns-resolver", value_name = "IP")]
+        dns_resolvers: Vec<std::net::IpAddr>,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
@@ -82,18 +87,48 @@ enum Command {
         old: PathBuf,
         /// The manifests after (a file or directory).
         new: PathBuf,
+        /// Exit 1 when there are changes, 0 when there are none, 2 when an input has errors
+        /// (for CI).
+        #[arg(long)]
+        exit_code: bool,
+        /// The agent's --dns-resolver (repeatable), as for connlist.
+        #[arg(long = "dns-resolver", value_name = "IP")]
+        dns_resolvers: Vec<std::net::IpAddr>,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
 }
 
+/// Resolvers given on the command line; none given: not known here.
+fn known(resolvers: Vec<std::net::IpAddr>) -> Option<Vec<std::net::IpAddr>> {
+    (!resolvers.is_empty()).then_some(resolvers)
+}
+
 fn main() {
     let cli = Cli::parse();
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     let r = match cli.command {
-        Command::Connlist { paths, output } => cmd_connlist(&paths, output, &mut out, &mut err),
-        Command::Diff { old, new, output } => cmd_diff(&[old], &[new], output, &mut out, &mut err),
+        Command::Connlist {
+            paths,
+            dns_resolvers,
+            output,
+        } => cmd_connlist(&paths, known(dns_resolvers), output, &mut out, &mut err),
+        Command::Diff {
+            old,
+            new,
+            exit_code,
+            dns_resolvers,
+            output,
+        } => cmd_diff(
+            &[old],
+            &[new],
+            known(dns_resolvers),
+            exit_code,
+            output,
+            &mut out,
+            &mut err,
+        ),
         Command::Recommend(args) => args.request().and_then(|req| {
             controller::recommend::cmd_recommend(
                 &req,

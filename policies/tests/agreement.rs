@@ -319,7 +319,7 @@ proptest! {
         use policies::connlist::{connlist, Node};
         let list = connlist(&c, &Default::default());
         let find = |s: &Node, d: &Node| list.iter().find(|x| &x.src == s && &x.dst == d).map(|x| x.conns.clone()).unwrap_or_default();
-        let ext4: Vec<std::net::Ipv4Addr> = EXTERNAL.iter().filter_map(|s| s.parse().ok()).collect();
+        let ext: Vec<std::net::IpAddr> = EXTERNAL.iter().filter_map(|s| s.parse().ok()).collect();
         for (i, a) in c.pods.iter().enumerate() {
             for (j, b) in c.pods.iter().enumerate() {
                 if i == j { continue; }
@@ -329,13 +329,13 @@ proptest! {
                     prop_assert_eq!(set.allows(proto, port), want, "{} -> {} {} {}", a.key(), b.key(), proto, port);
                 }
             }
-            for e in &ext4 {
+            for e in &ext {
                 let range = list.iter().filter_map(|x| match (&x.src, &x.dst) {
                     (Node::Workload(w), Node::External(lo, hi)) if w == &a.workload && lo <= e && e <= hi => Some(x.conns.clone()),
                     _ => None,
                 }).next().unwrap_or_default();
                 for &(proto, port) in &probes {
-                    let want = evaluate(&c, Endpoint::Pod(a), Endpoint::External((*e).into()), proto, port, false).allowed();
+                    let want = evaluate(&c, Endpoint::Pod(a), Endpoint::External(*e), proto, port, e.is_ipv6()).allowed();
                     prop_assert_eq!(range.allows(proto, port), want, "{} -> {} {} {}", a.key(), e, proto, port);
                 }
             }

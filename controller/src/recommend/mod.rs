@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use policies::{load::load_paths, Cluster};
+use policies::Cluster;
 
 use observe::{Observations, Observer, Party, Tuple, Window};
 use propose::{Options, Proposal};
@@ -92,7 +92,7 @@ fn start_of(cluster: &Cluster, sources: &[FlowSource]) -> Result<Option<SystemTi
 
 /// Run: load manifests and flows, propose, optionally replay, and diff against today.
 pub fn run(req: &Request) -> Result<Outcome> {
-    let (cluster, problems) = load_paths(&req.manifests);
+    let (cluster, problems) = crate::objects::load(&req.manifests, None);
     if !problems.is_empty() {
         let mut msg = String::from(
             "the manifests have errors; a proposal from partial manifests could be wrong:\n",
@@ -156,6 +156,8 @@ pub fn run(req: &Request) -> Result<Outcome> {
     // Today's policies versus today's plus the proposal (as enforcement would see it).
     let mut with = replay::proposal_cluster(&cluster, &proposals).map_err(anyhow::Error::msg)?;
     with.policies.extend(cluster.policies.iter().cloned());
+    with.fqdn_policies
+        .extend(cluster.fqdn_policies.iter().cloned());
     let changes = policies::connlist::diff(&cluster, &with);
     Ok(Outcome {
         proposals,

@@ -300,6 +300,7 @@ impl Agent {
             services: m.services.clone(),
             policies: m.policies.clone(),
             custom: Vec::new(),
+            ..Default::default()
         };
         cluster.policies.extend(super::fqdn::isolation_policies(
             &self.fqdn_specs,
