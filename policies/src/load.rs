@@ -7,8 +7,10 @@
 //! (so a `self -> .` link is no loop). Kinds used: Namespace, Pod, Service (core), Deployment,
 //! ReplicaSet, StatefulSet, DaemonSet (apps), Job, CronJob (batch; their pod templates stand
 //! for their pods), NetworkPolicy (networking.k8s.io); objects of septa's own group
-//! (`septa.dev/...`) are kept as they are for their owners. Documents that are not Kubernetes
-//! objects are errors.
+//! (`septa.dev/...`) are kept as they are for their owners. Hidden entries (names starting
+//! with `.`: a ConfigMap volume's `..data`, `.git/`, `.github/`) are not read. A document with
+//! neither apiVersion nor kind is another tool's and a warning; with only one of them, an
+//! error.
 //!
 //! Strict, as the API server with strict field validation: an unknown (misspelled) field is an
 //! error naming its path, never dropped — a dropped `from:` or `matchLabels:` would turn a
@@ -124,6 +126,14 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         .collect();
     entries.sort();
     for e in entries {
+        // Hidden entries are not manifests: a ConfigMap volume's `..data` and timestamped
+        // `..2026_…` directories hold a second copy of every file, a Git checkout's `.git/` and
+        // `.github/` hold other tools' YAML. Read, they would fail the directory for good.
+        if e.file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        {
+            continue;
+        }
         // Not through a link: a link to a directory is skipped (`self -> .` would loop), a link
         // to a file is read like the file.
         let Ok(lmeta) = std::fs::symlink_metadata(&e) else {
@@ -199,12 +209,28 @@ impl Builder {
             .and_then(|k| k.as_str())
             .unwrap_or_default()
             .to_owned();
-        if kind.is_empty() || api.is_empty() {
-            self.diags.push(
+        if kind.is_empty() && api.is_empty() {
+            // Another tool's file (Helm values, CI configuration, ...): nothing of ours, but
+            // said, since a manifest that lost both fields would otherwise vanish unnoticed.
+            self.diags.warn(
                 at,
                 "",
                 "",
-                "not a Kubernetes object (no apiVersion and kind)",
+                "not a Kubernetes object (no apiVersion and kind); skipped",
+            );
+            return;
+        }
+        if kind.is_empty() || api.is_empty() {
+            let missing = if kind.is_empty() {
+                "kind"
+            } else {
+                "apiVersion"
+            };
+            self.diags.push(
+                at,
+                "",
+                missing,
+                "missing: a Kubernetes object needs apiVersion and kind",
             );
             return;
         }

@@ -187,13 +187,20 @@ fn bad_policies_name_file_object_and_field() {
 
 #[test]
 fn not_kubernetes_duplicates_and_broken_yaml() {
-    let (c, d) = load_str("x.yaml", "just: a map\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n");
+    let (c, d) = load_str("x.yaml", "just: a map\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n---\nkind: NetworkPolicy\nmetadata: {name: p}\n");
     assert_eq!(c.pods.len(), 1);
     assert_eq!(d.0.len(), 2, "{d}");
-    assert!(d.0[0].message.contains("not a Kubernetes object"), "{d}");
     assert!(
-        d.0[1].message.contains("duplicate") && d.0[1].message.contains("x.yaml#2"),
+        d.0[0].message.contains("duplicate") && d.0[0].message.contains("x.yaml#2"),
         "{d}"
+    );
+    assert!(
+        d.0[1].file == "x.yaml#4" && d.0[1].field == "apiVersion",
+        "half an object is a broken manifest: {d}"
+    );
+    assert!(
+        d.warnings().len() == 1 && d.warnings()[0].message.contains("not a Kubernetes object"),
+        "another tool's YAML is a warning: {d}"
     );
 
     let (_, d) = load_str(
@@ -381,4 +388,39 @@ fn fifos_devices_and_directory_link_loops_neither_block_nor_break_the_load() {
     assert_eq!(refused, ["pipe.yaml", "zero.yaml"], "{d}");
     assert_eq!(c.namespaces.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A ConfigMap mounted as a volume (each file a link into `..data`, itself a link to a
+/// timestamped directory) and a Git checkout (`.git/`, `.github/` with CI YAML) load as their
+/// visible files, once, without errors; another tool's YAML among them is a warning.
+#[test]
+fn hidden_entries_are_skipped_and_foreign_yaml_warns() {
+    let dir = std::env::temp_dir().join(format!("septa-configmap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let stamp = dir.join("..2026_12_02_03_00_00.123456789");
+    std::fs::create_dir_all(&stamp).unwrap();
+    std::fs::write(stamp.join("policy.yaml"), np("deny", "  podSelector: {}")).unwrap();
+    std::fs::write(stamp.join("values.yaml"), "replicas: 3\nimage: {tag: v1}\n").unwrap();
+    std::os::unix::fs::symlink("..2026_12_02_03_00_00.123456789", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/policy.yaml", dir.join("policy.yaml")).unwrap();
+    std::os::unix::fs::symlink("..data/values.yaml", dir.join("values.yaml")).unwrap();
+    std::fs::create_dir_all(dir.join(".github/workflows")).unwrap();
+    std::fs::write(
+        dir.join(".github/workflows/ci.yaml"),
+        "on: push\njobs: {}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    std::fs::write(dir.join(".git/config.json"), "{}").unwrap();
+    std::fs::write(dir.join(".hidden.yaml"), np("deny", "  podSelector: {}")).unwrap();
+    let (c, d) = policies::load::load_paths(&[&dir]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(d.is_empty(), "{d}");
+    assert_eq!(c.policies.len(), 1, "read once, through the visible link");
+    assert_eq!(d.warnings().len(), 1, "{d}");
+    assert!(
+        d.warnings()[0].file.ends_with("/values.yaml#1")
+            && d.warnings()[0].message.contains("not a Kubernetes object"),
+        "{d}"
+    );
 }
