@@ -424,3 +424,74 @@ fn hidden_entries_are_skipped_and_foreign_yaml_warns() {
         "{d}"
     );
 }
+
+/// Typed lists as `kubectl get -o json` and the API return them: the items carry no kind or
+/// apiVersion, the list's type implies them.
+#[test]
+fn typed_lists_load_their_items() {
+    let pods = r#"{"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": [
+        {"metadata": {"name": "a", "namespace": "x", "labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        {"metadata": {"name": "b", "namespace": "x"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+    ]}"#;
+    let rest = "apiVersion: v1\nkind: NamespaceList\nitems: [{metadata: {name: x, labels: {team: t}}}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicyList\nitems:\n- metadata: {name: deny, namespace: x}\n  spec: {podSelector: {}}\n---\napiVersion: apps/v1\nkind: DeploymentList\nitems:\n- metadata: {name: web, namespace: y}\n  spec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: i}]}}}\n---\napiVersion: v1\nkind: ConfigMapList\nitems: [{metadata: {name: c}, data: {k: v}}]\n";
+    let (c1, d1) = load_str("pods.json", pods);
+    let (c2, d2) = load_str("rest.yaml", rest);
+    assert!(d1.is_empty() && d2.is_empty(), "{d1}{d2}");
+    assert_eq!(c1.pods.len(), 2);
+    assert_eq!(
+        c2.namespaces["x"].labels.get("team").map(String::as_str),
+        Some("t")
+    );
+    assert_eq!(c2.policies.len(), 1);
+    assert_eq!(c2.pods.len(), 1, "the Deployment's template");
+    assert_eq!(c2.pods[0].workload.kind, "Deployment");
+    // An item that names its kind keeps it; a bad item is reported like any object.
+    let (_, d) = load_str("bad.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicyList\nitems:\n- metadata: {name: p, namespace: x}\n  spec: {podSelector: {}, ingress: [{form: []}]}\n");
+    assert!(
+        d.0.len() == 1
+            && d.0[0].object == "NetworkPolicy x/p"
+            && d.0[0].field == "spec.ingress[0].form",
+        "{d}"
+    );
+}
+
+/// A container port outside 1-65535 (or with an unknown protocol) is reported and left out;
+/// the workload and its other ports stay.
+#[test]
+fn a_bad_container_port_is_skipped_not_the_workload() {
+    let (c, d) = load_str("w.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: x}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}, {name: bad, containerPort: 70000}, {containerPort: 0}, {name: weird, containerPort: 53, protocol: ICMP}]}]}\n");
+    assert_eq!(c.pods.len(), 1, "{d}");
+    assert_eq!(
+        c.pods[0].named_ports.keys().collect::<Vec<_>>(),
+        ["http"],
+        "{d}"
+    );
+    let fields: Vec<&str> = d.0.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.template.spec.containers[0].ports[1].containerPort",
+            "spec.template.spec.containers[0].ports[2].containerPort",
+            "spec.template.spec.containers[0].ports[3].protocol",
+        ],
+        "{d}"
+    );
+    assert!(
+        d.0.iter()
+            .all(|p| p.object == "Deployment x/web" && p.file == "w.yaml#1"),
+        "{d}"
+    );
+}
+
+/// A pod without a usable owner (none, a Node for a static pod's mirror, an owner reference
+/// without kind) is its own workload, `name[Pod]`, never `name[]` or the node.
+#[test]
+fn pods_without_an_owner_workload_are_pods() {
+    let (c, d) = load_str("p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: lone, namespace: x}\nspec: {containers: [{name: c, image: i}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: etcd-n1, namespace: kube-system, ownerReferences: [{apiVersion: v1, kind: Node, name: n1, uid: u, controller: true}]}\nspec: {containers: [{name: c, image: i}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: odd, namespace: x, ownerReferences: [{apiVersion: v1, kind: '', name: '', uid: u}]}\nspec: {containers: [{name: c, image: i}]}\n");
+    assert!(d.is_empty(), "{d}");
+    let names: Vec<String> = c.pods.iter().map(|p| p.workload.to_string()).collect();
+    assert_eq!(
+        names,
+        ["kube-system/etcd-n1[Pod]", "x/lone[Pod]", "x/odd[Pod]"]
+    );
+}
