@@ -335,8 +335,8 @@ fn by_name(c: &Cluster, pod: &Pod) -> BTreeMap<Node, ConnSet> {
                     }
                 }
             }
-            for n in &rule.names {
-                let e = out.entry(Node::Name(n.clone())).or_default();
+            for n in &rule.patterns {
+                let e = out.entry(Node::Name(n.to_string())).or_default();
                 *e = e.union(&set);
             }
         }

@@ -527,106 +527,14 @@ pub struct Cluster {
     /// Objects of septa's own API group (`septa.dev/...`), validated by the part that owns
     /// their kind (threat feeds, DNS policies), in load order.
     pub custom: Vec<CustomObject>,
-    /// FqdnPolicies, validated (filled by whoever validates [`Cluster::custom`]).
-    pub fqdn_policies: Vec<FqdnPolicy>,
+    /// FqdnPolicies, validated (see [`crate::septa::validate`]).
+    pub fqdn_policies: Vec<crate::septa::fqdn::FqdnSpec>,
     /// ThreatFeeds, validated: their addresses are fetched at run time, so they are named,
     /// not evaluated.
-    pub threat_feeds: Vec<ThreatFeedRef>,
+    pub threat_feeds: Vec<crate::septa::feed::FeedSpec>,
     /// The resolvers FqdnPolicies without `spec.resolvers` trust (the agent's
     /// `--dns-resolver`); `None` when not known here (analysis off the node).
     pub dns_resolvers: Option<Vec<IpAddr>>,
-}
-
-/// An `FqdnPolicy` (`septa.dev/v1alpha1`), validated: the pods it selects are egress-isolated,
-/// may send DNS (UDP and TCP 53) to its trusted resolvers only, and may reach whatever the
-/// names of its rules resolve to, on the rule's ports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FqdnPolicy {
-    pub namespace: String,
-    pub name: String,
-    pub selector: Selector,
-    pub rules: Vec<FqdnRule>,
-    /// Its own trusted resolvers; empty: the agent's default ([`Cluster::dns_resolvers`]).
-    pub resolvers: Vec<IpAddr>,
-}
-
-/// One egress rule of an [`FqdnPolicy`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FqdnRule {
-    /// Name patterns, normalised (`api.example.com`, `*.example.com`, `**.example.com`).
-    pub names: Vec<String>,
-    /// `None`: every port of every protocol.
-    pub ports: Option<Vec<(Protocol, u16)>>,
-}
-
-impl FqdnPolicy {
-    /// Whether the policy selects `pod` (same namespace, selector matches).
-    pub fn selects(&self, pod: &Pod) -> bool {
-        self.namespace == pod.namespace && self.selector.matches(&pod.labels)
-    }
-
-    /// The resolvers the policy trusts: its own, else `default`; `None` when it names none
-    /// and the default is not known.
-    pub fn trusted_resolvers<'a>(&'a self, default: Option<&'a [IpAddr]>) -> Option<&'a [IpAddr]> {
-        if self.resolvers.is_empty() {
-            default
-        } else {
-            Some(&self.resolvers)
-        }
-    }
-
-    /// The NetworkPolicy the agent enforces for it in the policy map: egress isolation plus
-    /// DNS (UDP and TCP 53) to exactly the trusted resolvers (with none, DNS to nowhere).
-    /// Egress by name comes on top of it, from the FQDN allowlist.
-    pub fn isolation_policy(&self, default_resolvers: &[IpAddr]) -> Policy {
-        let resolvers = self
-            .trusted_resolvers(Some(default_resolvers))
-            .unwrap_or_default();
-        Policy {
-            namespace: self.namespace.clone(),
-            name: format!("{} (FqdnPolicy DNS)", self.name),
-            audit: false,
-            pod_selector: self.selector.clone(),
-            ingress: None,
-            egress: Some(if resolvers.is_empty() {
-                Vec::new()
-            } else {
-                vec![Rule {
-                    peers: Some(
-                        resolvers
-                            .iter()
-                            .map(|ip| {
-                                Peer::Block(IpBlock {
-                                    cidr: IpNetwork::from(*ip),
-                                    except: Vec::new(),
-                                })
-                            })
-                            .collect(),
-                    ),
-                    ports: Some(
-                        [Protocol::Udp, Protocol::Tcp]
-                            .map(|protocol| PortSpec {
-                                protocol,
-                                port: PortSel::Range(53, 53),
-                            })
-                            .to_vec(),
-                    ),
-                }]
-            }),
-        }
-    }
-}
-
-/// A `ThreatFeed`, named: where its list comes from and where it drops or audits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ThreatFeedRef {
-    pub name: String,
-    /// The URL or file its addresses are read from.
-    pub source: String,
-    /// `drop` or `audit`.
-    pub action: String,
-    /// Where it applies: `hostIngress`, `podEgress`, `podIngress`.
-    pub applies_to: Vec<String>,
 }
 
 /// An object of septa's API group, as loaded.
