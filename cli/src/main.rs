@@ -18,13 +18,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List every connection the NetworkPolicies allow between workloads and external IPv4
-    /// ranges, one line per ordered pair: `SRC => DST : CONNS`.
+    /// List every connection the policies allow between workloads, external IPv4 and IPv6
+    /// ranges and the names of FqdnPolicies, one line per ordered pair: `SRC => DST : CONNS`.
     ///
     /// Reads Namespaces, Pods, Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs,
-    /// CronJobs and NetworkPolicies from YAML/JSON files and directories. Problems are printed
-    /// to stderr with file, object and field; what loaded is still analysed, and the exit code
-    /// is then 1.
+    /// CronJobs, NetworkPolicies, FqdnPolicies and ThreatFeeds from YAML/JSON files and
+    /// directories. Problems are printed to stderr with file, object and field; what loaded is
+    /// still analysed, and the exit code is then 1.
     Connlist {
         /// Manifest files or directories.
         #[arg(required = true)]
@@ -37,6 +37,17 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
+    },
+    /// Check manifests as the agent would load them: every problem of every object (Kubernetes
+    /// kinds, FqdnPolicy, ThreatFeed) with file, object and field. Exit 0 when the agent would
+    /// accept the directory (warnings aside), 1 when it would refuse it.
+    Lint {
+        /// Manifest files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The agent's --feed-min-refresh: shortest ThreatFeed refresh accepted.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        feed_min_refresh: std::time::Duration,
     },
     /// Show recent flow records from the local agent, and with --follow new ones as they come.
     ///
@@ -129,6 +140,10 @@ fn main() {
             &mut out,
             &mut err,
         ),
+        Command::Lint {
+            paths,
+            feed_min_refresh,
+        } => cli::reachability::cmd_lint(&paths, feed_min_refresh, &mut out, &mut err),
         Command::Recommend(args) => args.request().and_then(|req| {
             cli::recommend::cmd_recommend(
                 &req,

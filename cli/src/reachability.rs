@@ -170,3 +170,32 @@ pub fn cmd_diff(
         (true, false) => i32::from(!changes.is_empty()),
     })
 }
+
+/// `septa lint`: every problem on stderr, a summary on stdout; returns the exit code (0 the
+/// agent would load these manifests, 1 it would keep its last good state instead).
+pub fn cmd_lint(
+    paths: &[PathBuf],
+    feed_min_refresh: std::time::Duration,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32> {
+    let (mut c, mut d) = policies::load::load_paths(paths);
+    policies::septa::validate(&mut c, feed_min_refresh, &mut d);
+    for x in &d.0 {
+        let _ = writeln!(err, "error: {x}");
+    }
+    for x in d.warnings() {
+        let _ = writeln!(err, "warning: {x}");
+    }
+    writeln!(
+        out,
+        "{} errors, {} warnings; {} NetworkPolicies, {} FqdnPolicies, {} ThreatFeeds, {} pods and workloads",
+        d.0.len(),
+        d.warnings().len(),
+        c.policies.len(),
+        c.fqdn_policies.len(),
+        c.threat_feeds.len(),
+        c.pods.len()
+    )?;
+    Ok(if d.is_empty() { 0 } else { 1 })
+}

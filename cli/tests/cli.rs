@@ -298,3 +298,33 @@ fn diff_exit_code_for_ci() {
     assert_eq!(septa(&["diff", "--exit-code", a.path(), b.path()]).0, 2);
     assert_eq!(septa(&["diff", a.path(), b.path()]).0, 1);
 }
+
+/// `septa lint` reports every problem of every object, septa's kinds included, with the
+/// agent's rules (a ThreatFeed refresh below --feed-min-refresh), and exits 1.
+#[test]
+fn lint_reports_every_problem() {
+    let d = TempDir::new("lint");
+    d.write("pods.yaml", TWO_PODS)
+        .write("fqdn.yaml", &FQDN_POLICY.replace("port: 443", "port: 70000").replace("matchPattern: '*.cdn.example'", "matchPattern: '*.com'"))
+        .write("feed.yaml", "apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {name: drop}\nspec: {url: 'https://feeds.example/drop.txt', refresh: 30s, action: block}\n");
+    let (code, out, err) = septa(&["lint", d.path()]);
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "FqdnPolicy shop/payments: spec.egress[0].toFQDNs[1].matchPattern:",
+        "FqdnPolicy shop/payments: spec.egress[0].ports[0].port:",
+        "ThreatFeed drop: spec.refresh:",
+        "ThreatFeed drop: spec.action:",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(out.starts_with("4 errors, 0 warnings"), "{out}");
+    let (code, _, err) = septa(&["lint", "--feed-min-refresh", "10s", d.path()]);
+    assert_eq!(code, 1);
+    assert!(!err.contains("spec.refresh"), "{err}");
+    let ok = TempDir::new("lint-ok");
+    ok.write("pods.yaml", TWO_PODS)
+        .write("fqdn.yaml", FQDN_POLICY);
+    let (code, out, err) = septa(&["lint", ok.path()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 FqdnPolicies"), "{out}");
+}

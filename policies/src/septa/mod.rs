@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use crate::{Cluster, Diagnostics};
 
-/// Validate `c.custom` into `c.fqdn_policies` and `c.threat_feeds`, as the agent does: every
-/// problem goes to `d` with file, object and field, and the object is left out; a second
+/// Validate `c.custom` into `c.fqdn_policies` and `c.threat_feeds` with the agent's rules:
+/// every problem of every object goes to `d` with file, object and field, and the object is
+/// left out; a second
 /// object of a kind with the same name (per namespace for FqdnPolicies) is an error.
 /// `min_refresh` is the shortest ThreatFeed refresh accepted (the agent's
 /// `--feed-min-refresh`, [`feed::MIN_REFRESH`] by default).
@@ -33,7 +34,7 @@ pub fn validate(c: &mut Cluster, min_refresh: Duration, d: &mut Diagnostics) {
         match o.kind.as_str() {
             "FqdnPolicy" => {
                 let object = format!("FqdnPolicy {ns}/{name}");
-                match fqdn::from_manifest(&o.value) {
+                match fqdn::validate(&o.value) {
                     Ok(s)
                         if c.fqdn_policies
                             .iter()
@@ -47,12 +48,16 @@ pub fn validate(c: &mut Cluster, min_refresh: Duration, d: &mut Diagnostics) {
                         )
                     }
                     Ok(s) => c.fqdn_policies.push(s),
-                    Err((field, msg)) => d.push(&o.at, &object, &field, msg),
+                    Err(errors) => {
+                        for (field, msg) in errors {
+                            d.push(&o.at, &object, &field, msg);
+                        }
+                    }
                 }
             }
             "ThreatFeed" => {
                 let object = format!("ThreatFeed {name}");
-                match feed::from_manifest_with(&o.value, min_refresh) {
+                match feed::validate(&o.value, min_refresh) {
                     Ok(s) if c.threat_feeds.iter().any(|f| f.name == s.name) => d.push(
                         &o.at,
                         &object,
@@ -60,7 +65,11 @@ pub fn validate(c: &mut Cluster, min_refresh: Duration, d: &mut Diagnostics) {
                         "another ThreatFeed has this name",
                     ),
                     Ok(s) => c.threat_feeds.push(s),
-                    Err((field, msg)) => d.push(&o.at, &object, &field, msg),
+                    Err(errors) => {
+                        for (field, msg) in errors {
+                            d.push(&o.at, &object, &field, msg);
+                        }
+                    }
                 }
             }
             other => d.push(
