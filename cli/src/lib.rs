@@ -3,5 +3,6 @@
 
 pub mod flows;
 pub mod objects;
+pub mod output;
 pub mod reachability;
 pub mod recommend;

@@ -2,8 +2,13 @@
 
 use std::path::PathBuf;
 
+use std::io::Write;
+
 use clap::{Parser, Subcommand};
-use cli::reachability::{cmd_connlist, cmd_diff, Format};
+use cli::{
+    output::PipeEnd,
+    reachability::{cmd_connlist, cmd_diff, Format},
+};
 
 #[derive(Parser)]
 #[command(
@@ -118,7 +123,8 @@ fn known(resolvers: Vec<std::net::IpAddr>) -> Option<Vec<std::net::IpAddr>> {
 
 fn main() {
     let cli = Cli::parse();
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
+    let mut out = PipeEnd::new(std::io::stdout().lock());
+    let mut err = PipeEnd::new(std::io::stderr());
     let r = match cli.command {
         Command::Connlist {
             paths,
@@ -171,16 +177,23 @@ fn main() {
                 port,
                 kind,
             };
+            // Raw stdout: a reader that goes away must end --follow, not be written past.
             Ok(cli::flows::cmd_flows(
-                &socket, &filter, last, follow, output, &mut out, &mut err,
+                &socket,
+                &filter,
+                last,
+                follow,
+                output,
+                &mut std::io::stdout().lock(),
+                &mut err,
             ))
         }
     };
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
+            let _ = writeln!(err, "error: {e:#}");
+            std::process::exit(cli::output::exit_code_of(&e));
         }
     }
 }

@@ -328,3 +328,109 @@ fn lint_reports_every_problem() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("1 FqdnPolicies"), "{out}");
 }
+
+/// stdout and stderr whose reader is gone before anything is written.
+fn closed_pipes(args: &[&str]) -> i32 {
+    let (r1, w1) = std::io::pipe().unwrap();
+    let (r2, w2) = std::io::pipe().unwrap();
+    drop((r1, r2));
+    Command::new(env!("CARGO_BIN_EXE_septa"))
+        .args(args)
+        .current_dir(root())
+        .stdout(w1)
+        .stderr(w2)
+        .status()
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
+
+/// `septa diff a b | head`: a reader that goes away ends the output, never a panic (exit
+/// 101), and the exit code is still the command's.
+#[test]
+fn a_closed_stdout_or_stderr_is_no_panic() {
+    let (a, b) = (TempDir::new("pipe-a"), TempDir::new("pipe-b"));
+    a.write("pods.yaml", TWO_PODS);
+    b.write("pods.yaml", TWO_PODS)
+        .write("fqdn.yaml", FQDN_POLICY);
+    assert_eq!(closed_pipes(&["connlist", "policies/examples/shop"]), 0);
+    assert_eq!(
+        closed_pipes(&["diff", "--exit-code", a.path(), b.path()]),
+        1
+    );
+    assert_eq!(closed_pipes(&["connlist", "/nonexistent"]), 1);
+    assert_eq!(closed_pipes(&["connlist", "--help"]), 0);
+}
+
+/// Usage errors found after parsing exit 2, like the parser's own.
+#[test]
+fn usage_errors_found_late_exit_2() {
+    for args in [
+        &["recommend", "--manifests", "policies/examples/shop"][..],
+        &[
+            "recommend",
+            "--manifests",
+            "policies/examples/shop",
+            "--flows",
+            "cli/tests/data/recommend/shop-flows.jsonl",
+            "--learn",
+            "1h",
+        ],
+        &[
+            "recommend",
+            "--manifests",
+            "policies/examples/shop",
+            "--flows",
+            "cli/tests/data/recommend/shop-flows.jsonl",
+            "--dns-labels",
+            "k8s-app",
+        ],
+    ] {
+        let (code, _, err) = septa(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
+
+/// A flow file with no record in it is the wrong file: an error, not an empty proposal.
+/// The same file given twice is read once.
+#[test]
+fn recommend_flow_files_wrong_or_repeated() {
+    let d = TempDir::new("flows");
+    d.write("bad.jsonl", "not json\n{\"also\": \"not a record\"}\n");
+    let bad = format!("{}/bad.jsonl", d.path());
+    let (code, _, err) = septa(&[
+        "recommend",
+        "--manifests",
+        "cli/tests/data/recommend/shop",
+        "--flows",
+        &bad,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("bad.jsonl: none of its 2 lines is a flow record"),
+        "{err}"
+    );
+    let f = "cli/tests/data/recommend/shop-flows.jsonl";
+    let summary = |args: &[&str]| -> String {
+        let (code, _, err) = septa(args);
+        assert_eq!(code, 0, "{err}");
+        err.lines().next().unwrap().to_owned()
+    };
+    let once = summary(&[
+        "recommend",
+        "--manifests",
+        "cli/tests/data/recommend/shop",
+        "--flows",
+        f,
+    ]);
+    let twice = summary(&[
+        "recommend",
+        "--manifests",
+        "cli/tests/data/recommend/shop",
+        "--flows",
+        f,
+        "--flows",
+        &format!("./{f}"),
+    ]);
+    assert_eq!(once, twice);
+}
