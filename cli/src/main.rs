@@ -56,8 +56,10 @@ enum Command {
     },
     /// Show recent flow records from the local agent, and with --follow new ones as they come.
     ///
-    /// Filters combine (all must hold): --namespace and --pod match either side, --port
-    /// either port.
+    /// Filters combine (all must hold): --namespace, --pod, --workload and --label match
+    /// either side, --port either port. Each line shows the policy direction (egress: the
+    /// source's side of the connection, ingress: the destination's), and what decided: the
+    /// policy rule, the threat feed, or the default.
     Flows {
         /// The agent's socket.
         #[arg(long, default_value = api::protocol::DEFAULT_SOCKET)]
@@ -65,25 +67,34 @@ enum Command {
         /// Either side in this namespace.
         #[arg(long)]
         namespace: Option<String>,
-        /// Either side is this pod.
+        /// Either side is this pod: NAME, or NAMESPACE/NAME.
         #[arg(long)]
         pod: Option<String>,
+        /// Either side belongs to this workload: KIND/NAME (Deployment/web) or NAME.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Either side carries this label, KEY=VALUE (repeatable: all of them, on one side).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+        labels: Vec<(String, String)>,
         /// forwarded, dropped or audit.
         #[arg(long, value_parser = ["forwarded", "dropped", "audit"])]
         verdict: Option<String>,
-        /// new, deny or end.
-        #[arg(long, value_parser = ["new", "deny", "end"])]
+        /// new, deny, update, end or aggregate.
+        #[arg(long, value_parser = ["new", "deny", "update", "end", "aggregate"])]
         kind: Option<String>,
         /// Either side uses this port.
         #[arg(long)]
         port: Option<u16>,
+        /// Only records from this long ago (e.g. 10m) or this time (RFC 3339) on.
+        #[arg(long, value_parser = since)]
+        since: Option<String>,
         /// How many recent records to show first.
         #[arg(long, default_value_t = 20)]
         last: usize,
         /// Keep printing new records until interrupted.
         #[arg(short, long)]
         follow: bool,
-        /// Output format (text or json lines).
+        /// Output format: text, json (JSON lines) or csv (with a header line).
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -114,6 +125,29 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+}
+
+/// `KEY=VALUE`.
+fn label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// A duration back from now, or an RFC 3339 time, as the records write time (UTC, ms).
+fn since(s: &str) -> Result<String, String> {
+    let t = match humantime::parse_duration(s) {
+        Ok(d) => std::time::SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("{s:?} is before the epoch"))?,
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .map_err(|_| format!("{s:?} is neither a duration (10m) nor an RFC 3339 time"))?,
+    };
+    if t < std::time::UNIX_EPOCH {
+        return Err(format!("{s:?} is before 1970"));
+    }
+    Ok(humantime::format_rfc3339_millis(t).to_string())
 }
 
 /// Resolvers given on the command line; none given: not known here.
@@ -163,9 +197,12 @@ fn main() {
             socket,
             namespace,
             pod,
+            workload,
+            labels,
             verdict,
             kind,
             port,
+            since,
             last,
             follow,
             output,
@@ -176,6 +213,9 @@ fn main() {
                 verdict,
                 port,
                 kind,
+                workload,
+                labels: labels.into_iter().collect(),
+                since,
             };
             // Raw stdout: a reader that goes away must end --follow, not be written past.
             Ok(cli::flows::cmd_flows(
