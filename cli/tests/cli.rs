@@ -306,14 +306,14 @@ fn lint_reports_every_problem() {
     let d = TempDir::new("lint");
     d.write("pods.yaml", TWO_PODS)
         .write("fqdn.yaml", &FQDN_POLICY.replace("port: 443", "port: 70000").replace("matchPattern: '*.cdn.example'", "matchPattern: '*.com'"))
-        .write("feed.yaml", "apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {name: drop}\nspec: {url: 'https://feeds.example/drop.txt', refresh: 30s, action: block}\n");
+        .write("feed.yaml", "apiVersion: septa.dev/v1alpha1\nkind: ThreatFeed\nmetadata: {name: drop}\nspec: {url: 'ftp://feeds.example/drop.txt', refresh: 30s}\n");
     let (code, out, err) = septa(&["lint", d.path()]);
     assert_eq!(code, 1, "{err}");
     for want in [
         "FqdnPolicy shop/payments: spec.egress[0].toFQDNs[1].matchPattern:",
         "FqdnPolicy shop/payments: spec.egress[0].ports[0].port:",
         "ThreatFeed drop: spec.refresh:",
-        "ThreatFeed drop: spec.action:",
+        "ThreatFeed drop: spec.url:",
     ] {
         assert!(err.contains(want), "{want}: {err}");
     }

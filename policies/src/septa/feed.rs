@@ -1,4 +1,5 @@
-//! The `ThreatFeed` manifest (`apiVersion: septa.dev/v1alpha1`), validated once.
+//! The `ThreatFeed` manifest (`apiVersion: septa.dev/v1alpha1`, typed in
+//! [`api::threat_feed`]), validated once.
 //!
 //! ```yaml
 //! apiVersion: septa.dev/v1alpha1
@@ -16,7 +17,7 @@
 
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use api::threat_feed::{FeedAction, FeedFormat, FeedHook, ThreatFeedSpec};
 
 /// Where a feed comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,19 +98,6 @@ impl FeedSpec {
 /// A [`dataplane_common::block_action`] per [`dataplane_common::block_hook`].
 pub type Actions = [u8; dataplane_common::block_hook::COUNT];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSpec {
-    url: Option<String>,
-    file: Option<PathBuf>,
-    format: Option<String>,
-    csv_column: Option<usize>,
-    csv_header: Option<bool>,
-    refresh: Option<String>,
-    action: Option<String>,
-    applies_to: Option<Vec<String>>,
-}
-
 /// A field-level problem: (field path, message).
 pub type SpecError = (String, String);
 
@@ -131,7 +119,8 @@ pub fn from_manifest_with(
 }
 
 /// Validate a `ThreatFeed` object and report every problem in it, in field order (never an
-/// empty list). A spec that does not decode (an unknown field, a wrong type) is one problem.
+/// empty list). A spec that does not decode into [`ThreatFeedSpec`] (an unknown field or
+/// value, a wrong type) is one problem.
 pub fn validate(v: &serde_json::Value, min_refresh: Duration) -> Result<FeedSpec, Vec<SpecError>> {
     let mut errors: Vec<SpecError> = Vec::new();
     let name = v
@@ -157,7 +146,7 @@ pub fn validate(v: &serde_json::Value, min_refresh: Duration) -> Result<FeedSpec
         errors.push(("spec".to_owned(), "missing".to_owned()));
         return Err(errors);
     };
-    let raw: RawSpec = match serde_path_to_error::deserialize(spec.clone()) {
+    let raw: ThreatFeedSpec = match serde_path_to_error::deserialize(spec.clone()) {
         Ok(r) => r,
         Err(e) => {
             errors.push((format!("spec.{}", e.path()), e.into_inner().to_string()));
@@ -190,22 +179,15 @@ pub fn validate(v: &serde_json::Value, min_refresh: Duration) -> Result<FeedSpec
             None
         }
     };
-    let format = match raw.format.as_deref().unwrap_or("lines") {
-        "lines" => Some(Format::Lines),
-        "json" => Some(Format::Json),
-        "csv" => Some(Format::Csv {
+    let format = match raw.format.unwrap_or(FeedFormat::Lines) {
+        FeedFormat::Lines => Format::Lines,
+        FeedFormat::Json => Format::Json,
+        FeedFormat::Csv => Format::Csv {
             column: raw.csv_column.unwrap_or(0),
             header: raw.csv_header.unwrap_or(false),
-        }),
-        other => {
-            errors.push((
-                "spec.format".into(),
-                format!("unknown format {other:?} (expected lines, csv or json)"),
-            ));
-            None
-        }
+        },
     };
-    if raw.csv_column.is_some() && matches!(format, Some(Format::Lines | Format::Json)) {
+    if raw.csv_column.is_some() && !matches!(format, Format::Csv { .. }) {
         errors.push(("spec.csvColumn".into(), "only for format csv".into()));
     }
     let refresh = match raw.refresh {
@@ -220,60 +202,41 @@ pub fn validate(v: &serde_json::Value, min_refresh: Duration) -> Result<FeedSpec
             format!("{refresh:?} is shorter than the minimum {min_refresh:?}"),
         ));
     }
-    let action = match raw.action.as_deref().unwrap_or("drop") {
-        "drop" => Some(Action::Drop),
-        "audit" => Some(Action::Audit),
-        other => {
-            errors.push((
-                "spec.action".into(),
-                format!("unknown action {other:?} (expected drop or audit)"),
-            ));
-            None
-        }
+    let action = match raw.action.unwrap_or(FeedAction::Drop) {
+        FeedAction::Drop => Action::Drop,
+        FeedAction::Audit => Action::Audit,
     };
-    let mut applies_to = BTreeSet::new();
-    let hooks = raw.applies_to.unwrap_or_else(|| {
-        vec![
-            "hostIngress".into(),
-            "podEgress".into(),
-            "podIngress".into(),
-        ]
-    });
-    for (i, h) in hooks.iter().enumerate() {
-        match h.as_str() {
-            "hostIngress" => applies_to.insert(Hook::HostIngress),
-            "podEgress" => applies_to.insert(Hook::PodEgress),
-            "podIngress" => applies_to.insert(Hook::PodIngress),
-            other => {
-                errors.push((
-                    format!("spec.appliesTo[{i}]"),
-                    format!(
-                        "unknown hook {other:?} (expected hostIngress, podEgress or podIngress)"
-                    ),
-                ));
-                continue;
-            }
-        };
-    }
-    if hooks.is_empty() {
+    let applies_to: BTreeSet<Hook> = raw
+        .applies_to
+        .unwrap_or_else(|| {
+            vec![
+                FeedHook::HostIngress,
+                FeedHook::PodEgress,
+                FeedHook::PodIngress,
+            ]
+        })
+        .into_iter()
+        .map(|h| match h {
+            FeedHook::HostIngress => Hook::HostIngress,
+            FeedHook::PodEgress => Hook::PodEgress,
+            FeedHook::PodIngress => Hook::PodIngress,
+        })
+        .collect();
+    if applies_to.is_empty() {
         errors.push((
             "spec.appliesTo".into(),
             "empty: the feed would apply nowhere".into(),
         ));
     }
-    match (name, source, format, refresh, action) {
-        (Some(name), Some(source), Some(format), Some(refresh), Some(action))
-            if errors.is_empty() =>
-        {
-            Ok(FeedSpec {
-                name: name.to_owned(),
-                source,
-                format,
-                refresh,
-                action,
-                applies_to,
-            })
-        }
+    match (name, source, refresh) {
+        (Some(name), Some(source), Some(refresh)) if errors.is_empty() => Ok(FeedSpec {
+            name: name.to_owned(),
+            source,
+            format,
+            refresh,
+            action,
+            applies_to,
+        }),
         _ => Err(errors),
     }
 }
@@ -351,7 +314,7 @@ mod tests {
     /// Every problem of a feed is reported, not only the first.
     #[test]
     fn every_problem_is_reported() {
-        let v: serde_json::Value = serde_yaml::from_str("kind: ThreatFeed\nmetadata: {name: Bad}\nspec: {url: 'ftp://x', format: xml, refresh: 1s, action: block, appliesTo: [podEgress, everywhere]}\n").unwrap();
+        let v: serde_json::Value = serde_yaml::from_str("kind: ThreatFeed\nmetadata: {name: Bad}\nspec: {url: 'ftp://x', format: json, csvColumn: 2, refresh: 1s, appliesTo: []}\n").unwrap();
         let fields: Vec<String> = validate(&v, MIN_REFRESH)
             .unwrap_err()
             .into_iter()
@@ -362,10 +325,9 @@ mod tests {
             [
                 "metadata.name",
                 "spec.url",
-                "spec.format",
+                "spec.csvColumn",
                 "spec.refresh",
-                "spec.action",
-                "spec.appliesTo[1]"
+                "spec.appliesTo"
             ]
         );
     }

@@ -1,4 +1,5 @@
-//! The `FqdnPolicy` manifest (`septa.dev/v1alpha1`): egress to DNS names for selected pods.
+//! The `FqdnPolicy` manifest (`septa.dev/v1alpha1`, typed in [`api::fqdn_policy`]): egress to
+//! DNS names for selected pods, validated once.
 //!
 //! ```yaml
 //! apiVersion: septa.dev/v1alpha1
@@ -17,16 +18,15 @@
 //!
 //! `septa recommend --external fqdn` writes this shape.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::net::IpAddr;
 
+use api::fqdn_policy::FqdnPolicySpec;
 use ipnetwork::IpNetwork;
 
 use crate::{
     model::{IpBlock, Peer, Pod, Policy, PortSel, PortSpec, Protocol, Rule},
     selector::Selector,
 };
-use serde::Deserialize;
 
 use super::pattern::Pattern;
 
@@ -47,36 +47,6 @@ pub struct FqdnSpec {
     pub rules: Vec<FqdnRule>,
     /// The resolvers trusted for these rules; empty: the agent's default.
     pub resolvers: Vec<std::net::IpAddr>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSpec {
-    pod_selector: LabelSelector,
-    egress: Vec<RawRule>,
-    resolvers: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawRule {
-    #[serde(rename = "toFQDNs")]
-    to_fqdns: Vec<RawFqdn>,
-    ports: Option<Vec<RawPort>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawFqdn {
-    match_name: Option<String>,
-    match_pattern: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPort {
-    protocol: Option<String>,
-    port: u32,
 }
 
 /// A field-level problem: (field path, message).
@@ -170,7 +140,7 @@ pub fn validate(v: &serde_json::Value) -> Result<FqdnSpec, Vec<SpecError>> {
         errors.push(("spec".to_owned(), "missing".to_owned()));
         return Err(errors);
     };
-    let raw: RawSpec = match serde_path_to_error::deserialize(spec) {
+    let raw: FqdnPolicySpec = match serde_path_to_error::deserialize(spec) {
         Ok(r) => r,
         Err(e) => {
             errors.push((format!("spec.{}", e.path()), e.into_inner().to_string()));
