@@ -349,3 +349,39 @@ fn bad_input_gets_clear_errors_or_counted_skips() {
         assert!(err.contains(needle), "{flags:?}: {err}");
     }
 }
+
+/// Today's FqdnPolicies count in the diff against today: the api's egress is already
+/// isolated by one, so the proposal takes away less than it would from an unisolated api.
+#[test]
+fn todays_fqdn_policies_count_in_the_diff() {
+    let dir = tmp("today-fqdn");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(data("shop/manifests.yaml"), dir.join("manifests.yaml")).unwrap();
+    let run = |manifests: &std::path::Path| {
+        let req = cli::recommend::Request {
+            manifests: vec![manifests.to_owned()],
+            flows: vec![cli::recommend::FlowSource::File(
+                data("shop-flows.jsonl").into(),
+            )],
+            options: Default::default(),
+            learn_window: None,
+            replay_window: None,
+            replay_flows: vec![],
+        };
+        cli::recommend::run(&req).unwrap().changes
+    };
+    let without = run(&dir);
+    std::fs::write(dir.join("fqdn.yaml"), "apiVersion: septa.dev/v1alpha1\nkind: FqdnPolicy\nmetadata: {name: api-out, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  egress: [{toFQDNs: [{matchName: api.payments.example}], ports: [{port: 443}]}]\n  resolvers: [10.96.0.10]\n").unwrap();
+    let with = run(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let api_egress_removed = |changes: &[policies::connlist::Change]| {
+        changes
+            .iter()
+            .filter(|c| c.src.to_string() == "shop/api[Deployment]" && c.effect() == "removed")
+            .count()
+    };
+    assert!(
+        api_egress_removed(&with) < api_egress_removed(&without),
+        "with: {with:#?}\nwithout: {without:#?}"
+    );
+}
