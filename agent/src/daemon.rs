@@ -300,6 +300,7 @@ impl Agent {
             services: m.services.clone(),
             policies: m.policies.clone(),
             custom: Vec::new(),
+            ..Default::default()
         };
         cluster.policies.extend(crate::fqdn::isolation_policies(
             &self.fqdn_specs,
@@ -869,8 +870,9 @@ impl Agent {
     }
 }
 
-/// The `ThreatFeed` and `FqdnPolicy` objects of a load, validated; problems are added to
-/// `problems`.
+/// The `ThreatFeed` and `FqdnPolicy` objects of a load, validated by
+/// [`policies::septa::validate`] (the rules `septa lint` applies too); every problem is added
+/// to `problems`.
 fn septa_objects(
     cluster: &Cluster,
     min_refresh: std::time::Duration,
@@ -879,60 +881,12 @@ fn septa_objects(
     Vec<crate::feeds::spec::FeedSpec>,
     Vec<crate::dns::spec::FqdnSpec>,
 ) {
-    let mut out: Vec<crate::feeds::spec::FeedSpec> = Vec::new();
-    let mut fqdns: Vec<crate::dns::spec::FqdnSpec> = Vec::new();
-    for o in &cluster.custom {
-        let object = format!(
-            "{} {}",
-            o.kind,
-            o.value
-                .pointer("/metadata/name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("")
-        );
-        if o.kind == "FqdnPolicy" {
-            match crate::dns::spec::from_manifest(&o.value) {
-                Ok(s)
-                    if fqdns
-                        .iter()
-                        .any(|f| f.name == s.name && f.namespace == s.namespace) =>
-                {
-                    problems.push(
-                        &o.at,
-                        &object,
-                        "metadata.name",
-                        "another FqdnPolicy in this namespace has this name",
-                    )
-                }
-                Ok(s) => fqdns.push(s),
-                Err((field, msg)) => problems.push(&o.at, &object, &field, msg),
-            }
-            continue;
-        }
-        if o.kind != "ThreatFeed" {
-            problems.push(
-                &o.at,
-                &object,
-                "kind",
-                format!(
-                    "septa.dev has no kind {:?} (known: ThreatFeed, FqdnPolicy)",
-                    o.kind
-                ),
-            );
-            continue;
-        }
-        match crate::feeds::spec::from_manifest_with(&o.value, min_refresh) {
-            Ok(spec) if out.iter().any(|s| s.name == spec.name) => problems.push(
-                &o.at,
-                &object,
-                "metadata.name",
-                "another ThreatFeed has this name",
-            ),
-            Ok(spec) => out.push(spec),
-            Err((field, msg)) => problems.push(&o.at, &object, &field, msg),
-        }
-    }
-    (out, fqdns)
+    let mut c = Cluster {
+        custom: cluster.custom.clone(),
+        ..Default::default()
+    };
+    policies::septa::validate(&mut c, min_refresh, problems);
+    (c.threat_feeds, c.fqdn_policies)
 }
 
 /// A request waiting on the main loop, and where its answer goes.
@@ -1487,7 +1441,7 @@ apiVersion: septa.dev/v1alpha1\nkind: ThreatFeeds\nmetadata: {name: typo}\nspec:
             ("feeds.yaml#2", "ThreatFeed ok", "metadata.name"),
             ("feeds.yaml#3", "ThreatFeed fast", "spec.refresh"),
             ("feeds.yaml#4", "ThreatFeed hooks", "spec.appliesTo[0]"),
-            ("feeds.yaml#5", "ThreatFeeds typo", "kind"),
+            ("feeds.yaml#5", "ThreatFeeds default/typo", "kind"),
         ]
         .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
         assert_eq!(got, want);
