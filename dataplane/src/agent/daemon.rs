@@ -14,15 +14,7 @@
 //! are attached after the map entries, and an ADD that fails is undone. An endpoint whose
 //! interface disappears is forgotten with its links; CHECK answers from the kernel's view.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    os::unix::fs::PermissionsExt,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-};
+use std::{collections::BTreeMap, net::IpAddr, os::unix::fs::PermissionsExt, sync::Arc};
 
 use dataplane_common::{endpoint_flags, identity, v4_mapped, Config as DpConfig, EndpointInfo};
 use ipnetwork::IpNetwork;
@@ -55,11 +47,17 @@ pub struct Agent {
     compiler: Compiler,
     /// The last manifests that loaded without errors (None: none yet).
     manifests: Option<Cluster>,
+    /// Where [`Agent::manifests`] came from, for messages ("the manifests directory", or the
+    /// saved copy's file and when it was saved).
+    good_from: String,
+    /// The errors of the last load of the manifests directory (None: it had none).
+    dir_errors: Option<policies::Diagnostics>,
     source: Option<Source>,
     pub registry: Registry,
     /// The state, pin and socket directories, checked and locked for this agent's lifetime.
     dirs: AgentDirs,
-    pub ready: Arc<AtomicBool>,
+    /// Readiness: served by `/readyz` and answered to the CNI plugin's STATUS.
+    pub ready: Arc<super::health::Readiness>,
     sweeper: crate::flows::sweep::Sweeper,
     /// What flow records are enriched with; refreshed after every compile.
     pub enricher: Arc<std::sync::RwLock<crate::flows::Enricher>>,
@@ -193,10 +191,12 @@ impl Agent {
             actual,
             compiler: Compiler::default(),
             manifests: None,
+            good_from: String::new(),
+            dir_errors: None,
             source,
             registry,
             dirs,
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: Default::default(),
             enricher: Default::default(),
             sweeper: Default::default(),
         };
@@ -204,6 +204,9 @@ impl Agent {
             agent.manifests = Some(Cluster::default());
         }
         agent.poll_source();
+        if agent.manifests.is_none() && agent.source.is_some() {
+            agent.restore_saved();
+        }
         if agent.manifests.is_some() {
             agent.reconcile()?;
         }
@@ -217,15 +220,20 @@ impl Agent {
         let Some(src) = self.source.as_mut() else {
             return false;
         };
-        let Some((cluster, problems)) = src.poll() else {
+        let Some(load) = src.poll() else {
             return false;
         };
-        self.apply_load(cluster, problems)
+        self.apply_load(load)
     }
 
-    /// Apply one load of the manifests directory, only when it has no errors. Returns whether
-    /// the state changed.
-    pub fn apply_load(&mut self, cluster: Cluster, mut problems: policies::Diagnostics) -> bool {
+    /// Apply one load of the manifests directory, only when it has no errors, and save its
+    /// texts as the last good manifests. Returns whether the state changed.
+    pub fn apply_load(&mut self, load: super::source::Load) -> bool {
+        let super::source::Load {
+            cluster,
+            mut problems,
+            snapshot,
+        } = load;
         let dir = self.cfg.manifests.clone().unwrap_or_default();
         let (feeds, fqdns) = septa_objects(&cluster, self.cfg.feed_min_refresh, &mut problems);
         metrics::gauge!("septa_manifest_errors").set(problems.0.len() as f64);
@@ -236,17 +244,108 @@ impl Agent {
             for d in &problems.0 {
                 error!(file = %d.file, object = %d.object, field = %d.field, "{}", d.message);
             }
-            warn!(
-                errors = problems.0.len(),
-                "manifests have errors; keeping the last good state until they are fixed"
-            );
+            self.dir_errors = Some(problems);
+            self.refresh_readiness();
             return false;
         }
         info!(dir = %dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), "manifests loaded");
+        match snapshot {
+            Some(s) => match s.save(&self.dirs.state) {
+                Ok(()) => {}
+                Err(e) => {
+                    error!(error = %e, "saving the last good manifests; a restart on manifests with errors would start from an older copy (or none)")
+                }
+            },
+            None => {
+                warn!("the manifests changed while they were read; they are read again before they are saved as the last good ones")
+            }
+        }
         self.feeds.set_wanted(feeds);
         self.fqdn_specs = fqdns;
         self.manifests = Some(cluster);
+        self.good_from = format!("the manifests in {}", dir.display());
+        self.dir_errors = None;
+        self.refresh_readiness();
         true
+    }
+
+    /// Say (log, readiness, CNI answers) what the directory's errors mean now.
+    fn refresh_readiness(&mut self) {
+        let why = self.dir_errors.as_ref().map(|p| {
+            let dir = self.cfg.manifests.clone().unwrap_or_default();
+            self.errors_summary(&dir, p)
+        });
+        if let Some(w) = &why {
+            warn!("{w}");
+        }
+        self.ready.set_problem(why);
+    }
+
+    /// What the directory's errors mean for enforcement, in words that are true now.
+    fn errors_summary(&self, dir: &std::path::Path, problems: &policies::Diagnostics) -> String {
+        let first = problems.0.first().map_or(String::new(), |d| {
+            let mut at = d.file.clone();
+            for part in [&d.object, &d.field] {
+                if !part.is_empty() {
+                    at = format!("{at}: {part}");
+                }
+            }
+            format!(" (first: {at}: {})", d.message)
+        });
+        let n = problems.0.len();
+        let errors = if n == 1 { "error" } else { "errors" };
+        let head = format!(
+            "the manifests in {} have {n} {errors}{first}",
+            dir.display()
+        );
+        if self.manifests.is_some() {
+            format!(
+                "{head}; enforcing the last good state, from {}, until they are fixed",
+                self.good_from
+            )
+        } else {
+            format!(
+                "{head}; no good state yet (none applied since the agent started and no saved \
+                 copy in {}): pods are refused until they are fixed",
+                self.dirs.state.path().display()
+            )
+        }
+    }
+
+    /// Start from the last good manifests saved in the state directory (the directory has
+    /// errors, or cannot be read, and nothing good was applied yet).
+    fn restore_saved(&mut self) {
+        let saved = match super::snapshot::Snapshot::read(&self.dirs.state) {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                error!(error = %e, "the saved last good manifests are unreadable");
+                return;
+            }
+        };
+        let (snap, from) = saved;
+        let name = from.display().to_string();
+        let (cluster, mut problems) = snap.load(&name);
+        let (feeds, fqdns) = septa_objects(&cluster, self.cfg.feed_min_refresh, &mut problems);
+        if !problems.is_empty() {
+            for d in &problems.0 {
+                error!(file = %d.file, object = %d.object, field = %d.field, "{}", d.message);
+            }
+            error!("the saved last good manifests do not load without errors either; not used");
+            return;
+        }
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(snap.saved_at),
+        );
+        info!(copy = %name, saved_at = %when, files = snap.files.len(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), fqdn_policies = fqdns.len(), "starting from the last good manifests saved in the state directory");
+        self.feeds.set_wanted(feeds);
+        self.fqdn_specs = fqdns;
+        self.manifests = Some(cluster);
+        self.good_from = format!(
+            "the copy of {} saved in {name} at {when}",
+            snap.dir.display()
+        );
+        self.refresh_readiness();
     }
 
     /// The pod an endpoint stands for: its Pod object in the manifests if there is one,
@@ -432,7 +531,7 @@ impl Agent {
                 "maps reconciled"
             );
         }
-        self.ready.store(true, Ordering::Relaxed);
+        self.ready.set_reconciled();
         Ok(())
     }
 
@@ -464,13 +563,14 @@ impl Agent {
     /// Serve one registry request.
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => {
-                if self.ready.load(Ordering::Relaxed) {
-                    Response::ok()
-                } else {
-                    Response::err("agent not ready: no valid manifests applied yet")
-                }
-            }
+            Request::Status => match (self.ready.reconciled(), self.ready.problem()) {
+                (true, warning) => Response {
+                    warning: warning.unwrap_or_default(),
+                    ..Response::ok()
+                },
+                (false, Some(why)) => Response::err(format!("agent not ready: {why}")),
+                (false, None) => Response::err("agent not ready: no valid manifests applied yet"),
+            },
             Request::Check { container_id } => {
                 self.forget_if_gone(&container_id);
                 match self.registry.endpoints.get(&container_id) {
@@ -542,9 +642,12 @@ impl Agent {
     /// [`Agent::finish_batch`].
     fn prepare_add(&mut self, ep: Endpoint) -> Result<PendingAdd, Response> {
         if self.manifests.is_none() {
-            return Err(Response::err(
-                "agent not ready: no valid manifests applied yet",
-            ));
+            return Err(Response::err(format!(
+                "agent not ready: {}",
+                self.ready
+                    .problem()
+                    .unwrap_or_else(|| "no valid manifests applied yet".into())
+            )));
         }
         if let Err(e) = ep.check_addresses() {
             return Err(Response::err(e));
@@ -690,6 +793,7 @@ impl Agent {
             info!(container = %p.ep.container_id, pod = %format!("{}/{}", p.ep.namespace, p.ep.name), iface = %p.ep.host_ifname, cgroup = ?p.ep.cgroup, slot = p.slot, identity, "endpoint added");
             let _ = reply.send(Response {
                 identity,
+                warning: self.ready.problem().unwrap_or_default(),
                 ..Response::ok()
             });
         }
@@ -865,6 +969,9 @@ impl Agent {
             }
             if let Err(e) = self.registry.remove_files() {
                 error!(error = %e, "removing the endpoint registry");
+            }
+            if let Err(e) = super::snapshot::Snapshot::remove_files(&self.dirs.state) {
+                error!(error = %e, "removing the saved last good manifests");
             }
         } else {
             info!("stopping; enforcement stays in place (pinned maps and links)");
@@ -1223,8 +1330,12 @@ async fn hung_up<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> bool {
     r.fill_buf().await.map_or(true, |b| b.is_empty())
 }
 
-/// Run the agent until SIGTERM/SIGINT.
-pub async fn run(mut agent: Agent) -> Result<(), Error> {
+/// Run the agent until SIGTERM/SIGINT. `prometheus` renders `/metrics`: installed before
+/// [`Agent::start`], so what the start records is there from the first scrape.
+pub async fn run(
+    mut agent: Agent,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<(), Error> {
     let sock = agent.cfg.socket.clone();
     let (tx, mut rx) = mpsc::channel::<Job>(64);
     let tap = FlowTap::new();
@@ -1234,7 +1345,6 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
             iface: agent.cfg.health_addr.to_string(),
             reason: format!("health endpoint: {e}"),
         })?;
-    let prometheus = super::metrics::install();
     tokio::spawn(super::health::serve(
         health,
         agent.ready.clone(),
@@ -1308,7 +1418,10 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         });
     }
     let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
-    agent.sync_feeds(&feed_tx);
+    // Without good manifests no feed is known: the pinned blocklist stays as it is.
+    if agent.manifests.is_some() {
+        agent.sync_feeds(&feed_tx);
+    }
     let injector = crate::dns::inject::Injector::new()?;
     let (names_tx, names_rx) = tokio::sync::watch::channel(agent.dns.exact_names());
     let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel();
@@ -1351,8 +1464,8 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
                 agent.handle_batch(jobs);
             }
-            Some((cluster, problems)) = loads.recv() => {
-                if agent.apply_load(cluster, problems) {
+            Some(load) = loads.recv() => {
+                if agent.apply_load(load) {
                     if let Err(e) = agent.reconcile() {
                         error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
                     }
@@ -1434,7 +1547,7 @@ fn spawn_loader(
     source: Option<Source>,
     interval: std::time::Duration,
 ) -> (
-    mpsc::Receiver<(Cluster, policies::Diagnostics)>,
+    mpsc::Receiver<super::source::Load>,
     Arc<std::sync::atomic::AtomicU64>,
 ) {
     let (tx, rx) = mpsc::channel(1);

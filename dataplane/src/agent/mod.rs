@@ -11,4 +11,5 @@ pub mod health;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod snapshot;
 pub mod source;

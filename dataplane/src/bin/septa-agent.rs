@@ -46,6 +46,8 @@ fn main() {
     if let Some(n) = dataplane::agent::health::raise_nofile_limit() {
         tracing::debug!(limit = n, "open files limit");
     }
+    // Before anything records a metric: a value set before the recorder exists is lost.
+    let prometheus = dataplane::agent::metrics::install();
     let agent = match Agent::start(cfg) {
         Ok(a) => a,
         Err(e) => {
@@ -58,7 +60,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(agent)) {
+    if let Err(e) = rt.block_on(run(agent, prometheus)) {
         tracing::error!(error = %e, "agent failed");
         std::process::exit(1);
     }
