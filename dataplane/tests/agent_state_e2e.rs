@@ -573,3 +573,57 @@ fn an_agent_with_no_good_state_says_so() {
     }
     assert!(!status.error.contains("last good state"), "{status:?}");
 }
+
+#[test]
+fn a_restart_with_no_input_change_writes_nothing_to_the_maps() {
+    use dataplane::testing::node::{http_get, metric};
+    let mut n = node("renumber");
+    n.start_agent().unwrap();
+    // Pods come in an order that is not the sorted order of their labels.
+    let web = n.add_pod("demo", "web", "app=web").unwrap();
+    let client = n.add_pod("demo", "client", "app=client").unwrap();
+    let other = n.add_pod("demo", "other", "app=other").unwrap();
+    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let revision = |n: &Node| {
+        poll_until(Duration::from_secs(10), || {
+            let v = metric(
+                &http_get(&n.bed.node_path(), "/metrics"),
+                "septa_policy_revision",
+            );
+            (v > 0.0).then_some(v)
+        })
+        .expect("no septa_policy_revision")
+    };
+    let before = revision(&n);
+    let identity = |n: &Node, c: &Attachment| {
+        agent(
+            n,
+            &Request::Check {
+                container_id: c.container_id.clone(),
+            },
+        )
+        .identity
+    };
+    let ids: Vec<_> = [&web, &client, &other].map(|c| identity(&n, c)).to_vec();
+    let writes = |n: &Node| n.agent_log().matches("maps reconciled").count();
+    let written = writes(&n);
+    n.stop_agent().unwrap();
+    n.start_agent().unwrap();
+    assert_eq!(
+        revision(&n),
+        before,
+        "the restart bumped the policy revision"
+    );
+    assert_eq!(
+        writes(&n),
+        written,
+        "the restart wrote to the maps:\n{}",
+        n.agent_log()
+    );
+    assert_eq!(
+        [&web, &client, &other].map(|c| identity(&n, c)).to_vec(),
+        ids
+    );
+    assert_policy_holds(&client, &other, &web, "after the restart");
+    n.stop_agent().unwrap();
+}

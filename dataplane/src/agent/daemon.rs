@@ -45,6 +45,8 @@ pub struct Agent {
     pub dp: Datapath,
     actual: MapState,
     compiler: Compiler,
+    /// Identity and rule numbers kept across restarts (see [`super::numbering`]).
+    numbers: super::numbering::Numbering,
     /// The last manifests that loaded without errors (None: none yet).
     manifests: Option<Cluster>,
     /// Where [`Agent::manifests`] came from, for messages ("the manifests directory", or the
@@ -144,6 +146,10 @@ impl Agent {
             info!(iface = %iface, "XDP attached");
         }
         let source = cfg.manifests.clone().map(Source::new);
+        let numbers = super::numbering::Numbering::read(&dirs.state).unwrap_or_else(|e| {
+            warn!(error = %e, "identity numbers of the last run unreadable; numbering afresh (every map entry is written again once)");
+            Default::default()
+        });
         let feeds = crate::feeds::manager::Manager::new(
             &dp,
             crate::feeds::manager::Settings {
@@ -190,6 +196,7 @@ impl Agent {
             dp,
             actual,
             compiler: Compiler::default(),
+            numbers,
             manifests: None,
             good_from: String::new(),
             dir_errors: None,
@@ -415,7 +422,13 @@ impl Agent {
             &self.cfg.dns_resolvers,
             slot_pods.iter().map(|(s, p)| (*s, p)),
         );
-        let st = self.compiler.compile(&cluster);
+        let mut st = self.compiler.compile(&cluster);
+        // Saved before the maps are written: numbers in the maps are always in the file.
+        if self.numbers.apply(&mut st) {
+            if let Err(e) = self.numbers.save(&self.dirs.state) {
+                warn!(error = %e, "saving identity numbers; a restart would renumber");
+            }
+        }
         if let Ok(mut en) = self.enricher.write() {
             en.rules = st
                 .rules
@@ -522,6 +535,8 @@ impl Agent {
             }
         }
         super::metrics::map_sizes(&self.actual);
+        // Current as soon as a change is answered, not at the next scrape of the maps.
+        metrics::gauge!("septa_policy_revision").set(stats.revision as f64);
         if stats.upserts + stats.removals > 0 {
             info!(
                 upserts = stats.upserts,
@@ -969,6 +984,9 @@ impl Agent {
             }
             if let Err(e) = self.registry.remove_files() {
                 error!(error = %e, "removing the endpoint registry");
+            }
+            if let Err(e) = self.dirs.state.remove(super::numbering::FILE) {
+                error!(error = %e, "removing the identity numbers");
             }
             if let Err(e) = super::snapshot::Snapshot::remove_files(&self.dirs.state) {
                 error!(error = %e, "removing the saved last good manifests");

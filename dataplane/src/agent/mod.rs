@@ -9,6 +9,7 @@ pub mod dirs;
 pub mod fqdn;
 pub mod health;
 pub mod metrics;
+pub mod numbering;
 pub mod protocol;
 pub mod registry;
 pub mod snapshot;
