@@ -627,3 +627,33 @@ fn a_restart_with_no_input_change_writes_nothing_to_the_maps() {
     assert_policy_holds(&client, &other, &web, "after the restart");
     n.stop_agent().unwrap();
 }
+
+#[test]
+fn bad_options_exit_2_naming_the_option_before_anything_is_loaded() {
+    let n = node("badopts");
+    let pin = n.dir.join("pins-badopts");
+    let pin_s = pin.display().to_string();
+    for (flag, value) in [
+        ("--poll-interval", "0s"),
+        ("--flow-update-interval", "0s"),
+        ("--flow-aggregate-window", "0s"),
+        ("--conntrack-entries", "0"),
+        ("--flow-log", "/nonexistent-septa/flows.jsonl"),
+    ] {
+        let mut c = n.agent_command(&[("--pin-dir", pin_s.as_str())]);
+        let out = c.args([flag, value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+        assert!(
+            !pin.exists(),
+            "{flag} {value}: something was pinned: {stderr}"
+        );
+        assert!(
+            !n.state_dir()
+                .join(dataplane::agent::registry::FILE)
+                .exists(),
+            "{flag} {value}: state was written"
+        );
+    }
+}

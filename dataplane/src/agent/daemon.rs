@@ -1349,10 +1349,13 @@ async fn hung_up<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> bool {
 }
 
 /// Run the agent until SIGTERM/SIGINT. `prometheus` renders `/metrics`: installed before
-/// [`Agent::start`], so what the start records is there from the first scrape.
+/// [`Agent::start`], so what the start records is there from the first scrape. `out` are the
+/// flow exporters, opened before the start too, so a flow log that cannot be written stops
+/// the agent before it has written anything.
 pub async fn run(
     mut agent: Agent,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    mut out: crate::flows::Exporters,
 ) -> Result<(), Error> {
     let sock = agent.cfg.socket.clone();
     let (tx, mut rx) = mpsc::channel::<Job>(64);
@@ -1375,7 +1378,6 @@ pub async fn run(
         if let Ok(mut en) = enricher.write() {
             en.wall_offset_ns = crate::flows::Enricher::measure_wall_offset();
         }
-        let mut out = crate::flows::Exporters::from_config(&agent.cfg)?;
         let mut aggregator = agent
             .cfg
             .flow_aggregate_window

@@ -26,18 +26,18 @@ impl Exporters {
         let jsonl = match &cfg.flow_log {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(jsonl::JsonlWriter::stdout()),
-            Some(p) => Some(jsonl::JsonlWriter::file(
-                p,
-                cfg.flow_log_max_bytes,
-                cfg.flow_log_keep,
-            )?),
+            Some(p) => Some(
+                jsonl::JsonlWriter::file(p, cfg.flow_log_max_bytes, cfg.flow_log_keep)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("--flow-log: {e}")))?,
+            ),
         };
         let ipfix = match cfg.ipfix_collector {
-            Some(addr) => Some(ipfix::IpfixExporter::new(
-                addr,
-                cfg.ipfix_domain,
-                cfg.ipfix_template_interval,
-            )?),
+            Some(addr) => Some(
+                ipfix::IpfixExporter::new(addr, cfg.ipfix_domain, cfg.ipfix_template_interval)
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("--ipfix-collector: {e}"))
+                    })?,
+            ),
             None => None,
         };
         Ok(Self { jsonl, ipfix })
