@@ -8,7 +8,7 @@ build: setup
 	cargo build --release --workspace
 
 demo: setup
-	cargo build --release -q -p dataplane --bins
+	cargo build --release -q -p agent -p cni
 	cargo build --release -q -p septa-tests --bin septa-demo
 	./target/release/septa-demo
 
@@ -16,7 +16,7 @@ test: setup
 	@bash scripts/test.sh
 
 perf: setup
-	cargo build --release -q -p dataplane --bins
+	cargo build --release -q -p agent -p cni
 	cargo run --release -q -p perf --bin septa-perf -- --out perf/results
 	cargo run --release -q -p perf --bin septa-perf-policy -- --out perf/results
 	cargo run --release -q -p perf --bin septa-perf-agent -- --out perf/results

@@ -153,7 +153,7 @@ pub fn evaluate<M: PolicyMap + ?Sized>(
 }
 
 /// The host-side model of the kernel's policy map: the same lookup over a `HashMap`.
-#[cfg(any(test, feature = "user"))]
+#[cfg(any(test, feature = "std"))]
 impl<S: std::hash::BuildHasher> PolicyMap for std::collections::HashMap<PolicyKey, PolicyValue, S> {
     fn get(&self, key: &PolicyKey) -> Option<PolicyValue> {
         std::collections::HashMap::get(self, key).copied()
@@ -161,7 +161,7 @@ impl<S: std::hash::BuildHasher> PolicyMap for std::collections::HashMap<PolicyKe
 }
 
 /// The same over a `BTreeMap` (deterministic iteration for compilers and diffs).
-#[cfg(any(test, feature = "user"))]
+#[cfg(any(test, feature = "std"))]
 impl PolicyMap for std::collections::BTreeMap<PolicyKey, PolicyValue> {
     fn get(&self, key: &PolicyKey) -> Option<PolicyValue> {
         std::collections::BTreeMap::get(self, key).copied()

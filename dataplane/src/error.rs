@@ -71,7 +71,16 @@ impl Error {
     }
 }
 
+impl From<hostnet::Error> for Error {
+    fn from(e: hostnet::Error) -> Self {
+        match e {
+            hostnet::Error::Netns { path, source } => Error::Netns { path, source },
+            hostnet::Error::Interface { iface, reason } => Error::Interface { iface, reason },
+        }
+    }
+}
+
 /// Map a map error to [`Error::Map`] with the map's name.
-pub(crate) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
+pub fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
     move |source| Error::Map { name, source }
 }

@@ -3,18 +3,12 @@
 //!
 //! The kernel/user contract (map layouts, constants) is `dataplane-common`.
 
-pub mod agent;
-pub mod cni;
+pub mod blocklist;
 pub mod dns;
 pub mod error;
 pub mod events;
-pub mod feeds;
-pub mod flows;
-pub mod link;
 pub mod loader;
-pub mod netns;
 pub mod reconcile;
-pub mod testing;
 pub mod testrun;
 
 pub use error::Error;

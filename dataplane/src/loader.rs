@@ -255,9 +255,9 @@ impl Datapath {
     }
 
     /// Attach both TC programs (TCX) to the host-side interface `iface` of an endpoint, in the
-    /// caller's network namespace (see [`crate::netns::in_netns`]). See [`Datapath::attach_ifindex`].
+    /// caller's network namespace (see [`hostnet::netns::in_netns`]). See [`Datapath::attach_ifindex`].
     pub fn attach(&mut self, iface: &str) -> Result<(), Error> {
-        let ifindex = crate::netns::ifindex(iface)?;
+        let ifindex = hostnet::netns::ifindex(iface)?;
         self.attach_ifindex(ifindex, iface)
     }
 
@@ -329,7 +329,7 @@ impl Datapath {
                         .map_err(|e| iface_err(format!("attaching {name}: {e}")))?;
                     let link = self.take_tcx_link(name, id, iface)?;
                     // Attached by name: make sure the name still meant this index.
-                    if crate::netns::ifindex(iface).ok() != Some(ifindex) {
+                    if hostnet::netns::ifindex(iface).ok() != Some(ifindex) {
                         drop(link);
                         return Err(iface_err(format!(
                             "renamed or replaced while attaching (expected interface index {ifindex})"
@@ -433,7 +433,7 @@ impl Datapath {
                 };
                 let ifindex = match dir {
                     "tcx" => iface.parse().ok(),
-                    _ => crate::netns::ifindex(iface).ok(),
+                    _ => hostnet::netns::ifindex(iface).ok(),
                 };
                 let live = ifindex.is_some_and(|i| tcx_program_on(&e.path(), i, hook).is_some());
                 if !live && std::fs::remove_file(e.path()).is_ok() {
@@ -452,7 +452,7 @@ impl Datapath {
             .iter()
             .find(|(_, n)| n.as_str() == iface)
             .map(|(i, _)| *i);
-        match found.or_else(|| crate::netns::ifindex(iface).ok()) {
+        match found.or_else(|| hostnet::netns::ifindex(iface).ok()) {
             Some(ifindex) => self.detach_ifindex(ifindex),
             None => Ok(()),
         }
@@ -865,9 +865,9 @@ fn tcx_program_on(
         .info()
         .ok()?
         .program_id();
-    let iface = crate::link::link(ifindex).ok()?;
+    let iface = hostnet::link::link(ifindex).ok()?;
     let (_, progs) = SchedClassifier::query_tcx(&iface.name, hook).ok()?;
-    if crate::netns::ifindex(&iface.name).ok() != Some(ifindex) {
+    if hostnet::netns::ifindex(&iface.name).ok() != Some(ifindex) {
         return None;
     }
     progs.into_iter().find(|p| p.id() == prog_id)

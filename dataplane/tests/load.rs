@@ -1,7 +1,7 @@
 //! The programs load and pass the verifier; pinned maps are reused by a second load.
 
-use dataplane::testing::ScratchDatapath;
 use dataplane_common::{maps, programs, Config};
+use testbed::ScratchDatapath;
 
 #[test]
 fn programs_pass_the_verifier() {
@@ -63,7 +63,7 @@ fn bad_interfaces_are_clear_errors() {
         err.contains("septa-no-such-if"),
         "names the interface: {err}"
     );
-    let err = dataplane::netns::ifindex("bad\0name")
+    let err = hostnet::netns::ifindex("bad\0name")
         .unwrap_err()
         .to_string();
     assert!(err.contains("NUL"), "{err}");
@@ -77,7 +77,7 @@ fn bad_interfaces_are_clear_errors() {
 
 #[test]
 fn missing_netns_is_a_clear_error() {
-    let err = dataplane::netns::in_netns(std::path::Path::new("/run/netns/septa-absent"), || ())
+    let err = hostnet::netns::in_netns(std::path::Path::new("/run/netns/septa-absent"), || ())
         .unwrap_err()
         .to_string();
     assert!(err.contains("/run/netns/septa-absent"), "{err}");

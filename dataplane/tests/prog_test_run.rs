@@ -3,7 +3,7 @@
 //!
 //! Every case loads a fresh data path (own pin directory), so cases cannot leak state.
 
-use dataplane::{testing::ScratchDatapath, testrun::TEST_RUN_IFINDEX, EventReader};
+use dataplane::{testrun::TEST_RUN_IFINDEX, EventReader};
 use dataplane_common::{
     allow, config_flags, endpoint_flags, event, identity, isolation,
     packets::*,
@@ -12,6 +12,7 @@ use dataplane_common::{
     reason, rule, stats, v4_mapped, verdict, Config, EndpointInfo, FlowEvent, PolicyKey,
     PolicyValue,
 };
+use testbed::ScratchDatapath;
 
 const PASS: i32 = -1;
 const DROP: i32 = 2;

@@ -1,8 +1,9 @@
 //! Reconciling maps with a desired state: only the difference is written, state read back
 //! from pinned maps equals what was written, and a restarted loader starts from it.
 
-use dataplane::{reconcile::MapState, testing::ScratchDatapath, Datapath, LoadOptions};
+use dataplane::{reconcile::MapState, Datapath, LoadOptions};
 use dataplane_common::{allow, EndpointInfo, PolicyKey, PolicyValue};
+use testbed::ScratchDatapath;
 
 fn state(n: u32, extra_peer: bool) -> MapState {
     let mut s = MapState::default();

@@ -16,11 +16,11 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dataplane::testing::ScratchDatapath;
 use dataplane_common::{
     allow, direction, endpoint_flags, isolation, packets::*, parse::*, programs::TC_TO_POD,
     v4_mapped, Config, EndpointInfo, PolicyKey, PolicyValue,
 };
+use testbed::ScratchDatapath;
 
 #[derive(Parser)]
 #[command(about = "Measure ns/packet of septa's TC programs with BPF_PROG_TEST_RUN")]

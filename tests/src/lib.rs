@@ -1,4 +1,4 @@
-//! septa's end-to-end tests and the demo. The test bed itself lives in
-//! `dataplane::testing` (re-exported here) so the agent's own e2e tests can use it too.
+//! septa's end-to-end tests and the demo. The test bed itself is the `testbed` crate
+//! (re-exported here) so the agent's own e2e tests can use it too.
 
-pub use dataplane::testing::{bed, scenario, traffic};
+pub use testbed::{bed, scenario, traffic};

@@ -108,7 +108,7 @@ fn detach_removes_enforcement() {
         "denied while attached"
     );
     let iface = s.server.host_if.clone();
-    dataplane::netns::in_netns(&s.bed.node_path(), || s.dp.detach(&iface))
+    hostnet::netns::in_netns(&s.bed.node_path(), || s.dp.detach(&iface))
         .unwrap()
         .unwrap();
     assert!(!s.dp.attached_interfaces().contains(&iface));
@@ -131,7 +131,7 @@ fn restart_swaps_programs_without_a_gap() {
     let mut second = s.dp.reopen().expect("second agent loads on the same pins");
     let node = s.bed.node_path();
     for iface in [s.client.host_if.clone(), s.server.host_if.clone()] {
-        dataplane::netns::in_netns(&node, || second.attach(&iface))
+        hostnet::netns::in_netns(&node, || second.attach(&iface))
             .unwrap()
             .unwrap();
     }
@@ -186,7 +186,7 @@ fn xdp_on_a_host_interface_counts_and_passes() {
     let _server = Server::start(&s.server.netns_path(), &[8080], &[]).unwrap();
     s.allow(IPPROTO_TCP, 8080, 1).unwrap();
     let iface = s.client.host_if.clone();
-    dataplane::netns::in_netns(&s.bed.node_path(), || s.dp.attach_xdp(&iface))
+    hostnet::netns::in_netns(&s.bed.node_path(), || s.dp.attach_xdp(&iface))
         .unwrap()
         .expect("XDP attaches");
     let mut c =

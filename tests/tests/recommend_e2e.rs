@@ -9,8 +9,8 @@ use std::{
     time::Duration,
 };
 
-use controller::recommend::{propose::Options, FlowSource, Request};
-use dataplane::testing::{
+use cli::recommend::{propose::Options, FlowSource, Request};
+use testbed::{
     cni::Attachment,
     node::{flow_records, Binaries, Node},
     traffic::{poll_until, tcp_connect, Server},
@@ -94,9 +94,9 @@ fn recommend(node: &Node, flows: &Path, audit: bool) -> String {
         replay_window: None,
         replay_flows: vec![],
     };
-    let out = controller::recommend::run(&req).expect("recommend");
+    let out = cli::recommend::run(&req).expect("recommend");
     assert_eq!(out.observations.skips.count("malformed"), 0);
-    controller::recommend::yaml(&out.proposals).unwrap()
+    cli::recommend::yaml(&out.proposals).unwrap()
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn learn_recommend_audit_then_enforce() {
     std::fs::copy(&log, &learned).unwrap();
 
     // The live agent's recent records give the same proposal as its log.
-    let live = controller::recommend::run(&Request {
+    let live = cli::recommend::run(&Request {
         manifests: vec![node.manifests.clone()],
         flows: vec![FlowSource::Agent(node.socket.clone())],
         options: Options::default(),
@@ -157,7 +157,7 @@ fn learn_recommend_audit_then_enforce() {
     .expect("recommend from the agent");
     let from_log = recommend(&node, &learned, false);
     assert_eq!(
-        controller::recommend::yaml(&live.proposals)
+        cli::recommend::yaml(&live.proposals)
             .unwrap()
             .lines()
             .filter(|l| !l.contains("septa.dev/evidence") && !l.starts_with('#'))

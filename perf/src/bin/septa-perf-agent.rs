@@ -25,15 +25,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent::registry::Registered;
 use anyhow::{bail, Context, Result};
+use api::protocol::Endpoint;
 use clap::Parser;
-use dataplane::{
-    agent::{protocol::Endpoint, registry::Registered},
-    netns::in_netns,
-    testing::{
-        node::{Binaries, Node},
-        traffic::poll_until,
-    },
+use hostnet::netns::in_netns;
+use testbed::{
+    node::{Binaries, Node},
+    traffic::poll_until,
 };
 
 #[derive(Parser)]

@@ -16,14 +16,12 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dataplane::{
-    netns::in_netns,
-    testing::{
-        cni::Attachment,
-        dns::{dns_query, query, Outside, RESOLVER},
-        node::{http_get, metric, Binaries, Node},
-        traffic::poll_until,
-    },
+use hostnet::netns::in_netns;
+use testbed::{
+    cni::Attachment,
+    dns::{dns_query, query, Outside, RESOLVER},
+    node::{http_get, metric, Binaries, Node},
+    traffic::poll_until,
 };
 
 #[derive(Parser)]

@@ -21,18 +21,14 @@ use std::{
     time::Instant,
 };
 
+use agent::feeds::{
+    parse::parse,
+    spec::Format,
+    store::{diff, Blocklist, Store},
+};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use dataplane::{
-    feeds::{
-        parse::parse,
-        spec::Format,
-        store::{diff, Blocklist, Store},
-    },
-    netns::in_netns,
-    testing::{bed::ip, ScratchDatapath},
-    testrun::TEST_RUN_IFINDEX,
-};
+use dataplane::testrun::TEST_RUN_IFINDEX;
 use dataplane_common::{
     block_action::DROP,
     endpoint_flags, isolation, maps,
@@ -41,6 +37,8 @@ use dataplane_common::{
     programs::{PERF_XDP_PASS, PERF_XDP_REDIRECT, TC_FROM_POD, XDP_HOST},
     v4_mapped, Config, EndpointInfo,
 };
+use hostnet::netns::in_netns;
+use testbed::{bed::ip, ScratchDatapath};
 
 #[derive(Parser)]
 #[command(

@@ -13,17 +13,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent::flows::{
+    aggregate::Aggregator, ipfix::IpfixExporter, jsonl::JsonlWriter, Enricher, PolicyRef,
+};
 use anyhow::{Context, Result};
 use clap::Parser;
-use dataplane::{
-    flows::{aggregate::Aggregator, ipfix::IpfixExporter, jsonl::JsonlWriter, Enricher, PolicyRef},
-    testing::node::{Binaries, Node},
-    Datapath, LoadOptions,
-};
+use dataplane::{Datapath, LoadOptions};
 use dataplane_common::{
     direction, event, packets::*, parse::*, programs::TC_TO_POD, stats, verdict, EndpointInfo,
     FlowEvent,
 };
+use testbed::node::{Binaries, Node};
 
 #[derive(Parser)]
 #[command(

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use controller::recommend::{
+use cli::recommend::{
     observe::{Observer, Window},
     propose::{self, Options},
     FlowSource, Request,
@@ -169,7 +169,7 @@ fn one(n: u64) -> Result<()> {
     let opts = Options::default();
     let (proposals, _) = propose::propose(&o.obs, &o.workloads, &cluster.pods, &opts);
     let propose_s = t.elapsed().as_secs_f64();
-    let yaml = controller::recommend::yaml(&proposals)?;
+    let yaml = cli::recommend::yaml(&proposals)?;
     let rules: usize = proposals.iter().map(|p| p.rules.len()).sum();
     let peers: usize = proposals
         .iter()
@@ -201,7 +201,7 @@ fn golden(dns: bool) -> Result<(f64, f64, u64, u64, usize, usize)> {
         replay_window: None,
         replay_flows: vec![data.join("shop-replay.jsonl")],
     };
-    let o = controller::recommend::run(&req)?;
+    let o = cli::recommend::run(&req)?;
     let r = o.replay.context("replay")?;
     let rules = o.proposals.iter().map(|p| p.rules.len()).sum();
     Ok((

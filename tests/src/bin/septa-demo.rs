@@ -10,13 +10,13 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use dataplane::testing::{
+use policies::{connlist::connlist, load::load_paths, model::Protocol};
+use testbed::{
     cni::Attachment,
     dns::{query, Outside},
     node::{flow_records, http_get, metric, Binaries, Node},
     traffic::{echo, poll_until, tcp_connect, tcp_connect_from, Server},
 };
-use policies::{connlist::connlist, load::load_paths, model::Protocol};
 
 const GREEN: &str = "\x1b[32m";
 const RED: &str = "\x1b[31m";

@@ -1,0 +1,75 @@
+//! `septa-agent`: see `septa-agent --help`.
+
+use agent::{
+    config::{Args, Config},
+    daemon::{run, Agent},
+};
+use clap::Parser;
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEPTA_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = match Config::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("septa-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Enter the namespace before any thread exists, so every thread is in it.
+    if let Some(ns) = &cfg.netns {
+        let f = match std::fs::File::open(ns) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("septa-agent: --netns {}: {e}", ns.display());
+                std::process::exit(2);
+            }
+        };
+        // SAFETY: valid fd; single-threaded at this point.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
+            eprintln!(
+                "septa-agent: --netns {}: {}",
+                ns.display(),
+                std::io::Error::last_os_error()
+            );
+            std::process::exit(2);
+        }
+    }
+    // Pinned links and connections each hold a descriptor; the default soft limit is small.
+    if let Some(n) = agent::health::raise_nofile_limit() {
+        tracing::debug!(limit = n, "open files limit");
+    }
+    // Before anything is loaded: a flow log or collector the agent cannot use is a usage error.
+    let exporters = match agent::flows::Exporters::from_config(&cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("septa-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Before anything records a metric: a value set before the recorder exists is lost.
+    let prometheus = agent::metrics::install();
+    let agent = match Agent::start(cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, kind = e.metric_label(), "cannot start");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(agent, prometheus, exporters)) {
+        tracing::error!(error = %e, "agent failed");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,12 @@
+//! DNS-aware egress: the FqdnPolicy kind, name patterns, answer parsing, the queries answers
+//! must match, the engine that turns trusted answers into allowlist entries, and the maps and
+//! re-injection that connect it to the data path.
+
+pub mod answer;
+pub mod engine;
+pub mod inject;
+pub use dataplane::dns as maps;
+pub mod pattern;
+pub mod solicit;
+pub mod spec;
+pub mod stream;

@@ -1,0 +1,95 @@
+//! The standalone source: a directory of manifests, re-read when anything in it changes.
+//!
+//! Changes are noticed by polling a fingerprint (paths, sizes, modification times) every
+//! `poll_interval`. The agent applies a load only when it has no errors at all: a policy with a
+//! typo must not vanish and take its isolation with it, so the last good state stays enforced
+//! and the errors are reported until the directory is fixed.
+
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use policies::{load::load_paths, Cluster, Diagnostics};
+
+use crate::snapshot::{read_texts, Snapshot};
+
+/// What the directory looks like: changes when a file is added, removed or written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+/// Fingerprint every file under `dir`.
+pub fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) => v.push((p, m.len(), m.modified().ok())),
+                Err(_) => {}
+            }
+        }
+    }
+    v.sort();
+    Fingerprint(v)
+}
+
+/// One read of the manifests directory.
+pub struct Load {
+    pub cluster: Cluster,
+    pub problems: Diagnostics,
+    /// The texts that were loaded, when they load to `cluster` on their own (see
+    /// [`crate::snapshot`]): what to save once the load is applied.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// The manifests directory and the last state read from it.
+pub struct Source {
+    /// The directory.
+    pub dir: PathBuf,
+    last: Fingerprint,
+}
+
+impl Source {
+    /// A source for `dir`, not read yet.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            last: Fingerprint(vec![(PathBuf::from("<never read>"), 0, None)]),
+        }
+    }
+
+    /// Load if the directory changed since the last load.
+    pub fn poll(&mut self) -> Option<Load> {
+        let now = fingerprint(&self.dir);
+        if now == self.last {
+            return None;
+        }
+        self.last = now;
+        let texts = read_texts(&self.dir);
+        let (cluster, problems) = load_paths(&[&self.dir]);
+        let snapshot = texts
+            .map(|files| Snapshot {
+                dir: self.dir.clone(),
+                saved_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                files,
+            })
+            .filter(|s| problems.is_empty() && s.restores(&cluster));
+        if snapshot.is_none() && problems.is_empty() {
+            // Changed while it was read: read again next time, whatever the fingerprint says.
+            self.last = Fingerprint(vec![(PathBuf::from("<changed while read>"), 0, None)]);
+        }
+        Some(Load {
+            cluster,
+            problems,
+            snapshot,
+        })
+    }
+}

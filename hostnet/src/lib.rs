@@ -1,0 +1,21 @@
+//! Host network facts from the kernel, shared by the agent, the CNI plugin and the loader:
+//! running code inside a network namespace, interface indices, and interfaces as rtnetlink
+//! reports them (the veth-peer proof). No aya: the CNI plugin links this, not the loader.
+
+pub mod link;
+pub mod netns;
+
+use std::path::PathBuf;
+
+/// A namespace or interface query failed; the message names which.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interface `{iface}`: {reason}")]
+    Interface { iface: String, reason: String },
+}

@@ -1,0 +1,377 @@
+//! A node running the real `septa-agent` binary in its own network namespace, with pods
+//! created through a real CNI chain (bridge + host-local + septa-cni). Used by the agent's
+//! end-to-end tests and by the demo.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{
+    bed::{ip, Bed},
+    cni::{septa_network, Attachment, Runtime},
+    traffic::poll_until,
+};
+use api::protocol::Request;
+
+/// Where the binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    /// Directory holding `septa-cni`.
+    pub cni_dir: PathBuf,
+}
+
+impl Binaries {
+    /// For an integration test of the agent package: the agent cargo built for it
+    /// (`env!("CARGO_BIN_EXE_septa-agent")`) and `septa-cni` beside it, which the `cni`
+    /// package's build put there (`make test` builds the whole workspace first). Panics with
+    /// the command to run when `septa-cni` is missing, rather than testing without it.
+    pub fn for_agent(agent: &str) -> Self {
+        let agent = PathBuf::from(agent);
+        let cni_dir = agent.parent().map(Path::to_path_buf).unwrap_or_default();
+        assert!(
+            cni_dir.join("septa-cni").exists(),
+            "{} missing: build it with `cargo build -p cni` (make test builds every package)",
+            cni_dir.join("septa-cni").display()
+        );
+        Binaries { agent, cni_dir }
+    }
+
+    /// Next to the running executable (benchmarks and the demo, built with `--bins`).
+    pub fn beside_current_exe() -> Result<Self> {
+        let dir = std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_owned();
+        let b = Binaries {
+            agent: dir.join("septa-agent"),
+            cni_dir: dir.clone(),
+        };
+        if !b.agent.exists() || !dir.join("septa-cni").exists() {
+            bail!(
+                "{} missing: cargo build --release -p agent -p cni",
+                b.agent.display()
+            );
+        }
+        Ok(b)
+    }
+}
+
+/// The pod network of a test node, and the bridge's address in it (the pods' gateway).
+pub const POD_NETWORK: &str = "10.88.0.0/24";
+const NODE_GATEWAY: &str = "10.88.0.1";
+
+/// The node: namespace, agent process, CNI runtime, and the pods made so far.
+pub struct Node {
+    pub bed: Bed,
+    pub dir: PathBuf,
+    pub manifests: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub runtime: Runtime,
+    bins: Binaries,
+    agent: Option<Child>,
+    pub pods: Vec<(String, Attachment)>,
+    /// Extra agent flags.
+    pub agent_args: Vec<String>,
+    /// The agent's SEPTA_LOG filter.
+    pub log_filter: String,
+    /// How long `start_agent` waits for readiness.
+    pub ready_timeout: Duration,
+}
+
+impl Node {
+    /// A node with an empty manifests directory (write files, then [`Node::start_agent`]).
+    pub fn new(tag: &str, bins: Binaries) -> Result<Self> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let bed = Bed::new(tag)?;
+        let dir = std::env::temp_dir().join(format!(
+            "septa-node-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        // The socket's directory: the agent refuses one that others can write to, whatever
+        // the umask made of it.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let socket = dir.join("septa.sock");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/septa-node-{}", bed.id));
+        let network = septa_network(
+            &format!("septa-{tag}"),
+            "cni-septa0",
+            POD_NETWORK,
+            &dir.join("ipam"),
+            &socket,
+        );
+        let runtime = Runtime {
+            node: bed.node_path(),
+            cni_path: vec![bins.cni_dir.clone(), PathBuf::from("/usr/lib/cni")],
+            network,
+        };
+        Ok(Node {
+            bed,
+            dir,
+            manifests,
+            socket,
+            pin_dir,
+            runtime,
+            bins,
+            agent: None,
+            pods: Vec::new(),
+            agent_args: Vec::new(),
+            log_filter: "info".into(),
+            // A deadline, not a measurement: generous for a loaded two-core machine.
+            ready_timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// Write a manifest file (replacing it atomically, as an editor would).
+    pub fn write_manifest(&self, name: &str, yaml: &str) -> Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.manifests.join(name))?;
+        Ok(())
+    }
+
+    /// The agent's state directory (`--state-dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The command [`Node::start_agent`] runs, with `overrides` replacing the values of the
+    /// flags they name (`--pin-dir`, `--state-dir`, `--socket`, ...; clap refuses a flag given
+    /// twice) and standard streams left to the caller.
+    pub fn agent_command(&self, overrides: &[(&str, &str)]) -> Command {
+        let state = self.state_dir();
+        let (netns, manifests, pins, socket, state) = (
+            self.bed.node_path().display().to_string(),
+            self.manifests.display().to_string(),
+            self.pin_dir.display().to_string(),
+            self.socket.display().to_string(),
+            state.display().to_string(),
+        );
+        // Defaults for tests, unless the caller passes the flag itself.
+        let flags = [
+            ("--netns", netns.as_str()),
+            ("--manifests", &manifests),
+            ("--pin-dir", &pins),
+            ("--socket", &socket),
+            ("--state-dir", &state),
+            ("--health-addr", "127.0.0.1:9876"),
+            ("--poll-interval", "50ms"),
+            ("--deny-event-interval", "0ms"),
+        ];
+        let mut c = Command::new(&self.bins.agent);
+        for (flag, value) in flags {
+            if self.agent_args.iter().any(|a| a == flag) {
+                continue;
+            }
+            let value = overrides
+                .iter()
+                .find(|(f, _)| *f == flag)
+                .map_or(value, |(_, v)| *v);
+            c.args([flag, value]);
+        }
+        c.args(&self.agent_args).env("SEPTA_LOG", &self.log_filter);
+        c
+    }
+
+    /// Start the agent and wait until it answers `Status` ok.
+    pub fn start_agent(&mut self) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("agent already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        let child = self
+            .agent_command(&[])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bins.agent.display()))?;
+        self.agent = Some(child);
+        let (socket, mut child) = (self.socket.clone(), self.agent.take());
+        let ready = poll_until(self.ready_timeout, || {
+            if child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                return Some(false); // exited
+            }
+            cni::plugin::call_agent(&socket, &Request::Status, Duration::from_secs(1))
+                .ok()
+                .filter(|r| r.ok)
+                .map(|_| true)
+        });
+        self.agent = child;
+        if ready == Some(false) {
+            // It exited: reaped and forgotten, so the node can start another.
+            if let Some(mut c) = self.agent.take() {
+                let _ = c.wait();
+            }
+        }
+        if ready != Some(true) {
+            bail!(
+                "agent not ready (it exited, or not within {:?}); log:\n{}",
+                self.ready_timeout,
+                self.agent_log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Stop the agent with SIGTERM and wait for it.
+    pub fn stop_agent(&mut self) -> Result<()> {
+        if let Some(mut c) = self.agent.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait()?;
+            if !status.success() {
+                bail!("agent exited with {status}; log:\n{}", self.agent_log());
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the agent process is still running.
+    pub fn agent_running(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Create a pod: a network namespace, then CNI ADD through the chain. `labels` is
+    /// `k=v,k2=v2`.
+    pub fn add_pod(&mut self, namespace: &str, name: &str, labels: &str) -> Result<Attachment> {
+        let labels = labels.replace('=', ":");
+        let netns = format!("septa-{}-{name}", self.bed.id);
+        ip(&["netns", "add", &netns])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};SEPTA_LABELS={labels}");
+        let path = PathBuf::from("/run/netns").join(&netns);
+        let a = match self.runtime.add(&format!("c-{name}"), &path, "eth0", &args) {
+            Ok(a) => a,
+            Err(e) => {
+                // As a runtime does after a failed ADD: DEL the chain, drop the namespace.
+                let failed = Attachment {
+                    container_id: format!("c-{name}"),
+                    netns: path,
+                    ifname: "eth0".into(),
+                    args,
+                    result: serde_json::Value::Null,
+                };
+                let _ = self.runtime.del(&failed);
+                let _ = ip(&["netns", "del", &netns]);
+                return Err(anyhow::anyhow!("CNI ADD {namespace}/{name}: {e}"));
+            }
+        };
+        self.pods.push((netns, a.clone()));
+        Ok(a)
+    }
+
+    /// Give a pod a default route through the node (the bridge's address), for traffic beyond
+    /// the pod network: the test network's IPAM gives pods their subnet route only.
+    pub fn route_via_node(a: &Attachment) -> Result<()> {
+        let ns = a.netns.file_name().context("pod netns")?.to_string_lossy();
+        ip(&["-n", &ns, "route", "add", "default", "via", NODE_GATEWAY])
+    }
+
+    /// The pod's IPv4 address from its CNI result.
+    pub fn pod_ip(a: &Attachment) -> std::net::IpAddr {
+        let cidr = a.result["ips"][0]["address"].as_str().unwrap_or_default();
+        cidr.split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .expect("pod address")
+    }
+
+    /// Delete a pod (CNI DEL, then its namespace).
+    pub fn del_pod(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .pods
+            .iter()
+            .position(|(_, a)| a.container_id == format!("c-{name}"))
+            .context("no such pod")?;
+        let (netns, a) = self.pods.remove(i);
+        self.runtime
+            .del(&a)
+            .map_err(|e| anyhow::anyhow!("CNI DEL {name}: {e}"))?;
+        ip(&["netns", "del", &netns])?;
+        Ok(())
+    }
+
+    /// The namespace path of a pod.
+    pub fn netns_of(a: &Attachment) -> &Path {
+        &a.netns
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for (_, a) in self.pods.clone().iter().rev() {
+            let _ = self.runtime.del(a);
+        }
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (ns, _) in &self.pods {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        // Remove enforcement state: pins of maps and of links (in subdirectories).
+        super::remove_pins(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `GET path` from the agent's health listener (127.0.0.1:9876 inside `node`).
+pub fn http_get(node: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    hostnet::netns::in_netns(node, || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9876")?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default()
+}
+
+/// The value of the first metric line starting with `name_and_labels` (0 when absent).
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Every record of a JSON-lines flow log (none if it does not exist yet).
+pub fn flow_records(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
