@@ -650,3 +650,25 @@ fn bad_options_exit_2_naming_the_option_before_anything_is_loaded() {
         );
     }
 }
+
+#[test]
+fn metrics_set_while_starting_are_there_at_the_first_scrape() {
+    let mut n = node("metrics-start");
+    n.start_agent().unwrap();
+    let _web = n.add_pod("demo", "web", "app=web").unwrap();
+    n.stop_agent().unwrap();
+    n.start_agent().unwrap();
+    let m = testbed::node::http_get(&n.bed.node_path(), "/metrics");
+    for series in [
+        "septa_manifest_errors 0",
+        "septa_endpoints 1",
+        "septa_policy_map_entries ",
+        "septa_ipcache_entries ",
+    ] {
+        assert!(
+            m.lines().any(|l| l.starts_with(series)),
+            "{series:?} missing right after the start:\n{m}"
+        );
+    }
+    n.stop_agent().unwrap();
+}
