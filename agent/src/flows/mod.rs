@@ -172,14 +172,19 @@ impl Enricher {
             (0x10, "ACK"),
             (0x20, "URG"),
         ];
+        let start_ns = if e.start_ns == 0 {
+            e.timestamp_ns
+        } else {
+            e.start_ns
+        };
+        // A connection's creation is stamped with the kernel's precise clock and its later
+        // packets with the coarse one, which lags it by up to a tick: a short flow's last
+        // packet can read earlier than its first. No record of a flow is before its start.
+        let time_ns = e.timestamp_ns.max(start_ns);
         FlowRecord {
             version: SCHEMA_VERSION,
-            time: wall(e.timestamp_ns),
-            start: wall(if e.start_ns == 0 {
-                e.timestamp_ns
-            } else {
-                e.start_ns
-            }),
+            time: wall(time_ns),
+            start: wall(start_ns),
             kind: match e.kind {
                 event::NEW => "new",
                 event::DENY => "deny",
@@ -256,6 +261,37 @@ impl Enricher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_record_of_a_flow_is_before_its_start() {
+        let en = Enricher::default();
+        let s = 1_000_000_000u64;
+        // Created at 4 ms past the second by the precise clock; last seen by the coarse clock
+        // at a tick that began before it.
+        for (kind, ts) in [(event::NEW, s + 4_000_000), (event::END, s)] {
+            let r = en.record(&FlowEvent {
+                kind,
+                start_ns: s + 4_000_000,
+                timestamp_ns: ts,
+                ..Default::default()
+            });
+            assert!(
+                r.time >= r.start,
+                "{}: {} before {}",
+                r.kind,
+                r.time,
+                r.start
+            );
+            assert_eq!(r.time, r.start);
+        }
+        let r = en.record(&FlowEvent {
+            kind: event::END,
+            start_ns: s,
+            timestamp_ns: s + 2_000_000_000,
+            ..Default::default()
+        });
+        assert!(r.time > r.start);
+    }
 
     #[test]
     fn records_are_enriched_and_round_trip() {
