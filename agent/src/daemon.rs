@@ -52,6 +52,8 @@ pub struct Agent {
     /// Where [`Agent::manifests`] came from, for messages ("the manifests directory", or the
     /// saved copy's file and when it was saved).
     good_from: String,
+    /// Why the saved last good manifests could not be started from, if they could not.
+    saved_unusable: Option<String>,
     /// The errors of the last load of the manifests directory (None: it had none).
     dir_errors: Option<policies::Diagnostics>,
     source: Option<Source>,
@@ -200,6 +202,7 @@ impl Agent {
             manifests: None,
             good_from: String::new(),
             dir_errors: None,
+            saved_unusable: None,
             source,
             registry,
             dirs,
@@ -257,15 +260,15 @@ impl Agent {
         }
         info!(dir = %dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), "manifests loaded");
         match snapshot {
-            Some(s) => match s.save(&self.dirs.state) {
-                Ok(()) => {}
-                Err(e) => {
+            Some(Ok(s)) => {
+                if let Err(e) = s.save(&self.dirs.state) {
                     error!(error = %e, "saving the last good manifests; a restart on manifests with errors would start from an older copy (or none)")
                 }
-            },
-            None => {
-                warn!("the manifests changed while they were read; they are read again before they are saved as the last good ones")
             }
+            Some(Err(why)) => {
+                warn!("the last good manifests are not saved this time: {why}")
+            }
+            None => {}
         }
         self.feeds.set_wanted(feeds);
         self.fqdn_specs = fqdns;
@@ -311,10 +314,12 @@ impl Agent {
                 self.good_from
             )
         } else {
+            let saved = self.saved_unusable.clone().unwrap_or_else(|| {
+                format!("no saved copy in {}", self.dirs.state.path().display())
+            });
             format!(
-                "{head}; no good state yet (none applied since the agent started and no saved \
-                 copy in {}): pods are refused until they are fixed",
-                self.dirs.state.path().display()
+                "{head}; no good state yet (none applied since the agent started, and {saved}): \
+                 pods are refused until they are fixed"
             )
         }
     }
@@ -327,6 +332,8 @@ impl Agent {
             Ok(None) => return,
             Err(e) => {
                 error!(error = %e, "the saved last good manifests are unreadable");
+                self.saved_unusable = Some(format!("the saved copy is unreadable: {e}"));
+                self.refresh_readiness();
                 return;
             }
         };
@@ -339,6 +346,11 @@ impl Agent {
                 error!(file = %d.file, object = %d.object, field = %d.field, "{}", d.message);
             }
             error!("the saved last good manifests do not load without errors either; not used");
+            self.saved_unusable = Some(format!(
+                "the saved copy {name} has {} errors of its own",
+                problems.0.len()
+            ));
+            self.refresh_readiness();
             return;
         }
         let when = humantime::format_rfc3339_seconds(

@@ -44,8 +44,9 @@ pub struct Load {
     pub cluster: Cluster,
     pub problems: Diagnostics,
     /// The texts that were loaded, when they load to `cluster` on their own (see
-    /// [`crate::snapshot`]): what to save once the load is applied.
-    pub snapshot: Option<Snapshot>,
+    /// [`crate::snapshot`]): what to save once the load is applied; else why not. `None`
+    /// when the load has problems (nothing is saved then).
+    pub snapshot: Option<Result<Snapshot, String>>,
 }
 
 /// The manifests directory and the last state read from it.
@@ -73,19 +74,26 @@ impl Source {
         self.last = now;
         let texts = read_texts(&self.dir);
         let (cluster, problems) = load_paths(&[&self.dir]);
-        let snapshot = texts
-            .map(|files| Snapshot {
-                dir: self.dir.clone(),
-                saved_at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                files,
-            })
-            .filter(|s| problems.is_empty() && s.restores(&cluster));
-        if snapshot.is_none() && problems.is_empty() {
-            // Changed while it was read: read again next time, whatever the fingerprint says.
-            self.last = Fingerprint(vec![(PathBuf::from("<changed while read>"), 0, None)]);
-        }
+        let snapshot = problems.is_empty().then(|| {
+            let s = texts
+                .map(|files| Snapshot {
+                    dir: self.dir.clone(),
+                    saved_at: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    files,
+                })
+                .filter(|s| s.restores(&cluster));
+            match s {
+                Some(s) => Ok(s),
+                None if fingerprint(&self.dir) != self.last => {
+                    // Read again next time, whatever the fingerprint says then.
+                    self.last = Fingerprint(vec![(PathBuf::from("<changed while read>"), 0, None)]);
+                    Err("the manifests changed while they were read; they are saved once a read sees them unchanged".to_owned())
+                }
+                None => Err("their texts, loaded on their own, do not give what was applied (a file the saved copy cannot reproduce)".to_owned()),
+            }
+        });
         Some(Load {
             cluster,
             problems,

@@ -563,10 +563,37 @@ fn an_agent_with_no_good_state_says_so() {
     let _ = child.wait();
     let status = status.expect("the agent never answered");
     assert!(!status.ok);
-    for words in ["20-broken.yaml", "no good state yet", "pods are refused"] {
+    for words in [
+        "20-broken.yaml",
+        "no good state yet",
+        "no saved copy",
+        "pods are refused",
+    ] {
         assert!(status.error.contains(words), "{words:?} not in {status:?}");
     }
     assert!(!status.error.contains("last good state"), "{status:?}");
+
+    // A saved copy that cannot be used is named as such, not as absent.
+    std::fs::write(n.state_dir().join(agent::snapshot::FILE), "{\"half\": ").unwrap();
+    let mut child = n
+        .agent_command(&[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = poll_until(Duration::from_secs(30), || {
+        call_agent(&n.socket, &Request::Status, Duration::from_secs(1)).ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let status = status.expect("the agent never answered");
+    for words in [
+        "no good state yet",
+        "the saved copy is unreadable",
+        "manifests.json",
+    ] {
+        assert!(status.error.contains(words), "{words:?} not in {status:?}");
+    }
 }
 
 #[test]
