@@ -24,7 +24,7 @@ fn connlist_golden() {
     let (code, out, err) = septa(&["connlist", "policies/examples/shop"]);
     assert_eq!(code, 0, "{err}");
     let golden =
-        std::fs::read_to_string(root().join("controller/tests/golden/shop.connlist.txt")).unwrap();
+        std::fs::read_to_string(root().join("cli/tests/golden/shop.connlist.txt")).unwrap();
     assert_eq!(out, golden);
     assert!(
         out.contains("shop/frontend[Deployment] => shop/api[Deployment] : TCP 8000\n"),

@@ -3,7 +3,7 @@
 //! determinism, replay, audit mode, the report, and bad input.
 //!
 //! Regenerate the golden file after an intended change with `SEPTA_BLESS=1 cargo test -p
-//! controller --test recommend`, and review the diff.
+//! cli --test recommend`, and review the diff.
 
 use std::{path::PathBuf, process::Command};
 

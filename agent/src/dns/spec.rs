@@ -1,4 +1,5 @@
-//! The `FqdnPolicy` manifest (`septa.dev/v1alpha1`): egress to DNS names for selected pods.
+//! The `FqdnPolicy` manifest (`septa.dev/v1alpha1`, typed in [`api::fqdn_policy`]): egress to
+//! DNS names for selected pods, validated once.
 //!
 //! ```yaml
 //! apiVersion: septa.dev/v1alpha1
@@ -17,9 +18,8 @@
 //!
 //! `septa recommend --external fqdn` writes this shape.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use api::fqdn_policy::FqdnPolicySpec;
 use policies::{model::Protocol, selector::Selector};
-use serde::Deserialize;
 
 use super::pattern::Pattern;
 
@@ -42,36 +42,6 @@ pub struct FqdnSpec {
     pub resolvers: Vec<std::net::IpAddr>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSpec {
-    pod_selector: LabelSelector,
-    egress: Vec<RawRule>,
-    resolvers: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawRule {
-    #[serde(rename = "toFQDNs")]
-    to_fqdns: Vec<RawFqdn>,
-    ports: Option<Vec<RawPort>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawFqdn {
-    match_name: Option<String>,
-    match_pattern: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPort {
-    protocol: Option<String>,
-    port: u32,
-}
-
 /// A field-level problem: (field path, message).
 pub type SpecError = (String, String);
 
@@ -92,7 +62,7 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<FqdnSpec, SpecError> {
     let spec = v
         .get("spec")
         .ok_or(("spec".to_owned(), "missing".to_owned()))?;
-    let raw: RawSpec = serde_path_to_error::deserialize(spec)
+    let raw: FqdnPolicySpec = serde_path_to_error::deserialize(spec)
         .map_err(|e| (format!("spec.{}", e.path()), e.into_inner().to_string()))?;
     let selector = Selector::from_k8s(&raw.pod_selector, "spec.podSelector")
         .map_err(|e| (e.field, e.message))?;

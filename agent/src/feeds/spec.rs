@@ -1,4 +1,5 @@
-//! The `ThreatFeed` manifest (`apiVersion: septa.dev/v1alpha1`), validated once.
+//! The `ThreatFeed` manifest (`apiVersion: septa.dev/v1alpha1`, typed in
+//! [`api::threat_feed`]), validated once.
 //!
 //! ```yaml
 //! apiVersion: septa.dev/v1alpha1
@@ -16,7 +17,7 @@
 
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use api::threat_feed::{FeedAction, FeedFormat, FeedHook, ThreatFeedSpec};
 
 /// Where a feed comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,19 +98,6 @@ impl FeedSpec {
 /// A [`dataplane_common::block_action`] per [`dataplane_common::block_hook`].
 pub type Actions = [u8; dataplane_common::block_hook::COUNT];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSpec {
-    url: Option<String>,
-    file: Option<PathBuf>,
-    format: Option<String>,
-    csv_column: Option<usize>,
-    csv_header: Option<bool>,
-    refresh: Option<String>,
-    action: Option<String>,
-    applies_to: Option<Vec<String>>,
-}
-
 /// A field-level problem: (field path, message).
 pub type SpecError = (String, String);
 
@@ -145,7 +133,7 @@ pub fn from_manifest_with(
     let spec = v
         .get("spec")
         .ok_or(("spec".to_owned(), "missing".to_owned()))?;
-    let raw: RawSpec = serde_path_to_error::deserialize(spec.clone())
+    let raw: ThreatFeedSpec = serde_path_to_error::deserialize(spec.clone())
         .map_err(|e| (format!("spec.{}", e.path()), e.into_inner().to_string()))?;
     let source = match (raw.url, raw.file) {
         (Some(u), None) => {
@@ -169,19 +157,13 @@ pub fn from_manifest_with(
         (Some(_), Some(_)) => return Err(("spec".into(), "give url or file, not both".into())),
         (None, None) => return Err(("spec".into(), "give url or file".into())),
     };
-    let format = match raw.format.as_deref().unwrap_or("lines") {
-        "lines" => Format::Lines,
-        "json" => Format::Json,
-        "csv" => Format::Csv {
+    let format = match raw.format.unwrap_or(FeedFormat::Lines) {
+        FeedFormat::Lines => Format::Lines,
+        FeedFormat::Json => Format::Json,
+        FeedFormat::Csv => Format::Csv {
             column: raw.csv_column.unwrap_or(0),
             header: raw.csv_header.unwrap_or(false),
         },
-        other => {
-            return Err((
-                "spec.format".into(),
-                format!("unknown format {other:?} (expected lines, csv or json)"),
-            ))
-        }
     };
     if raw.csv_column.is_some() && !matches!(format, Format::Csv { .. }) {
         return Err(("spec.csvColumn".into(), "only for format csv".into()));
@@ -197,43 +179,26 @@ pub fn from_manifest_with(
             format!("{refresh:?} is shorter than the minimum {min_refresh:?}"),
         ));
     }
-    let action = match raw.action.as_deref().unwrap_or("drop") {
-        "drop" => Action::Drop,
-        "audit" => Action::Audit,
-        other => {
-            return Err((
-                "spec.action".into(),
-                format!("unknown action {other:?} (expected drop or audit)"),
-            ))
-        }
+    let action = match raw.action.unwrap_or(FeedAction::Drop) {
+        FeedAction::Drop => Action::Drop,
+        FeedAction::Audit => Action::Audit,
     };
-    let mut applies_to = BTreeSet::new();
-    for (i, h) in raw
+    let applies_to: BTreeSet<Hook> = raw
         .applies_to
         .unwrap_or_else(|| {
             vec![
-                "hostIngress".into(),
-                "podEgress".into(),
-                "podIngress".into(),
+                FeedHook::HostIngress,
+                FeedHook::PodEgress,
+                FeedHook::PodIngress,
             ]
         })
-        .iter()
-        .enumerate()
-    {
-        applies_to.insert(match h.as_str() {
-            "hostIngress" => Hook::HostIngress,
-            "podEgress" => Hook::PodEgress,
-            "podIngress" => Hook::PodIngress,
-            other => {
-                return Err((
-                    format!("spec.appliesTo[{i}]"),
-                    format!(
-                        "unknown hook {other:?} (expected hostIngress, podEgress or podIngress)"
-                    ),
-                ))
-            }
-        });
-    }
+        .into_iter()
+        .map(|h| match h {
+            FeedHook::HostIngress => Hook::HostIngress,
+            FeedHook::PodEgress => Hook::PodEgress,
+            FeedHook::PodIngress => Hook::PodIngress,
+        })
+        .collect();
     if applies_to.is_empty() {
         return Err((
             "spec.appliesTo".into(),

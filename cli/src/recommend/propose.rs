@@ -19,6 +19,7 @@
 //! - egress to the cluster DNS resolver is always allowed (**added**, not observed), so a
 //!   proposal cannot break name resolution.
 
+use api::fqdn_policy::{FqdnEgressRule, FqdnPolicySpec, FqdnPort, FqdnSelector};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -388,18 +389,40 @@ pub fn propose(
             }),
         };
         let fqdn = (!fqdn_groups.is_empty()).then(|| {
+            let spec = FqdnPolicySpec {
+                pod_selector: LabelSelector {
+                    match_labels: Some(labels.clone()),
+                    match_expressions: None,
+                },
+                egress: fqdn_groups
+                    .iter()
+                    .map(|(ports, names)| FqdnEgressRule {
+                        to_fqdns: names
+                            .iter()
+                            .map(|n| FqdnSelector {
+                                match_name: Some(n.clone()),
+                                match_pattern: None,
+                            })
+                            .collect(),
+                        ports: Some(
+                            ports
+                                .iter()
+                                .map(|(p, n)| FqdnPort {
+                                    protocol: Some(p.to_string()),
+                                    port: u32::from(*n),
+                                })
+                                .collect(),
+                        ),
+                    })
+                    .collect(),
+                resolvers: None,
+            };
             serde_json::json!({
-                "apiVersion": "septa.dev/v1alpha1",
+                "apiVersion": api::API_VERSION,
                 "kind": "FqdnPolicy",
                 "metadata": {"name": name, "namespace": w.namespace,
                              "labels": {"app.kubernetes.io/managed-by": "septa"}},
-                "spec": {
-                    "podSelector": {"matchLabels": labels},
-                    "egress": fqdn_groups.iter().map(|(ports, names)| serde_json::json!({
-                        "toFQDNs": names.iter().map(|n| serde_json::json!({"matchName": n})).collect::<Vec<_>>(),
-                        "ports": ports.iter().map(|(p, n)| serde_json::json!({"protocol": p.to_string(), "port": n})).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                }
+                "spec": spec,
             })
         });
         out.push(Proposal {

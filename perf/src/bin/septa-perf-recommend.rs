@@ -6,7 +6,7 @@
 //!   path as a flow-log file. Each size runs in its own child process so its peak RSS
 //!   (`VmHWM`) is its own. Records/s = records / (parse + ingest time); then the proposal time.
 //! - Proposal size against observed tuples: policies, rules, peers, YAML lines.
-//! - The golden application (`controller/tests/data/recommend`): learn from its 12-hour log,
+//! - The golden application (`cli/tests/data/recommend`): learn from its 12-hour log,
 //!   replay the following 6 hours: false-denial rate and over-permissiveness, with and without
 //!   the DNS rule.
 
@@ -188,7 +188,7 @@ fn one(n: u64) -> Result<()> {
 }
 
 fn golden(dns: bool) -> Result<(f64, f64, u64, u64, usize, usize)> {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../controller/tests/data/recommend");
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/data/recommend");
     let mut options = Options::default();
     if !dns {
         options.dns = None;
