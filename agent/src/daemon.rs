@@ -164,7 +164,7 @@ impl Agent {
                 state: dirs.state.clone(),
                 ca: cfg.feed_ca.clone(),
             },
-            &host_addresses(),
+            &hostnet::addrs::host_addresses(),
         )?;
         let mut dns = crate::dns::engine::Engine::new(crate::dns::engine::Limits {
             min_ttl: cfg.dns_min_ttl,
@@ -489,7 +489,7 @@ impl Agent {
             ipcache: st.ipcache,
             endpoints: BTreeMap::new(),
         };
-        for ip in host_addresses() {
+        for ip in hostnet::addrs::host_addresses() {
             ms.ipcache.insert(IpNetwork::from(ip), identity::HOST);
         }
         for r in self.registry.endpoints.values() {
@@ -968,13 +968,8 @@ impl Agent {
         let Ok(entries) = self.dp.conntrack() else {
             return Vec::new();
         };
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid out-pointer; the kernel stamps entries with CLOCK_MONOTONIC.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        // The kernel stamps entries with CLOCK_MONOTONIC.
+        let now = hostnet::clock::monotonic_ns();
         let cfg = crate::flows::sweep::SweepConfig {
             idle: self.cfg.conntrack_idle,
             closed_grace: std::time::Duration::from_secs(10),
@@ -1075,43 +1070,6 @@ fn septa_objects(
         }
     }
     (out, fqdns)
-}
-
-/// Every address of every interface in this network namespace.
-pub fn host_addresses() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list we free below; we only read sockaddrs of known families.
-    unsafe {
-        if libc::getifaddrs(&mut ifap) != 0 {
-            return out;
-        }
-        let mut p = ifap;
-        while !p.is_null() {
-            let a = (*p).ifa_addr;
-            if !a.is_null() {
-                match (*a).sa_family as i32 {
-                    libc::AF_INET => {
-                        let sin = &*(a as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(
-                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                        ));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(a as *const libc::sockaddr_in6);
-                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            p = (*p).ifa_next;
-        }
-        libc::freeifaddrs(ifap);
-    }
-    out.retain(|ip| !ip.is_loopback());
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// A request waiting on the main loop, and where its answer goes.

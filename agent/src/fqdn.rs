@@ -117,17 +117,6 @@ pub fn slot_rules<'a>(
     out
 }
 
-/// The monotonic clock the kernel's `bpf_ktime_get_*` read, in ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Handle the frames the kernel handed over: queries are remembered; answers have their
 /// entries written, then are re-injected. Returns whether flow records' names changed. An
 /// answer is always re-injected (a malformed, unsolicited or unmatched one adds nothing), so
@@ -141,7 +130,7 @@ pub fn handle_answers(
 ) -> bool {
     let mut names_changed = false;
     for a in frames {
-        let now = monotonic_ns();
+        let now = hostnet::clock::monotonic_ns();
         if a.kind == DnsFrameKind::Query {
             let r = engine.on_query(a.ifindex, &a.frame, now);
             metrics::counter!("septa_dns_queries_total", "result" => r).increment(1);
@@ -212,7 +201,7 @@ fn deliver(injector: &Injector, ifindex: u32, frames: &[Vec<u8>]) {
 
 /// Deliver, unlearned, the TCP answer segments whose message did not complete in time.
 pub fn release_stalled(engine: &mut Engine, injector: &Injector) {
-    for (slot, frames) in engine.stalled_streams(monotonic_ns()) {
+    for (slot, frames) in engine.stalled_streams(hostnet::clock::monotonic_ns()) {
         metrics::counter!("septa_dns_answers_total", "result" => "incomplete").increment(1);
         deliver(injector, slot, &frames);
     }
@@ -222,7 +211,11 @@ pub fn release_stalled(engine: &mut Engine, injector: &Injector) {
 /// `running == false` on the way out, so that answers pass at once instead of after the
 /// heartbeat goes stale.
 pub fn heartbeat(dp: &mut Datapath, running: bool) {
-    let ns = if running { monotonic_ns() } else { 0 };
+    let ns = if running {
+        hostnet::clock::monotonic_ns()
+    } else {
+        0
+    };
     if let Err(e) = dp.set_agent_heartbeat(ns) {
         warn!(error = %e, "writing the agent heartbeat; DNS answers may pass unlearned");
     }
@@ -230,7 +223,7 @@ pub fn heartbeat(dp: &mut Datapath, running: bool) {
 
 /// Remove entries whose TTL and grace period are over; returns how many.
 pub fn gc(engine: &mut Engine, dp: &mut Datapath) -> usize {
-    let remove = engine.gc(monotonic_ns());
+    let remove = engine.gc(hostnet::clock::monotonic_ns());
     for k in &remove {
         if let Err(e) = dp.remove_fqdn(k) {
             warn!(error = %e, "removing an expired FQDN entry");
@@ -327,7 +320,7 @@ pub fn handle_resolved(
         }
     };
     metrics::counter!("septa_dns_preresolve_total", "result" => "ok").increment(1);
-    let o = engine.on_resolved(&name, &addrs, monotonic_ns(), interval * 2);
+    let o = engine.on_resolved(&name, &addrs, hostnet::clock::monotonic_ns(), interval * 2);
     for k in &o.remove {
         let _ = dp.remove_fqdn(k);
     }

@@ -1,5 +1,7 @@
-//! septa controller and CLI: reachability reports, flow queries, and least-privilege
+//! The `septa` CLI: reachability reports, flow queries, and least-privilege
 //! NetworkPolicy recommendations learned from flows.
+
+#![forbid(unsafe_code)]
 
 pub mod flows;
 pub mod reachability;

@@ -740,16 +740,28 @@ mod pod {
     // SAFETY: all are #[repr(C)], Copy, made of integers and byte arrays with explicit padding
     // fields, so every bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for EndpointInfo {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for IpcacheEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for PolicyKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for PolicyValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for CtKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for CtEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FragKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FragPorts {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for BlockEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FqdnKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FqdnValue {}
 }

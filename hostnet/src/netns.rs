@@ -5,7 +5,7 @@
 //! in the closure belong to that namespace; file descriptors (sockets, BPF links) stay valid
 //! after the thread ends.
 
-use std::{fs::File, os::fd::AsRawFd, path::Path};
+use std::{fs::File, os::fd::AsFd, path::Path};
 
 use crate::Error;
 
@@ -17,18 +17,26 @@ pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T,
     })?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns on this (fresh, unshared-with-anyone) thread with a valid fd.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(Error::Netns {
-                    path: path.to_owned(),
-                    source: std::io::Error::last_os_error(),
-                });
-            }
+            // This thread is fresh and shares nothing, so only `f` runs in the namespace.
+            enter(&ns).map_err(|source| Error::Netns {
+                path: path.to_owned(),
+                source,
+            })?;
             Ok(f())
         })
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// Move the calling thread into the network namespace `ns` (an open namespace file). A
+/// process that must live in it calls this before it starts any other thread.
+pub fn enter(ns: &impl AsFd) -> std::io::Result<()> {
+    rustix::thread::move_into_link_name_space(
+        ns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// The index of interface `name` in the caller's network namespace.
@@ -37,13 +45,8 @@ pub fn ifindex(name: &str) -> Result<u32, Error> {
         iface: name.to_owned(),
         reason: "name contains a NUL byte".into(),
     })?;
-    // SAFETY: valid C string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(Error::Interface {
-            iface: name.to_owned(),
-            reason: format!("no such interface ({})", std::io::Error::last_os_error()),
-        });
-    }
-    Ok(idx)
+    nix::net::if_::if_nametoindex(c.as_c_str()).map_err(|e| Error::Interface {
+        iface: name.to_owned(),
+        reason: format!("no such interface ({})", std::io::Error::from(e)),
+    })
 }

@@ -12,6 +12,8 @@
 //! The compiler is checked against the evaluator through the kernel's own lookup code
 //! (`dataplane_common::policy`), so the three agree by test, not by hope.
 
+#![forbid(unsafe_code)]
+
 pub mod compile;
 pub mod connlist;
 pub mod error;

@@ -58,6 +58,7 @@ pub struct Bed {
 impl Bed {
     /// Create the node namespace and bridge.
     pub fn new(tag: &str) -> Result<Self> {
+        crate::require_root("a test bed of network namespaces");
         static N: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{}{}",

@@ -39,6 +39,16 @@ pub struct ScratchDatapath {
     unpin_on_drop: bool,
 }
 
+/// Stop the test here, loudly, unless it runs as root: loading eBPF and making network
+/// namespaces need it, and a test without it must fail with this reason rather than with a
+/// confusing `EPERM` (or pass by testing nothing). CI runs as root.
+pub fn require_root(what: &str) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "{what} needs root (eBPF and network namespaces); run the tests as root, as CI does"
+    );
+}
+
 impl ScratchDatapath {
     /// Load with small maps under `/sys/fs/bpf/septa-test-<pid>-<n>-<tag>`.
     pub fn load(tag: &str) -> Result<Self, Error> {
@@ -61,6 +71,7 @@ impl ScratchDatapath {
 
     /// Load with options adjusted by `f` (the pin directory is set here).
     pub fn load_with(tag: &str, f: impl FnOnce(&mut LoadOptions)) -> Result<Self, Error> {
+        require_root("loading the eBPF programs");
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let mut opts = LoadOptions {

@@ -52,7 +52,7 @@ fn proposed_fqdn_policies_pass_the_agents_validation() {
     let dir = std::env::temp_dir().join(format!("septa-contract-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("proposal.yaml"), &yaml).unwrap();
-    let (_, diags) = policies::load::load_paths(&[dir.clone()]);
+    let (_, diags) = policies::load::load_paths(std::slice::from_ref(&dir));
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         diags.is_empty() && diags.warnings().is_empty(),

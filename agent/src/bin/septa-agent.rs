@@ -32,13 +32,8 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        // SAFETY: valid fd; single-threaded at this point.
-        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
-            eprintln!(
-                "septa-agent: --netns {}: {}",
-                ns.display(),
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = hostnet::netns::enter(&f) {
+            eprintln!("septa-agent: --netns {}: {e}", ns.display());
             std::process::exit(2);
         }
     }
