@@ -199,6 +199,10 @@ pub struct Response {
     /// The identity assigned (Add, Check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<u32>,
+    /// Something the caller should know although the request succeeded (Add, Status): the
+    /// manifests have errors and an older state is enforced.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub warning: String,
 }
 
 impl Response {
@@ -207,6 +211,7 @@ impl Response {
             ok: true,
             error: String::new(),
             identity: None,
+            warning: String::new(),
         }
     }
     pub fn err(e: impl Into<String>) -> Self {
@@ -214,6 +219,7 @@ impl Response {
             ok: false,
             error: e.into(),
             identity: None,
+            warning: String::new(),
         }
     }
 }
