@@ -251,8 +251,88 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
-    /// Merge the file (if any) and the flags over the defaults.
+    /// Merge the file (if any) and the flags over the defaults, and check every value (see
+    /// [`Config::validate`]).
     pub fn resolve(args: &Args) -> Result<Self, String> {
+        let c = Self::merge(args)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuse values the agent cannot run with, naming the option: checked before anything is
+    /// loaded or written, so a bad option never leaves half a start behind (a zero interval
+    /// would otherwise stop the agent after the maps were written).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            (
+                "--poll-interval",
+                self.poll_interval,
+                "how often the manifests directory is read",
+            ),
+            (
+                "--flow-update-interval",
+                self.flow_update_interval,
+                "how often long-lived connections are reported",
+            ),
+            (
+                "--ipfix-template-interval",
+                self.ipfix_template_interval,
+                "how often IPFIX templates are resent",
+            ),
+            (
+                "--conntrack-idle",
+                self.conntrack_idle,
+                "how long an idle connection lives",
+            ),
+            (
+                "--feed-timeout",
+                self.feed_timeout,
+                "the deadline of a feed fetch",
+            ),
+            (
+                "--feed-retry-min",
+                self.feed_retry_min,
+                "the first retry after a failed fetch",
+            ),
+            (
+                "--feed-min-refresh",
+                self.feed_min_refresh,
+                "the shortest refresh of a feed",
+            ),
+        ];
+        for (flag, d, what) in positive {
+            if d.is_zero() {
+                return Err(format!("{flag} 0s: must be more than zero ({what})"));
+            }
+        }
+        if self.flow_aggregate_window.is_some_and(|d| d.is_zero()) {
+            return Err(
+                "--flow-aggregate-window 0s: must be more than zero (leave it out to turn aggregation off)"
+                    .into(),
+            );
+        }
+        for (flag, n) in [
+            ("--conntrack-entries", self.conntrack_entries),
+            ("--policy-entries", self.policy_entries),
+            ("--ipcache-entries", self.ipcache_entries),
+        ] {
+            if n == 0 {
+                return Err(format!("{flag} 0: a map needs at least one entry"));
+            }
+        }
+        if self.feed_max_bytes == 0 {
+            return Err("--feed-max-bytes 0: must be at least 1".into());
+        }
+        if self.dns_max_ttl < self.dns_min_ttl {
+            return Err(format!(
+                "--dns-max-ttl {:?} is below --dns-min-ttl {:?}",
+                self.dns_max_ttl, self.dns_min_ttl
+            ));
+        }
+        Ok(())
+    }
+
+    fn merge(args: &Args) -> Result<Self, String> {
         let file: FileConfig = match &args.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -491,6 +571,66 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_the_agent_cannot_run_with_are_refused_naming_the_option() {
+        let zero = Duration::ZERO;
+        for (args, flag) in [
+            (
+                Args {
+                    poll_interval: Some(zero),
+                    ..Default::default()
+                },
+                "--poll-interval 0s",
+            ),
+            (
+                Args {
+                    flow_update_interval: Some(zero),
+                    ..Default::default()
+                },
+                "--flow-update-interval 0s",
+            ),
+            (
+                Args {
+                    flow_aggregate_window: Some(zero),
+                    ..Default::default()
+                },
+                "--flow-aggregate-window 0s",
+            ),
+            (
+                Args {
+                    ipfix_template_interval: Some(zero),
+                    ..Default::default()
+                },
+                "--ipfix-template-interval 0s",
+            ),
+            (
+                Args {
+                    conntrack_entries: Some(0),
+                    ..Default::default()
+                },
+                "--conntrack-entries 0",
+            ),
+            (
+                Args {
+                    feed_retry_min: Some(zero),
+                    ..Default::default()
+                },
+                "--feed-retry-min 0s",
+            ),
+            (
+                Args {
+                    dns_max_ttl: Some(Duration::from_secs(1)),
+                    ..Default::default()
+                },
+                "--dns-max-ttl",
+            ),
+        ] {
+            let e = Config::resolve(&args).unwrap_err();
+            assert!(e.starts_with(flag), "{flag}: {e}");
+        }
+        assert!(Config::resolve(&Args::default()).is_ok());
+    }
 
     #[test]
     fn durations() {

@@ -14,15 +14,7 @@
 //! are attached after the map entries, and an ADD that fails is undone. An endpoint whose
 //! interface disappears is forgotten with its links; CHECK answers from the kernel's view.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    os::unix::fs::PermissionsExt,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-};
+use std::{collections::BTreeMap, net::IpAddr, os::unix::fs::PermissionsExt, sync::Arc};
 
 use dataplane_common::{endpoint_flags, identity, v4_mapped, Config as DpConfig, EndpointInfo};
 use ipnetwork::IpNetwork;
@@ -53,13 +45,23 @@ pub struct Agent {
     pub dp: Datapath,
     actual: MapState,
     compiler: Compiler,
+    /// Identity and rule numbers kept across restarts (see [`crate::numbering`]).
+    numbers: crate::numbering::Numbering,
     /// The last manifests that loaded without errors (None: none yet).
     manifests: Option<Cluster>,
+    /// Where [`Agent::manifests`] came from, for messages ("the manifests directory", or the
+    /// saved copy's file and when it was saved).
+    good_from: String,
+    /// Why the saved last good manifests could not be started from, if they could not.
+    saved_unusable: Option<String>,
+    /// The errors of the last load of the manifests directory (None: it had none).
+    dir_errors: Option<policies::Diagnostics>,
     source: Option<Source>,
     pub registry: Registry,
     /// The state, pin and socket directories, checked and locked for this agent's lifetime.
     dirs: AgentDirs,
-    pub ready: Arc<AtomicBool>,
+    /// Readiness: served by `/readyz` and answered to the CNI plugin's STATUS.
+    pub ready: Arc<crate::health::Readiness>,
     sweeper: crate::flows::sweep::Sweeper,
     /// What flow records are enriched with; refreshed after every compile.
     pub enricher: Arc<std::sync::RwLock<crate::flows::Enricher>>,
@@ -146,6 +148,10 @@ impl Agent {
             info!(iface = %iface, "XDP attached");
         }
         let source = cfg.manifests.clone().map(Source::new);
+        let numbers = crate::numbering::Numbering::read(&dirs.state).unwrap_or_else(|e| {
+            warn!(error = %e, "identity numbers of the last run unreadable; numbering afresh (every map entry is written again once)");
+            Default::default()
+        });
         let feeds = crate::feeds::manager::Manager::new(
             &dp,
             crate::feeds::manager::Settings {
@@ -192,11 +198,15 @@ impl Agent {
             dp,
             actual,
             compiler: Compiler::default(),
+            numbers,
             manifests: None,
+            good_from: String::new(),
+            dir_errors: None,
+            saved_unusable: None,
             source,
             registry,
             dirs,
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: Default::default(),
             enricher: Default::default(),
             sweeper: Default::default(),
         };
@@ -204,6 +214,9 @@ impl Agent {
             agent.manifests = Some(Cluster::default());
         }
         agent.poll_source();
+        if agent.manifests.is_none() && agent.source.is_some() {
+            agent.restore_saved();
+        }
         if agent.manifests.is_some() {
             agent.reconcile()?;
         }
@@ -217,15 +230,20 @@ impl Agent {
         let Some(src) = self.source.as_mut() else {
             return false;
         };
-        let Some((cluster, problems)) = src.poll() else {
+        let Some(load) = src.poll() else {
             return false;
         };
-        self.apply_load(cluster, problems)
+        self.apply_load(load)
     }
 
-    /// Apply one load of the manifests directory, only when it has no errors. Returns whether
-    /// the state changed.
-    pub fn apply_load(&mut self, cluster: Cluster, mut problems: policies::Diagnostics) -> bool {
+    /// Apply one load of the manifests directory, only when it has no errors, and save its
+    /// texts as the last good manifests. Returns whether the state changed.
+    pub fn apply_load(&mut self, load: crate::source::Load) -> bool {
+        let crate::source::Load {
+            cluster,
+            mut problems,
+            snapshot,
+        } = load;
         let dir = self.cfg.manifests.clone().unwrap_or_default();
         let (feeds, fqdns) = septa_objects(&cluster, self.cfg.feed_min_refresh, &mut problems);
         metrics::gauge!("septa_manifest_errors").set(problems.0.len() as f64);
@@ -236,17 +254,117 @@ impl Agent {
             for d in &problems.0 {
                 error!(file = %d.file, object = %d.object, field = %d.field, "{}", d.message);
             }
-            warn!(
-                errors = problems.0.len(),
-                "manifests have errors; keeping the last good state until they are fixed"
-            );
+            self.dir_errors = Some(problems);
+            self.refresh_readiness();
             return false;
         }
         info!(dir = %dir.display(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), "manifests loaded");
+        match snapshot {
+            Some(Ok(s)) => {
+                if let Err(e) = s.save(&self.dirs.state) {
+                    error!(error = %e, "saving the last good manifests; a restart on manifests with errors would start from an older copy (or none)")
+                }
+            }
+            Some(Err(why)) => {
+                warn!("the last good manifests are not saved this time: {why}")
+            }
+            None => {}
+        }
         self.feeds.set_wanted(feeds);
         self.fqdn_specs = fqdns;
         self.manifests = Some(cluster);
+        self.good_from = format!("the manifests in {}", dir.display());
+        self.dir_errors = None;
+        self.refresh_readiness();
         true
+    }
+
+    /// Say (log, readiness, CNI answers) what the directory's errors mean now.
+    fn refresh_readiness(&mut self) {
+        let why = self.dir_errors.as_ref().map(|p| {
+            let dir = self.cfg.manifests.clone().unwrap_or_default();
+            self.errors_summary(&dir, p)
+        });
+        if let Some(w) = &why {
+            warn!("{w}");
+        }
+        self.ready.set_problem(why);
+    }
+
+    /// What the directory's errors mean for enforcement, in words that are true now.
+    fn errors_summary(&self, dir: &std::path::Path, problems: &policies::Diagnostics) -> String {
+        let first = problems.0.first().map_or(String::new(), |d| {
+            let mut at = d.file.clone();
+            for part in [&d.object, &d.field] {
+                if !part.is_empty() {
+                    at = format!("{at}: {part}");
+                }
+            }
+            format!(" (first: {at}: {})", d.message)
+        });
+        let n = problems.0.len();
+        let errors = if n == 1 { "error" } else { "errors" };
+        let head = format!(
+            "the manifests in {} have {n} {errors}{first}",
+            dir.display()
+        );
+        if self.manifests.is_some() {
+            format!(
+                "{head}; enforcing the last good state, from {}, until they are fixed",
+                self.good_from
+            )
+        } else {
+            let saved = self.saved_unusable.clone().unwrap_or_else(|| {
+                format!("no saved copy in {}", self.dirs.state.path().display())
+            });
+            format!(
+                "{head}; no good state yet (none applied since the agent started, and {saved}): \
+                 pods are refused until they are fixed"
+            )
+        }
+    }
+
+    /// Start from the last good manifests saved in the state directory (the directory has
+    /// errors, or cannot be read, and nothing good was applied yet).
+    fn restore_saved(&mut self) {
+        let saved = match crate::snapshot::Snapshot::read(&self.dirs.state) {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                error!(error = %e, "the saved last good manifests are unreadable");
+                self.saved_unusable = Some(format!("the saved copy is unreadable: {e}"));
+                self.refresh_readiness();
+                return;
+            }
+        };
+        let (snap, from) = saved;
+        let name = from.display().to_string();
+        let (cluster, mut problems) = snap.load(&name);
+        let (feeds, fqdns) = septa_objects(&cluster, self.cfg.feed_min_refresh, &mut problems);
+        if !problems.is_empty() {
+            for d in &problems.0 {
+                error!(file = %d.file, object = %d.object, field = %d.field, "{}", d.message);
+            }
+            error!("the saved last good manifests do not load without errors either; not used");
+            self.saved_unusable = Some(format!(
+                "the saved copy {name} has {} errors of its own",
+                problems.0.len()
+            ));
+            self.refresh_readiness();
+            return;
+        }
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(snap.saved_at),
+        );
+        info!(copy = %name, saved_at = %when, files = snap.files.len(), pods = cluster.pods.len(), policies = cluster.policies.len(), threat_feeds = feeds.len(), fqdn_policies = fqdns.len(), "starting from the last good manifests saved in the state directory");
+        self.feeds.set_wanted(feeds);
+        self.fqdn_specs = fqdns;
+        self.manifests = Some(cluster);
+        self.good_from = format!(
+            "the copy of {} saved in {name} at {when}",
+            snap.dir.display()
+        );
+        self.refresh_readiness();
     }
 
     /// The pod an endpoint stands for: its Pod object in the manifests if there is one,
@@ -300,6 +418,7 @@ impl Agent {
             services: m.services.clone(),
             policies: m.policies.clone(),
             custom: Vec::new(),
+            ..Default::default()
         };
         cluster.policies.extend(crate::fqdn::isolation_policies(
             &self.fqdn_specs,
@@ -316,7 +435,13 @@ impl Agent {
             &self.cfg.dns_resolvers,
             slot_pods.iter().map(|(s, p)| (*s, p)),
         );
-        let st = self.compiler.compile(&cluster);
+        let mut st = self.compiler.compile(&cluster);
+        // Saved before the maps are written: numbers in the maps are always in the file.
+        if self.numbers.apply(&mut st) {
+            if let Err(e) = self.numbers.save(&self.dirs.state) {
+                warn!(error = %e, "saving identity numbers; a restart would renumber");
+            }
+        }
         if let Ok(mut en) = self.enricher.write() {
             en.rules = st
                 .rules
@@ -423,6 +548,8 @@ impl Agent {
             }
         }
         crate::metrics::map_sizes(&self.actual);
+        // Current as soon as a change is answered, not at the next scrape of the maps.
+        metrics::gauge!("septa_policy_revision").set(stats.revision as f64);
         if stats.upserts + stats.removals > 0 {
             info!(
                 upserts = stats.upserts,
@@ -432,7 +559,7 @@ impl Agent {
                 "maps reconciled"
             );
         }
-        self.ready.store(true, Ordering::Relaxed);
+        self.ready.set_reconciled();
         Ok(())
     }
 
@@ -464,13 +591,14 @@ impl Agent {
     /// Serve one registry request.
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => {
-                if self.ready.load(Ordering::Relaxed) {
-                    Response::ok()
-                } else {
-                    Response::err("agent not ready: no valid manifests applied yet")
-                }
-            }
+            Request::Status => match (self.ready.reconciled(), self.ready.problem()) {
+                (true, warning) => Response {
+                    warning: warning.unwrap_or_default(),
+                    ..Response::ok()
+                },
+                (false, Some(why)) => Response::err(format!("agent not ready: {why}")),
+                (false, None) => Response::err("agent not ready: no valid manifests applied yet"),
+            },
             Request::Check { container_id } => {
                 self.forget_if_gone(&container_id);
                 match self.registry.endpoints.get(&container_id) {
@@ -542,9 +670,12 @@ impl Agent {
     /// [`Agent::finish_batch`].
     fn prepare_add(&mut self, ep: Endpoint) -> Result<PendingAdd, Response> {
         if self.manifests.is_none() {
-            return Err(Response::err(
-                "agent not ready: no valid manifests applied yet",
-            ));
+            return Err(Response::err(format!(
+                "agent not ready: {}",
+                self.ready
+                    .problem()
+                    .unwrap_or_else(|| "no valid manifests applied yet".into())
+            )));
         }
         if let Err(e) = ep.check_addresses() {
             return Err(Response::err(e));
@@ -692,6 +823,7 @@ impl Agent {
             info!(container = %p.ep.container_id, pod = %format!("{}/{}", p.ep.namespace, p.ep.name), iface = %p.ep.host_ifname, cgroup = ?p.ep.cgroup, slot = p.slot, identity, "endpoint added");
             let _ = reply.send(Response {
                 identity,
+                warning: self.ready.problem().unwrap_or_default(),
                 ..Response::ok()
             });
         }
@@ -863,14 +995,21 @@ impl Agent {
             if let Err(e) = self.registry.remove_files() {
                 error!(error = %e, "removing the endpoint registry");
             }
+            if let Err(e) = self.dirs.state.remove(crate::numbering::FILE) {
+                error!(error = %e, "removing the identity numbers");
+            }
+            if let Err(e) = crate::snapshot::Snapshot::remove_files(&self.dirs.state) {
+                error!(error = %e, "removing the saved last good manifests");
+            }
         } else {
             info!("stopping; enforcement stays in place (pinned maps and links)");
         }
     }
 }
 
-/// The `ThreatFeed` and `FqdnPolicy` objects of a load, validated; problems are added to
-/// `problems`.
+/// The `ThreatFeed` and `FqdnPolicy` objects of a load, validated by
+/// [`policies::septa::validate`] (the rules `septa lint` applies too); every problem is added
+/// to `problems`.
 fn septa_objects(
     cluster: &Cluster,
     min_refresh: std::time::Duration,
@@ -879,60 +1018,12 @@ fn septa_objects(
     Vec<crate::feeds::spec::FeedSpec>,
     Vec<crate::dns::spec::FqdnSpec>,
 ) {
-    let mut out: Vec<crate::feeds::spec::FeedSpec> = Vec::new();
-    let mut fqdns: Vec<crate::dns::spec::FqdnSpec> = Vec::new();
-    for o in &cluster.custom {
-        let object = format!(
-            "{} {}",
-            o.kind,
-            o.value
-                .pointer("/metadata/name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("")
-        );
-        if o.kind == "FqdnPolicy" {
-            match crate::dns::spec::from_manifest(&o.value) {
-                Ok(s)
-                    if fqdns
-                        .iter()
-                        .any(|f| f.name == s.name && f.namespace == s.namespace) =>
-                {
-                    problems.push(
-                        &o.at,
-                        &object,
-                        "metadata.name",
-                        "another FqdnPolicy in this namespace has this name",
-                    )
-                }
-                Ok(s) => fqdns.push(s),
-                Err((field, msg)) => problems.push(&o.at, &object, &field, msg),
-            }
-            continue;
-        }
-        if o.kind != "ThreatFeed" {
-            problems.push(
-                &o.at,
-                &object,
-                "kind",
-                format!(
-                    "septa.dev has no kind {:?} (known: ThreatFeed, FqdnPolicy)",
-                    o.kind
-                ),
-            );
-            continue;
-        }
-        match crate::feeds::spec::from_manifest_with(&o.value, min_refresh) {
-            Ok(spec) if out.iter().any(|s| s.name == spec.name) => problems.push(
-                &o.at,
-                &object,
-                "metadata.name",
-                "another ThreatFeed has this name",
-            ),
-            Ok(spec) => out.push(spec),
-            Err((field, msg)) => problems.push(&o.at, &object, &field, msg),
-        }
-    }
-    (out, fqdns)
+    let mut c = Cluster {
+        custom: cluster.custom.clone(),
+        ..Default::default()
+    };
+    policies::septa::validate(&mut c, min_refresh, problems);
+    (c.threat_feeds, c.fqdn_policies)
 }
 
 /// A request waiting on the main loop, and where its answer goes.
@@ -1183,8 +1274,15 @@ async fn hung_up<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> bool {
     r.fill_buf().await.map_or(true, |b| b.is_empty())
 }
 
-/// Run the agent until SIGTERM/SIGINT.
-pub async fn run(mut agent: Agent) -> Result<(), Error> {
+/// Run the agent until SIGTERM/SIGINT. `prometheus` renders `/metrics`: installed before
+/// [`Agent::start`], so what the start records is there from the first scrape. `out` are the
+/// flow exporters, opened before the start too, so a flow log that cannot be written stops
+/// the agent before it has written anything.
+pub async fn run(
+    mut agent: Agent,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    mut out: crate::flows::Exporters,
+) -> Result<(), Error> {
     let sock = agent.cfg.socket.clone();
     let (tx, mut rx) = mpsc::channel::<Job>(64);
     let tap = FlowTap::new();
@@ -1194,7 +1292,6 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
             iface: agent.cfg.health_addr.to_string(),
             reason: format!("health endpoint: {e}"),
         })?;
-    let prometheus = crate::metrics::install();
     tokio::spawn(crate::health::serve(
         health,
         agent.ready.clone(),
@@ -1207,7 +1304,6 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         if let Ok(mut en) = enricher.write() {
             en.wall_offset_ns = crate::flows::Enricher::measure_wall_offset();
         }
-        let mut out = crate::flows::Exporters::from_config(&agent.cfg)?;
         let mut aggregator = agent
             .cfg
             .flow_aggregate_window
@@ -1268,7 +1364,10 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
         });
     }
     let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
-    agent.sync_feeds(&feed_tx);
+    // Without good manifests no feed is known: the pinned blocklist stays as it is.
+    if agent.manifests.is_some() {
+        agent.sync_feeds(&feed_tx);
+    }
     let injector = crate::dns::inject::Injector::new()?;
     let (names_tx, names_rx) = tokio::sync::watch::channel(agent.dns.exact_names());
     let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel();
@@ -1311,8 +1410,8 @@ pub async fn run(mut agent: Agent) -> Result<(), Error> {
                 }
                 agent.handle_batch(jobs);
             }
-            Some((cluster, problems)) = loads.recv() => {
-                if agent.apply_load(cluster, problems) {
+            Some(load) = loads.recv() => {
+                if agent.apply_load(load) {
                     if let Err(e) = agent.reconcile() {
                         error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
                     }
@@ -1394,7 +1493,7 @@ fn spawn_loader(
     source: Option<Source>,
     interval: std::time::Duration,
 ) -> (
-    mpsc::Receiver<(Cluster, policies::Diagnostics)>,
+    mpsc::Receiver<crate::source::Load>,
     Arc<std::sync::atomic::AtomicU64>,
 ) {
     let (tx, rx) = mpsc::channel(1);
@@ -1487,7 +1586,7 @@ apiVersion: septa.dev/v1alpha1\nkind: ThreatFeeds\nmetadata: {name: typo}\nspec:
             ("feeds.yaml#2", "ThreatFeed ok", "metadata.name"),
             ("feeds.yaml#3", "ThreatFeed fast", "spec.refresh"),
             ("feeds.yaml#4", "ThreatFeed hooks", "spec.appliesTo[0]"),
-            ("feeds.yaml#5", "ThreatFeeds typo", "kind"),
+            ("feeds.yaml#5", "ThreatFeeds default/typo", "kind"),
         ]
         .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
         assert_eq!(got, want);

@@ -10,8 +10,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use dataplane_common::rule;
-use ipnetwork::IpNetwork;
-use policies::model::{IpBlock, Peer, Pod, Policy, PortSel, PortSpec, Protocol, Rule};
+use policies::model::{Pod, Policy};
 use tracing::{debug, warn};
 
 use crate::dns::{
@@ -32,49 +31,12 @@ pub fn resolvers_of<'a>(spec: &'a FqdnSpec, default: &'a [IpAddr]) -> &'a [IpAdd
 }
 
 /// The NetworkPolicy equivalent of each FqdnPolicy: egress isolation plus DNS to its trusted
-/// resolvers (with none, DNS to nowhere: the pods stay isolated and resolve nothing).
+/// resolvers (see [`FqdnSpec::isolation_policy`], which `septa connlist` models too).
 pub fn isolation_policies(specs: &[FqdnSpec], default_resolvers: &[IpAddr]) -> Vec<Policy> {
     specs
         .iter()
-        .map(|s| Policy {
-            namespace: s.namespace.clone(),
-            name: format!("{} (FqdnPolicy DNS)", s.name),
-            audit: false,
-            pod_selector: s.selector.clone(),
-            ingress: None,
-            egress: Some(match resolvers_of(s, default_resolvers) {
-                [] => Vec::new(),
-                rs => vec![dns_rule(rs)],
-            }),
-        })
+        .map(|s| s.isolation_policy(default_resolvers))
         .collect()
-}
-
-/// DNS (UDP and TCP 53) to exactly these addresses.
-fn dns_rule(resolvers: &[IpAddr]) -> Rule {
-    Rule {
-        peers: Some(
-            resolvers
-                .iter()
-                .map(|ip| {
-                    Peer::Block(IpBlock {
-                        cidr: IpNetwork::from(*ip),
-                        except: Vec::new(),
-                    })
-                })
-                .collect(),
-        ),
-        ports: Some(vec![
-            PortSpec {
-                protocol: Protocol::Udp,
-                port: PortSel::Range(53, 53),
-            },
-            PortSpec {
-                protocol: Protocol::Tcp,
-                port: PortSel::Range(53, 53),
-            },
-        ]),
-    }
 }
 
 /// Every FqdnPolicy rule with its id (`rule::FQDN_BASE + n`, in namespace/name/index order, so

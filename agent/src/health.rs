@@ -1,5 +1,5 @@
 //! `GET /healthz` (the process is up), `GET /readyz` (the first reconciliation is done and
-//! the manifests are valid) and `GET /metrics` (Prometheus text format). A minimal HTTP/1.0
+//! the manifests are valid; a 503 answer says why not, in words) and `GET /metrics` (Prometheus text format). A minimal HTTP/1.0
 //! responder: fixed routes, no request bodies.
 //!
 //! Fail mode: any local user can connect, so the listener is bounded without letting idle
@@ -33,10 +33,52 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections that have not sent their request yet, oldest first (by serial number).
 type Waiting = Arc<Mutex<VecDeque<(u64, AbortHandle)>>>;
 
+/// What `/readyz` and the socket's status answer report: whether the first reconciliation is
+/// done, and what is wrong with the inputs meanwhile.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    reconciled: AtomicBool,
+    problem: Mutex<Option<String>>,
+}
+
+impl Readiness {
+    /// The maps hold a good state.
+    pub fn set_reconciled(&self) {
+        self.reconciled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the maps hold a good state (whatever the inputs say now).
+    pub fn reconciled(&self) -> bool {
+        self.reconciled.load(Ordering::Relaxed)
+    }
+
+    /// What is wrong with the inputs (`None`: nothing).
+    pub fn set_problem(&self, problem: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// What is wrong with the inputs, if anything.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `Ok` when ready: reconciled, and the inputs are as applied; else why not.
+    pub fn check(&self) -> Result<(), String> {
+        match (self.reconciled(), self.problem()) {
+            (true, None) => Ok(()),
+            (_, Some(p)) => Err(p),
+            (false, None) => Err("the first reconciliation is not done yet".into()),
+        }
+    }
+}
+
 /// Serve health (and `/metrics` when a handle is given) on `listener` until the task ends.
 pub async fn serve(
     listener: TcpListener,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) {
     let waiting: Waiting = Default::default();
@@ -67,16 +109,19 @@ pub async fn serve(
             };
             let line = String::from_utf8_lossy(&buf[..n]);
             let rendered;
+            let why;
             let (code, body) = if line.starts_with("GET /metrics") && metrics.is_some() {
                 rendered = metrics.as_ref().map(|m| m.render()).unwrap_or_default();
                 (200, rendered.as_str())
             } else if line.starts_with("GET /healthz") {
                 (200, "ok\n")
             } else if line.starts_with("GET /readyz") {
-                if ready.load(Ordering::Relaxed) {
-                    (200, "ready\n")
-                } else {
-                    (503, "not ready\n")
+                match ready.check() {
+                    Ok(()) => (200, "ready\n"),
+                    Err(e) => {
+                        why = format!("not ready: {e}\n");
+                        (503, why.as_str())
+                    }
                 }
             } else {
                 (404, "not found\n")

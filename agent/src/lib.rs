@@ -12,5 +12,7 @@ pub mod flows;
 pub mod fqdn;
 pub mod health;
 pub mod metrics;
+pub mod numbering;
 pub mod registry;
+pub mod snapshot;
 pub mod source;

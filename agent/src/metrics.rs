@@ -10,6 +10,70 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use dataplane::{reconcile::MapState, Datapath};
 
+/// What a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// In seconds.
+    Histogram,
+}
+
+/// Every metric the agent emits, with its help text: `install` describes each one, and a test
+/// holds this list, the code that records them and the README's list to the same names.
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    ("septa_datapath_packets_total", Kind::Counter, "Packets the data path decided, by verdict."),
+    ("septa_datapath_drops_total", Kind::Counter, "Packets dropped for reasons other than policy, by reason."),
+    ("septa_dns_kernel_queries_copied_total", Kind::Counter, "DNS queries of FQDN pods copied to the agent (answers are learned only if they match one)."),
+    ("septa_dns_kernel_over_budget_total", Kind::Counter, "DNS queries not copied and answers delivered unheld because a pod exceeded its DNS budget."),
+    ("septa_icmp_related_total", Kind::Counter, "ICMP errors passed because they quote a tracked connection."),
+    ("septa_datapath_events_lost_total", Kind::Counter, "Kernel events lost because the ring buffer was full."),
+    ("septa_datapath_deny_events_suppressed_total", Kind::Counter, "Denial events not emitted because of per-flow rate limiting."),
+    ("septa_conntrack_operations_total", Kind::Counter, "Conntrack entries created, re-checked after a policy change, and revoked."),
+    ("septa_xdp_packets_total", Kind::Counter, "Packets seen by XDP on host interfaces."),
+    ("septa_blocklist_update_duration_seconds", Kind::Histogram, "Merge, diff and write of one threat-feed blocklist change."),
+    ("septa_flows_total", Kind::Counter, "Flow events, by kind, verdict, direction and drop reason."),
+    ("septa_flow_log_write_errors_total", Kind::Counter, "Flow records that could not be written to the flow log."),
+    ("septa_ipfix_export_errors_total", Kind::Counter, "IPFIX messages that could not be sent."),
+    ("septa_ipfix_records_total", Kind::Counter, "Flow records exported over IPFIX."),
+    ("septa_rule_hits_total", Kind::Counter, "Connections each policy rule allowed (one series per compiled rule)."),
+    ("septa_conntrack_entries", Kind::Gauge, "Conntrack entries after the last sweep."),
+    ("septa_flow_aggregate_overflow", Kind::Gauge, "Records passed unaggregated because the group table was full."),
+    ("septa_flow_query_records_skipped_total", Kind::Counter, "Records a slow `septa flows --follow` client missed."),
+    ("septa_reconciles_total", Kind::Counter, "Map reconciliations, by result."),
+    ("septa_accept_errors_total", Kind::Counter, "Failed accepts on the agent's listeners (health, socket), e.g. out of file descriptors."),
+    ("septa_health_connections_evicted_total", Kind::Counter, "Idle health connections closed to make room for new ones."),
+    ("septa_requests_dropped_total", Kind::Counter, "Requests dropped unserved because their client hung up first, by operation."),
+    ("septa_endpoints_forgotten_total", Kind::Counter, "Endpoints forgotten because their host interface disappeared without a DEL."),
+    ("septa_map_update_duration_seconds", Kind::Histogram, "Time to compile and write one change to the maps."),
+    ("septa_policy_map_entries", Kind::Gauge, "Entries in the policy map."),
+    ("septa_ipcache_entries", Kind::Gauge, "Entries in the ipcache."),
+    ("septa_endpoints", Kind::Gauge, "Endpoints in the data path."),
+    ("septa_policy_revision", Kind::Gauge, "The policy revision established connections are checked against."),
+    ("septa_manifest_errors", Kind::Gauge, "Errors in the last load of the manifests directory (0 when applied)."),
+    ("septa_manifest_load_stalled", Kind::Gauge, "1 while a read of the manifests directory has taken longer than its 10 s deadline."),
+    ("septa_dns_kernel_answers_total", Kind::Counter, "DNS answers to FQDN pods: held for the agent, lost (ring full), not held (fragmented or too large)."),
+    ("septa_fqdn_connections_total", Kind::Counter, "New egress connections of FQDN pods: allowed by an FQDN entry, or denied to an address no DNS answer gave."),
+    ("septa_dns_answers_total", Kind::Counter, "DNS answers the agent handled, by result (learned, or why not: unsolicited, mismatched, late, untrusted_resolver, ...)."),
+    ("septa_dns_queries_total", Kind::Counter, "DNS query copies the agent handled, by result."),
+    ("septa_fqdn_addresses_added_total", Kind::Counter, "Addresses added to the FQDN allowlist from DNS answers."),
+    ("septa_fqdn_entries_expired_total", Kind::Counter, "FQDN allowlist entries removed after their TTL (and grace)."),
+    ("septa_fqdn_evicted_total", Kind::Counter, "Addresses evicted because a (pod, name) had too many."),
+    ("septa_dns_reinject_errors_total", Kind::Counter, "DNS answers that could not be re-injected."),
+    ("septa_feed_refreshes_total", Kind::Counter, "Threat-feed fetches, by feed and result (updated, not_modified)."),
+    ("septa_feed_refresh_errors_total", Kind::Counter, "Refused threat-feed refreshes, by feed and reason; the last good list stays."),
+    ("septa_feed_drops_total", Kind::Counter, "Packets a threat feed dropped (XDP and TC)."),
+    ("septa_feed_audits_total", Kind::Counter, "Packets a threat feed in audit mode let through."),
+    ("septa_fqdn_entries", Kind::Gauge, "Entries in the FQDN allowlist."),
+    ("septa_dns_pending_queries", Kind::Gauge, "DNS queries of FQDN pods waiting for their answer."),
+    ("septa_feed_entries", Kind::Gauge, "Entries of a threat feed's list in force."),
+    ("septa_feed_last_refresh_timestamp_seconds", Kind::Gauge, "When a threat feed was last fetched successfully (Unix time)."),
+    ("septa_feed_bad_lines", Kind::Gauge, "Bad lines in a threat feed's last body."),
+    ("septa_blocklist_entries", Kind::Gauge, "Prefixes in the threat-feed tries, by family."),
+    ("septa_feed_protected_skipped", Kind::Gauge, "Listed entries left out because they overlap a protected range."),
+    ("septa_dns_preresolve_total", Kind::Counter, "The agent's own resolutions of the exact names of FQDN rules, by result (ok, error)."),
+];
+
 /// Install the recorder (once per process) and describe every metric.
 pub fn install() -> Option<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
@@ -17,161 +81,13 @@ pub fn install() -> Option<PrometheusHandle> {
         .ok()?
         .install_recorder()
         .ok()?;
-    describe_counter!(
-        "septa_datapath_packets_total",
-        "Packets the data path decided, by verdict."
-    );
-    describe_counter!(
-        "septa_datapath_drops_total",
-        "Packets dropped for reasons other than policy, by reason."
-    );
-    describe_counter!(
-        "septa_dns_kernel_queries_copied_total",
-        "DNS queries of FQDN pods copied to the agent (answers are learned only if they match one)."
-    );
-    describe_counter!(
-        "septa_dns_kernel_over_budget_total",
-        "DNS queries not copied and answers delivered unheld because a pod exceeded its DNS budget."
-    );
-    describe_counter!(
-        "septa_icmp_related_total",
-        "ICMP errors passed because they quote a tracked connection."
-    );
-    describe_counter!(
-        "septa_datapath_events_lost_total",
-        "Kernel events lost because the ring buffer was full."
-    );
-    describe_counter!(
-        "septa_datapath_deny_events_suppressed_total",
-        "Denial events not emitted because of per-flow rate limiting."
-    );
-    describe_counter!(
-        "septa_conntrack_operations_total",
-        "Conntrack entries created, re-checked after a policy change, and revoked."
-    );
-    describe_counter!(
-        "septa_xdp_packets_total",
-        "Packets seen by XDP on host interfaces."
-    );
-    for (name, help) in [
-        ("septa_dns_kernel_answers_total", "DNS answers to FQDN pods: held for the agent, lost (ring full), not held (fragmented or too large)."),
-        ("septa_fqdn_connections_total", "New egress connections of FQDN pods: allowed by an FQDN entry, or denied to an address no DNS answer gave."),
-        ("septa_dns_answers_total", "DNS answers the agent handled, by result (learned, or why not: unsolicited, mismatched, late, untrusted_resolver, ...)."),
-        ("septa_dns_queries_total", "DNS query copies the agent handled, by result."),
-        ("septa_fqdn_addresses_added_total", "Addresses added to the FQDN allowlist from DNS answers."),
-        ("septa_fqdn_entries_expired_total", "FQDN allowlist entries removed after their TTL (and grace)."),
-        ("septa_fqdn_evicted_total", "Addresses evicted because a (pod, name) had too many."),
-        ("septa_dns_reinject_errors_total", "DNS answers that could not be re-injected."),
-        ("septa_feed_refreshes_total", "Threat-feed fetches, by feed and result (updated, not_modified)."),
-        ("septa_feed_refresh_errors_total", "Refused threat-feed refreshes, by feed and reason; the last good list stays."),
-        ("septa_feed_drops_total", "Packets a threat feed dropped (XDP and TC)."),
-        ("septa_feed_audits_total", "Packets a threat feed in audit mode let through."),
-    ] {
-        describe_counter!(name, help);
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Histogram => describe_histogram!(name, Unit::Seconds, help),
+        }
     }
-    for (name, help) in [
-        ("septa_fqdn_entries", "Entries in the FQDN allowlist."),
-        (
-            "septa_dns_pending_queries",
-            "DNS queries of FQDN pods waiting for their answer.",
-        ),
-        (
-            "septa_feed_entries",
-            "Entries of a threat feed's list in force.",
-        ),
-        (
-            "septa_feed_last_refresh_timestamp_seconds",
-            "When a threat feed was last fetched successfully (Unix time).",
-        ),
-        (
-            "septa_feed_bad_lines",
-            "Bad lines in a threat feed's last body.",
-        ),
-        (
-            "septa_blocklist_entries",
-            "Prefixes in the threat-feed tries, by family.",
-        ),
-        (
-            "septa_feed_protected_skipped",
-            "Listed entries left out because they overlap a protected range.",
-        ),
-    ] {
-        describe_gauge!(name, help);
-    }
-    describe_histogram!(
-        "septa_blocklist_update_duration_seconds",
-        Unit::Seconds,
-        "Merge, diff and write of one threat-feed blocklist change."
-    );
-    describe_counter!(
-        "septa_flows_total",
-        "Flow events, by kind, verdict, direction and drop reason."
-    );
-    describe_counter!(
-        "septa_flow_log_write_errors_total",
-        "Flow records that could not be written to the flow log."
-    );
-    describe_counter!(
-        "septa_ipfix_export_errors_total",
-        "IPFIX messages that could not be sent."
-    );
-    describe_counter!(
-        "septa_ipfix_records_total",
-        "Flow records exported over IPFIX."
-    );
-    describe_counter!(
-        "septa_rule_hits_total",
-        "Connections each policy rule allowed (one series per compiled rule)."
-    );
-    describe_gauge!(
-        "septa_conntrack_entries",
-        "Conntrack entries after the last sweep."
-    );
-    describe_gauge!(
-        "septa_flow_aggregate_overflow",
-        "Records passed unaggregated because the group table was full."
-    );
-    describe_counter!(
-        "septa_flow_query_records_skipped_total",
-        "Records a slow `septa flows --follow` client missed."
-    );
-    describe_counter!("septa_reconciles_total", "Map reconciliations, by result.");
-    describe_counter!(
-        "septa_accept_errors_total",
-        "Failed accepts on the agent's listeners (health, socket), e.g. out of file descriptors."
-    );
-    describe_counter!(
-        "septa_health_connections_evicted_total",
-        "Idle health connections closed to make room for new ones."
-    );
-    describe_counter!(
-        "septa_requests_dropped_total",
-        "Requests dropped unserved because their client hung up first, by operation."
-    );
-    describe_counter!(
-        "septa_endpoints_forgotten_total",
-        "Endpoints forgotten because their host interface disappeared without a DEL."
-    );
-    describe_histogram!(
-        "septa_map_update_duration_seconds",
-        Unit::Seconds,
-        "Time to compile and write one change to the maps."
-    );
-    describe_gauge!("septa_policy_map_entries", "Entries in the policy map.");
-    describe_gauge!("septa_ipcache_entries", "Entries in the ipcache.");
-    describe_gauge!("septa_endpoints", "Endpoints in the data path.");
-    describe_gauge!(
-        "septa_policy_revision",
-        "The policy revision established connections are checked against."
-    );
-    describe_gauge!(
-        "septa_manifest_errors",
-        "Errors in the last load of the manifests directory (0 when applied)."
-    );
-    describe_gauge!(
-        "septa_manifest_load_stalled",
-        "1 while a read of the manifests directory has taken longer than its 10 s deadline."
-    );
     Some(handle)
 }
 
@@ -230,4 +146,88 @@ pub fn map_sizes(state: &MapState) {
     gauge!("septa_policy_map_entries").set(state.policy.len() as f64);
     gauge!("septa_ipcache_entries").set(state.ipcache.len() as f64);
     gauge!("septa_endpoints").set(state.endpoints.len() as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, path::Path};
+
+    use super::*;
+
+    /// Every metric recorded in the agent's source (a macro call with a literal name), with
+    /// its kind.
+    fn recorded() -> BTreeMap<String, Kind> {
+        fn walk(d: &Path, out: &mut BTreeMap<String, Kind>) {
+            for e in std::fs::read_dir(d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                    continue;
+                }
+                if p.extension().and_then(|x| x.to_str()) != Some("rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                // Tests record nothing the agent emits (and this one names the macros).
+                let text = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+                for (mac, kind) in [
+                    ("counter!(", Kind::Counter),
+                    ("gauge!(", Kind::Gauge),
+                    ("histogram!(", Kind::Histogram),
+                ] {
+                    for (at, _) in text.match_indices(mac) {
+                        if text[..at].ends_with("describe_") {
+                            continue;
+                        }
+                        let rest = text[at + mac.len()..].trim_start();
+                        let Some(rest) = rest.strip_prefix('"') else {
+                            panic!("{}: a metric named by a variable", p.display());
+                        };
+                        let name = &rest[..rest.find('"').unwrap()];
+                        if let Some(old) = out.insert(name.to_owned(), kind) {
+                            assert_eq!(old, kind, "{name} recorded as two kinds");
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_metric_recorded_is_described_and_every_one_described_is_recorded() {
+        let described: BTreeMap<String, Kind> = METRICS
+            .iter()
+            .map(|&(n, k, h)| {
+                assert!(!h.is_empty(), "{n} has no help text");
+                (n.to_owned(), k)
+            })
+            .collect();
+        assert_eq!(described.len(), METRICS.len(), "a metric listed twice");
+        assert_eq!(recorded(), described);
+    }
+
+    #[test]
+    fn the_readme_lists_exactly_the_metrics_of_the_code() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .unwrap();
+        let section = readme
+            .split("\n## Metrics\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("a Metrics section");
+        let mut listed = std::collections::BTreeSet::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let first = row.split('|').nth(1).unwrap();
+            for name in first.split('`').skip(1).step_by(2) {
+                assert!(listed.insert(name.to_owned()), "{name} listed twice");
+            }
+        }
+        let code: std::collections::BTreeSet<String> =
+            METRICS.iter().map(|(n, _, _)| n.to_string()).collect();
+        assert_eq!(listed, code);
+    }
 }

@@ -12,6 +12,8 @@ use std::{
 
 use policies::{load::load_paths, Cluster, Diagnostics};
 
+use crate::snapshot::{read_texts, Snapshot};
+
 /// What the directory looks like: changes when a file is added, removed or written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
@@ -37,13 +39,25 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
     Fingerprint(v)
 }
 
+/// One read of the manifests directory.
+pub struct Load {
+    pub cluster: Cluster,
+    pub problems: Diagnostics,
+    /// The texts that were loaded, when they load to `cluster` on their own (see
+    /// [`crate::snapshot`]): what to save once the load is applied; else why not. `None`
+    /// when the load has problems (nothing is saved then).
+    pub snapshot: Option<Result<Snapshot, String>>,
+}
+
 /// The manifests directory and the last state read from it.
 pub struct Source {
+    /// The directory.
     pub dir: PathBuf,
     last: Fingerprint,
 }
 
 impl Source {
+    /// A source for `dir`, not read yet.
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
@@ -51,13 +65,39 @@ impl Source {
         }
     }
 
-    /// Load if the directory changed since the last load: `Some((cluster, problems))`.
-    pub fn poll(&mut self) -> Option<(Cluster, Diagnostics)> {
+    /// Load if the directory changed since the last load.
+    pub fn poll(&mut self) -> Option<Load> {
         let now = fingerprint(&self.dir);
         if now == self.last {
             return None;
         }
         self.last = now;
-        Some(load_paths(&[&self.dir]))
+        let texts = read_texts(&self.dir);
+        let (cluster, problems) = load_paths(&[&self.dir]);
+        let snapshot = problems.is_empty().then(|| {
+            let s = texts
+                .map(|files| Snapshot {
+                    dir: self.dir.clone(),
+                    saved_at: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    files,
+                })
+                .filter(|s| s.restores(&cluster));
+            match s {
+                Some(s) => Ok(s),
+                None if fingerprint(&self.dir) != self.last => {
+                    // Read again next time, whatever the fingerprint says then.
+                    self.last = Fingerprint(vec![(PathBuf::from("<changed while read>"), 0, None)]);
+                    Err("the manifests changed while they were read; they are saved once a read sees them unchanged".to_owned())
+                }
+                None => Err("their texts, loaded on their own, do not give what was applied (a file the saved copy cannot reproduce)".to_owned()),
+            }
+        });
+        Some(Load {
+            cluster,
+            problems,
+            snapshot,
+        })
     }
 }

@@ -260,7 +260,7 @@ fn policy_changes_apply_to_new_and_established_connections() {
     n.write_manifest("10-policy.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: demo}\nspec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}\n").unwrap();
     let logged = poll_until(Duration::from_secs(10), || {
         n.agent_log()
-            .contains("keeping the last good state")
+            .contains("enforcing the last good state")
             .then_some(())
     });
     assert!(

@@ -401,3 +401,301 @@ fn a_pod_with_two_addresses_of_one_family_is_refused_naming_both() {
     );
     n.runtime.check(&web).expect("the registration as it was");
 }
+
+/// Manifests with septa's own kinds: an FqdnPolicy for the client pods and a threat feed
+/// that applies to pod ingress.
+fn septa_manifests(feed_url: &str) -> String {
+    format!(
+        "apiVersion: septa.dev/v1alpha1
+kind: FqdnPolicy
+metadata: {{name: by-name, namespace: demo}}
+spec:
+  podSelector: {{matchLabels: {{app: client}}}}
+  egress:
+  - toFQDNs: [{{matchName: api.example.test}}, {{matchName: later.example.test}}]
+    ports: [{{protocol: TCP, port: 443}}]
+---
+apiVersion: septa.dev/v1alpha1
+kind: ThreatFeed
+metadata: {{name: bad}}
+spec: {{url: '{feed_url}', format: lines, refresh: 1s, appliesTo: [podIngress]}}
+"
+    )
+}
+
+/// A NetworkPolicy with a misspelled field: an error of the directory, unrelated to the rest.
+const BROKEN: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: typo, namespace: demo}
+spec:
+  podSelecter: {matchLabels: {app: web}}
+";
+
+#[test]
+fn a_restart_on_manifests_with_errors_keeps_threat_feeds_and_fqdn_rules() {
+    use testbed::{
+        dns::Outside,
+        http::{FeedServer, Reply},
+        node::{http_get, metric},
+    };
+    const LISTED: &str = "198.51.100.30";
+    const CLEAN: &str = "198.51.100.31";
+    let mut n = node("lastgood");
+    let records = [
+        "--host-record=api.example.test,198.51.100.10",
+        "--host-record=later.example.test,198.51.100.11",
+    ]
+    .map(str::to_owned);
+    let out = Outside::start(
+        &n,
+        &["198.51.100.10", "198.51.100.11", LISTED, CLEAN],
+        &records,
+        "api.example.test",
+    )
+    .unwrap();
+    let server = FeedServer::start(&n.bed.node_path(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    server.set("/bad.txt", Reply::list(&format!("{LISTED}\n")));
+    n.agent_args = [
+        "--dns-server",
+        "192.0.2.53:53",
+        "--dns-resolver",
+        "192.0.2.53",
+        "--dns-preresolve-interval",
+        "0s",
+        "--feed-min-refresh",
+        "1s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    n.write_manifest("10-septa.yaml", &septa_manifests(&server.url("/bad.txt")))
+        .unwrap();
+    n.start_agent().unwrap();
+    let client = n.add_pod("demo", "client", "app=client").unwrap();
+    let web = n.add_pod("demo", "open", "app=open").unwrap();
+    Node::route_via_node(&client).unwrap();
+    Node::route_via_node(&web).unwrap();
+    let _srv = Server::start(&out.path(), &[443], &[]).unwrap();
+    let _web_srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let from = |src: &str| tcp_connect_from(&out.path(), src.parse().unwrap(), to(&web, 8080));
+    let https = |a: &str| SocketAddr::new(a.parse().unwrap(), 443);
+    poll_until(Duration::from_secs(30), || {
+        from(LISTED).is_err().then_some(())
+    })
+    .expect("the feed never blocked its address");
+    assert!(from(CLEAN).is_ok());
+    testbed::dns::query(&client.netns, "api.example.test", false).unwrap();
+    assert!(tcp_connect(&client.netns, https("198.51.100.10")).is_ok());
+    assert!(tcp_connect(&client.netns, https(CLEAN)).is_err());
+    assert_eq!(
+        http_get(&n.bed.node_path(), "/readyz").lines().next(),
+        Some("HTTP/1.0 200 OK")
+    );
+
+    // A restart with an unrelated error in the directory, and the feed host down.
+    n.stop_agent().unwrap();
+    n.write_manifest("20-broken.yaml", BROKEN).unwrap();
+    server.set("/bad.txt", Reply::Status(503));
+    n.start_agent().unwrap();
+    assert!(
+        from(LISTED).is_err(),
+        "the blocklist was emptied by the restart"
+    );
+    assert!(from(CLEAN).is_ok());
+    // A name never looked up before the restart: only rules can let it through.
+    let got = testbed::dns::query(&client.netns, "later.example.test", false).unwrap();
+    assert_eq!(
+        got,
+        ["198.51.100.11".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert!(
+        tcp_connect(&client.netns, https("198.51.100.11")).is_ok(),
+        "FQDN rules lost by the restart; agent log:\n{}",
+        n.agent_log()
+    );
+    assert!(tcp_connect(&client.netns, https(CLEAN)).is_err());
+
+    // Readiness and the CNI answers say what is enforced, and why not ready.
+    let ready = http_get(&n.bed.node_path(), "/readyz");
+    assert!(ready.starts_with("HTTP/1.0 503"), "{ready}");
+    for words in [
+        "20-broken.yaml",
+        "spec.podSelecter",
+        "enforcing the last good state, from the copy of",
+        "manifests.json",
+    ] {
+        assert!(ready.contains(words), "{words:?} not in {ready}");
+    }
+    let status = agent(&n, &Request::Status);
+    assert!(status.ok, "{status:?}");
+    assert!(
+        status.warning.contains("enforcing the last good state"),
+        "{status:?}"
+    );
+    assert!(!ready.contains("no good state yet"), "{ready}");
+    let m = http_get(&n.bed.node_path(), "/metrics");
+    assert_eq!(metric(&m, "septa_manifest_errors"), 1.0, "{m}");
+
+    // Fixed: ready again.
+    std::fs::remove_file(n.manifests.join("20-broken.yaml")).unwrap();
+    poll_until(Duration::from_secs(10), || {
+        http_get(&n.bed.node_path(), "/readyz")
+            .starts_with("HTTP/1.0 200")
+            .then_some(())
+    })
+    .expect("not ready once the manifests were fixed");
+    n.stop_agent().unwrap();
+}
+
+#[test]
+fn an_agent_with_no_good_state_says_so() {
+    let n = node("nogood");
+    n.write_manifest("20-broken.yaml", BROKEN).unwrap();
+    let mut child = n
+        .agent_command(&[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = poll_until(Duration::from_secs(30), || {
+        call_agent(&n.socket, &Request::Status, Duration::from_secs(1)).ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let status = status.expect("the agent never answered");
+    assert!(!status.ok);
+    for words in [
+        "20-broken.yaml",
+        "no good state yet",
+        "no saved copy",
+        "pods are refused",
+    ] {
+        assert!(status.error.contains(words), "{words:?} not in {status:?}");
+    }
+    assert!(!status.error.contains("last good state"), "{status:?}");
+
+    // A saved copy that cannot be used is named as such, not as absent.
+    std::fs::write(n.state_dir().join(agent::snapshot::FILE), "{\"half\": ").unwrap();
+    let mut child = n
+        .agent_command(&[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = poll_until(Duration::from_secs(30), || {
+        call_agent(&n.socket, &Request::Status, Duration::from_secs(1)).ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let status = status.expect("the agent never answered");
+    for words in [
+        "no good state yet",
+        "the saved copy is unreadable",
+        "manifests.json",
+    ] {
+        assert!(status.error.contains(words), "{words:?} not in {status:?}");
+    }
+}
+
+#[test]
+fn a_restart_with_no_input_change_writes_nothing_to_the_maps() {
+    use testbed::node::{http_get, metric};
+    let mut n = node("renumber");
+    n.start_agent().unwrap();
+    // Pods come in an order that is not the sorted order of their labels.
+    let web = n.add_pod("demo", "web", "app=web").unwrap();
+    let client = n.add_pod("demo", "client", "app=client").unwrap();
+    let other = n.add_pod("demo", "other", "app=other").unwrap();
+    let _srv = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let revision = |n: &Node| {
+        poll_until(Duration::from_secs(10), || {
+            let v = metric(
+                &http_get(&n.bed.node_path(), "/metrics"),
+                "septa_policy_revision",
+            );
+            (v > 0.0).then_some(v)
+        })
+        .expect("no septa_policy_revision")
+    };
+    let before = revision(&n);
+    let identity = |n: &Node, c: &Attachment| {
+        agent(
+            n,
+            &Request::Check {
+                container_id: c.container_id.clone(),
+            },
+        )
+        .identity
+    };
+    let ids: Vec<_> = [&web, &client, &other].map(|c| identity(&n, c)).to_vec();
+    let writes = |n: &Node| n.agent_log().matches("maps reconciled").count();
+    let written = writes(&n);
+    n.stop_agent().unwrap();
+    n.start_agent().unwrap();
+    assert_eq!(
+        revision(&n),
+        before,
+        "the restart bumped the policy revision"
+    );
+    assert_eq!(
+        writes(&n),
+        written,
+        "the restart wrote to the maps:\n{}",
+        n.agent_log()
+    );
+    assert_eq!(
+        [&web, &client, &other].map(|c| identity(&n, c)).to_vec(),
+        ids
+    );
+    assert_policy_holds(&client, &other, &web, "after the restart");
+    n.stop_agent().unwrap();
+}
+
+#[test]
+fn bad_options_exit_2_naming_the_option_before_anything_is_loaded() {
+    let n = node("badopts");
+    let pin = n.dir.join("pins-badopts");
+    let pin_s = pin.display().to_string();
+    for (flag, value) in [
+        ("--poll-interval", "0s"),
+        ("--flow-update-interval", "0s"),
+        ("--flow-aggregate-window", "0s"),
+        ("--conntrack-entries", "0"),
+        ("--flow-log", "/nonexistent-septa/flows.jsonl"),
+    ] {
+        let mut c = n.agent_command(&[("--pin-dir", pin_s.as_str())]);
+        let out = c.args([flag, value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+        assert!(
+            !pin.exists(),
+            "{flag} {value}: something was pinned: {stderr}"
+        );
+        assert!(
+            !n.state_dir().join(agent::registry::FILE).exists(),
+            "{flag} {value}: state was written"
+        );
+    }
+}
+
+#[test]
+fn metrics_set_while_starting_are_there_at_the_first_scrape() {
+    let mut n = node("metrics-start");
+    n.start_agent().unwrap();
+    let _web = n.add_pod("demo", "web", "app=web").unwrap();
+    n.stop_agent().unwrap();
+    n.start_agent().unwrap();
+    let m = testbed::node::http_get(&n.bed.node_path(), "/metrics");
+    for series in [
+        "septa_manifest_errors 0",
+        "septa_endpoints 1",
+        "septa_policy_map_entries ",
+        "septa_ipcache_entries ",
+    ] {
+        assert!(
+            m.lines().any(|l| l.starts_with(series)),
+            "{series:?} missing right after the start:\n{m}"
+        );
+    }
+    n.stop_agent().unwrap();
+}

@@ -83,7 +83,7 @@ pub struct FlowFilter {
     /// Either side in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Either side is this pod.
+    /// Either side is this pod: `name`, or `namespace/name` for one pod of one namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     /// forwarded, dropped or audit.
@@ -92,24 +92,54 @@ pub struct FlowFilter {
     /// Either side uses this port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// new, deny or end.
+    /// new, deny, update, end or aggregate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Either side belongs to this workload: `Kind/name` (`Deployment/web`) or `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Either side carries all these labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Records at or after this time (RFC 3339, UTC, as in the records' `time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 impl FlowFilter {
     pub fn matches(&self, r: &crate::flow::FlowRecord) -> bool {
         let sides = [&r.source, &r.destination];
+        let pod = |s: &crate::flow::FlowPeer, want: &str| match want.split_once('/') {
+            Some((ns, name)) => {
+                s.namespace.as_deref() == Some(ns) && s.pod.as_deref() == Some(name)
+            }
+            None => s.pod.as_deref() == Some(want),
+        };
+        let workload = |s: &crate::flow::FlowPeer, want: &str| {
+            s.workload.as_deref().is_some_and(|w| {
+                w == want || w.split_once('/').is_some_and(|(_, name)| name == want)
+            })
+        };
         self.namespace
             .as_ref()
             .is_none_or(|n| sides.iter().any(|s| s.namespace.as_ref() == Some(n)))
             && self
                 .pod
                 .as_ref()
-                .is_none_or(|p| sides.iter().any(|s| s.pod.as_ref() == Some(p)))
+                .is_none_or(|p| sides.iter().any(|s| pod(s, p)))
+            && self
+                .workload
+                .as_ref()
+                .is_none_or(|w| sides.iter().any(|s| workload(s, w)))
+            && (self.labels.is_empty()
+                || sides
+                    .iter()
+                    .any(|s| self.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))))
             && self.verdict.as_ref().is_none_or(|v| &r.verdict == v)
             && self.kind.as_ref().is_none_or(|k| &r.kind == k)
             && self.port.is_none_or(|p| sides.iter().any(|s| s.port == p))
+            // Same format (RFC 3339, UTC, fixed width): text order is time order.
+            && self.since.as_ref().is_none_or(|t| r.time.as_str() >= t.as_str())
     }
 }
 
@@ -169,6 +199,10 @@ pub struct Response {
     /// The identity assigned (Add, Check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<u32>,
+    /// Something the caller should know although the request succeeded (Add, Status): the
+    /// manifests have errors and an older state is enforced.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub warning: String,
 }
 
 impl Response {
@@ -177,6 +211,7 @@ impl Response {
             ok: true,
             error: String::new(),
             identity: None,
+            warning: String::new(),
         }
     }
     pub fn err(e: impl Into<String>) -> Self {
@@ -184,6 +219,7 @@ impl Response {
             ok: false,
             error: e.into(),
             identity: None,
+            warning: String::new(),
         }
     }
 }

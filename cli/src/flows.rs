@@ -25,32 +25,96 @@ fn side(p: &FlowPeer) -> String {
     }
 }
 
-/// One human-readable line for a record.
-pub fn line(r: &FlowRecord) -> String {
-    let decided = match &r.policy {
-        Some(p) => format!(
-            "{}/{} {}[{}]",
-            p.namespace, p.name, p.direction, p.rule_index
+/// What decided: the policy rule (marked when the verdict is audit: the rule of an audit-mode
+/// policy would have denied it), the threat feed by name, or the default.
+fn decided(r: &FlowRecord) -> String {
+    match (&r.policy, &r.feed) {
+        (Some(p), _) => format!(
+            "{}/{} {}[{}]{}",
+            p.namespace,
+            p.name,
+            p.direction,
+            p.rule_index,
+            if r.verdict == "audit" { " (audit)" } else { "" }
         ),
-        None => r.decided_by.clone(),
-    };
+        (None, Some(f)) => format!("threat-feed {f}"),
+        (None, None) => r.decided_by.clone(),
+    }
+}
+
+/// One human-readable line for a record: time, verdict, kind, policy direction, protocol,
+/// source -> destination, what decided and why.
+pub fn line(r: &FlowRecord) -> String {
     let why = r
         .drop_reason
         .as_ref()
         .map(|d| format!(" ({d})"))
         .unwrap_or_default();
     format!(
-        "{} {:<9} {:<4} {:<4} {} -> {} by {decided}{why}",
+        "{} {:<9} {:<9} {:<7} {:<4} {} -> {} by {}{why}",
         r.time,
         r.verdict,
         r.kind,
+        r.direction,
         r.protocol,
         side(&r.source),
-        side(&r.destination)
+        side(&r.destination),
+        decided(r)
     )
 }
 
-/// Run the query; returns the exit code.
+/// The CSV columns, in order.
+pub const CSV_HEADER: [&str; 13] = [
+    "time",
+    "verdict",
+    "kind",
+    "direction",
+    "protocol",
+    "source",
+    "destination",
+    "decided_by",
+    "policy",
+    "feed",
+    "drop_reason",
+    "packets",
+    "bytes",
+];
+
+fn csv_row(r: &FlowRecord) -> [String; 13] {
+    [
+        r.time.clone(),
+        r.verdict.clone(),
+        r.kind.clone(),
+        r.direction.clone(),
+        r.protocol.clone(),
+        side(&r.source),
+        side(&r.destination),
+        r.decided_by.clone(),
+        r.policy
+            .as_ref()
+            .map(|p| {
+                format!(
+                    "{}/{} {}[{}]",
+                    p.namespace, p.name, p.direction, p.rule_index
+                )
+            })
+            .unwrap_or_default(),
+        r.feed.clone().unwrap_or_default(),
+        r.drop_reason.clone().unwrap_or_default(),
+        (r.packets.forward + r.packets.reverse).to_string(),
+        (r.bytes.forward + r.bytes.reverse).to_string(),
+    ]
+}
+
+/// One CSV line (quoted where a field needs it), with its newline.
+fn csv_line<I: IntoIterator<Item = T>, T: AsRef<[u8]>>(fields: I) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(fields);
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+/// Run the query; returns the exit code. Records are filtered here too, so that an agent
+/// that does not know a filter yet cannot widen the answer.
 pub fn cmd_flows(
     socket: &Path,
     filter: &FlowFilter,
@@ -60,6 +124,9 @@ pub fn cmd_flows(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
+    if fmt == Format::Csv && out.write_all(csv_line(CSV_HEADER).as_bytes()).is_err() {
+        return 0;
+    }
     let r = query_flows(
         socket,
         filter,
@@ -67,17 +134,29 @@ pub fn cmd_flows(
         follow,
         Duration::from_secs(10),
         |rec| {
+            if !filter.matches(&rec) {
+                return true;
+            }
             let text = match fmt {
-                Format::Json => serde_json::to_string(&rec).unwrap_or_default(),
-                _ => line(&rec),
+                Format::Csv => csv_line(csv_row(&rec)),
+                Format::Json => serde_json::to_string(&rec).unwrap_or_default() + "\n",
+                Format::Text => line(&rec) + "\n",
             };
-            writeln!(out, "{text}").is_ok() && out.flush().is_ok()
+            out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
         },
     );
     match r {
         Ok(()) => 0,
         Err(e) => {
-            let _ = writeln!(err, "error: {e}");
+            let hint = match e.kind() {
+                std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::PermissionDenied => {
+                    " (is septa-agent running on this node? its socket is --socket in its configuration; give the same path with --socket PATH)"
+                }
+                _ => "",
+            };
+            let _ = writeln!(err, "error: {e}{hint}");
             1
         }
     }

@@ -4,5 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod flows;
+pub mod objects;
+pub mod output;
 pub mod reachability;
 pub mod recommend;

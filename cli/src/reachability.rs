@@ -1,11 +1,10 @@
 //! `septa connlist` and `septa diff`: loading, rendering, exit codes.
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, net::IpAddr, path::PathBuf};
 
 use anyhow::Result;
 use policies::{
     connlist::{connlist, diff, Change, Connection},
-    load::load_paths,
     Cluster, Diagnostics,
 };
 use serde::Serialize;
@@ -18,10 +17,15 @@ pub enum Format {
     Csv,
 }
 
-/// Load manifests and print their problems to stderr; `Err(n)` counts problems (the cluster
-/// is still returned: what loaded is analysed).
-pub fn load_reporting(paths: &[PathBuf], stderr: &mut dyn Write) -> (Cluster, Diagnostics) {
-    let (c, d) = load_paths(paths);
+/// Load manifests (septa's own kinds included, see [`crate::objects`]) and print their
+/// problems to stderr; the cluster is returned whatever they are: what loaded is analysed.
+/// `dns_resolvers`: the agent's `--dns-resolver`, when known.
+pub fn load_reporting(
+    paths: &[PathBuf],
+    dns_resolvers: Option<Vec<IpAddr>>,
+    stderr: &mut dyn Write,
+) -> (Cluster, Diagnostics) {
+    let (c, d) = crate::objects::load(paths, dns_resolvers);
     for x in &d.0 {
         let _ = writeln!(stderr, "error: {x}");
     }
@@ -123,28 +127,75 @@ pub fn render_diff(changes: &[Change], fmt: Format, out: &mut dyn Write) -> Resu
     Ok(())
 }
 
-/// `septa connlist`: returns the exit code.
+fn notes(c: &Cluster, err: &mut dyn Write) {
+    for n in crate::objects::feed_notes(c) {
+        let _ = writeln!(err, "note: {n}");
+    }
+}
+
+/// `septa connlist`: returns the exit code (0, or 1 when the input has errors).
 pub fn cmd_connlist(
     paths: &[PathBuf],
+    dns_resolvers: Option<Vec<IpAddr>>,
     fmt: Format,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<i32> {
-    let (c, d) = load_reporting(paths, err);
+    let (c, d) = load_reporting(paths, dns_resolvers, err);
     render_connlist(&connlist(&c, &Default::default()), fmt, out)?;
+    notes(&c, err);
     Ok(if d.is_empty() { 0 } else { 1 })
 }
 
-/// `septa diff`: returns the exit code.
+/// `septa diff`: returns the exit code. Without `exit_code`: 0, or 1 when an input has
+/// errors. With it (for CI): 0 no change, 1 changes, 2 an input has errors.
 pub fn cmd_diff(
     old: &[PathBuf],
     new: &[PathBuf],
+    dns_resolvers: Option<Vec<IpAddr>>,
+    exit_code: bool,
     fmt: Format,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<i32> {
-    let (a, da) = load_reporting(old, err);
-    let (b, db) = load_reporting(new, err);
-    render_diff(&diff(&a, &b), fmt, out)?;
-    Ok(if da.is_empty() && db.is_empty() { 0 } else { 1 })
+    let (a, da) = load_reporting(old, dns_resolvers.clone(), err);
+    let (b, db) = load_reporting(new, dns_resolvers, err);
+    let changes = diff(&a, &b);
+    render_diff(&changes, fmt, out)?;
+    let errors = !(da.is_empty() && db.is_empty());
+    Ok(match (exit_code, errors) {
+        (false, false) => 0,
+        (false, true) => 1,
+        (true, true) => 2,
+        (true, false) => i32::from(!changes.is_empty()),
+    })
+}
+
+/// `septa lint`: every problem on stderr, a summary on stdout; returns the exit code (0 the
+/// agent would load these manifests, 1 it would keep its last good state instead).
+pub fn cmd_lint(
+    paths: &[PathBuf],
+    feed_min_refresh: std::time::Duration,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32> {
+    let (mut c, mut d) = policies::load::load_paths(paths);
+    policies::septa::validate(&mut c, feed_min_refresh, &mut d);
+    for x in &d.0 {
+        let _ = writeln!(err, "error: {x}");
+    }
+    for x in d.warnings() {
+        let _ = writeln!(err, "warning: {x}");
+    }
+    writeln!(
+        out,
+        "{} errors, {} warnings; {} NetworkPolicies, {} FqdnPolicies, {} ThreatFeeds, {} pods and workloads",
+        d.0.len(),
+        d.warnings().len(),
+        c.policies.len(),
+        c.fqdn_policies.len(),
+        c.threat_feeds.len(),
+        c.pods.len()
+    )?;
+    Ok(if d.is_empty() { 0 } else { 1 })
 }

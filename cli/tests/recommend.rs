@@ -278,9 +278,9 @@ fn bad_input_gets_clear_errors_or_counted_skips() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/flows.jsonl"), "{err}");
-    // No flow source at all.
+    // No flow source at all: a usage error.
     let (code, _, err) = septa(&["--manifests", &data("shop")]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("no flow records given"), "{err}");
     // Broken manifests: refused (a proposal from partial manifests could be wrong).
     let bad = tmp("bad-manifests.yaml");
@@ -293,11 +293,33 @@ fn bad_input_gets_clear_errors_or_counted_skips() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("bad-manifests.yaml"), "{err}");
-    // A file of garbage, truncated records and binary noise: every line counted, no proposal.
+    // A file of garbage, truncated records and binary noise and nothing else: the wrong file.
     let junk = tmp("junk.jsonl");
     let mut j = b"{\"version\": 1, \"time\": \"2026-11-20T00:00:00Z\"\nnot json\n\x00\xff\xfe\n{\"version\": 2}\n".to_vec();
     j.extend(std::iter::repeat_n(b'x', 100_000));
-    std::fs::write(&junk, j).unwrap();
+    std::fs::write(&junk, &j).unwrap();
+    let (code, _, err) = septa(&[
+        "--manifests",
+        &data("shop"),
+        "--flows",
+        junk.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("none of its 5 lines is a flow record"),
+        "{err}"
+    );
+    // The same garbage after one record of an unknown workload: every bad line counted, no
+    // proposal.
+    let rec = std::fs::read_to_string(data("shop-flows.jsonl")).unwrap();
+    let first = rec
+        .lines()
+        .next()
+        .unwrap()
+        .replace("\"shop\"", "\"elsewhere\"");
+    let mut j2 = format!("{first}\n").into_bytes();
+    j2.extend(j);
+    std::fs::write(&junk, j2).unwrap();
     let (code, out, err) = septa(&[
         "--manifests",
         &data("shop"),
@@ -314,8 +336,8 @@ fn bad_input_gets_clear_errors_or_counted_skips() {
     assert!(!out.contains("kind: NetworkPolicy"));
     // Bad flags, on otherwise good input: (flags, exit code, what stderr names).
     for (flags, want_code, needle) in [
-        (["--learn", "6h"], 1, "--learn and --replay go together"),
-        (["--dns-labels", "nokey"], 1, "--dns-labels"),
+        (["--learn", "6h"], 2, "--learn and --replay go together"),
+        (["--dns-labels", "nokey"], 2, "--dns-labels"),
         // clap rejects an out-of-range prefix.
         (["--max-prefix-v4", "2"], 2, "max-prefix-v4"),
     ] {
@@ -326,4 +348,40 @@ fn bad_input_gets_clear_errors_or_counted_skips() {
         assert_eq!(code, want_code, "{flags:?}: {err}");
         assert!(err.contains(needle), "{flags:?}: {err}");
     }
+}
+
+/// Today's FqdnPolicies count in the diff against today: the api's egress is already
+/// isolated by one, so the proposal takes away less than it would from an unisolated api.
+#[test]
+fn todays_fqdn_policies_count_in_the_diff() {
+    let dir = tmp("today-fqdn");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(data("shop/manifests.yaml"), dir.join("manifests.yaml")).unwrap();
+    let run = |manifests: &std::path::Path| {
+        let req = cli::recommend::Request {
+            manifests: vec![manifests.to_owned()],
+            flows: vec![cli::recommend::FlowSource::File(
+                data("shop-flows.jsonl").into(),
+            )],
+            options: Default::default(),
+            learn_window: None,
+            replay_window: None,
+            replay_flows: vec![],
+        };
+        cli::recommend::run(&req).unwrap().changes
+    };
+    let without = run(&dir);
+    std::fs::write(dir.join("fqdn.yaml"), "apiVersion: septa.dev/v1alpha1\nkind: FqdnPolicy\nmetadata: {name: api-out, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  egress: [{toFQDNs: [{matchName: api.payments.example}], ports: [{port: 443}]}]\n  resolvers: [10.96.0.10]\n").unwrap();
+    let with = run(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let api_egress_removed = |changes: &[policies::connlist::Change]| {
+        changes
+            .iter()
+            .filter(|c| c.src.to_string() == "shop/api[Deployment]" && c.effect() == "removed")
+            .count()
+    };
+    assert!(
+        api_egress_removed(&with) < api_egress_removed(&without),
+        "with: {with:#?}\nwithout: {without:#?}"
+    );
 }

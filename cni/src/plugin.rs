@@ -391,6 +391,9 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
                     resp.error,
                 )));
             }
+            if !resp.warning.is_empty() {
+                eprintln!("septa-cni: warning: {}", resp.warning);
+            }
             let mut out = prev;
             out["cniVersion"] = Value::String(v.clone());
             Ok(Some(out))
@@ -436,7 +439,12 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
             }
         }
         "STATUS" => match call_agent(&socket, &Request::Status, timeout) {
-            Ok(r) if r.ok => Ok(None),
+            Ok(r) if r.ok => {
+                if !r.warning.is_empty() {
+                    eprintln!("septa-cni: warning: {}", r.warning);
+                }
+                Ok(None)
+            }
             Ok(r) => Err(fail(CniError::new(
                 code::NOT_AVAILABLE,
                 "the septa agent is not ready",

@@ -90,10 +90,35 @@ enum LinkState {
 
 impl Datapath {
     /// Load (or re-open, when pinned maps exist) the data path.
+    ///
+    /// A load that fails removes the pins it created (maps are created and pinned one by one,
+    /// so a map the kernel refuses would otherwise leave the ones before it pinned, with
+    /// sizes the next load might not ask for); pins that were there before stay.
     pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
         if EBPF_OBJECT.is_empty() {
             return Err(Error::NoObject);
         }
+        let existed = opts.pin_dir.is_dir();
+        let before: BTreeSet<std::ffi::OsString> = std::fs::read_dir(&opts.pin_dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        let loaded = Self::load_pinned(opts);
+        if loaded.is_err() {
+            if let Ok(d) = std::fs::read_dir(&opts.pin_dir) {
+                for e in d.flatten() {
+                    if !before.contains(&e.file_name()) && !e.path().is_dir() {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            if !existed {
+                let _ = std::fs::remove_dir(&opts.pin_dir);
+            }
+        }
+        loaded
+    }
+
+    fn load_pinned(opts: &LoadOptions) -> Result<Self, Error> {
         std::fs::create_dir_all(&opts.pin_dir).map_err(|source| Error::PinDir {
             path: opts.pin_dir.clone(),
             source,

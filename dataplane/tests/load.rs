@@ -119,3 +119,27 @@ fn missing_netns_is_a_clear_error() {
         .to_string();
     assert!(err.contains("/run/netns/septa-absent"), "{err}");
 }
+
+#[test]
+fn a_load_that_fails_leaves_no_pins_behind() {
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/septa-test-partial-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    // A map the kernel cannot create, after others were created and pinned.
+    let err = dataplane::Datapath::load(&dataplane::LoadOptions {
+        pin_dir: dir.clone(),
+        conntrack_entries: u32::MAX,
+        policy_entries: 65_536,
+        ipcache_entries: 65_536,
+        events_bytes: 1 << 20,
+    })
+    .map(|_| ())
+    .unwrap_err();
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(left.is_empty(), "{err}: pins left behind: {left:?}");
+}

@@ -190,6 +190,19 @@ impl Contrib {
 impl Compiler {
     /// Compile `c`. Deterministic: the same input and compiler history give the same state.
     pub fn compile(&mut self, c: &Cluster) -> DesiredState {
+        // FqdnPolicies enter the policy map as their isolation policies (the names are the
+        // FQDN allowlist's, filled from DNS answers at run time).
+        let with_fqdn;
+        let c = if c.fqdn_policies.is_empty() {
+            c
+        } else {
+            with_fqdn = Cluster {
+                policies: c.enforced_policies().map(|p| p.into_owned()).collect(),
+                fqdn_policies: Vec::new(),
+                ..c.clone()
+            };
+            &with_fqdn
+        };
         let blocks: BTreeSet<IpBlock> = c
             .policies
             .iter()

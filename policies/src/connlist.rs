@@ -4,13 +4,16 @@
 //! Connection sets are computed from the policy text (not by probing): the source's egress
 //! allowance intersected with the destination's ingress allowance. Only enforcing policies
 //! count (audit-mode policies change no verdict). A workload is represented by one of its pods
-//! (pods of one template share labels and ports). External space is IPv4, split at every
-//! ipBlock boundary so each range behaves the same throughout.
+//! (pods of one template share labels and ports). External space is IPv4 and IPv6, split at
+//! every ipBlock boundary so each range behaves the same throughout, then joined again where
+//! adjacent ranges have the same connections. FqdnPolicies count as the agent enforces them:
+//! their pods are egress-isolated with DNS to their trusted resolvers, and each name pattern
+//! is a peer of its own (`dns:api.example.com`) with the rule's ports.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnetwork::IpNetwork;
@@ -48,6 +51,18 @@ impl ConnSet {
         }
         let e = self.protocols.entry(proto).or_default();
         *e = e.union(ports);
+    }
+
+    /// Every connection of either.
+    pub fn union(&self, o: &ConnSet) -> ConnSet {
+        if self.all || o.all {
+            return ConnSet::all();
+        }
+        let mut out = self.clone();
+        for (p, s) in &o.protocols {
+            out.add(*p, s);
+        }
+        out
     }
 
     pub fn intersect(&self, o: &ConnSet) -> ConnSet {
@@ -105,8 +120,13 @@ impl fmt::Display for ConnSet {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Node {
     Workload(crate::model::WorkloadRef),
-    /// An inclusive IPv4 range outside the cluster.
-    External(Ipv4Addr, Ipv4Addr),
+    /// An inclusive address range outside the cluster (both ends of one family).
+    External(IpAddr, IpAddr),
+    /// Whatever a name pattern of an FqdnPolicy resolves to (`dns:api.example.com`).
+    Name(String),
+    /// The resolvers the agent trusts for FqdnPolicies that name none (its `--dns-resolver`),
+    /// when they are not known here.
+    AgentResolvers,
 }
 
 impl fmt::Display for Node {
@@ -114,6 +134,8 @@ impl fmt::Display for Node {
         match self {
             Node::Workload(w) => write!(f, "{w}"),
             Node::External(a, b) => write!(f, "{a}-{b}[External]"),
+            Node::Name(n) => write!(f, "dns:{n}"),
+            Node::AgentResolvers => f.write_str("dns-resolvers:agent-default"),
         }
     }
 }
@@ -126,20 +148,100 @@ pub struct Connection {
     pub conns: ConnSet,
 }
 
-/// Every IPv4 boundary of the cluster's ipBlocks (range starts), always including 0.0.0.0.
-pub fn boundaries(c: &Cluster) -> BTreeSet<u32> {
-    let mut b = BTreeSet::from([0u32]);
-    for p in &c.policies {
+/// Where external address space is split: range starts per family (`false` IPv4, `true`
+/// IPv6), as integers. Always holds the start of each family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Boundaries(BTreeSet<(bool, u128)>);
+
+impl Boundaries {
+    /// Both families' starts.
+    fn with_starts(mut self) -> Self {
+        self.0.insert((false, 0));
+        self.0.insert((true, 0));
+        self
+    }
+
+    /// Split at both ends of `net`.
+    pub fn add(&mut self, net: &IpNetwork) {
+        let (v6, lo, hi) = bounds_of(net);
+        self.0.insert((v6, lo));
+        if hi < family_max(v6) {
+            self.0.insert((v6, hi + 1));
+        }
+    }
+
+    /// Every boundary of either.
+    pub fn union(&self, o: &Boundaries) -> Boundaries {
+        Boundaries(self.0.union(&o.0).copied().collect())
+    }
+
+    /// The inclusive ranges between the boundaries, IPv4 first, in address order.
+    fn ranges(&self) -> Vec<(IpAddr, IpAddr)> {
+        let all = self.clone().with_starts();
+        let v: Vec<(bool, u128)> = all.0.into_iter().collect();
+        v.iter()
+            .enumerate()
+            .map(|(i, &(v6, lo))| {
+                let hi = match v.get(i + 1) {
+                    Some(&(n6, next)) if n6 == v6 => next - 1,
+                    _ => family_max(v6),
+                };
+                (addr(v6, lo), addr(v6, hi))
+            })
+            .collect()
+    }
+}
+
+fn family_max(v6: bool) -> u128 {
+    if v6 {
+        u128::MAX
+    } else {
+        u32::MAX as u128
+    }
+}
+
+fn addr(v6: bool, n: u128) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(n))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(n as u32))
+    }
+}
+
+fn num(a: IpAddr) -> (bool, u128) {
+    match a {
+        IpAddr::V4(a) => (false, u32::from(a) as u128),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    }
+}
+
+fn bounds_of(net: &IpNetwork) -> (bool, u128, u128) {
+    match net {
+        IpNetwork::V4(n) => (
+            false,
+            u32::from(n.network()) as u128,
+            u32::from(n.broadcast()) as u128,
+        ),
+        IpNetwork::V6(n) => {
+            let lo = u128::from(n.network());
+            (
+                true,
+                lo,
+                lo | u128::MAX.checked_shr(n.prefix().into()).unwrap_or(0),
+            )
+        }
+    }
+}
+
+/// Every boundary of the cluster's ipBlocks and FqdnPolicy resolvers, IPv4 and IPv6.
+pub fn boundaries(c: &Cluster) -> Boundaries {
+    let mut b = Boundaries::default();
+    for p in c.enforced_policies() {
         for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
             for peer in rule.peers.iter().flatten() {
                 if let Peer::Block(blk) = peer {
                     for net in std::iter::once(&blk.cidr).chain(blk.except.iter()) {
-                        if let IpNetwork::V4(n) = net {
-                            b.insert(u32::from(n.network()));
-                            if let Some(end) = u32::from(n.broadcast()).checked_add(1) {
-                                b.insert(end);
-                            }
-                        }
+                        b.add(net);
                     }
                 }
             }
@@ -148,20 +250,27 @@ pub fn boundaries(c: &Cluster) -> BTreeSet<u32> {
     b
 }
 
-/// The allowed connections, sorted. `extra` adds range boundaries (used by [`diff`] so both
-/// sides split external space the same way).
-pub fn connlist(c: &Cluster, extra: &BTreeSet<u32>) -> Vec<Connection> {
+/// The allowed connections, sorted; adjacent external ranges with the same connections are
+/// one line. `extra` adds range boundaries.
+pub fn connlist(c: &Cluster, extra: &Boundaries) -> Vec<Connection> {
+    let lines = connlist_split(c, extra)
+        .into_iter()
+        .map(|l| (l.src, l.dst, l.conns))
+        .collect();
+    merge_ranges(lines)
+        .into_iter()
+        .map(|(src, dst, conns)| Connection { src, dst, conns })
+        .collect()
+}
+
+/// The allowed connections with external space split at every boundary, unmerged (so two
+/// clusters split the same way compare range by range).
+fn connlist_split(c: &Cluster, extra: &Boundaries) -> Vec<Connection> {
     let mut reps: BTreeMap<crate::model::WorkloadRef, &Pod> = BTreeMap::new();
     for p in c.endpoints() {
         reps.entry(p.workload.clone()).or_insert(p);
     }
-    let mut bounds: Vec<u32> = boundaries(c).union(extra).copied().collect();
-    bounds.sort();
-    let ranges: Vec<(u32, u32)> = bounds
-        .iter()
-        .enumerate()
-        .map(|(i, &lo)| (lo, bounds.get(i + 1).map_or(u32::MAX, |n| n - 1)))
-        .collect();
+    let ranges = boundaries(c).union(extra).ranges();
 
     let mut out = Vec::new();
     for (sw, sp) in &reps {
@@ -180,8 +289,8 @@ pub fn connlist(c: &Cluster, extra: &BTreeSet<u32>) -> Vec<Connection> {
             }
         }
         for &(lo, hi) in &ranges {
-            let ext = Endpoint::External(IpAddr::V4(Ipv4Addr::from(lo)));
-            let node = Node::External(Ipv4Addr::from(lo), Ipv4Addr::from(hi));
+            let ext = Endpoint::External(lo);
+            let node = Node::External(lo, hi);
             let eg = allowance(c, sp, &ext, Direction::Egress);
             if !eg.is_empty() {
                 out.push(Connection {
@@ -199,6 +308,92 @@ pub fn connlist(c: &Cluster, extra: &BTreeSet<u32>) -> Vec<Connection> {
                 });
             }
         }
+        for (node, conns) in by_name(c, sp) {
+            out.push(Connection {
+                src: Node::Workload(sw.clone()),
+                dst: node,
+                conns,
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Egress by name of `pod`'s FqdnPolicies (each name pattern with the union of its rules'
+/// ports), and DNS to the agent's default resolvers when they are not known here.
+fn by_name(c: &Cluster, pod: &Pod) -> BTreeMap<Node, ConnSet> {
+    let mut out: BTreeMap<Node, ConnSet> = BTreeMap::new();
+    for f in c.fqdn_policies.iter().filter(|f| f.selects(pod)) {
+        for rule in &f.rules {
+            let mut set = ConnSet::default();
+            match &rule.ports {
+                None => set = ConnSet::all(),
+                Some(ports) => {
+                    for &(proto, port) in ports {
+                        set.add(proto, &PortSet::range(port, port));
+                    }
+                }
+            }
+            for n in &rule.patterns {
+                let e = out.entry(Node::Name(n.to_string())).or_default();
+                *e = e.union(&set);
+            }
+        }
+        if f.trusted_resolvers(c.dns_resolvers.as_deref()).is_none() {
+            let mut dns = ConnSet::default();
+            for proto in [Protocol::Udp, Protocol::Tcp] {
+                dns.add(proto, &PortSet::range(53, 53));
+            }
+            out.insert(Node::AgentResolvers, dns);
+        }
+    }
+    out
+}
+
+/// Join lines between the same workload and adjacent external ranges of one family with equal
+/// values; everything else is kept as it is. The result is sorted.
+fn merge_ranges<T: Clone + Ord>(items: Vec<(Node, Node, T)>) -> Vec<(Node, Node, T)> {
+    /// An external range and its value.
+    type Ranged<T> = (IpAddr, IpAddr, T);
+    // (workload side, egress?) → ranges in address order.
+    let mut runs: BTreeMap<(Node, bool), Vec<Ranged<T>>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (src, dst, v) in items {
+        match (&src, &dst) {
+            (Node::Workload(_), Node::External(lo, hi)) => runs
+                .entry((src.clone(), true))
+                .or_default()
+                .push((*lo, *hi, v)),
+            (Node::External(lo, hi), Node::Workload(_)) => runs
+                .entry((dst.clone(), false))
+                .or_default()
+                .push((*lo, *hi, v)),
+            _ => out.push((src, dst, v)),
+        }
+    }
+    for ((w, egress), mut ranges) in runs {
+        ranges.sort_by_key(|r| (r.0, r.1));
+        let mut merged: Vec<(IpAddr, IpAddr, T)> = Vec::new();
+        for (lo, hi, v) in ranges {
+            if let Some(last) = merged.last_mut() {
+                let (f1, end) = num(last.1);
+                let (f2, start) = num(lo);
+                if f1 == f2 && end.checked_add(1) == Some(start) && last.2 == v {
+                    last.1 = hi;
+                    continue;
+                }
+            }
+            merged.push((lo, hi, v));
+        }
+        for (lo, hi, v) in merged {
+            let ext = Node::External(lo, hi);
+            out.push(if egress {
+                (w.clone(), ext, v)
+            } else {
+                (ext, w.clone(), v)
+            });
+        }
     }
     out.sort();
     out
@@ -208,7 +403,10 @@ pub fn connlist(c: &Cluster, extra: &BTreeSet<u32>) -> Vec<Connection> {
 pub fn allowance(c: &Cluster, subject: &Pod, peer: &Endpoint, dir: Direction) -> ConnSet {
     let mut isolated = false;
     let mut set = ConnSet::default();
-    for p in c.policies.iter().filter(|p| !p.audit && p.selects(subject)) {
+    for p in c
+        .enforced_policies()
+        .filter(|p| !p.audit && p.selects(subject))
+    {
         let Some(rules) = p.rules(dir) else { continue };
         isolated = true;
         for rule in rules {
@@ -278,27 +476,31 @@ impl Change {
     }
 }
 
-/// The connections one policy set allows and the other does not.
+/// The connections one policy set allows and the other does not. Both sides split external
+/// space at the same boundaries; adjacent ranges that changed the same way are one change.
 pub fn diff(old: &Cluster, new: &Cluster) -> Vec<Change> {
-    let bounds: BTreeSet<u32> = boundaries(old).union(&boundaries(new)).copied().collect();
+    let bounds = boundaries(old).union(&boundaries(new));
     let key = |c: &Connection| (c.src.clone(), c.dst.clone());
-    let a: BTreeMap<_, _> = connlist(old, &bounds)
+    let a: BTreeMap<_, _> = connlist_split(old, &bounds)
         .into_iter()
         .map(|c| (key(&c), c.conns))
         .collect();
-    let b: BTreeMap<_, _> = connlist(new, &bounds)
+    let b: BTreeMap<_, _> = connlist_split(new, &bounds)
         .into_iter()
         .map(|c| (key(&c), c.conns))
         .collect();
     let keys: BTreeSet<_> = a.keys().chain(b.keys()).cloned().collect();
-    keys.into_iter()
+    let changed = keys
+        .into_iter()
         .filter(|k| a.get(k) != b.get(k))
-        .map(|(src, dst)| Change {
-            old: a.get(&(src.clone(), dst.clone())).cloned(),
-            new: b.get(&(src.clone(), dst.clone())).cloned(),
-            src,
-            dst,
+        .map(|k| {
+            let v = (a.get(&k).cloned(), b.get(&k).cloned());
+            (k.0, k.1, v)
         })
+        .collect();
+    merge_ranges(changed)
+        .into_iter()
+        .map(|(src, dst, (old, new))| Change { src, dst, old, new })
         .collect()
 }
 
@@ -316,7 +518,7 @@ mod effect_tests {
 
     #[test]
     fn changes_are_classified_by_set_inclusion() {
-        let any = Node::External(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST);
+        let any = Node::External(Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::BROADCAST.into());
         let change = |old: Option<ConnSet>, new: Option<ConnSet>| Change {
             src: any.clone(),
             dst: any.clone(),

@@ -138,7 +138,7 @@ fn direction(
     v6: bool,
 ) -> DirectionResult {
     let mut r = DirectionResult::default();
-    for p in &c.policies {
+    for p in c.enforced_policies() {
         let Some(rules) = p.rules(dir) else { continue };
         if !p.selects(subject) {
             continue;

@@ -7,7 +7,9 @@
 //!   the rules that decided it, straight from the policy text.
 //! - [`compile`] turns a cluster into the desired data-path state (identities, ipcache,
 //!   policy entries, per-endpoint isolation), deterministically, and diffs two states.
-//! - [`connlist`] lists every allowed connection between workloads and external ranges.
+//! - [`connlist`] lists every allowed connection between workloads, external ranges and the
+//!   names of FqdnPolicies.
+//! - [`septa`] validates septa's own kinds (FqdnPolicy, ThreatFeed) for the agent and the CLI.
 //!
 //! The compiler is checked against the evaluator through the kernel's own lookup code
 //! (`dataplane_common::policy`), so the three agree by test, not by hope.
@@ -22,6 +24,7 @@ pub mod load;
 pub mod model;
 pub mod ports;
 pub mod selector;
+pub mod septa;
 
 pub use error::{Diagnostic, Diagnostics};
 pub use model::Cluster;

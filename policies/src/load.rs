@@ -1,14 +1,17 @@
 //! Reading Kubernetes manifests into a [`Cluster`].
 //!
 //! Files and directories (recursively: `.yaml`, `.yml`, `.json`), multi-document YAML, JSON,
-//! and `kind: List`. Only regular files are read (a link to one is followed; a FIFO, device
+//! `kind: List`, and typed lists as the API server returns them (`PodList`,
+//! `NetworkPolicyList`, ...: their items' kind and apiVersion are implied by the list). Only regular files are read (a link to one is followed; a FIFO, device
 //! or socket is reported, never opened in a way that blocks), each up to [`MAX_FILE_BYTES`]
 //! counted while reading, not taken from its metadata; links to directories are not followed
 //! (so a `self -> .` link is no loop). Kinds used: Namespace, Pod, Service (core), Deployment,
 //! ReplicaSet, StatefulSet, DaemonSet (apps), Job, CronJob (batch; their pod templates stand
 //! for their pods), NetworkPolicy (networking.k8s.io); objects of septa's own group
-//! (`septa.dev/...`) are kept as they are for their owners. Documents that are not Kubernetes
-//! objects are errors.
+//! (`septa.dev/...`) are kept as they are for their owners. Hidden entries (names starting
+//! with `.`: a ConfigMap volume's `..data`, `.git/`, `.github/`) are not read. A document with
+//! neither apiVersion nor kind is another tool's and a warning; with only one of them, an
+//! error.
 //!
 //! Strict, as the API server with strict field validation: an unknown (misspelled) field is an
 //! error naming its path, never dropped — a dropped `from:` or `matchLabels:` would turn a
@@ -124,6 +127,14 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         .collect();
     entries.sort();
     for e in entries {
+        // Hidden entries are not manifests: a ConfigMap volume's `..data` and timestamped
+        // `..2026_…` directories hold a second copy of every file, a Git checkout's `.git/` and
+        // `.github/` hold other tools' YAML. Read, they would fail the directory for good.
+        if e.file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        {
+            continue;
+        }
         // Not through a link: a link to a directory is skipped (`self -> .` would loop), a link
         // to a file is read like the file.
         let Ok(lmeta) = std::fs::symlink_metadata(&e) else {
@@ -154,6 +165,8 @@ struct Builder {
     /// CronJobs seen (namespace, name).
     owned_replicasets: Vec<(String, String, Pod)>,
     jobs_by_cronjob: BTreeMap<(String, String), String>,
+    /// Container ports of the object being added that were left out, as (field, problem).
+    skipped_ports: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -199,12 +212,28 @@ impl Builder {
             .and_then(|k| k.as_str())
             .unwrap_or_default()
             .to_owned();
-        if kind.is_empty() || api.is_empty() {
-            self.diags.push(
+        if kind.is_empty() && api.is_empty() {
+            // Another tool's file (Helm values, CI configuration, ...): nothing of ours, but
+            // said, since a manifest that lost both fields would otherwise vanish unnoticed.
+            self.diags.warn(
                 at,
                 "",
                 "",
-                "not a Kubernetes object (no apiVersion and kind)",
+                "not a Kubernetes object (no apiVersion and kind); skipped",
+            );
+            return;
+        }
+        if kind.is_empty() || api.is_empty() {
+            let missing = if kind.is_empty() {
+                "kind"
+            } else {
+                "apiVersion"
+            };
+            self.diags.push(
+                at,
+                "",
+                missing,
+                "missing: a Kubernetes object needs apiVersion and kind",
             );
             return;
         }
@@ -224,16 +253,22 @@ impl Builder {
         } else {
             format!("{kind} {ns}/{name}")
         };
-        if kind == "List" {
-            for item in v
-                .get("items")
-                .and_then(|i| i.as_array())
-                .cloned()
-                .unwrap_or_default()
-            {
-                self.add_value(at, item);
+        if let Some(item_kind) = kind.strip_suffix("List") {
+            if let Some(items) = v.get("items").and_then(|i| i.as_array()) {
+                // A typed list (`PodList`, `NetworkPolicyList`, ... as the API server returns
+                // them) leaves each item's kind and apiVersion implied; `List` does not.
+                for item in items.iter().cloned() {
+                    let mut item = item;
+                    if !item_kind.is_empty() {
+                        if let Some(o) = item.as_object_mut() {
+                            o.entry("kind").or_insert_with(|| item_kind.into());
+                            o.entry("apiVersion").or_insert_with(|| api.clone().into());
+                        }
+                    }
+                    self.add_value(at, item);
+                }
+                return;
             }
-            return;
         }
         let group = api.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
         if let Some(why) = foreign_policy(group) {
@@ -366,6 +401,9 @@ impl Builder {
         if let Err((field, message)) = r {
             self.diags.push(at, &object, &field, message);
         }
+        for (field, message) in std::mem::take(&mut self.skipped_ports) {
+            self.diags.push(at, &object, &field, message);
+        }
     }
 
     fn namespace(&mut self, meta: &ObjectMeta) {
@@ -397,7 +435,15 @@ impl Builder {
                 }
             }
         }
-        let mut pod = pod_from_spec(ns, &name, workload, labels, spec, "spec")?;
+        let mut pod = pod_from_spec(
+            ns,
+            &name,
+            workload,
+            labels,
+            spec,
+            "spec",
+            &mut self.skipped_ports,
+        );
         pod.ips = ips;
         self.cluster.pods.push(pod);
         Ok(())
@@ -426,7 +472,15 @@ impl Builder {
             name: name.into(),
             kind: kind.into(),
         };
-        let pod = pod_from_spec(ns, name, w, labels, spec, &format!("{field}.spec"))?;
+        let pod = pod_from_spec(
+            ns,
+            name,
+            w,
+            labels,
+            spec,
+            &format!("{field}.spec"),
+            &mut self.skipped_ports,
+        );
         self.cluster.pods.push(pod);
         Ok(())
     }
@@ -697,12 +751,20 @@ fn owner_of(meta: &ObjectMeta, ns: &str, name: &str, labels: &Labels) -> Workloa
         name: n.into(),
         kind: k.into(),
     };
+    // A static pod's mirror is owned by its Node, which is no workload; an owner without kind
+    // or name names nothing. Such pods are reported as themselves.
     let Some(o) = meta
         .owner_references
         .iter()
         .flatten()
+        .filter(|o| !o.kind.is_empty() && !o.name.is_empty() && o.kind != "Node")
         .find(|o| o.controller == Some(true))
-        .or_else(|| meta.owner_references.iter().flatten().next())
+        .or_else(|| {
+            meta.owner_references
+                .iter()
+                .flatten()
+                .find(|o| !o.kind.is_empty() && !o.name.is_empty() && o.kind != "Node")
+        })
     else {
         return mk(name, "Pod");
     };
@@ -719,6 +781,8 @@ fn owner_of(meta: &ObjectMeta, ns: &str, name: &str, labels: &Labels) -> Workloa
     }
 }
 
+/// The pod a spec describes. A container port that is invalid (outside 1-65535, unknown
+/// protocol) is left out and added to `skipped` as (field, problem); the pod stays.
 fn pod_from_spec(
     ns: &str,
     name: &str,
@@ -726,7 +790,8 @@ fn pod_from_spec(
     labels: Labels,
     spec: &PodSpec,
     field: &str,
-) -> Result<Pod, (String, String)> {
+    skipped: &mut Vec<(String, String)>,
+) -> Pod {
     let mut named_ports = BTreeMap::new();
     let containers = spec.containers.iter().map(|c| ("containers", c)).chain(
         spec.init_containers
@@ -737,22 +802,30 @@ fn pod_from_spec(
     for (ci, (list, c)) in containers.enumerate() {
         for (pi, p) in c.ports.iter().flatten().enumerate() {
             let f = format!("{field}.{list}[{ci}].ports[{pi}]");
-            let Some(pname) = &p.name else { continue };
             let proto = p.protocol.as_deref().unwrap_or("TCP");
-            let proto = Protocol::parse(proto).ok_or((
-                format!("{f}.protocol"),
-                format!("unknown protocol {proto:?}"),
-            ))?;
-            if !(1..=65535).contains(&p.container_port) {
-                return Err((
-                    format!("{f}.containerPort"),
-                    format!("port {} is outside 1-65535", p.container_port),
+            let Some(proto) = Protocol::parse(proto) else {
+                skipped.push((
+                    format!("{f}.protocol"),
+                    format!("unknown protocol {proto:?}; this port is left out"),
                 ));
+                continue;
+            };
+            if !(1..=65535).contains(&p.container_port) {
+                skipped.push((
+                    format!("{f}.containerPort"),
+                    format!(
+                        "port {} is outside 1-65535; this port is left out",
+                        p.container_port
+                    ),
+                ));
+                continue;
             }
-            named_ports.insert(pname.clone(), (proto, p.container_port as u16));
+            if let Some(pname) = &p.name {
+                named_ports.insert(pname.clone(), (proto, p.container_port as u16));
+            }
         }
     }
-    Ok(Pod {
+    Pod {
         namespace: ns.into(),
         name: name.into(),
         workload,
@@ -760,5 +833,5 @@ fn pod_from_spec(
         named_ports,
         ips: Vec::new(),
         host_network: spec.host_network.unwrap_or(false),
-    })
+    }
 }

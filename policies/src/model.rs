@@ -527,6 +527,14 @@ pub struct Cluster {
     /// Objects of septa's own API group (`septa.dev/...`), validated by the part that owns
     /// their kind (threat feeds, DNS policies), in load order.
     pub custom: Vec<CustomObject>,
+    /// FqdnPolicies, validated (see [`crate::septa::validate`]).
+    pub fqdn_policies: Vec<crate::septa::fqdn::FqdnSpec>,
+    /// ThreatFeeds, validated: their addresses are fetched at run time, so they are named,
+    /// not evaluated.
+    pub threat_feeds: Vec<crate::septa::feed::FeedSpec>,
+    /// The resolvers FqdnPolicies without `spec.resolvers` trust (the agent's
+    /// `--dns-resolver`); `None` when not known here (analysis off the node).
+    pub dns_resolvers: Option<Vec<IpAddr>>,
 }
 
 /// An object of septa's API group, as loaded.
@@ -548,6 +556,18 @@ impl Cluster {
                 ns.to_owned(),
             )])),
         }
+    }
+
+    /// Every policy the data path enforces as a NetworkPolicy: the NetworkPolicies, and the
+    /// isolation (with DNS to the trusted resolvers) of each FqdnPolicy. Resolvers not known
+    /// here count as none; [`crate::connlist`] shows them as a peer of their own.
+    pub fn enforced_policies(&self) -> impl Iterator<Item = std::borrow::Cow<'_, Policy>> {
+        let default = self.dns_resolvers.as_deref().unwrap_or_default();
+        self.policies.iter().map(std::borrow::Cow::Borrowed).chain(
+            self.fqdn_policies
+                .iter()
+                .map(move |f| std::borrow::Cow::Owned(f.isolation_policy(default))),
+        )
     }
 
     /// Pods that are endpoints (not hostNetwork).

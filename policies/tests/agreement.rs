@@ -146,8 +146,9 @@ fn cluster_strategy() -> impl Strategy<Value = Cluster> {
         prop::collection::vec(pod, 1..=6),
         prop::collection::vec(policy_strategy(), 1..=5),
         nsl,
+        prop::option::of(fqdn_strategy()),
     )
-        .prop_map(|(pods, mut policies, ns_teams)| {
+        .prop_map(|(pods, mut policies, ns_teams, fqdn)| {
             let mut c = Cluster::default();
             for (i, n) in ["x", "y", "z"].iter().enumerate() {
                 let mut labels = Labels::from([(NAMESPACE_NAME_LABEL.to_string(), n.to_string())]);
@@ -196,8 +197,32 @@ fn cluster_strategy() -> impl Strategy<Value = Cluster> {
                 p.name = format!("p{i}");
             }
             c.policies = policies;
+            c.fqdn_policies = fqdn.into_iter().collect();
+            c.dns_resolvers = Some(vec!["203.0.113.9".parse().unwrap()]);
             c
         })
+}
+
+/// An FqdnPolicy: egress isolation of the pods it selects, with DNS to its resolvers (its own,
+/// one of them an external address the tests probe, or the default).
+fn fqdn_strategy() -> impl Strategy<Value = policies::septa::fqdn::FqdnSpec> {
+    (
+        prop::sample::select(vec!["x", "y", "z"]),
+        sel_strategy(),
+        prop::sample::subsequence(vec!["192.0.2.7", "10.0.1.99", "fd00::99"], 0..=2),
+    )
+        .prop_map(
+            |(ns, selector, resolvers)| policies::septa::fqdn::FqdnSpec {
+                namespace: ns.into(),
+                name: "names".into(),
+                selector,
+                rules: vec![policies::septa::fqdn::FqdnRule {
+                    patterns: vec![policies::septa::pattern::Pattern::Exact("a.example".into())],
+                    ports: Some(vec![(Protocol::Tcp, 443)]),
+                }],
+                resolvers: resolvers.iter().map(|r| r.parse().unwrap()).collect(),
+            },
+        )
 }
 
 const EXTERNAL: [&str; 7] = [
@@ -319,7 +344,7 @@ proptest! {
         use policies::connlist::{connlist, Node};
         let list = connlist(&c, &Default::default());
         let find = |s: &Node, d: &Node| list.iter().find(|x| &x.src == s && &x.dst == d).map(|x| x.conns.clone()).unwrap_or_default();
-        let ext4: Vec<std::net::Ipv4Addr> = EXTERNAL.iter().filter_map(|s| s.parse().ok()).collect();
+        let ext: Vec<std::net::IpAddr> = EXTERNAL.iter().filter_map(|s| s.parse().ok()).collect();
         for (i, a) in c.pods.iter().enumerate() {
             for (j, b) in c.pods.iter().enumerate() {
                 if i == j { continue; }
@@ -329,13 +354,13 @@ proptest! {
                     prop_assert_eq!(set.allows(proto, port), want, "{} -> {} {} {}", a.key(), b.key(), proto, port);
                 }
             }
-            for e in &ext4 {
+            for e in &ext {
                 let range = list.iter().filter_map(|x| match (&x.src, &x.dst) {
                     (Node::Workload(w), Node::External(lo, hi)) if w == &a.workload && lo <= e && e <= hi => Some(x.conns.clone()),
                     _ => None,
                 }).next().unwrap_or_default();
                 for &(proto, port) in &probes {
-                    let want = evaluate(&c, Endpoint::Pod(a), Endpoint::External((*e).into()), proto, port, false).allowed();
+                    let want = evaluate(&c, Endpoint::Pod(a), Endpoint::External(*e), proto, port, e.is_ipv6()).allowed();
                     prop_assert_eq!(range.allows(proto, port), want, "{} -> {} {} {}", a.key(), e, proto, port);
                 }
             }

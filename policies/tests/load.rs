@@ -187,13 +187,20 @@ fn bad_policies_name_file_object_and_field() {
 
 #[test]
 fn not_kubernetes_duplicates_and_broken_yaml() {
-    let (c, d) = load_str("x.yaml", "just: a map\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n");
+    let (c, d) = load_str("x.yaml", "just: a map\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n---\nkind: NetworkPolicy\nmetadata: {name: p}\n");
     assert_eq!(c.pods.len(), 1);
     assert_eq!(d.0.len(), 2, "{d}");
-    assert!(d.0[0].message.contains("not a Kubernetes object"), "{d}");
     assert!(
-        d.0[1].message.contains("duplicate") && d.0[1].message.contains("x.yaml#2"),
+        d.0[0].message.contains("duplicate") && d.0[0].message.contains("x.yaml#2"),
         "{d}"
+    );
+    assert!(
+        d.0[1].file == "x.yaml#4" && d.0[1].field == "apiVersion",
+        "half an object is a broken manifest: {d}"
+    );
+    assert!(
+        d.warnings().len() == 1 && d.warnings()[0].message.contains("not a Kubernetes object"),
+        "another tool's YAML is a warning: {d}"
     );
 
     let (_, d) = load_str(
@@ -381,4 +388,110 @@ fn fifos_devices_and_directory_link_loops_neither_block_nor_break_the_load() {
     assert_eq!(refused, ["pipe.yaml", "zero.yaml"], "{d}");
     assert_eq!(c.namespaces.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A ConfigMap mounted as a volume (each file a link into `..data`, itself a link to a
+/// timestamped directory) and a Git checkout (`.git/`, `.github/` with CI YAML) load as their
+/// visible files, once, without errors; another tool's YAML among them is a warning.
+#[test]
+fn hidden_entries_are_skipped_and_foreign_yaml_warns() {
+    let dir = std::env::temp_dir().join(format!("septa-configmap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let stamp = dir.join("..2026_12_02_03_00_00.123456789");
+    std::fs::create_dir_all(&stamp).unwrap();
+    std::fs::write(stamp.join("policy.yaml"), np("deny", "  podSelector: {}")).unwrap();
+    std::fs::write(stamp.join("values.yaml"), "replicas: 3\nimage: {tag: v1}\n").unwrap();
+    std::os::unix::fs::symlink("..2026_12_02_03_00_00.123456789", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/policy.yaml", dir.join("policy.yaml")).unwrap();
+    std::os::unix::fs::symlink("..data/values.yaml", dir.join("values.yaml")).unwrap();
+    std::fs::create_dir_all(dir.join(".github/workflows")).unwrap();
+    std::fs::write(
+        dir.join(".github/workflows/ci.yaml"),
+        "on: push\njobs: {}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    std::fs::write(dir.join(".git/config.json"), "{}").unwrap();
+    std::fs::write(dir.join(".hidden.yaml"), np("deny", "  podSelector: {}")).unwrap();
+    let (c, d) = policies::load::load_paths(&[&dir]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(d.is_empty(), "{d}");
+    assert_eq!(c.policies.len(), 1, "read once, through the visible link");
+    assert_eq!(d.warnings().len(), 1, "{d}");
+    assert!(
+        d.warnings()[0].file.ends_with("/values.yaml#1")
+            && d.warnings()[0].message.contains("not a Kubernetes object"),
+        "{d}"
+    );
+}
+
+/// Typed lists as `kubectl get -o json` and the API return them: the items carry no kind or
+/// apiVersion, the list's type implies them.
+#[test]
+fn typed_lists_load_their_items() {
+    let pods = r#"{"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": [
+        {"metadata": {"name": "a", "namespace": "x", "labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        {"metadata": {"name": "b", "namespace": "x"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+    ]}"#;
+    let rest = "apiVersion: v1\nkind: NamespaceList\nitems: [{metadata: {name: x, labels: {team: t}}}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicyList\nitems:\n- metadata: {name: deny, namespace: x}\n  spec: {podSelector: {}}\n---\napiVersion: apps/v1\nkind: DeploymentList\nitems:\n- metadata: {name: web, namespace: y}\n  spec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: i}]}}}\n---\napiVersion: v1\nkind: ConfigMapList\nitems: [{metadata: {name: c}, data: {k: v}}]\n";
+    let (c1, d1) = load_str("pods.json", pods);
+    let (c2, d2) = load_str("rest.yaml", rest);
+    assert!(d1.is_empty() && d2.is_empty(), "{d1}{d2}");
+    assert_eq!(c1.pods.len(), 2);
+    assert_eq!(
+        c2.namespaces["x"].labels.get("team").map(String::as_str),
+        Some("t")
+    );
+    assert_eq!(c2.policies.len(), 1);
+    assert_eq!(c2.pods.len(), 1, "the Deployment's template");
+    assert_eq!(c2.pods[0].workload.kind, "Deployment");
+    // An item that names its kind keeps it; a bad item is reported like any object.
+    let (_, d) = load_str("bad.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicyList\nitems:\n- metadata: {name: p, namespace: x}\n  spec: {podSelector: {}, ingress: [{form: []}]}\n");
+    assert!(
+        d.0.len() == 1
+            && d.0[0].object == "NetworkPolicy x/p"
+            && d.0[0].field == "spec.ingress[0].form",
+        "{d}"
+    );
+}
+
+/// A container port outside 1-65535 (or with an unknown protocol) is reported and left out;
+/// the workload and its other ports stay.
+#[test]
+fn a_bad_container_port_is_skipped_not_the_workload() {
+    let (c, d) = load_str("w.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: x}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}, {name: bad, containerPort: 70000}, {containerPort: 0}, {name: weird, containerPort: 53, protocol: ICMP}]}]}\n");
+    assert_eq!(c.pods.len(), 1, "{d}");
+    assert_eq!(
+        c.pods[0].named_ports.keys().collect::<Vec<_>>(),
+        ["http"],
+        "{d}"
+    );
+    let fields: Vec<&str> = d.0.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.template.spec.containers[0].ports[1].containerPort",
+            "spec.template.spec.containers[0].ports[2].containerPort",
+            "spec.template.spec.containers[0].ports[3].protocol",
+        ],
+        "{d}"
+    );
+    assert!(
+        d.0.iter()
+            .all(|p| p.object == "Deployment x/web" && p.file == "w.yaml#1"),
+        "{d}"
+    );
+}
+
+/// A pod without a usable owner (none, a Node for a static pod's mirror, an owner reference
+/// without kind) is its own workload, `name[Pod]`, never `name[]` or the node.
+#[test]
+fn pods_without_an_owner_workload_are_pods() {
+    let (c, d) = load_str("p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: lone, namespace: x}\nspec: {containers: [{name: c, image: i}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: etcd-n1, namespace: kube-system, ownerReferences: [{apiVersion: v1, kind: Node, name: n1, uid: u, controller: true}]}\nspec: {containers: [{name: c, image: i}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: odd, namespace: x, ownerReferences: [{apiVersion: v1, kind: '', name: '', uid: u}]}\nspec: {containers: [{name: c, image: i}]}\n");
+    assert!(d.is_empty(), "{d}");
+    let names: Vec<String> = c.pods.iter().map(|p| p.workload.to_string()).collect();
+    assert_eq!(
+        names,
+        ["kube-system/etcd-n1[Pod]", "x/lone[Pod]", "x/odd[Pod]"]
+    );
 }

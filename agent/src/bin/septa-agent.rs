@@ -41,6 +41,16 @@ fn main() {
     if let Some(n) = agent::health::raise_nofile_limit() {
         tracing::debug!(limit = n, "open files limit");
     }
+    // Before anything is loaded: a flow log or collector the agent cannot use is a usage error.
+    let exporters = match agent::flows::Exporters::from_config(&cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("septa-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Before anything records a metric: a value set before the recorder exists is lost.
+    let prometheus = agent::metrics::install();
     let agent = match Agent::start(cfg) {
         Ok(a) => a,
         Err(e) => {
@@ -53,7 +63,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(agent)) {
+    if let Err(e) = rt.block_on(run(agent, prometheus, exporters)) {
         tracing::error!(error = %e, "agent failed");
         std::process::exit(1);
     }

@@ -9,5 +9,5 @@ pub mod fetch;
 pub mod manager;
 pub use dataplane::blocklist as maps;
 pub mod parse;
-pub mod spec;
+pub use policies::septa::feed as spec;
 pub mod store;

@@ -83,7 +83,14 @@ impl Aggregator {
                 g.tcp_flags.push(f);
             }
         }
-        g.time = r.time;
+        // Records of a window arrive in any order: the group spans the earliest start and the
+        // latest time (fixed-width RFC 3339 in UTC, so text order is time order).
+        if r.start < g.start {
+            g.start = r.start;
+        }
+        if r.time > g.time {
+            g.time = r.time;
+        }
         None
     }
 
@@ -187,6 +194,30 @@ mod tests {
             (None, 0, 5432)
         );
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn a_group_spans_its_earliest_start_and_latest_time_whatever_the_order() {
+        let mut a = Aggregator::new(10);
+        let at = |start: &str, time: &str, port| {
+            let mut r = rec("end", "forwarded", port, 1);
+            r.start = format!("2026-01-01T00:00:{start}Z");
+            r.time = format!("2026-01-01T00:00:{time}Z");
+            r
+        };
+        for r in [
+            at("05.000", "09.000", 1),
+            at("01.000", "03.000", 2),
+            at("04.000", "06.000", 3),
+        ] {
+            assert!(a.offer(r).is_none());
+        }
+        let g = a.flush();
+        assert_eq!(g.len(), 1);
+        assert_eq!(
+            (g[0].start.as_str(), g[0].time.as_str()),
+            ("2026-01-01T00:00:01.000Z", "2026-01-01T00:00:09.000Z")
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Rotation renames `flows.jsonl` → `flows.jsonl.1` → ... → `flows.jsonl.<keep>` (the oldest
 //! is deleted) and starts a new file. A record is written with one `write_all` of a complete
 //! line, and rotation happens only between records, so no record is split or lost by it.
-//! Files are created mode 0640: records name pods, addresses and policies.
+//! Files are mode 0600: records name pods, addresses, labels and policies.
 
 use std::{
     fs::{File, OpenOptions},
@@ -35,17 +35,22 @@ fn rotated(path: &Path, i: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Flow logs name pods, addresses and policies: readable by the owner and its group only.
-const LOG_MODE: u32 = 0o640;
+/// Flow logs name pods, addresses, labels and policies: readable by the owner only.
+const LOG_MODE: u32 = 0o600;
 
-/// Open `path` for appending, created with [`LOG_MODE`].
+/// Open `path` for appending, created with [`LOG_MODE`]; a file that already exists with a
+/// wider mode (written by an older build) is narrowed to it.
 fn open_log(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(LOG_MODE)
-        .open(path)
+        .open(path)?;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(LOG_MODE))?;
+    }
+    Ok(f)
 }
 
 impl JsonlWriter {
@@ -247,17 +252,20 @@ mod tests {
     }
 
     #[test]
-    fn logs_are_readable_by_owner_and_group_only_after_rotation_too() {
+    fn logs_are_readable_by_the_owner_only_after_rotation_too() {
         use std::os::unix::fs::PermissionsExt;
         let d = dir("mode");
         let path = d.join("flows.jsonl");
+        // Left by an older build with a wider mode.
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let mut w = JsonlWriter::file(&path, 4096, 2).unwrap();
         for i in 0..100 {
             w.write(&rec(i)).unwrap();
         }
         for p in [path.clone(), rotated(&path, 1)] {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o640, "{}", p.display());
+            assert_eq!(mode, 0o600, "{}", p.display());
         }
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -18,6 +18,59 @@ use dataplane_common::{direction, rule, FlowEvent, Reason};
 pub struct Exporters {
     jsonl: Option<jsonl::JsonlWriter>,
     ipfix: Option<ipfix::IpfixExporter>,
+    log_errors: Throttle,
+    ipfix_errors: Throttle,
+}
+
+/// How often a failing exporter is logged: a collector that is down fails every batch, and a
+/// full disk every record; the counters carry the full count.
+const ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Errors of one kind logged at most once per period, with how many were not.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+    failing: bool,
+}
+
+impl Throttle {
+    /// At most one log line per `every`.
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            unlogged: 0,
+            failing: false,
+        }
+    }
+
+    /// An error at `now`: `Some(n)` when it is to be logged, `n` being the errors not logged
+    /// since the last line; `None` when it is only counted.
+    pub fn failed(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.failing = true;
+        match self.last {
+            Some(t) if now.duration_since(t) < self.every => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+
+    /// A success: `Some(n)` when it ends a run of errors (to be logged as recovered, with the
+    /// `n` errors not logged); the next error is then logged at once.
+    pub fn succeeded(&mut self) -> Option<u64> {
+        if !std::mem::take(&mut self.failing) {
+            return None;
+        }
+        self.last = None;
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl Exporters {
@@ -26,21 +79,26 @@ impl Exporters {
         let jsonl = match &cfg.flow_log {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(jsonl::JsonlWriter::stdout()),
-            Some(p) => Some(jsonl::JsonlWriter::file(
-                p,
-                cfg.flow_log_max_bytes,
-                cfg.flow_log_keep,
-            )?),
+            Some(p) => Some(
+                jsonl::JsonlWriter::file(p, cfg.flow_log_max_bytes, cfg.flow_log_keep)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("--flow-log: {e}")))?,
+            ),
         };
         let ipfix = match cfg.ipfix_collector {
-            Some(addr) => Some(ipfix::IpfixExporter::new(
-                addr,
-                cfg.ipfix_domain,
-                cfg.ipfix_template_interval,
-            )?),
+            Some(addr) => Some(
+                ipfix::IpfixExporter::new(addr, cfg.ipfix_domain, cfg.ipfix_template_interval)
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("--ipfix-collector: {e}"))
+                    })?,
+            ),
             None => None,
         };
-        Ok(Self { jsonl, ipfix })
+        Ok(Self {
+            jsonl,
+            ipfix,
+            log_errors: Throttle::new(ERROR_LOG_EVERY),
+            ipfix_errors: Throttle::new(ERROR_LOG_EVERY),
+        })
     }
 
     /// Write records to every exporter; failures are counted and logged, never fatal.
@@ -48,11 +106,21 @@ impl Exporters {
         if records.is_empty() {
             return;
         }
+        let now = std::time::Instant::now();
         if let Some(w) = self.jsonl.as_mut() {
             for r in records {
-                if let Err(e) = w.write(r) {
-                    metrics::counter!("septa_flow_log_write_errors_total").increment(1);
-                    tracing::error!(error = %e, "writing the flow log; records are being lost");
+                match w.write(r) {
+                    Ok(()) => {
+                        if let Some(n) = self.log_errors.succeeded() {
+                            tracing::info!(records_lost_unlogged = n, "flow log writable again");
+                        }
+                    }
+                    Err(e) => {
+                        metrics::counter!("septa_flow_log_write_errors_total").increment(1);
+                        if let Some(n) = self.log_errors.failed(now) {
+                            tracing::error!(error = %e, more_since_last_logged = n, "writing the flow log; records are being lost (logged at most once a minute, counted in septa_flow_log_write_errors_total)");
+                        }
+                    }
                 }
             }
             let _ = w.flush();
@@ -60,11 +128,16 @@ impl Exporters {
         if let Some(x) = self.ipfix.as_mut() {
             match x.export(records) {
                 Ok(()) => {
-                    metrics::counter!("septa_ipfix_records_total").increment(records.len() as u64)
+                    metrics::counter!("septa_ipfix_records_total").increment(records.len() as u64);
+                    if let Some(n) = self.ipfix_errors.succeeded() {
+                        tracing::info!(failed_unlogged = n, "IPFIX export works again");
+                    }
                 }
                 Err(e) => {
                     metrics::counter!("septa_ipfix_export_errors_total").increment(1);
-                    tracing::warn!(error = %e, "IPFIX export");
+                    if let Some(n) = self.ipfix_errors.failed(now) {
+                        tracing::warn!(error = %e, more_since_last_logged = n, "IPFIX export (logged at most once a minute, counted in septa_ipfix_export_errors_total)");
+                    }
                 }
             }
         }
@@ -172,14 +245,19 @@ impl Enricher {
             (0x10, "ACK"),
             (0x20, "URG"),
         ];
+        let start_ns = if e.start_ns == 0 {
+            e.timestamp_ns
+        } else {
+            e.start_ns
+        };
+        // A connection's creation is stamped with the kernel's precise clock and its later
+        // packets with the coarse one, which lags it by up to a tick: a short flow's last
+        // packet can read earlier than its first. No record of a flow is before its start.
+        let time_ns = e.timestamp_ns.max(start_ns);
         FlowRecord {
             version: SCHEMA_VERSION,
-            time: wall(e.timestamp_ns),
-            start: wall(if e.start_ns == 0 {
-                e.timestamp_ns
-            } else {
-                e.start_ns
-            }),
+            time: wall(time_ns),
+            start: wall(start_ns),
             kind: e.kind().as_str().into(),
             verdict: e.verdict().as_str().into(),
             drop_reason: (e.reason() != Reason::NONE).then(|| e.reason().as_str().to_owned()),
@@ -233,6 +311,54 @@ mod tests {
     use dataplane_common::{event, reason, verdict};
 
     use super::*;
+
+    #[test]
+    fn a_failing_exporter_is_logged_once_per_period_with_what_was_not() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut t = Throttle::new(s(60));
+        assert_eq!(t.succeeded(), None, "nothing to recover from");
+        assert_eq!(t.failed(t0), Some(0));
+        for i in 1..=1000 {
+            assert_eq!(t.failed(t0 + std::time::Duration::from_millis(i)), None);
+        }
+        assert_eq!(t.failed(t0 + s(61)), Some(1000));
+        assert_eq!(t.failed(t0 + s(62)), None);
+        assert_eq!(t.succeeded(), Some(1));
+        assert_eq!(t.succeeded(), None);
+        assert_eq!(t.failed(t0 + s(63)), Some(0), "a new run is logged at once");
+    }
+
+    #[test]
+    fn no_record_of_a_flow_is_before_its_start() {
+        let en = Enricher::default();
+        let s = 1_000_000_000u64;
+        // Created at 4 ms past the second by the precise clock; last seen by the coarse clock
+        // at a tick that began before it.
+        for (kind, ts) in [(event::NEW, s + 4_000_000), (event::END, s)] {
+            let r = en.record(&FlowEvent {
+                kind,
+                start_ns: s + 4_000_000,
+                timestamp_ns: ts,
+                ..Default::default()
+            });
+            assert!(
+                r.time >= r.start,
+                "{}: {} before {}",
+                r.kind,
+                r.time,
+                r.start
+            );
+            assert_eq!(r.time, r.start);
+        }
+        let r = en.record(&FlowEvent {
+            kind: event::END,
+            start_ns: s,
+            timestamp_ns: s + 2_000_000_000,
+            ..Default::default()
+        });
+        assert!(r.time > r.start);
+    }
 
     #[test]
     fn records_are_enriched_and_round_trip() {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::{propose, FlowSource, Request};
+use crate::output::UsageError;
 
 /// Flags of `septa recommend`.
 #[derive(Clone, Debug, clap::Args)]
@@ -84,14 +85,15 @@ impl RecommendArgs {
             for kv in self.dns_labels.split(',').filter(|s| !s.is_empty()) {
                 let (k, v) = kv
                     .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--dns-labels: {kv:?} is not key=value"))?;
+                    .ok_or_else(|| UsageError(format!("--dns-labels: {kv:?} is not key=value")))?;
                 labels.insert(k.to_owned(), v.to_owned());
             }
             if labels.is_empty() {
-                anyhow::bail!(
+                return Err(UsageError(format!(
                     "--dns-labels is empty: the DNS rule would select every pod of {}",
                     self.dns_namespace
-                );
+                ))
+                .into());
             }
             Some(propose::DnsTarget {
                 namespace: self.dns_namespace.clone(),
@@ -105,7 +107,16 @@ impl RecommendArgs {
         options.audit = self.audit;
         options.stable_after = self.stable_after;
         options.stale_after = self.stale_after;
-        let mut flows: Vec<FlowSource> = self.flows.iter().cloned().map(FlowSource::File).collect();
+        // A file given twice (`--flows a --flows a`, or through a link) is read once: its
+        // records would otherwise count twice as evidence.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut flows: Vec<FlowSource> = self
+            .flows
+            .iter()
+            .filter(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| (*p).clone())))
+            .cloned()
+            .map(FlowSource::File)
+            .collect();
         flows.extend(self.agent.clone().map(FlowSource::Agent));
         Ok(Request {
             manifests: self.manifests.clone(),

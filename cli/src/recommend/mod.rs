@@ -18,7 +18,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use policies::{load::load_paths, Cluster};
+
+use crate::output::UsageError;
+use policies::Cluster;
 
 use observe::{Observations, Observer, Party, Tuple, Window};
 use propose::{Options, Proposal};
@@ -58,8 +60,18 @@ fn read_into(obs: &mut Observer, src: &FlowSource) -> Result<()> {
     match src {
         FlowSource::File(p) => {
             let f = std::fs::File::open(p).with_context(|| format!("{}", p.display()))?;
-            obs.read(&p.display().to_string(), BufReader::new(f))
-                .with_context(|| format!("reading {}", p.display()))
+            let (good, bad) = obs
+                .read(&p.display().to_string(), BufReader::new(f))
+                .with_context(|| format!("reading {}", p.display()))?;
+            // A file of nothing but bad lines is the wrong file (a YAML manifest, a binary
+            // IPFIX dump), not traffic that happened to be malformed.
+            if good == 0 && bad > 0 {
+                bail!(
+                    "{}: none of its {bad} lines is a flow record (JSON lines as written by septa-agent --flow-log)",
+                    p.display()
+                );
+            }
+            Ok(())
         }
         FlowSource::Agent(sock) => {
             let mut n = 0usize;
@@ -92,7 +104,7 @@ fn start_of(cluster: &Cluster, sources: &[FlowSource]) -> Result<Option<SystemTi
 
 /// Run: load manifests and flows, propose, optionally replay, and diff against today.
 pub fn run(req: &Request) -> Result<Outcome> {
-    let (cluster, problems) = load_paths(&req.manifests);
+    let (cluster, problems) = crate::objects::load(&req.manifests, None);
     if !problems.is_empty() {
         let mut msg = String::from(
             "the manifests have errors; a proposal from partial manifests could be wrong:\n",
@@ -103,7 +115,9 @@ pub fn run(req: &Request) -> Result<Outcome> {
         bail!(msg);
     }
     if req.flows.is_empty() {
-        bail!("no flow records given (--flows FILE or --agent SOCKET)");
+        return Err(
+            UsageError("no flow records given (--flows FILE or --agent SOCKET)".into()).into(),
+        );
     }
     let (learn, replay_w) = match (req.learn_window, req.replay_window) {
         (Some(l), Some(r)) => {
@@ -122,7 +136,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
             )
         }
         (None, None) => (Window::default(), None),
-        _ => bail!("--learn and --replay go together"),
+        _ => return Err(UsageError("--learn and --replay go together".into()).into()),
     };
     let mut learner = Observer::new(&cluster, learn);
     for s in &req.flows {
@@ -156,6 +170,8 @@ pub fn run(req: &Request) -> Result<Outcome> {
     // Today's policies versus today's plus the proposal (as enforcement would see it).
     let mut with = replay::proposal_cluster(&cluster, &proposals).map_err(anyhow::Error::msg)?;
     with.policies.extend(cluster.policies.iter().cloned());
+    with.fqdn_policies
+        .extend(cluster.fqdn_policies.iter().cloned());
     let changes = policies::connlist::diff(&cluster, &with);
     Ok(Outcome {
         proposals,

@@ -213,7 +213,9 @@ impl<'a> Observer<'a> {
     }
 
     /// Read JSON lines from `r` (`name` is used in skip reports).
-    pub fn read(&mut self, name: &str, r: impl BufRead) -> std::io::Result<()> {
+    /// Returns (lines that are records, lines that are not); blank lines are neither.
+    pub fn read(&mut self, name: &str, r: impl BufRead) -> std::io::Result<(usize, usize)> {
+        let (mut good, mut bad) = (0, 0);
         for (i, line) in r.split(b'\n').enumerate() {
             let line = line?;
             let at = format!("{name}:{}", i + 1);
@@ -221,11 +223,17 @@ impl<'a> Observer<'a> {
                 continue;
             }
             match serde_json::from_slice::<FlowRecord>(&line) {
-                Ok(rec) => self.record(&at, &rec),
-                Err(e) => self.obs.skips.add("malformed", &at, e),
+                Ok(rec) => {
+                    good += 1;
+                    self.record(&at, &rec)
+                }
+                Err(e) => {
+                    bad += 1;
+                    self.obs.skips.add("malformed", &at, e)
+                }
             }
         }
-        Ok(())
+        Ok((good, bad))
     }
 
     /// Take one record.

@@ -64,8 +64,8 @@ impl ReplayResult {
     }
 }
 
-/// The cluster with the proposal as its only policies, enforced (audit mode off: the replay
-/// asks what enforcement would do).
+/// The cluster with the proposal as its only policies (its FqdnPolicies included), enforced
+/// (audit mode off: the replay asks what enforcement would do).
 pub fn proposal_cluster(cluster: &Cluster, proposals: &[Proposal]) -> Result<Cluster, String> {
     let mut c = cluster.clone();
     c.policies = proposals
@@ -83,6 +83,15 @@ pub fn proposal_cluster(cluster: &Cluster, proposals: &[Proposal]) -> Result<Clu
                         p.workload, e.field, e.message
                     )
                 })
+        })
+        .collect::<Result<_, _>>()?;
+    c.fqdn_policies = proposals
+        .iter()
+        .filter_map(|p| Some((p, p.fqdn.as_ref()?)))
+        .map(|(p, f)| {
+            policies::septa::fqdn::from_manifest(f).map_err(|(field, msg)| {
+                format!("generated FqdnPolicy for {}: {field}: {msg}", p.workload)
+            })
         })
         .collect::<Result<_, _>>()?;
     Ok(c)

@@ -115,47 +115,69 @@ pub fn from_manifest_with(
     v: &serde_json::Value,
     min_refresh: Duration,
 ) -> Result<FeedSpec, SpecError> {
+    validate(v, min_refresh).map_err(|mut e| e.swap_remove(0))
+}
+
+/// Validate a `ThreatFeed` object and report every problem in it, in field order (never an
+/// empty list). A spec that does not decode into [`ThreatFeedSpec`] (an unknown field or
+/// value, a wrong type) is one problem.
+pub fn validate(v: &serde_json::Value, min_refresh: Duration) -> Result<FeedSpec, Vec<SpecError>> {
+    let mut errors: Vec<SpecError> = Vec::new();
     let name = v
         .pointer("/metadata/name")
         .and_then(|n| n.as_str())
-        .filter(|n| !n.is_empty())
-        .ok_or(("metadata.name".to_owned(), "missing".to_owned()))?;
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        || name.len() > 63
-    {
-        return Err((
-            "metadata.name".into(),
-            format!("{name:?} is not a DNS label (lowercase letters, digits, '-', at most 63)"),
-        ));
+        .filter(|n| !n.is_empty());
+    match name {
+        None => errors.push(("metadata.name".to_owned(), "missing".to_owned())),
+        Some(name)
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                || name.len() > 63 =>
+        {
+            errors.push((
+                "metadata.name".into(),
+                format!("{name:?} is not a DNS label (lowercase letters, digits, '-', at most 63)"),
+            ))
+        }
+        Some(_) => {}
     }
-    let spec = v
-        .get("spec")
-        .ok_or(("spec".to_owned(), "missing".to_owned()))?;
-    let raw: ThreatFeedSpec = serde_path_to_error::deserialize(spec.clone())
-        .map_err(|e| (format!("spec.{}", e.path()), e.into_inner().to_string()))?;
+    let Some(spec) = v.get("spec") else {
+        errors.push(("spec".to_owned(), "missing".to_owned()));
+        return Err(errors);
+    };
+    let raw: ThreatFeedSpec = match serde_path_to_error::deserialize(spec.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push((format!("spec.{}", e.path()), e.into_inner().to_string()));
+            return Err(errors);
+        }
+    };
     let source = match (raw.url, raw.file) {
-        (Some(u), None) => {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err((
-                    "spec.url".into(),
-                    format!("{u:?} is not an http or https URL"),
-                ));
-            }
-            Source::Url(u)
+        (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            errors.push((
+                "spec.url".into(),
+                format!("{u:?} is not an http or https URL"),
+            ));
+            None
         }
-        (None, Some(f)) => {
-            if !f.is_absolute() {
-                return Err((
-                    "spec.file".into(),
-                    format!("{} must be an absolute path", f.display()),
-                ));
-            }
-            Source::File(f)
+        (Some(u), None) => Some(Source::Url(u)),
+        (None, Some(f)) if !f.is_absolute() => {
+            errors.push((
+                "spec.file".into(),
+                format!("{} must be an absolute path", f.display()),
+            ));
+            None
         }
-        (Some(_), Some(_)) => return Err(("spec".into(), "give url or file, not both".into())),
-        (None, None) => return Err(("spec".into(), "give url or file".into())),
+        (None, Some(f)) => Some(Source::File(f)),
+        (Some(_), Some(_)) => {
+            errors.push(("spec".into(), "give url or file, not both".into()));
+            None
+        }
+        (None, None) => {
+            errors.push(("spec".into(), "give url or file".into()));
+            None
+        }
     };
     let format = match raw.format.unwrap_or(FeedFormat::Lines) {
         FeedFormat::Lines => Format::Lines,
@@ -166,15 +188,16 @@ pub fn from_manifest_with(
         },
     };
     if raw.csv_column.is_some() && !matches!(format, Format::Csv { .. }) {
-        return Err(("spec.csvColumn".into(), "only for format csv".into()));
+        errors.push(("spec.csvColumn".into(), "only for format csv".into()));
     }
     let refresh = match raw.refresh {
-        None => Duration::from_secs(3600),
+        None => Some(Duration::from_secs(3600)),
         Some(r) => humantime::parse_duration(&r)
-            .map_err(|e| ("spec.refresh".to_owned(), format!("{r:?}: {e}")))?,
+            .map_err(|e| errors.push(("spec.refresh".to_owned(), format!("{r:?}: {e}"))))
+            .ok(),
     };
-    if refresh < min_refresh {
-        return Err((
+    if let Some(refresh) = refresh.filter(|r| *r < min_refresh) {
+        errors.push((
             "spec.refresh".into(),
             format!("{refresh:?} is shorter than the minimum {min_refresh:?}"),
         ));
@@ -200,19 +223,22 @@ pub fn from_manifest_with(
         })
         .collect();
     if applies_to.is_empty() {
-        return Err((
+        errors.push((
             "spec.appliesTo".into(),
             "empty: the feed would apply nowhere".into(),
         ));
     }
-    Ok(FeedSpec {
-        name: name.to_owned(),
-        source,
-        format,
-        refresh,
-        action,
-        applies_to,
-    })
+    match (name, source, refresh) {
+        (Some(name), Some(source), Some(refresh)) if errors.is_empty() => Ok(FeedSpec {
+            name: name.to_owned(),
+            source,
+            format,
+            refresh,
+            action,
+            applies_to,
+        }),
+        _ => Err(errors),
+    }
 }
 
 #[cfg(test)]
@@ -283,5 +309,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(from_manifest(&v).unwrap_err().0, "metadata.name");
+    }
+
+    /// Every problem of a feed is reported, not only the first.
+    #[test]
+    fn every_problem_is_reported() {
+        let v: serde_json::Value = serde_yaml::from_str("kind: ThreatFeed\nmetadata: {name: Bad}\nspec: {url: 'ftp://x', format: json, csvColumn: 2, refresh: 1s, appliesTo: []}\n").unwrap();
+        let fields: Vec<String> = validate(&v, MIN_REFRESH)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "spec.url",
+                "spec.csvColumn",
+                "spec.refresh",
+                "spec.appliesTo"
+            ]
+        );
     }
 }

@@ -18,8 +18,15 @@
 //!
 //! `septa recommend --external fqdn` writes this shape.
 
+use std::net::IpAddr;
+
 use api::fqdn_policy::FqdnPolicySpec;
-use policies::{model::Protocol, selector::Selector};
+use ipnetwork::IpNetwork;
+
+use crate::{
+    model::{IpBlock, Peer, Pod, Policy, PortSel, PortSpec, Protocol, Rule},
+    selector::Selector,
+};
 
 use super::pattern::Pattern;
 
@@ -45,29 +52,106 @@ pub struct FqdnSpec {
 /// A field-level problem: (field path, message).
 pub type SpecError = (String, String);
 
-/// Validate an `FqdnPolicy` object.
+impl FqdnSpec {
+    /// Whether the policy selects `pod` (same namespace, selector matches).
+    pub fn selects(&self, pod: &Pod) -> bool {
+        self.namespace == pod.namespace && self.selector.matches(&pod.labels)
+    }
+
+    /// The resolvers the policy trusts: its own, else `default`; `None` when it names none
+    /// and the default is not known.
+    pub fn trusted_resolvers<'a>(&'a self, default: Option<&'a [IpAddr]>) -> Option<&'a [IpAddr]> {
+        if self.resolvers.is_empty() {
+            default
+        } else {
+            Some(&self.resolvers)
+        }
+    }
+
+    /// The NetworkPolicy the agent enforces for it in the policy map: egress isolation plus
+    /// DNS (UDP and TCP 53) to exactly the trusted resolvers (with none, DNS to nowhere: the
+    /// pods stay isolated and resolve nothing). Egress by name comes on top of it, from the
+    /// FQDN allowlist.
+    pub fn isolation_policy(&self, default_resolvers: &[IpAddr]) -> Policy {
+        let resolvers = self
+            .trusted_resolvers(Some(default_resolvers))
+            .unwrap_or_default();
+        let dns = Rule {
+            peers: Some(
+                resolvers
+                    .iter()
+                    .map(|ip| {
+                        Peer::Block(IpBlock {
+                            cidr: IpNetwork::from(*ip),
+                            except: Vec::new(),
+                        })
+                    })
+                    .collect(),
+            ),
+            ports: Some(
+                [Protocol::Udp, Protocol::Tcp]
+                    .map(|protocol| PortSpec {
+                        protocol,
+                        port: PortSel::Range(53, 53),
+                    })
+                    .to_vec(),
+            ),
+        };
+        Policy {
+            namespace: self.namespace.clone(),
+            name: format!("{} (FqdnPolicy DNS)", self.name),
+            audit: false,
+            pod_selector: self.selector.clone(),
+            ingress: None,
+            egress: Some(if resolvers.is_empty() {
+                Vec::new()
+            } else {
+                vec![dns]
+            }),
+        }
+    }
+}
+
+/// Validate an `FqdnPolicy` object; the first problem (see [`validate`] for all of them).
 pub fn from_manifest(v: &serde_json::Value) -> Result<FqdnSpec, SpecError> {
+    validate(v).map_err(|mut e| e.swap_remove(0))
+}
+
+/// Validate an `FqdnPolicy` object and report every problem in it, in field order (never
+/// an empty list). A spec that does not decode (an unknown field, a wrong type) is one problem:
+/// nothing after it can be read.
+pub fn validate(v: &serde_json::Value) -> Result<FqdnSpec, Vec<SpecError>> {
+    let mut errors: Vec<SpecError> = Vec::new();
     let name = v
         .pointer("/metadata/name")
         .and_then(|n| n.as_str())
         .filter(|n| !n.is_empty())
-        .ok_or(("metadata.name".to_owned(), "missing".to_owned()))?
-        .to_owned();
+        .map(str::to_owned);
+    if name.is_none() {
+        errors.push(("metadata.name".to_owned(), "missing".to_owned()));
+    }
     let namespace = v
         .pointer("/metadata/namespace")
         .and_then(|n| n.as_str())
         .filter(|n| !n.is_empty())
         .unwrap_or("default")
         .to_owned();
-    let spec = v
-        .get("spec")
-        .ok_or(("spec".to_owned(), "missing".to_owned()))?;
-    let raw: FqdnPolicySpec = serde_path_to_error::deserialize(spec)
-        .map_err(|e| (format!("spec.{}", e.path()), e.into_inner().to_string()))?;
+    let Some(spec) = v.get("spec") else {
+        errors.push(("spec".to_owned(), "missing".to_owned()));
+        return Err(errors);
+    };
+    let raw: FqdnPolicySpec = match serde_path_to_error::deserialize(spec) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push((format!("spec.{}", e.path()), e.into_inner().to_string()));
+            return Err(errors);
+        }
+    };
     let selector = Selector::from_k8s(&raw.pod_selector, "spec.podSelector")
-        .map_err(|e| (e.field, e.message))?;
+        .map_err(|e| errors.push((e.field, e.message)))
+        .ok();
     if raw.egress.is_empty() {
-        return Err((
+        errors.push((
             "spec.egress".into(),
             "empty: the policy would allow nothing by name".into(),
         ));
@@ -75,82 +159,87 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<FqdnSpec, SpecError> {
     let mut rules = Vec::new();
     for (i, r) in raw.egress.iter().enumerate() {
         if r.to_fqdns.is_empty() {
-            return Err((format!("spec.egress[{i}].toFQDNs"), "empty".into()));
+            errors.push((format!("spec.egress[{i}].toFQDNs"), "empty".into()));
         }
         let mut patterns = Vec::new();
         for (j, f) in r.to_fqdns.iter().enumerate() {
             let at = format!("spec.egress[{i}].toFQDNs[{j}]");
             let p = match (&f.match_name, &f.match_pattern) {
-                (Some(n), None) => {
-                    if n.contains('*') {
-                        return Err((
-                            format!("{at}.matchName"),
-                            format!("{n:?}: wildcards go in matchPattern"),
-                        ));
-                    }
-                    Pattern::parse(n).map_err(|e| (format!("{at}.matchName"), e))?
-                }
-                (None, Some(p)) => {
-                    Pattern::parse(p).map_err(|e| (format!("{at}.matchPattern"), e))?
-                }
-                _ => return Err((at, "give exactly one of matchName and matchPattern".into())),
+                (Some(n), None) if n.contains('*') => Err((
+                    format!("{at}.matchName"),
+                    format!("{n:?}: wildcards go in matchPattern"),
+                )),
+                (Some(n), None) => Pattern::parse(n).map_err(|e| (format!("{at}.matchName"), e)),
+                (None, Some(p)) => Pattern::parse(p).map_err(|e| (format!("{at}.matchPattern"), e)),
+                _ => Err((at, "give exactly one of matchName and matchPattern".into())),
             };
-            patterns.push(p);
+            match p {
+                Ok(p) => patterns.push(p),
+                Err(e) => errors.push(e),
+            }
         }
-        let ports = match &r.ports {
-            None => None,
-            Some(ps) => {
-                let mut out = Vec::new();
-                for (j, p) in ps.iter().enumerate() {
-                    let at = format!("spec.egress[{i}].ports[{j}]");
-                    let proto = match p.protocol.as_deref() {
-                        None => Protocol::Tcp,
-                        Some(s) => Protocol::parse(s).ok_or((
+        let ports = r.ports.as_ref().map(|ps| {
+            let mut out = Vec::new();
+            for (j, p) in ps.iter().enumerate() {
+                let at = format!("spec.egress[{i}].ports[{j}]");
+                let proto = match p.protocol.as_deref() {
+                    None => Some(Protocol::Tcp),
+                    Some(s) => Protocol::parse(s).or_else(|| {
+                        errors.push((
                             format!("{at}.protocol"),
                             format!("{s:?}: expected TCP, UDP or SCTP"),
-                        ))?,
-                    };
-                    if p.port == 0 || p.port > 65535 {
-                        return Err((
-                            format!("{at}.port"),
-                            format!("{} is outside 1-65535", p.port),
                         ));
-                    }
+                        None
+                    }),
+                };
+                if p.port == 0 || p.port > 65535 {
+                    errors.push((
+                        format!("{at}.port"),
+                        format!("{} is outside 1-65535", p.port),
+                    ));
+                    continue;
+                }
+                if let Some(proto) = proto {
                     out.push((proto, p.port as u16));
                 }
-                Some(out)
             }
-        };
+            out
+        });
         rules.push(FqdnRule { patterns, ports });
     }
     let mut resolvers = Vec::new();
     for (i, r) in raw.resolvers.iter().flatten().enumerate() {
         let at = format!("spec.resolvers[{i}]");
-        let ip: std::net::IpAddr = r
-            .parse()
-            .map_err(|_| (at.clone(), format!("{r:?} is not an IP address")))?;
+        let Ok(ip) = r.parse::<std::net::IpAddr>() else {
+            errors.push((at, format!("{r:?} is not an IP address")));
+            continue;
+        };
         let embedded = matches!(ip, std::net::IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
         if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || embedded {
-            return Err((
+            errors.push((
                 at,
                 format!("{r}: not a resolver pods can reach (give the cluster DNS address)"),
             ));
+            continue;
         }
         resolvers.push(ip);
     }
     if raw.resolvers.as_ref().is_some_and(|r| r.is_empty()) {
-        return Err((
+        errors.push((
             "spec.resolvers".into(),
             "empty: the pods could resolve nothing (omit it for the agent's default)".into(),
         ));
     }
-    Ok(FqdnSpec {
-        namespace,
-        name,
-        selector,
-        rules,
-        resolvers,
-    })
+    match (name, selector) {
+        (Some(name), Some(selector)) if errors.is_empty() => Ok(FqdnSpec {
+            namespace,
+            name,
+            selector,
+            rules,
+            resolvers,
+        }),
+        _ => Err(errors),
+    }
 }
 
 #[cfg(test)]
@@ -214,5 +303,27 @@ mod tests {
         }
         let (f, _) = from_manifest(&yaml("kind: FqdnPolicy\nspec: {}\n")).unwrap_err();
         assert_eq!(f, "metadata.name");
+    }
+
+    /// Every problem of an object is reported, not only the first.
+    #[test]
+    fn every_problem_is_reported() {
+        let v = yaml("kind: FqdnPolicy\nmetadata: {namespace: x}\nspec:\n  podSelector: {matchExpressions: [{key: a, operator: Maybe}]}\n  egress:\n  - toFQDNs: [{matchName: '*.a.example'}, {matchName: ok.example}, {}]\n    ports: [{port: 0}, {protocol: ICMP, port: 1}, {port: 443}]\n  - toFQDNs: []\n  resolvers: [dns.example, 10.96.0.10, 127.0.0.1]\n");
+        let fields: Vec<String> = validate(&v).unwrap_err().into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "spec.podSelector.matchExpressions[0].operator",
+                "spec.egress[0].toFQDNs[0].matchName",
+                "spec.egress[0].toFQDNs[2]",
+                "spec.egress[0].ports[0].port",
+                "spec.egress[0].ports[1].protocol",
+                "spec.egress[1].toFQDNs",
+                "spec.resolvers[0]",
+                "spec.resolvers[2]",
+            ]
+        );
+        assert_eq!(from_manifest(&v).unwrap_err().0, "metadata.name");
     }
 }
