@@ -483,7 +483,7 @@ impl Agent {
                     );
                 }
             }
-            en.node = self.cfg.node_name.clone();
+            en.node = self.cfg.node().to_owned();
         }
         let mut ms = MapState {
             policy: st.policy,
