@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use agent::config::Config;
 use clap::CommandFactory;
 
-const BEGIN: &str = "<!-- septa-agent options: generated from the command by agent/tests/readme_options.rs -->\n";
+const BEGIN: &str =
+    "<!-- septa-agent options: generated from the command by agent/tests/readme_options.rs -->\n";
 const END: &str = "<!-- end of septa-agent options -->\n";
 
 /// The table, from the command's arguments.

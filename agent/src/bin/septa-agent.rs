@@ -2,7 +2,8 @@
 
 use agent::{
     config::{Config, ConfigError},
-    daemon::{run, Agent},
+    daemon::Agent,
+    run::run,
 };
 
 fn main() {
