@@ -78,7 +78,7 @@ pub async fn run(
                 let mut records = Vec::with_capacity(batch.len());
                 for e in batch {
                     let rec = en.record(&e);
-                    metrics::counter!("septa_flows_total", "kind" => rec.kind.clone(), "verdict" => rec.verdict.clone(), "direction" => rec.direction.clone(), "reason" => rec.drop_reason.clone().unwrap_or_default()).increment(1);
+                    metrics::counter!("septa_flows_total", "kind" => rec.kind.as_str(), "verdict" => rec.verdict.as_str(), "direction" => rec.direction.as_str(), "reason" => rec.drop_reason.map_or("", |r| r.as_str())).increment(1);
                     let rule_name = |id| match &rec.feed {
                         Some(feed) => Some(format!("threat-feed:{feed}")),
                         None => en.rules.get(&id).map(|p| {

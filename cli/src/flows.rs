@@ -38,7 +38,7 @@ fn decided(r: &FlowRecord) -> String {
             if r.verdict == "audit" { " (audit)" } else { "" }
         ),
         (None, Some(f)) => format!("threat-feed {f}"),
-        (None, None) => r.decided_by.clone(),
+        (None, None) => r.decided_by.to_string(),
     }
 }
 
@@ -83,13 +83,13 @@ pub const CSV_HEADER: [&str; 13] = [
 fn csv_row(r: &FlowRecord) -> [String; 13] {
     [
         r.time.clone(),
-        r.verdict.clone(),
-        r.kind.clone(),
-        r.direction.clone(),
+        r.verdict.to_string(),
+        r.kind.to_string(),
+        r.direction.to_string(),
         r.protocol.clone(),
         side(&r.source),
         side(&r.destination),
-        r.decided_by.clone(),
+        r.decided_by.to_string(),
         r.policy
             .as_ref()
             .map(|p| {
@@ -100,7 +100,7 @@ fn csv_row(r: &FlowRecord) -> [String; 13] {
             })
             .unwrap_or_default(),
         r.feed.clone().unwrap_or_default(),
-        r.drop_reason.clone().unwrap_or_default(),
+        r.drop_reason.map(|d| d.to_string()).unwrap_or_default(),
         (r.packets.forward + r.packets.reverse).to_string(),
         (r.bytes.forward + r.bytes.reverse).to_string(),
     ]

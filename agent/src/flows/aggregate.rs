@@ -11,8 +11,9 @@
 use std::collections::BTreeMap;
 
 use super::{FlowPeer, FlowRecord};
+use api::flow::{Direction, Verdict};
 
-type Key = (String, String, u16, String, String, String);
+type Key = (String, String, u16, String, Verdict, Direction);
 
 /// The aggregator for one window at a time.
 pub struct Aggregator {
@@ -49,8 +50,8 @@ impl Aggregator {
             who(&r.destination),
             r.destination.port,
             r.protocol.clone(),
-            r.verdict.clone(),
-            r.direction.clone(),
+            r.verdict,
+            r.direction,
         );
         if !self.groups.contains_key(&key) && self.groups.len() >= self.max_groups {
             self.overflow += 1;
@@ -58,7 +59,7 @@ impl Aggregator {
         }
         let g = self.groups.entry(key).or_insert_with(|| {
             let mut g = r.clone();
-            g.kind = "aggregate".into();
+            g.kind = api::flow::RecordKind::Aggregate;
             g.connections = Some(0);
             g.packets = Default::default();
             g.bytes = Default::default();

@@ -190,20 +190,20 @@ impl IpfixExporter {
         d.extend_from_slice(&r.packets.forward.to_be_bytes());
         d.extend_from_slice(&r.bytes.reverse.to_be_bytes());
         d.extend_from_slice(&r.packets.reverse.to_be_bytes());
-        d.push(Direction::from_name(&r.direction).map_or(Direction::INGRESS.0, u8::from));
+        d.push(Direction::from_name(r.direction.as_str()).map_or(Direction::INGRESS.0, u8::from));
         // firewallEvent (IANA IE 233): 1 created, 2 deleted, 3 denied, 5 updated.
-        d.push(match EventKind::from_name(&r.kind) {
+        d.push(match EventKind::from_name(r.kind.as_str()) {
             Some(EventKind::NEW) => 1,
             Some(EventKind::END) => 2,
             Some(EventKind::UPDATE) => 5,
             _ => 3,
         });
         d.extend_from_slice(&r.rule_id.to_be_bytes());
-        d.push(Verdict::from_name(&r.verdict).map_or(0, u8::from));
+        d.push(Verdict::from_name(r.verdict.as_str()).map_or(0, u8::from));
         let policy = r.policy.as_ref().map_or_else(
             || match &r.feed {
                 Some(f) => format!("threat-feed:{f}"),
-                None => r.decided_by.clone(),
+                None => r.decided_by.to_string(),
             },
             |p| {
                 format!(
@@ -219,7 +219,7 @@ impl IpfixExporter {
         };
         put_str(&mut d, &wl(&r.source));
         put_str(&mut d, &wl(&r.destination));
-        put_str(&mut d, r.drop_reason.as_deref().unwrap_or(""));
+        put_str(&mut d, r.drop_reason.map(|d| d.as_str()).unwrap_or(""));
         Some((id, d))
     }
 
@@ -357,7 +357,7 @@ mod tests {
                                 r.kind.as_str(),
                                 r.verdict.as_str(),
                                 r.direction.as_str(),
-                                r.drop_reason.as_deref()
+                                r.drop_reason.map(|d| d.as_str())
                             ),
                             (
                                 kind.as_str(),
@@ -375,7 +375,11 @@ mod tests {
                         assert_eq!(data[at_event], fw, "{case}");
                         let why = &data[at_reason..at_reason + NAME_LEN];
                         let why = std::str::from_utf8(why).unwrap().trim_end_matches('\0');
-                        assert_eq!(why, r.drop_reason.as_deref().unwrap_or(""), "{case}");
+                        assert_eq!(
+                            why,
+                            r.drop_reason.map(|d| d.as_str()).unwrap_or(""),
+                            "{case}"
+                        );
                     }
                 }
             }

@@ -261,7 +261,7 @@ impl Enricher {
             start: wall(start_ns),
             kind: e.kind().as_str().into(),
             verdict: e.verdict().as_str().into(),
-            drop_reason: (e.reason() != Reason::NONE).then(|| e.reason().as_str().to_owned()),
+            drop_reason: (e.reason() != Reason::NONE).then(|| e.reason().as_str().into()),
             direction: e.direction().as_str().into(),
             ip_version: e.family,
             protocol: match e.proto {
@@ -430,7 +430,7 @@ mod tests {
         assert_eq!(
             (
                 denied.decided_by.as_str(),
-                denied.drop_reason.as_deref(),
+                denied.drop_reason.map(|d| d.as_str()),
                 denied.policy.is_none()
             ),
             ("default-deny", Some("policy-denied"), true)
