@@ -82,7 +82,7 @@ fn sample() -> Vec<String> {
             "deny",
             "dropped",
             ("other", "api-1", "Deployment/api"),
-            serde_json::json!({"decided_by": "threat-feed", "feed": "spamhaus-drop", "drop_reason": "threat-feed"}),
+            serde_json::json!({"decided_by": "threat-feed", "feed": "spamhaus-drop", "drop_reason": "blocklisted"}),
         ),
         record(
             "2026-12-02T03:10:00.000Z",
@@ -174,7 +174,7 @@ fn lines_show_direction_feed_and_audit_policy() {
         "{out}"
     );
     assert!(
-        l[1].contains("by threat-feed spamhaus-drop (threat-feed)"),
+        l[1].contains("by threat-feed spamhaus-drop (blocklisted)"),
         "{out}"
     );
     assert!(l[2].contains("by shop/lockdown egress[0] (audit)"), "{out}");
