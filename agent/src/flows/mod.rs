@@ -163,13 +163,7 @@ pub struct Enricher {
 impl Enricher {
     /// The offset from the monotonic clock to the wall clock, measured now.
     pub fn measure_wall_offset() -> i128 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid out-pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+        let mono = hostnet::clock::monotonic_ns() as i128;
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
