@@ -1,5 +1,6 @@
-//! The agent's state and main loop: registry requests, manifest changes and shutdown, each
-//! followed by a compile and a reconcile of the maps.
+//! The agent: the data path, its inputs and the map state it last wrote; registrations,
+//! loads, reconciles and shutdown. The desired state itself is [`crate::state`], the loop that
+//! drives the agent [`crate::run`], its socket [`crate::server`].
 //!
 //! Start-up order is what keeps a second agent, or one that cannot start, from disturbing a
 //! running one: directories checked and locked first (see [`crate::dirs`]), then the registry
@@ -14,29 +15,21 @@
 //! are attached after the map entries, and an ADD that fails is undone. An endpoint whose
 //! interface disappears is forgotten with its links; CHECK answers from the kernel's view.
 
-use std::{collections::BTreeMap, net::IpAddr, os::unix::fs::PermissionsExt, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
-use dataplane_common::{endpoint_flags, identity, v4_mapped, Config as DpConfig, EndpointInfo};
-use ipnetwork::IpNetwork;
-use policies::{
-    compile::Compiler,
-    model::{Pod, WorkloadRef},
-    Cluster,
-};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::UnixListener,
-    sync::{mpsc, oneshot},
-};
+use dataplane_common::Config as DpConfig;
+use policies::{compile::Compiler, Cluster};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::server::Job;
 use crate::{
     config::Config,
-    dirs::{AgentDirs, Dir},
+    dirs::AgentDirs,
     registry::{Registered, Registry},
     source::Source,
 };
-use api::protocol::{Endpoint, Request, Response, MAX_LINE};
+use api::protocol::{Endpoint, Request, Response};
 use dataplane::{reconcile::MapState, Datapath, Error, LoadOptions};
 
 /// The agent: data path, compiler, inputs and the map state it last wrote.
@@ -48,7 +41,7 @@ pub struct Agent {
     /// Identity and rule numbers kept across restarts (see [`crate::numbering`]).
     numbers: crate::numbering::Numbering,
     /// The last manifests that loaded without errors (None: none yet).
-    manifests: Option<Cluster>,
+    pub(crate) manifests: Option<Cluster>,
     /// Where [`Agent::manifests`] came from, for messages ("the manifests directory", or the
     /// saved copy's file and when it was saved).
     good_from: String,
@@ -56,10 +49,10 @@ pub struct Agent {
     saved_unusable: Option<String>,
     /// The errors of the last load of the manifests directory (None: it had none).
     dir_errors: Option<policies::Diagnostics>,
-    source: Option<Source>,
+    pub(crate) source: Option<Box<dyn Source>>,
     pub registry: Registry,
     /// The state, pin and socket directories, checked and locked for this agent's lifetime.
-    dirs: AgentDirs,
+    pub(crate) dirs: AgentDirs,
     /// Readiness: served by `/readyz` and answered to the CNI plugin's STATUS.
     pub ready: Arc<crate::health::Readiness>,
     sweeper: crate::flows::sweep::Sweeper,
@@ -147,7 +140,10 @@ impl Agent {
             dp.attach_xdp(iface)?;
             info!(iface = %iface, "XDP attached");
         }
-        let source = cfg.manifests.clone().map(Source::new);
+        let source = cfg
+            .manifests
+            .clone()
+            .map(|d| Box::new(crate::source::DirSource::new(d)) as Box<dyn Source>);
         let numbers = crate::numbering::Numbering::read(&dirs.state).unwrap_or_else(|e| {
             warn!(error = %e, "identity numbers of the last run unreadable; numbering afresh (every map entry is written again once)");
             Default::default()
@@ -225,7 +221,7 @@ impl Agent {
 
     /// Re-read the manifests if they changed; apply them only when they load without errors.
     /// Returns whether the state changed. (At start; the run loop reads them on a thread of
-    /// their own, see [`spawn_loader`].)
+    /// their own, see [`crate::run::spawn_loader`].)
     pub fn poll_source(&mut self) -> bool {
         let Some(src) = self.source.as_mut() else {
             return false;
@@ -367,158 +363,34 @@ impl Agent {
         self.refresh_readiness();
     }
 
-    /// The pod an endpoint stands for: its Pod object in the manifests if there is one,
-    /// else the labels the runtime gave, owned by a workload whose template they match.
-    fn pod_for(ep: &Endpoint, m: &Cluster) -> Pod {
-        let mut pod = m
-            .pods
-            .iter()
-            .find(|p| p.namespace == ep.namespace && p.name == ep.name && p.workload.kind == "Pod")
-            .cloned()
-            .unwrap_or_else(|| {
-                let labels = ep.labels.clone().unwrap_or_default();
-                let template = m.pods.iter().find(|t| {
-                    t.namespace == ep.namespace
-                        && t.name == t.workload.name
-                        && t.workload.kind != "Pod"
-                        && !t.labels.is_empty()
-                        && t.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-                });
-                Pod {
-                    namespace: ep.namespace.clone(),
-                    name: ep.name.clone(),
-                    workload: template.map_or_else(
-                        || WorkloadRef {
-                            namespace: ep.namespace.clone(),
-                            name: ep.name.clone(),
-                            kind: "Pod".into(),
-                        },
-                        |t| t.workload.clone(),
-                    ),
-                    named_ports: template.map(|t| t.named_ports.clone()).unwrap_or_default(),
-                    labels,
-                    ips: Vec::new(),
-                    host_network: false,
-                }
-            });
-        if let Some(l) = &ep.labels {
-            pod.labels.extend(l.clone());
-        }
-        pod.ips = ep.ips.clone();
-        pod
-    }
-
-    /// The desired map state: compiled policy over the registered endpoints, plus the node's
-    /// own addresses as `host`.
+    /// The desired map state (see [`crate::state`]), with the agent's identity numbers; the
+    /// flow enricher gets the rules and endpoints it names, and the FQDN slot rules wait until
+    /// the maps match.
     pub fn desired(&mut self) -> Option<MapState> {
         let m = self.manifests.as_ref()?;
-        let mut cluster = Cluster {
-            namespaces: m.namespaces.clone(),
-            pods: Vec::new(),
-            services: m.services.clone(),
-            policies: m.policies.clone(),
-            custom: Vec::new(),
-            ..Default::default()
+        let inputs = crate::state::Inputs {
+            manifests: m,
+            fqdn_specs: &self.fqdn_specs,
+            dns_resolvers: &self.cfg.dns_resolvers,
+            registry: &self.registry,
+            host_addresses: &hostnet::addrs::host_addresses(),
         };
-        cluster.policies.extend(crate::fqdn::isolation_policies(
-            &self.fqdn_specs,
-            &self.cfg.dns_resolvers,
-        ));
-        let mut slot_pods = Vec::new();
-        for r in self.registry.endpoints.values() {
-            let pod = Self::pod_for(&r.endpoint, m);
-            slot_pods.push((r.ifindex, pod.clone()));
-            cluster.pods.push(pod);
-        }
-        let slot_rules = crate::fqdn::slot_rules(
-            &self.fqdn_specs,
-            &self.cfg.dns_resolvers,
-            slot_pods.iter().map(|(s, p)| (*s, p)),
-        );
-        let mut st = self.compiler.compile(&cluster);
-        // Saved before the maps are written: numbers in the maps are always in the file.
-        if self.numbers.apply(&mut st) {
-            if let Err(e) = self.numbers.save(&self.dirs.state) {
-                warn!(error = %e, "saving identity numbers; a restart would renumber");
+        let (numbers, state_dir) = (&mut self.numbers, &self.dirs.state);
+        let d = crate::state::desired(&inputs, &mut self.compiler, |st| {
+            // Saved before the maps are written: numbers in the maps are always in the file.
+            if numbers.apply(st) {
+                if let Err(e) = numbers.save(state_dir) {
+                    warn!(error = %e, "saving identity numbers; a restart would renumber");
+                }
             }
-        }
+        });
         if let Ok(mut en) = self.enricher.write() {
-            en.rules = st
-                .rules
-                .iter()
-                .map(|(id, r)| {
-                    (
-                        *id,
-                        crate::flows::PolicyRef {
-                            namespace: r.namespace.clone(),
-                            name: r.name.clone(),
-                            direction: r.direction.to_string(),
-                            rule_index: r.index,
-                        },
-                    )
-                })
-                .collect();
-            for (id, s, i) in crate::fqdn::numbered(&self.fqdn_specs) {
-                en.rules.insert(
-                    id,
-                    crate::flows::PolicyRef {
-                        namespace: s.namespace.clone(),
-                        name: s.name.clone(),
-                        direction: "egress".into(),
-                        rule_index: i,
-                    },
-                );
-            }
-            en.endpoints.clear();
-            for p in &cluster.pods {
-                for ip in &p.ips {
-                    en.endpoints.insert(
-                        *ip,
-                        (
-                            p.namespace.clone(),
-                            p.name.clone(),
-                            format!("{}/{}", p.workload.kind, p.workload.name),
-                            p.labels.clone(),
-                        ),
-                    );
-                }
-            }
-            en.node = self.cfg.node_name.clone();
+            en.rules = d.rules;
+            en.endpoints = d.endpoints;
+            en.node = self.cfg.node().to_owned();
         }
-        let mut ms = MapState {
-            policy: st.policy,
-            ipcache: st.ipcache,
-            endpoints: BTreeMap::new(),
-        };
-        for ip in hostnet::addrs::host_addresses() {
-            ms.ipcache.insert(IpNetwork::from(ip), identity::HOST);
-        }
-        for r in self.registry.endpoints.values() {
-            let key = format!("{}/{}", r.endpoint.namespace, r.endpoint.name);
-            let Some(es) = st.endpoints.get(&key) else {
-                continue;
-            };
-            let mut info: EndpointInfo = es.to_info();
-            info.endpoint_id = r.endpoint_id;
-            for ip in &r.endpoint.ips {
-                match ip {
-                    IpAddr::V4(v4) => {
-                        info.ipv4 = v4_mapped(v4.octets());
-                        info.flags |= endpoint_flags::HAS_IPV4;
-                    }
-                    IpAddr::V6(v6) => {
-                        info.ipv6 = v6.octets();
-                        info.flags |= endpoint_flags::HAS_IPV6;
-                    }
-                }
-            }
-            if slot_rules.contains_key(&r.ifindex) {
-                info.flags |= endpoint_flags::FQDN;
-            }
-            ms.endpoints.insert(r.ifindex, info);
-        }
-        self.next_fqdn_rules = Some(slot_rules);
-        Some(ms)
+        self.next_fqdn_rules = Some(d.fqdn_rules);
+        Some(d.maps)
     }
 
     /// Compile and write the difference to the maps.
@@ -564,14 +436,17 @@ impl Agent {
     }
 
     /// Bring the feed tasks in line with the manifests.
-    fn sync_feeds(&mut self, tx: &mpsc::UnboundedSender<crate::feeds::manager::FeedUpdate>) {
+    pub(crate) fn sync_feeds(
+        &mut self,
+        tx: &mpsc::UnboundedSender<crate::feeds::manager::FeedUpdate>,
+    ) {
         if let Err(e) = self.feeds.sync(&mut self.dp, tx) {
             error!(error = %e, kind = e.metric_label(), "threat feeds: blocklist update failed");
         }
         self.refresh_feed_names();
     }
 
-    fn refresh_dns_names(&mut self) {
+    pub(crate) fn refresh_dns_names(&mut self) {
         if let Ok(mut en) = self.enricher.write() {
             en.dns_names = self
                 .dns
@@ -582,7 +457,7 @@ impl Agent {
         }
     }
 
-    fn refresh_feed_names(&mut self) {
+    pub(crate) fn refresh_feed_names(&mut self) {
         if let Ok(mut en) = self.enricher.write() {
             en.feeds = self.feeds.names();
         }
@@ -1026,11 +901,8 @@ fn septa_objects(
     (c.threat_feeds, c.fqdn_policies)
 }
 
-/// A request waiting on the main loop, and where its answer goes.
-pub type Job = (Request, oneshot::Sender<Response>);
-
 /// Requests queued together on the main loop: more than this wait for the next batch.
-const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 
 /// An ADD in the registry, waiting for its batch's compile and then its programs.
 struct PendingAdd {
@@ -1056,507 +928,6 @@ impl Batch {
             .iter()
             .any(|(p, _)| p.ep.container_id == container_id)
     }
-}
-
-/// Recent flow records (bounded) and the live stream, for `septa flows`.
-#[derive(Clone)]
-struct FlowTap {
-    recent: Arc<std::sync::Mutex<std::collections::VecDeque<crate::flows::FlowRecord>>>,
-    live: tokio::sync::broadcast::Sender<crate::flows::FlowRecord>,
-}
-
-/// Records kept for queries without `follow`.
-const RECENT_FLOWS: usize = 10_000;
-
-impl FlowTap {
-    fn new() -> Self {
-        Self {
-            recent: Default::default(),
-            live: tokio::sync::broadcast::channel(4096).0,
-        }
-    }
-
-    fn push(&self, r: &crate::flows::FlowRecord) {
-        if let Ok(mut q) = self.recent.lock() {
-            if q.len() == RECENT_FLOWS {
-                q.pop_front();
-            }
-            q.push_back(r.clone());
-        }
-        let _ = self.live.send(r.clone());
-    }
-
-    /// Stream matching records to a client: the backlog, then (with `follow`) live ones.
-    async fn serve(
-        &self,
-        w: &mut tokio::net::unix::OwnedWriteHalf,
-        filter: api::protocol::FlowFilter,
-        last: usize,
-        follow: bool,
-    ) {
-        // Subscribe before reading the backlog, so nothing falls between the two.
-        let mut rx = self.live.subscribe();
-        let backlog: Vec<crate::flows::FlowRecord> = self
-            .recent
-            .lock()
-            .map(|q| q.iter().filter(|r| filter.matches(r)).cloned().collect())
-            .unwrap_or_default();
-        let skip = backlog.len().saturating_sub(last);
-        for r in backlog.into_iter().skip(skip) {
-            if write_json_line(w, &r).await.is_err() {
-                return;
-            }
-        }
-        if !follow {
-            let _ = w.write_all(b"\n").await;
-            return;
-        }
-        loop {
-            match rx.recv().await {
-                Ok(r) if filter.matches(&r) => {
-                    if write_json_line(w, &r).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    metrics::counter!("septa_flow_query_records_skipped_total").increment(n);
-                }
-                Err(_) => return,
-            }
-        }
-    }
-}
-
-async fn write_json_line<T: serde::Serialize>(
-    w: &mut tokio::net::unix::OwnedWriteHalf,
-    v: &T,
-) -> std::io::Result<()> {
-    let mut out = serde_json::to_vec(v).unwrap_or_default();
-    out.push(b'\n');
-    w.write_all(&out).await
-}
-
-/// Connections to the registry socket served at once (flow followers included); more wait in
-/// the kernel's backlog.
-const MAX_SOCKET_CONNECTIONS: usize = 256;
-/// Deadline for a client to send a whole request line, and for an answer to be written.
-const SOCKET_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Accept registry connections on `socket` (mode 0600) and forward requests to the loop. Only
-/// root may register endpoints: the peer's credentials are checked on every connection, in case
-/// the socket's mode or directory is not what it should be.
-async fn serve_socket(listener: UnixListener, tx: mpsc::Sender<Job>, tap: FlowTap) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SOCKET_CONNECTIONS));
-    let mut errors = crate::health::AcceptErrors::new("socket");
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => {
-                errors.recovered();
-                s
-            }
-            Err(e) => {
-                errors.failed(&e).await;
-                continue;
-            }
-        };
-        let tx = tx.clone();
-        let tap = tap.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let uid = stream.peer_cred().map(|c| c.uid()).ok();
-            let (r, mut w) = stream.into_split();
-            if uid != Some(0) {
-                warn!(uid = ?uid, "refused a registry connection from a user other than root");
-                let mut out = serde_json::to_string(&Response::err(
-                    "only root may use the septa agent's socket",
-                ))
-                .unwrap_or_default();
-                out.push('\n');
-                let _ = tokio::time::timeout(SOCKET_IO_TIMEOUT, w.write_all(out.as_bytes())).await;
-                return;
-            }
-            let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 16));
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match tokio::time::timeout(SOCKET_IO_TIMEOUT, lines.read_line(&mut line)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-                    Ok(Ok(_)) => {}
-                }
-                let resp = if line.len() > MAX_LINE {
-                    Response::err(format!("request longer than {MAX_LINE} bytes"))
-                } else {
-                    match serde_json::from_str::<Request>(&line) {
-                        Err(e) => Response::err(format!("malformed request: {e}")),
-                        Ok(Request::Flows {
-                            filter,
-                            last,
-                            follow,
-                        }) => {
-                            tap.serve(&mut w, filter, last, follow).await;
-                            return;
-                        }
-                        Ok(req @ Request::Add(_)) => {
-                            // An ADD whose client hung up (a CNI plugin past its deadline) is
-                            // dropped: the loop does not register a pod nobody waits for.
-                            // (Other requests are answered even to a client that only shut
-                            // down its sending side.)
-                            let gone_already = hung_up_now(&lines);
-                            if gone_already {
-                                warn!("ADD dropped: its client hung up before it was queued");
-                                metrics::counter!("septa_requests_dropped_total", "op" => "add")
-                                    .increment(1);
-                                return;
-                            }
-                            let (otx, mut orx) = oneshot::channel();
-                            if tx.send((req, otx)).await.is_err() {
-                                return;
-                            }
-                            tokio::select! {
-                                r = &mut orx => r.unwrap_or_else(|_| Response::err("agent shutting down")),
-                                gone = hung_up(&mut lines) => {
-                                    if gone {
-                                        return;
-                                    }
-                                    orx.await.unwrap_or_else(|_| Response::err("agent shutting down"))
-                                }
-                            }
-                        }
-                        Ok(req) => {
-                            let (otx, orx) = oneshot::channel();
-                            if tx.send((req, otx)).await.is_err() {
-                                return;
-                            }
-                            orx.await
-                                .unwrap_or_else(|_| Response::err("agent shutting down"))
-                        }
-                    }
-                };
-                let mut out = serde_json::to_string(&resp).unwrap_or_default();
-                out.push('\n');
-                match tokio::time::timeout(SOCKET_IO_TIMEOUT, w.write_all(out.as_bytes())).await {
-                    Ok(Ok(())) => {}
-                    _ => return,
-                }
-            }
-        });
-    }
-}
-
-/// Whether the client has hung up already, without waiting: bytes it sent after its request
-/// mean it is still there; otherwise the socket is peeked, and end of file means gone. (A
-/// poll through tokio would not do: after a short read it waits for a new readiness edge,
-/// which an end of file that arrived with the request never gives.)
-fn hung_up_now(lines: &BufReader<tokio::io::Take<tokio::net::unix::OwnedReadHalf>>) -> bool {
-    use std::os::fd::AsFd;
-    if !lines.buffer().is_empty() {
-        return false;
-    }
-    let stream: &tokio::net::UnixStream = lines.get_ref().get_ref().as_ref();
-    let mut b = [0u8; 1];
-    matches!(
-        rustix::net::recv(
-            stream.as_fd(),
-            &mut b[..],
-            rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT
-        ),
-        Ok((_, 0))
-    )
-}
-
-/// Whether the client hung up: its side is at end of file (or failed). Data it sent after its
-/// request (pipelining) means it is still there; nothing is consumed.
-async fn hung_up<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> bool {
-    r.fill_buf().await.map_or(true, |b| b.is_empty())
-}
-
-/// Run the agent until SIGTERM/SIGINT. `prometheus` renders `/metrics`: installed before
-/// [`Agent::start`], so what the start records is there from the first scrape. `out` are the
-/// flow exporters, opened before the start too, so a flow log that cannot be written stops
-/// the agent before it has written anything.
-pub async fn run(
-    mut agent: Agent,
-    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    mut out: crate::flows::Exporters,
-) -> Result<(), Error> {
-    let sock = agent.cfg.socket.clone();
-    let (tx, mut rx) = mpsc::channel::<Job>(64);
-    let tap = FlowTap::new();
-    let health = tokio::net::TcpListener::bind(agent.cfg.health_addr)
-        .await
-        .map_err(|e| Error::Interface {
-            iface: agent.cfg.health_addr.to_string(),
-            reason: format!("health endpoint: {e}"),
-        })?;
-    tokio::spawn(crate::health::serve(
-        health,
-        agent.ready.clone(),
-        prometheus,
-    ));
-    let (sweep_tx, mut sweep_rx) = mpsc::unbounded_channel::<Vec<dataplane_common::FlowEvent>>();
-    if let Ok(events) = agent.dp.take_events() {
-        let enricher = agent.enricher.clone();
-        let tap = tap.clone();
-        if let Ok(mut en) = enricher.write() {
-            en.wall_offset_ns = crate::flows::Enricher::measure_wall_offset();
-        }
-        let mut aggregator = agent
-            .cfg
-            .flow_aggregate_window
-            .map(|_| crate::flows::aggregate::Aggregator::new(agent.cfg.flow_aggregate_max_groups));
-        let mut window = tokio::time::interval(
-            agent
-                .cfg
-                .flow_aggregate_window
-                .unwrap_or(std::time::Duration::from_secs(3600)),
-        );
-        tokio::spawn(async move {
-            let Ok(mut r) = events.into_async() else {
-                return;
-            };
-            loop {
-                let batch = tokio::select! {
-                    b = r.next_batch() => match b {
-                        Ok(b) => b,
-                        Err(_) => break,
-                    },
-                    Some(b) = sweep_rx.recv() => b,
-                    _ = window.tick() => {
-                        if let Some(a) = aggregator.as_mut() {
-                            out.emit(&a.flush());
-                            metrics::gauge!("septa_flow_aggregate_overflow").set(a.overflow as f64);
-                        }
-                        continue;
-                    }
-                };
-                let Ok(en) = enricher.read() else { continue };
-                let mut records = Vec::with_capacity(batch.len());
-                for e in batch {
-                    let rec = en.record(&e);
-                    metrics::counter!("septa_flows_total", "kind" => rec.kind.clone(), "verdict" => rec.verdict.clone(), "direction" => rec.direction.clone(), "reason" => rec.drop_reason.clone().unwrap_or_default()).increment(1);
-                    let rule_name = |id| match &rec.feed {
-                        Some(feed) => Some(format!("threat-feed:{feed}")),
-                        None => en.rules.get(&id).map(|p| {
-                            format!(
-                                "{}/{}/{}[{}]",
-                                p.namespace, p.name, p.direction, p.rule_index
-                            )
-                        }),
-                    };
-                    debug!(target: "septa::flow", "{}", dataplane::events::describe_with(&e, rule_name));
-                    // Bounded: one series per compiled rule.
-                    if let (Some(p), "new") = (&rec.policy, rec.kind.as_str()) {
-                        metrics::counter!("septa_rule_hits_total", "namespace" => p.namespace.clone(), "policy" => p.name.clone(), "direction" => p.direction.clone(), "rule" => p.rule_index.to_string()).increment(1);
-                    }
-                    tap.push(&rec);
-                    match aggregator.as_mut() {
-                        Some(a) => records.extend(a.offer(rec)),
-                        None => records.push(rec),
-                    }
-                }
-                drop(en);
-                out.emit(&records);
-            }
-        });
-    }
-    let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
-    // Without good manifests no feed is known: the pinned blocklist stays as it is.
-    if agent.manifests.is_some() {
-        agent.sync_feeds(&feed_tx);
-    }
-    let injector = crate::dns::inject::Injector::new()?;
-    let (names_tx, names_rx) = tokio::sync::watch::channel(agent.dns.exact_names());
-    let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel();
-    let interval = agent.cfg.dns_preresolve_interval;
-    if !interval.is_zero() {
-        match crate::fqdn::resolver(agent.cfg.dns_server) {
-            Ok(r) => {
-                tokio::spawn(crate::fqdn::preresolve(r, names_rx, interval, resolved_tx));
-            }
-            Err(e) => warn!(error = %e, "no resolver: exact FQDN names are not pre-resolved"),
-        }
-    }
-    // SAFETY: the ring buffer's fd is owned by the reader, which the AsyncFd owns, so it
-    // stays open exactly as long as it is registered.
-    let mut answers = unsafe { tokio::io::unix::AsyncFd::register(agent.dp.take_dns_answers()?) }
-        .map_err(std::io::Error::from)?;
-    let mut scrape = tokio::time::interval(std::time::Duration::from_secs(1));
-    // Written by this loop, the one that handles answers: a stuck loop is an absent agent.
-    let mut heartbeat = tokio::time::interval(std::time::Duration::from_nanos(
-        dataplane_common::agent::HEARTBEAT_INTERVAL_NS,
-    ));
-    let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
-    let (mut loads, load_started) = spawn_loader(agent.source.take(), agent.cfg.poll_interval);
-    let mut stalled = false;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // Last: nothing below can fail, so an agent that cannot start never replaces the socket.
-    let (listener, bound) = bind_socket(&agent.dirs.socket, &agent.dirs.socket_name)?;
-    tokio::spawn(serve_socket(listener, tx, tap.clone()));
-    info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
-    loop {
-        tokio::select! {
-            Some(job) = rx.recv() => {
-                // Everything queued meanwhile goes in the same batch: one compile for all.
-                let mut jobs = vec![job];
-                while jobs.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(j) => jobs.push(j),
-                        Err(_) => break,
-                    }
-                }
-                agent.handle_batch(jobs);
-            }
-            Some(load) = loads.recv() => {
-                if agent.apply_load(load) {
-                    if let Err(e) = agent.reconcile() {
-                        error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
-                    }
-                    agent.sync_feeds(&feed_tx);
-                }
-            }
-            Some(r) = resolved_rx.recv() => {
-                if crate::fqdn::handle_resolved(&mut agent.dns, &mut agent.dp, interval, r) {
-                    agent.refresh_dns_names();
-                }
-            }
-            Some(update) = feed_rx.recv() => {
-                let name = update.name.clone();
-                if let Err(e) = agent.feeds.on_update(&mut agent.dp, update) {
-                    error!(feed = %name, error = %e, kind = e.metric_label(), "blocklist update failed; will retry on the next refresh");
-                }
-                agent.refresh_feed_names();
-            }
-            r = answers.readable_mut() => {
-                if let Ok(mut guard) = r {
-                    let batch = guard.get_inner_mut().drain();
-                    guard.clear_ready();
-                    if crate::fqdn::handle_answers(&mut agent.dns, &mut agent.dp, &injector, batch) {
-                        agent.refresh_dns_names();
-                    }
-                }
-            }
-            _ = scrape.tick() => {
-                stalled = check_load_deadline(&load_started, stalled);
-                agent.forget_gone();
-                crate::metrics::scrape(&agent.dp);
-                agent.feeds.scrape(&agent.dp);
-                // The enricher's copy of the names follows only real changes.
-                crate::fqdn::release_stalled(&mut agent.dns, &injector);
-                if crate::fqdn::gc(&mut agent.dns, &mut agent.dp) > 0 {
-                    agent.refresh_dns_names();
-                }
-                // Rules change with manifests and with endpoints; names to pre-resolve follow.
-                names_tx.send_if_modified(|n| {
-                    let now = agent.dns.exact_names();
-                    let changed = *n != now;
-                    *n = now;
-                    changed
-                });
-            }
-            _ = heartbeat.tick() => crate::fqdn::heartbeat(&mut agent.dp, true),
-            _ = sweep_tick.tick() => {
-                let events = agent.sweep();
-                if !events.is_empty() {
-                    let _ = sweep_tx.send(events);
-                }
-            }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    // Answers pass unheld from now on, rather than wait in the ring for a stopped agent; the
-    // ones already held are delivered on the way out.
-    crate::fqdn::heartbeat(&mut agent.dp, false);
-    let held = answers.get_mut().drain();
-    crate::fqdn::handle_answers(&mut agent.dns, &mut agent.dp, &injector, held);
-    // Only the socket this agent bound: a replacement belongs to someone else.
-    if agent.dirs.socket.identity(&agent.dirs.socket_name) == bound {
-        let _ = agent.dirs.socket.remove(&agent.dirs.socket_name);
-    }
-    agent.shutdown();
-    Ok(())
-}
-
-/// How long one read of the manifests directory may take before the agent says it is stuck.
-const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Read the manifests directory on a thread of its own, every `interval`, and send each load
-/// that changed something. A read that hangs (a stuck network mount, a file that never ends)
-/// then stalls only this thread: the main loop keeps serving pods and DNS with the last good
-/// state, and says the load is late (see [`check_load_deadline`]). The second value is when
-/// the load in progress started (ns since the Unix epoch; 0 when none is).
-fn spawn_loader(
-    source: Option<Source>,
-    interval: std::time::Duration,
-) -> (
-    mpsc::Receiver<crate::source::Load>,
-    Arc<std::sync::atomic::AtomicU64>,
-) {
-    let (tx, rx) = mpsc::channel(1);
-    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    if let Some(mut src) = source {
-        let started = started.clone();
-        let spawned = std::thread::Builder::new()
-            .name("septa-manifests".into())
-            .spawn(move || loop {
-                started.store(unix_ns(), std::sync::atomic::Ordering::Relaxed);
-                let load = src.poll();
-                started.store(0, std::sync::atomic::Ordering::Relaxed);
-                if let Some(l) = load {
-                    if tx.blocking_send(l).is_err() {
-                        return;
-                    }
-                }
-                std::thread::sleep(interval);
-            });
-        if let Err(e) = spawned {
-            error!(error = %e, "cannot start the manifest reader; manifests are not re-read");
-        }
-    }
-    (rx, started)
-}
-
-fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Report a manifest read past [`LOAD_DEADLINE`] (once, until it ends): logged, and the
-/// `septa_manifest_load_stalled` gauge is 1 meanwhile. Returns whether it is stalled now.
-fn check_load_deadline(started: &std::sync::atomic::AtomicU64, was: bool) -> bool {
-    let at = started.load(std::sync::atomic::Ordering::Relaxed);
-    let late = at != 0 && unix_ns().saturating_sub(at) > LOAD_DEADLINE.as_nanos() as u64;
-    if late && !was {
-        error!(deadline = ?LOAD_DEADLINE, "reading the manifests directory is taking too long (a hung file system?); the last good state stays enforced");
-    }
-    metrics::gauge!("septa_manifest_load_stalled").set(if late { 1.0 } else { 0.0 });
-    late
-}
-
-/// Bind the registry socket: under a temporary name, made mode 0600, then renamed over `name`,
-/// so the socket path never exists with looser permissions and a stale socket is replaced
-/// atomically. Returns the listener and the socket file's identity (device, inode).
-fn bind_socket(dir: &Dir, name: &str) -> Result<(UnixListener, Option<(u64, u64)>), Error> {
-    let tmp = format!(".{name}.new");
-    let named = |e: std::io::Error| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("socket {}: {e}", dir.join(name).display()),
-        ))
-    };
-    dir.remove(&tmp).map_err(named)?;
-    let listener = std::os::unix::net::UnixListener::bind(dir.join(&tmp)).map_err(named)?;
-    std::fs::set_permissions(dir.join(&tmp), std::fs::Permissions::from_mode(0o600))
-        .and_then(|_| dir.rename(&tmp, name))
-        .and_then(|_| listener.set_nonblocking(true))
-        .map_err(named)?;
-    let bound = dir.identity(name);
-    Ok((UnixListener::from_std(listener).map_err(named)?, bound))
 }
 
 #[cfg(test)]

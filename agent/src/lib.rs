@@ -14,5 +14,8 @@ pub mod health;
 pub mod metrics;
 pub mod numbering;
 pub mod registry;
+pub mod run;
+pub mod server;
 pub mod snapshot;
 pub mod source;
+pub mod state;

@@ -1,4 +1,5 @@
-//! The standalone source: a directory of manifests, re-read when anything in it changes.
+//! The agent's sources behind one trait, and the standalone one: a directory of manifests,
+//! re-read when anything in it changes.
 //!
 //! Changes are noticed by polling a fingerprint (paths, sizes, modification times) every
 //! `poll_interval`. The agent applies a load only when it has no errors at all: a policy with a
@@ -49,14 +50,23 @@ pub struct Load {
     pub snapshot: Option<Result<Snapshot, String>>,
 }
 
-/// The manifests directory and the last state read from it.
-pub struct Source {
+/// Where the agent's inputs come from. Everything below a source (compile, reconcile, DNS,
+/// feeds, flows) is the same whatever the source: it hands over whole loads, and the agent
+/// applies a load only when it has no errors. A source is polled on a thread of its own, so a
+/// read that hangs stalls only that thread.
+pub trait Source: Send {
+    /// Read the inputs if they changed since the last poll.
+    fn poll(&mut self) -> Option<Load>;
+}
+
+/// The standalone source: the manifests directory and the last state read from it.
+pub struct DirSource {
     /// The directory.
     pub dir: PathBuf,
     last: Fingerprint,
 }
 
-impl Source {
+impl DirSource {
     /// A source for `dir`, not read yet.
     pub fn new(dir: PathBuf) -> Self {
         Self {
@@ -64,9 +74,11 @@ impl Source {
             last: Fingerprint(vec![(PathBuf::from("<never read>"), 0, None)]),
         }
     }
+}
 
+impl Source for DirSource {
     /// Load if the directory changed since the last load.
-    pub fn poll(&mut self) -> Option<Load> {
+    fn poll(&mut self) -> Option<Load> {
         let now = fingerprint(&self.dir);
         if now == self.last {
             return None;

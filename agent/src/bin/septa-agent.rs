@@ -1,13 +1,12 @@
 //! `septa-agent`: see `septa-agent --help`.
 
 use agent::{
-    config::{Args, Config},
-    daemon::{run, Agent},
+    config::{Config, ConfigError},
+    daemon::Agent,
+    run::run,
 };
-use clap::Parser;
 
 fn main() {
-    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEPTA_LOG")
@@ -16,9 +15,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cfg = match Config::resolve(&args) {
+    let cfg = match Config::load(std::env::args_os()) {
         Ok(c) => c,
-        Err(e) => {
+        Err(ConfigError::Usage(e)) => e.exit(),
+        Err(ConfigError::Invalid(e)) => {
             eprintln!("septa-agent: {e}");
             std::process::exit(2);
         }

@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod ipfix;
 pub mod jsonl;
 pub mod sweep;
+pub mod tap;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
