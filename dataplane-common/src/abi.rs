@@ -7,7 +7,8 @@
 pub mod maps {
     /// [`crate::Config`] at index 0.
     pub const CONFIG: &str = "SEPTA_CONFIG";
-    /// ifindex of the host-side veth → [`crate::EndpointInfo`].
+    /// Endpoint slot (host-side veth ifindex, or a cgroup slot at or above
+    /// [`crate::CGROUP_SLOT_BASE`]) → [`crate::EndpointInfo`].
     pub const ENDPOINTS: &str = "SEPTA_ENDPOINTS";
     /// LPM trie: address prefix → [`crate::IpcacheEntry`].
     pub const IPCACHE: &str = "SEPTA_IPCACHE";
@@ -574,7 +575,7 @@ pub struct PolicyValue {
 }
 
 /// Conntrack key: the tuple in the direction of the packet that created the connection, and
-/// the interface (so the two ends of a same-node connection are tracked separately).
+/// the endpoint (so the two ends of a same-node connection are tracked separately).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -582,7 +583,9 @@ pub struct CtKey {
     pub daddr: [u8; 16],
     pub sport: u16,
     pub dport: u16,
-    pub ifindex: u32,
+    /// The endpoint slot (a key of [`maps::ENDPOINTS`]): the host-side interface index for a
+    /// pod, a cgroup slot for a cgroup workload, the ingress interface for host XDP.
+    pub slot: u32,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
@@ -596,7 +599,7 @@ impl CtKey {
             daddr: self.saddr,
             sport: self.dport,
             dport: self.sport,
-            ifindex: self.ifindex,
+            slot: self.slot,
             proto: self.proto,
             _pad: [0; 3],
         }
@@ -708,7 +711,8 @@ pub mod dns_capture {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsCapture {
-    /// Host-side interface (the endpoint slot) the answer was going out of.
+    /// Host-side interface the answer was going out of, which the agent re-injects it into
+    /// (also its endpoint slot: only TC programs hold answers, never cgroup ones).
     pub ifindex: u32,
     /// Bytes of `data` that hold the frame.
     pub len: u16,
@@ -722,7 +726,8 @@ pub struct DnsCapture {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsQueryCapture {
-    /// Host-side interface (the endpoint slot) the query came in on.
+    /// Host-side interface the query came in on (also its endpoint slot: only TC programs
+    /// copy queries, never cgroup ones).
     pub ifindex: u32,
     /// Bytes of `data` that hold the frame.
     pub len: u16,
@@ -765,7 +770,8 @@ pub struct FlowEvent {
     pub bytes_rev: u64,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub ifindex: u32,
+    /// The endpoint slot of the connection ([`CtKey::slot`]).
+    pub slot: u32,
     pub rule_id: u32,
     pub subject_identity: u32,
     pub peer_identity: u32,
@@ -822,7 +828,7 @@ impl FlowEvent {
             bytes_rev: e.bytes_rev,
             saddr: key.saddr,
             daddr: key.daddr,
-            ifindex: key.ifindex,
+            slot: key.slot,
             rule_id: e.rule_id,
             subject_identity: e.subject_identity,
             peer_identity: e.peer_identity,

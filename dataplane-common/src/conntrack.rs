@@ -4,13 +4,13 @@ use crate::{ct_state, parse::Packet, parse::TCP_FIN, parse::TCP_RST, CtEntry, Ct
 
 /// The conntrack key of a packet in its own direction.
 #[inline(always)]
-pub fn key_of(pkt: &Packet, ifindex: u32) -> CtKey {
+pub fn key_of(pkt: &Packet, slot: u32) -> CtKey {
     CtKey {
         saddr: pkt.saddr,
         daddr: pkt.daddr,
         sport: pkt.sport,
         dport: pkt.dport,
-        ifindex,
+        slot,
         proto: pkt.proto,
         _pad: [0; 3],
     }
@@ -127,13 +127,13 @@ mod tests {
             daddr: [2; 16],
             sport: 3,
             dport: 4,
-            ifindex: 9,
+            slot: 9,
             proto: 6,
             _pad: [0; 3],
         };
         let r = k.reversed();
         assert_eq!(
-            (r.saddr, r.daddr, r.sport, r.dport, r.ifindex, r.proto),
+            (r.saddr, r.daddr, r.sport, r.dport, r.slot, r.proto),
             ([2; 16], [1; 16], 4, 3, 9, 6)
         );
         assert_eq!(r.reversed(), k);

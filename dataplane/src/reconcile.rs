@@ -21,7 +21,7 @@ use crate::{error::map_err, Datapath, Error};
 pub struct MapState {
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     pub ipcache: BTreeMap<IpNetwork, u32>,
-    /// By host-side ifindex.
+    /// By endpoint slot (host-side ifindex, or a cgroup slot).
     pub endpoints: BTreeMap<u32, EndpointInfo>,
 }
 

@@ -18,8 +18,14 @@
 //! subject identity and direction, the rules that select it are turned into contributions
 //! (peer, protocol, port range, enforce/audit, rule id), and entries are emitted so that the
 //! first entry the kernel finds already holds the union of every rule that covers the packet.
+//!
+//! # Phases
+//! [`Compiler::compile`] runs these in order: collect the identity keys, number identities
+//! and rules (keeping earlier numbers), fill the ipcache, resolve every rule's peers once,
+//! then per subject identity compute its isolation and emit its policy entries.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
@@ -29,7 +35,7 @@ use ipnetwork::IpNetwork;
 
 use crate::{
     eval::{Endpoint, RuleRef},
-    model::{Cluster, Direction, IpBlock, Peer, Pod, PortSel, Protocol},
+    model::{Cluster, Direction, IpBlock, NamespaceScope, Peer, Pod, PortSel, Protocol, Rule},
     ports::prefix_blocks,
     selector::Labels,
 };
@@ -187,36 +193,20 @@ impl Contrib {
     }
 }
 
-impl Compiler {
-    /// Compile `c`. Deterministic: the same input and compiler history give the same state.
-    pub fn compile(&mut self, c: &Cluster) -> DesiredState {
-        // FqdnPolicies enter the policy map as their isolation policies (the names are the
-        // FQDN allowlist's, filled from DNS answers at run time).
-        let with_fqdn;
-        let c = if c.fqdn_policies.is_empty() {
-            c
-        } else {
-            with_fqdn = Cluster {
-                policies: c.enforced_policies().map(|p| p.into_owned()).collect(),
-                fqdn_policies: Vec::new(),
-                ..c.clone()
-            };
-            &with_fqdn
-        };
-        let blocks: BTreeSet<IpBlock> = c
-            .policies
-            .iter()
-            .flat_map(|p| p.ingress.iter().chain(p.egress.iter()).flatten())
-            .flat_map(|r| r.peers.iter().flatten())
-            .filter_map(|p| match p {
-                Peer::Block(b) => Some(b.clone()),
-                _ => None,
-            })
-            .collect();
+/// The identity keys a cluster needs, before they are numbered.
+struct IdentityKeys<'c> {
+    /// Subject keys, each with one pod it stands for (all such pods select the same rules).
+    subjects: BTreeMap<IdentityKey, &'c Pod>,
+    /// Every endpoint address with its peer key.
+    addrs: Vec<(IpAddr, IdentityKey)>,
+    /// Every ipcache prefix the ipBlocks need, with its key (`None`: in no ipBlock, `world`).
+    prefixes: Vec<(IpNetwork, Option<IdentityKey>)>,
+}
 
-        // Identity keys: subjects, per-address peers, CIDR sets.
+impl<'c> IdentityKeys<'c> {
+    fn of(c: &'c Cluster, blocks: &BTreeSet<IpBlock>) -> Self {
         let mut subjects: BTreeMap<IdentityKey, &Pod> = BTreeMap::new();
-        let mut addr_keys: Vec<(IpAddr, IdentityKey)> = Vec::new();
+        let mut addrs: Vec<(IpAddr, IdentityKey)> = Vec::new();
         for p in c.endpoints() {
             subjects.entry(IdentityKey::subject_of(p)).or_insert(p);
             for &ip in &p.ips {
@@ -231,7 +221,7 @@ impl Compiler {
                 };
                 let inside: BTreeSet<IpBlock> =
                     blocks.iter().filter(|b| b.contains(ip)).cloned().collect();
-                addr_keys.push((
+                addrs.push((
                     ip,
                     IdentityKey::Pod {
                         namespace,
@@ -242,32 +232,291 @@ impl Compiler {
                 ));
             }
         }
-        let prefixes = cidr_prefixes(&blocks);
-        let mut prefix_keys: Vec<(IpNetwork, Option<IdentityKey>)> = Vec::new();
-        for net in &prefixes {
-            let inside: BTreeSet<IpBlock> = blocks
-                .iter()
-                .filter(|b| within(net, &b.cidr) && !b.except.iter().any(|e| within(net, e)))
-                .cloned()
-                .collect();
-            prefix_keys.push((
-                *net,
-                (!inside.is_empty()).then_some(IdentityKey::Cidr { blocks: inside }),
-            ));
+        let prefixes = cidr_prefixes(blocks)
+            .into_iter()
+            .map(|net| {
+                let inside: BTreeSet<IpBlock> = blocks
+                    .iter()
+                    .filter(|b| within(&net, &b.cidr) && !b.except.iter().any(|e| within(&net, e)))
+                    .cloned()
+                    .collect();
+                (
+                    net,
+                    (!inside.is_empty()).then_some(IdentityKey::Cidr { blocks: inside }),
+                )
+            })
+            .collect();
+        Self {
+            subjects,
+            addrs,
+            prefixes,
         }
-        let mut wanted: BTreeSet<IdentityKey> = subjects.keys().cloned().collect();
-        wanted.extend(addr_keys.iter().map(|(_, k)| k.clone()));
-        wanted.extend(prefix_keys.iter().filter_map(|(_, k)| k.clone()));
+    }
+
+    fn all(&self) -> BTreeSet<IdentityKey> {
+        let mut wanted: BTreeSet<IdentityKey> = self.subjects.keys().cloned().collect();
+        wanted.extend(self.addrs.iter().map(|(_, k)| k.clone()));
+        wanted.extend(self.prefixes.iter().filter_map(|(_, k)| k.clone()));
+        wanted
+    }
+}
+
+/// The numbered identities a rule's peers can match, indexed so each rule is resolved once.
+struct PeerIndex<'a> {
+    /// Pod identities by namespace (for pod selectors).
+    by_ns: BTreeMap<&'a str, Vec<(&'a IdentityKey, u32)>>,
+    /// Identities inside some ipBlock (for ipBlock peers).
+    in_blocks: Vec<(&'a IdentityKey, u32)>,
+}
+
+impl<'a> PeerIndex<'a> {
+    fn new(identities: &'a BTreeMap<IdentityKey, u32>) -> Self {
+        let mut by_ns: BTreeMap<&str, Vec<(&IdentityKey, u32)>> = BTreeMap::new();
+        let mut in_blocks: Vec<(&IdentityKey, u32)> = Vec::new();
+        for (k, &v) in identities {
+            match k {
+                IdentityKey::Pod {
+                    namespace, blocks, ..
+                } => {
+                    by_ns.entry(namespace.as_str()).or_default().push((k, v));
+                    if !blocks.is_empty() {
+                        in_blocks.push((k, v));
+                    }
+                }
+                IdentityKey::Cidr { .. } => in_blocks.push((k, v)),
+            }
+        }
+        Self { by_ns, in_blocks }
+    }
+
+    /// Every pod identity: the targets of egress to any peer on a named port.
+    fn all_pods(&self) -> PeerList<'a> {
+        self.by_ns
+            .values()
+            .flatten()
+            .map(|&(k, v)| (v, Some(k)))
+            .collect()
+    }
+
+    /// The identities `rule` (of a policy in `policy_ns`) allows; no peer list is the
+    /// wildcard peer.
+    fn resolve(&self, c: &Cluster, rule: &Rule, policy_ns: &str) -> PeerList<'a> {
+        let Some(list) = &rule.peers else {
+            return vec![(identity::ANY, None)];
+        };
+        let mut v: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
+        for pr in list {
+            let candidates: Vec<&(&IdentityKey, u32)> = match pr {
+                Peer::Block(_) => self.in_blocks.iter().collect(),
+                Peer::Pods {
+                    namespaces: NamespaceScope::Own,
+                    ..
+                } => self.by_ns.get(policy_ns).into_iter().flatten().collect(),
+                Peer::Pods {
+                    namespaces: NamespaceScope::Selected(s),
+                    ..
+                } => self
+                    .by_ns
+                    .iter()
+                    .filter(|(ns, _)| s.matches(&c.namespace_labels(ns)))
+                    .flat_map(|(_, ks)| ks.iter())
+                    .collect(),
+            };
+            for &&(k, pid) in &candidates {
+                if key_matches(c, pr, policy_ns, k) {
+                    v.insert(pid, k);
+                }
+            }
+        }
+        v.into_iter().map(|(pid, k)| (pid, Some(k))).collect()
+    }
+}
+
+/// Every rule of a cluster, numbered and with its peers resolved, ready to be turned into
+/// the entries of the subjects it applies to.
+struct ResolvedRules<'a> {
+    c: &'a Cluster,
+    /// [policy][direction][rule] → (rule id, peers).
+    rules: Vec<[Vec<(u32, PeerList<'a>)>; 2]>,
+    /// Policy indices by namespace.
+    policies_by_ns: BTreeMap<&'a str, Vec<usize>>,
+    /// See [`PeerIndex::all_pods`].
+    all_pod_peers: PeerList<'a>,
+}
+
+impl ResolvedRules<'_> {
+    /// The isolation bits and per-peer contributions of the policies selecting `subject`
+    /// in direction `dir`.
+    fn contributions(&self, subject: &Pod, dir: Direction) -> (u8, BTreeMap<u32, Vec<Contrib>>) {
+        let c = self.c;
+        let d = dir.number() as usize;
+        let mut isolated = 0u8;
+        let mut contribs: BTreeMap<u32, Vec<Contrib>> = BTreeMap::new();
+        let selecting = self
+            .policies_by_ns
+            .get(subject.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&i| c.policies[i].selects(subject));
+        for pi in selecting {
+            let p = &c.policies[pi];
+            let Some(rules) = p.rules(dir) else { continue };
+            let flag = if p.audit {
+                allow::AUDIT
+            } else {
+                allow::ENFORCE
+            };
+            isolated |= if p.audit {
+                isolation::AUDIT
+            } else {
+                isolation::ENFORCE
+            };
+            for (index, rule) in rules.iter().enumerate() {
+                let (rid, peers) = &self.rules[pi][d][index];
+                let (rid, peers) = (*rid, peers.as_slice());
+                // Egress to any peer on a named port means every pod whose port of
+                // that name resolves: the wildcard peer cannot carry it.
+                let named_any_egress = rule.peers.is_none() && dir == Direction::Egress;
+                let Some(specs) = &rule.ports else {
+                    for &(pid, _) in peers {
+                        contribs.entry(pid).or_default().push(Contrib {
+                            proto: 0,
+                            lo: 0,
+                            hi: 65535,
+                            flag,
+                            rule: rid,
+                        });
+                    }
+                    continue;
+                };
+                for s in specs {
+                    let named = matches!(s.port, PortSel::Named(_));
+                    let targets = if named && named_any_egress {
+                        self.all_pod_peers.as_slice()
+                    } else {
+                        peers
+                    };
+                    for &(pid, pkey) in targets {
+                        // Named ports resolve against the destination: the subject for
+                        // ingress, the peer for egress.
+                        let dest_ports = match dir {
+                            Direction::Ingress => Some(&subject.named_ports),
+                            Direction::Egress => match pkey {
+                                Some(IdentityKey::Pod { named_ports, .. }) => Some(named_ports),
+                                _ => None,
+                            },
+                        };
+                        let range = match &s.port {
+                            PortSel::All => Some((0, 65535)),
+                            PortSel::Range(a, b) => Some((*a, *b)),
+                            PortSel::Named(n) => dest_ports
+                                .and_then(|m| m.get(n))
+                                .filter(|(pp, _)| *pp == s.protocol)
+                                .map(|&(_, num)| (num, num)),
+                        };
+                        if let Some((lo, hi)) = range {
+                            contribs.entry(pid).or_default().push(Contrib {
+                                proto: s.protocol.number(),
+                                lo,
+                                hi,
+                                flag,
+                                rule: rid,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        (isolated, contribs)
+    }
+
+    /// The isolation of the subject identity `sid` (standing for `subject`), and its policy
+    /// entries, added to `policy`.
+    fn subject_state(
+        &self,
+        sid: u32,
+        subject: &Pod,
+        policy: &mut BTreeMap<PolicyKey, PolicyValue>,
+    ) -> EndpointState {
+        let mut es = EndpointState {
+            identity: sid,
+            ..Default::default()
+        };
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let d = dir.number() as usize;
+            let (isolated, mut contribs) = self.contributions(subject, dir);
+            es.isolation[d] = isolated;
+            if isolated == 0 {
+                continue; // Not isolated: the kernel never looks up entries.
+            }
+            let any = contribs.remove(&identity::ANY).unwrap_or_default();
+            let mut plens = 0u32;
+            emit(
+                policy,
+                sid,
+                dir.number(),
+                identity::ANY,
+                &any,
+                &[],
+                &mut plens,
+            );
+            for (pid, own) in &contribs {
+                emit(policy, sid, dir.number(), *pid, own, &any, &mut plens);
+            }
+            es.port_plens[d] = plens;
+        }
+        es
+    }
+}
+
+impl Compiler {
+    /// Compile `c`. Deterministic: the same input and compiler history give the same state.
+    pub fn compile(&mut self, c: &Cluster) -> DesiredState {
+        let c = with_fqdn_isolation(c);
+        let blocks = ip_blocks(&c);
+        let keys = IdentityKeys::of(&c, &blocks);
+        self.number_identities(keys.all());
+        self.number_rules(&c);
+
+        let mut st = DesiredState {
+            identities: self.identities.clone(),
+            ipcache: self.ipcache(&keys),
+            rules: self.rules.iter().map(|(r, i)| (*i, r.clone())).collect(),
+            ..Default::default()
+        };
+        let rules = self.resolve_rules(&c, &PeerIndex::new(&self.identities));
+        let subject_states: BTreeMap<u32, EndpointState> = keys
+            .subjects
+            .iter()
+            .map(|(key, subject)| {
+                let sid = self.identities[key];
+                (sid, rules.subject_state(sid, subject, &mut st.policy))
+            })
+            .collect();
+        st.endpoints = c
+            .endpoints()
+            .map(|p| {
+                let sid = self.identities[&IdentityKey::subject_of(p)];
+                (p.key(), subject_states[&sid])
+            })
+            .collect();
+        st
+    }
+
+    /// Keep the numbers of identities still wanted, drop the others and number new ones.
+    fn number_identities(&mut self, wanted: BTreeSet<IdentityKey>) {
         self.identities.retain(|k, _| wanted.contains(k));
-        for k in &wanted {
-            if !self.identities.contains_key(k) {
-                self.identities.insert(k.clone(), self.next_identity);
+        for k in wanted {
+            if !self.identities.contains_key(&k) {
+                self.identities.insert(k, self.next_identity);
                 self.next_identity += 1;
             }
         }
-        let id = |k: &IdentityKey| self.identities[k];
+    }
 
-        // Rule ids.
+    /// Keep the numbers of rules still present, drop the others and number new ones.
+    fn number_rules(&mut self, c: &Cluster) {
         let mut refs = BTreeSet::new();
         for p in &c.policies {
             for dir in [Direction::Ingress, Direction::Egress] {
@@ -282,80 +531,31 @@ impl Compiler {
             }
         }
         self.rules.retain(|r, _| refs.contains(r));
-        for r in &refs {
-            if !self.rules.contains_key(r) {
-                self.rules.insert(r.clone(), self.next_rule);
+        for r in refs {
+            if !self.rules.contains_key(&r) {
+                self.rules.insert(r, self.next_rule);
                 self.next_rule += 1;
             }
         }
+    }
 
-        let mut st = DesiredState {
-            identities: self.identities.clone(),
-            ..Default::default()
-        };
-        st.rules = self.rules.iter().map(|(r, i)| (*i, r.clone())).collect();
-        for (net, key) in &prefix_keys {
-            st.ipcache
-                .insert(*net, key.as_ref().map_or(identity::WORLD, id));
+    /// Every ipBlock prefix with its identity, and every endpoint address (a host route,
+    /// more specific than any block) with its peer identity.
+    fn ipcache(&self, keys: &IdentityKeys) -> BTreeMap<IpNetwork, u32> {
+        let mut ipcache = BTreeMap::new();
+        for (net, key) in &keys.prefixes {
+            let id = key.as_ref().map_or(identity::WORLD, |k| self.identities[k]);
+            ipcache.insert(*net, id);
         }
-        for (ip, key) in &addr_keys {
-            st.ipcache.insert(IpNetwork::from(*ip), id(key));
+        for (ip, key) in &keys.addrs {
+            ipcache.insert(IpNetwork::from(*ip), self.identities[key]);
         }
+        ipcache
+    }
 
-        // Peer resolution, once per rule: identities indexed by namespace (pod selectors)
-        // and the ones inside some ipBlock (ipBlock peers).
-        let mut by_ns: BTreeMap<&str, Vec<(&IdentityKey, u32)>> = BTreeMap::new();
-        let mut in_blocks: Vec<(&IdentityKey, u32)> = Vec::new();
-        for (k, &v) in &self.identities {
-            match k {
-                IdentityKey::Pod {
-                    namespace, blocks, ..
-                } => {
-                    by_ns.entry(namespace.as_str()).or_default().push((k, v));
-                    if !blocks.is_empty() {
-                        in_blocks.push((k, v));
-                    }
-                }
-                IdentityKey::Cidr { .. } => in_blocks.push((k, v)),
-            }
-        }
-        let all_pod_peers: Vec<(u32, Option<&IdentityKey>)> = by_ns
-            .values()
-            .flatten()
-            .map(|&(k, v)| (v, Some(k)))
-            .collect();
-        let resolve =
-            |rule: &crate::model::Rule, policy_ns: &str| -> Vec<(u32, Option<&IdentityKey>)> {
-                let Some(list) = &rule.peers else {
-                    return vec![(identity::ANY, None)];
-                };
-                let mut v: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
-                for pr in list {
-                    let candidates: Vec<&(&IdentityKey, u32)> = match pr {
-                        Peer::Block(_) => in_blocks.iter().collect(),
-                        Peer::Pods {
-                            namespaces: crate::model::NamespaceScope::Own,
-                            ..
-                        } => by_ns.get(policy_ns).into_iter().flatten().collect(),
-                        Peer::Pods {
-                            namespaces: crate::model::NamespaceScope::Selected(s),
-                            ..
-                        } => by_ns
-                            .iter()
-                            .filter(|(ns, _)| s.matches(&c.namespace_labels(ns)))
-                            .flat_map(|(_, ks)| ks.iter())
-                            .collect(),
-                    };
-                    for &&(k, pid) in &candidates {
-                        if key_matches(c, pr, policy_ns, k) {
-                            v.insert(pid, k);
-                        }
-                    }
-                }
-                v.into_iter().map(|(pid, k)| (pid, Some(k))).collect()
-            };
-        // [policy][direction][rule] → (rule id, peers).
-        let resolved: Vec<[Vec<(u32, PeerList)>; 2]> = c
+    /// Every rule's id and peer identities, once per rule rather than once per subject.
+    fn resolve_rules<'a>(&self, c: &'a Cluster, peers: &PeerIndex<'a>) -> ResolvedRules<'a> {
+        let rules = c
             .policies
             .iter()
             .map(|p| {
@@ -365,15 +565,13 @@ impl Compiler {
                         .flatten()
                         .enumerate()
                         .map(|(index, rule)| {
-                            (
-                                self.rules[&RuleRef {
-                                    namespace: p.namespace.clone(),
-                                    name: p.name.clone(),
-                                    direction: dir,
-                                    index,
-                                }],
-                                resolve(rule, &p.namespace),
-                            )
+                            let rid = self.rules[&RuleRef {
+                                namespace: p.namespace.clone(),
+                                name: p.name.clone(),
+                                direction: dir,
+                                index,
+                            }];
+                            (rid, peers.resolve(c, rule, &p.namespace))
                         })
                         .collect()
                 })
@@ -386,130 +584,39 @@ impl Compiler {
                 .or_default()
                 .push(i);
         }
-
-        let mut subject_states: BTreeMap<u32, EndpointState> = BTreeMap::new();
-        for (skey, rep) in &subjects {
-            let sid = id(skey);
-            let mut es = EndpointState {
-                identity: sid,
-                ..Default::default()
-            };
-            let selecting: Vec<usize> = policies_by_ns
-                .get(rep.namespace.as_str())
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|&i| c.policies[i].selects(rep))
-                .collect();
-            for dir in [Direction::Ingress, Direction::Egress] {
-                let d = dir.number() as usize;
-                let mut contribs: BTreeMap<u32, Vec<Contrib>> = BTreeMap::new();
-                for &pi in &selecting {
-                    let p = &c.policies[pi];
-                    let Some(rules) = p.rules(dir) else { continue };
-                    let flag = if p.audit {
-                        allow::AUDIT
-                    } else {
-                        allow::ENFORCE
-                    };
-                    es.isolation[d] |= if p.audit {
-                        isolation::AUDIT
-                    } else {
-                        isolation::ENFORCE
-                    };
-                    for (index, rule) in rules.iter().enumerate() {
-                        let (rid, peers) = &resolved[pi][d][index];
-                        let (rid, peers) = (*rid, peers.as_slice());
-                        // Egress to any peer on a named port means every pod whose port of
-                        // that name resolves: the wildcard peer cannot carry it.
-                        let named_any_egress = rule.peers.is_none() && dir == Direction::Egress;
-                        let Some(specs) = &rule.ports else {
-                            for &(pid, _) in peers {
-                                contribs.entry(pid).or_default().push(Contrib {
-                                    proto: 0,
-                                    lo: 0,
-                                    hi: 65535,
-                                    flag,
-                                    rule: rid,
-                                });
-                            }
-                            continue;
-                        };
-                        for s in specs {
-                            let named = matches!(s.port, PortSel::Named(_));
-                            let targets = if named && named_any_egress {
-                                all_pod_peers.as_slice()
-                            } else {
-                                peers
-                            };
-                            for &(pid, pkey) in targets {
-                                // Named ports resolve against the destination: the subject for
-                                // ingress, the peer for egress.
-                                let dest_ports = match dir {
-                                    Direction::Ingress => Some(&rep.named_ports),
-                                    Direction::Egress => match pkey {
-                                        Some(IdentityKey::Pod { named_ports, .. }) => {
-                                            Some(named_ports)
-                                        }
-                                        _ => None,
-                                    },
-                                };
-                                let range = match &s.port {
-                                    PortSel::All => Some((0, 65535)),
-                                    PortSel::Range(a, b) => Some((*a, *b)),
-                                    PortSel::Named(n) => dest_ports
-                                        .and_then(|m| m.get(n))
-                                        .filter(|(pp, _)| *pp == s.protocol)
-                                        .map(|&(_, num)| (num, num)),
-                                };
-                                if let Some((lo, hi)) = range {
-                                    contribs.entry(pid).or_default().push(Contrib {
-                                        proto: s.protocol.number(),
-                                        lo,
-                                        hi,
-                                        flag,
-                                        rule: rid,
-                                    });
-                                }
-                            }
-                        }
-                    }
-                }
-                if es.isolation[d] == 0 {
-                    continue; // Not isolated: the kernel never looks up entries.
-                }
-                let any = contribs.remove(&identity::ANY).unwrap_or_default();
-                let mut plens = 0u32;
-                emit(
-                    &mut st.policy,
-                    sid,
-                    dir.number(),
-                    identity::ANY,
-                    &any,
-                    &[],
-                    &mut plens,
-                );
-                for (pid, own) in &contribs {
-                    emit(
-                        &mut st.policy,
-                        sid,
-                        dir.number(),
-                        *pid,
-                        own,
-                        &any,
-                        &mut plens,
-                    );
-                }
-                es.port_plens[d] = plens;
-            }
-            subject_states.insert(sid, es);
+        ResolvedRules {
+            c,
+            rules,
+            policies_by_ns,
+            all_pod_peers: peers.all_pods(),
         }
-        for p in c.endpoints() {
-            st.endpoints
-                .insert(p.key(), subject_states[&id(&IdentityKey::subject_of(p))]);
-        }
-        st
     }
+}
+
+/// `c` with its FqdnPolicies as the isolation policies they enter the policy map as (the
+/// names are the FQDN allowlist's, filled from DNS answers at run time).
+fn with_fqdn_isolation(c: &Cluster) -> Cow<'_, Cluster> {
+    if c.fqdn_policies.is_empty() {
+        return Cow::Borrowed(c);
+    }
+    Cow::Owned(Cluster {
+        policies: c.enforced_policies().map(|p| p.into_owned()).collect(),
+        fqdn_policies: Vec::new(),
+        ..c.clone()
+    })
+}
+
+/// Every ipBlock any rule names.
+fn ip_blocks(c: &Cluster) -> BTreeSet<IpBlock> {
+    c.policies
+        .iter()
+        .flat_map(|p| p.ingress.iter().chain(p.egress.iter()).flatten())
+        .flat_map(|r| r.peers.iter().flatten())
+        .filter_map(|p| match p {
+            Peer::Block(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether identity `k` is matched by peer `pr` of a policy in `policy_ns`.
@@ -525,10 +632,8 @@ fn key_matches(c: &Cluster, pr: &Peer, policy_ns: &str, k: &IdentityKey) -> bool
             },
         ) => {
             let ns_ok = match namespaces {
-                crate::model::NamespaceScope::Own => namespace == policy_ns,
-                crate::model::NamespaceScope::Selected(s) => {
-                    s.matches(&c.namespace_labels(namespace))
-                }
+                NamespaceScope::Own => namespace == policy_ns,
+                NamespaceScope::Selected(s) => s.matches(&c.namespace_labels(namespace)),
             };
             ns_ok && pods.matches(labels)
         }
