@@ -101,7 +101,7 @@ impl Agent {
         for (cid, r) in registry.endpoints.iter_mut() {
             if let Some(cg) = &r.endpoint.cgroup {
                 if std::path::Path::new(cg).is_dir() {
-                    dp.attach_cgroup(std::path::Path::new(cg), r.ifindex)?;
+                    dp.attach_cgroup(std::path::Path::new(cg), r.slot)?;
                     info!(container = %cid, cgroup = %cg, "cgroup workload adopted");
                 } else {
                     gone.push(cid.clone());
@@ -110,10 +110,10 @@ impl Agent {
             }
             // The registered index, under the registered name: a name alone may have been
             // reused by another pod's veth since.
-            match hostnet::link::link(r.ifindex) {
+            match hostnet::link::link(r.slot) {
                 Ok(l) if l.name == r.endpoint.host_ifname => {
-                    dp.attach_ifindex(r.ifindex, &r.endpoint.host_ifname)?;
-                    info!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.ifindex, "endpoint adopted");
+                    dp.attach_ifindex(r.slot, &r.endpoint.host_ifname)?;
+                    info!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.slot, "endpoint adopted");
                 }
                 _ => gone.push(cid.clone()),
             }
@@ -481,7 +481,7 @@ impl Agent {
                     Some(r) => match self.verify(r) {
                         Err(e) => Response::err(format!("container {container_id}: {e}")),
                         Ok(()) => Response {
-                            identity: self.actual.endpoints.get(&r.ifindex).map(|e| e.identity),
+                            identity: self.actual.endpoints.get(&r.slot).map(|e| e.identity),
                             ..Response::ok()
                         },
                     },
@@ -586,7 +586,7 @@ impl Agent {
                 .find(|(c, r)| {
                     **c != ep.container_id
                         && match (&ep.cgroup, &r.endpoint.cgroup) {
-                            (None, None) => Some(r.ifindex) == slot,
+                            (None, None) => Some(r.slot) == slot,
                             (Some(a), Some(b)) => a == b,
                             _ => false,
                         }
@@ -613,7 +613,7 @@ impl Agent {
             ep.container_id.clone(),
             Registered {
                 endpoint: ep.clone(),
-                ifindex: slot,
+                slot,
                 endpoint_id,
             },
         );
@@ -625,7 +625,7 @@ impl Agent {
     fn remove_registration(&mut self, container_id: &str) -> bool {
         match self.registry.endpoints.remove(container_id) {
             Some(r) => {
-                self.detach_endpoint(&r.endpoint, r.ifindex);
+                self.detach_endpoint(&r.endpoint, r.slot);
                 info!(container = %container_id, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), "endpoint removed");
                 true
             }
@@ -691,8 +691,8 @@ impl Agent {
         for (p, reply) in attached {
             // The same container registered again on another interface: the old one is no
             // longer its own.
-            if let Some(old) = p.previous.filter(|o| o.ifindex != p.slot) {
-                self.detach_endpoint(&old.endpoint, old.ifindex);
+            if let Some(old) = p.previous.filter(|o| o.slot != p.slot) {
+                self.detach_endpoint(&old.endpoint, old.slot);
             }
             let identity = self.actual.endpoints.get(&p.slot).map(|e| e.identity);
             info!(container = %p.ep.container_id, pod = %format!("{}/{}", p.ep.namespace, p.ep.name), iface = %p.ep.host_ifname, cgroup = ?p.ep.cgroup, slot = p.slot, identity, "endpoint added");
@@ -712,7 +712,7 @@ impl Agent {
     /// or none; the new slot's programs go unless the previous registration used them too.
     fn undo_add(&mut self, p: &PendingAdd) {
         let keep_attached = p.previous.as_ref().is_some_and(|o| {
-            o.ifindex == p.slot
+            o.slot == p.slot
                 && o.endpoint.host_ifname == p.ep.host_ifname
                 && o.endpoint.cgroup == p.ep.cgroup
         });
@@ -741,7 +741,7 @@ impl Agent {
     /// Detach an endpoint's programs, unless another registration owns the same interface or
     /// slot (its programs are that endpoint's enforcement).
     fn detach_endpoint(&mut self, ep: &Endpoint, slot: u32) {
-        if self.registry.endpoints.values().any(|r| r.ifindex == slot) {
+        if self.registry.endpoints.values().any(|r| r.slot == slot) {
             return;
         }
         let r = match &ep.cgroup {
@@ -762,7 +762,7 @@ impl Agent {
                     .dp
                     .pin_dir()
                     .join("cgroups")
-                    .join(format!("{}_egress", r.ifindex));
+                    .join(format!("{}_egress", r.slot));
                 if pin.exists() {
                     Ok(())
                 } else {
@@ -771,11 +771,11 @@ impl Agent {
             }
             None => {
                 hostnet::link::verify_veth_peer(
-                    r.ifindex,
+                    r.slot,
                     std::path::Path::new(&r.endpoint.netns),
                     &r.endpoint.ifname,
                 )?;
-                self.dp.tcx_verify(r.ifindex)
+                self.dp.tcx_verify(r.slot)
             }
         }
     }
@@ -784,7 +784,7 @@ impl Agent {
     fn forget_if_gone(&mut self, container_id: &str) {
         let gone = self.registry.endpoints.get(container_id).is_some_and(|r| {
             r.endpoint.cgroup.is_none()
-                && hostnet::link::link(r.ifindex).map_or(true, |l| l.name != r.endpoint.host_ifname)
+                && hostnet::link::link(r.slot).map_or(true, |l| l.name != r.endpoint.host_ifname)
         });
         if gone {
             self.forget(vec![container_id.to_owned()]);
@@ -808,7 +808,7 @@ impl Agent {
             .filter(|(_, r)| {
                 r.endpoint.cgroup.is_none()
                     && links
-                        .get(&r.ifindex)
+                        .get(&r.slot)
                         .is_none_or(|l| l.name != r.endpoint.host_ifname)
             })
             .map(|(c, _)| c.clone())
@@ -822,8 +822,8 @@ impl Agent {
             let Some(r) = self.registry.endpoints.remove(cid) else {
                 continue;
             };
-            self.detach_endpoint(&r.endpoint, r.ifindex);
-            warn!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.ifindex, "endpoint's interface is gone; forgetting it");
+            self.detach_endpoint(&r.endpoint, r.slot);
+            warn!(container = %cid, pod = %format!("{}/{}", r.endpoint.namespace, r.endpoint.name), iface = %r.endpoint.host_ifname, ifindex = r.slot, "endpoint's interface is gone; forgetting it");
         }
         if !gone.is_empty() {
             metrics::counter!("septa_endpoints_forgotten_total").increment(gone.len() as u64);

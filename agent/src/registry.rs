@@ -37,8 +37,11 @@ pub const MAX_BYTES: u64 = 256 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registered {
     pub endpoint: Endpoint,
-    /// The host-side interface index (in the agent's namespace).
-    pub ifindex: u32,
+    /// The endpoint's slot in the kernel's endpoint map: the host-side interface index (in the
+    /// agent's namespace) of a veth pod, a slot of its own for a cgroup workload. Registries
+    /// written before the field had this name call it `ifindex`.
+    #[serde(alias = "ifindex")]
+    pub slot: u32,
     /// Stable id reported in events.
     pub endpoint_id: u32,
 }
@@ -180,6 +183,17 @@ mod tests {
         (d, dir)
     }
 
+    #[test]
+    fn a_registry_written_with_ifindex_reads_as_the_slot() {
+        let old = serde_json::to_value(endpoint("c1", 1)).unwrap();
+        let mut v = old.clone();
+        let slot = v.as_object_mut().unwrap().remove("slot").unwrap();
+        v["ifindex"] = slot;
+        let r: Registered = serde_json::from_value(v).unwrap();
+        assert_eq!(r, endpoint("c1", 1));
+        assert!(old.get("ifindex").is_none(), "written under its own name");
+    }
+
     fn endpoint(cid: &str, id: u32) -> Registered {
         Registered {
             endpoint: Endpoint {
@@ -193,7 +207,7 @@ mod tests {
                 labels: None,
                 ips: vec![format!("10.0.0.{id}").parse().unwrap()],
             },
-            ifindex: 10 + id,
+            slot: 10 + id,
             endpoint_id: id,
         }
     }

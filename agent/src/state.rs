@@ -70,7 +70,7 @@ pub fn desired(
     let mut slot_pods = Vec::new();
     for r in inputs.registry.endpoints.values() {
         let pod = pod_for(&r.endpoint, m);
-        slot_pods.push((r.ifindex, pod.clone()));
+        slot_pods.push((r.slot, pod.clone()));
         cluster.pods.push(pod);
     }
     let fqdn_rules = crate::fqdn::slot_rules(
@@ -175,10 +175,10 @@ fn map_state(
                 }
             }
         }
-        if fqdn_rules.contains_key(&r.ifindex) {
+        if fqdn_rules.contains_key(&r.slot) {
             info.flags |= endpoint_flags::FQDN;
         }
-        ms.endpoints.insert(r.ifindex, info);
+        ms.endpoints.insert(r.slot, info);
     }
     ms
 }

@@ -117,7 +117,7 @@ fn prepare(n: usize, poll: &str) -> Result<Node> {
             endpoint.container_id.clone(),
             Registered {
                 endpoint,
-                ifindex: 0,
+                slot: 0,
                 endpoint_id: i as u32 + 1,
             },
         );
