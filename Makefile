@@ -8,8 +8,11 @@ build: setup
 	cargo build --release --workspace
 
 demo: setup
-	cargo build --release -q -p agent -p cni
-	cargo build --release -q -p septa-tests --bin septa-demo
+	@echo "==> building septa-agent and septa-cni (release; a first build takes several minutes)"
+	cargo build --release -p agent -p cni
+	@echo "==> building the demo"
+	cargo build --release -p septa-tests --bin septa-demo
+	@echo "==> running the demo"
 	./target/release/septa-demo
 
 test: setup

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use api::protocol::{Endpoint, Request, Response, DEFAULT_SOCKET};
 
 /// CNI versions this plugin speaks.
-pub const SUPPORTED: [&str; 2] = ["1.0.0", "1.1.0"];
+pub const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+/// The newest of them: what VERSION and errors before a configuration was read speak.
+pub const LATEST: &str = "1.1.0";
 /// A CNI error (spec section "Error").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniError {
@@ -334,10 +336,10 @@ pub fn labels(env: &Env, conf: &NetConf) -> Result<Option<BTreeMap<String, Strin
 
 /// Run one command. `Ok(Some(json))` is printed on stdout, `Ok(None)` prints nothing.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)> {
-    let fallback_version = SUPPORTED[1].to_owned();
+    let fallback_version = LATEST.to_owned();
     if env.command == "VERSION" {
         return Ok(Some(
-            json!({ "cniVersion": SUPPORTED[1], "supportedVersions": SUPPORTED }),
+            json!({ "cniVersion": LATEST, "supportedVersions": SUPPORTED }),
         ));
     }
     let conf = parse_conf(stdin).map_err(|e| (e, fallback_version.clone()))?;
@@ -534,9 +536,10 @@ mod tests {
     }
 
     #[test]
-    fn version_lists_1_0_and_1_1() {
+    fn version_lists_0_4_1_0_and_1_1() {
         let out = run(&env("VERSION"), b"").unwrap().unwrap();
-        assert_eq!(out["supportedVersions"], json!(["1.0.0", "1.1.0"]));
+        assert_eq!(out["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(out["cniVersion"], "1.1.0");
     }
 
     #[test]
@@ -571,6 +574,27 @@ mod tests {
         assert_eq!(
             j,
             json!({"cniVersion": "1.0.0", "code": 7, "msg": "m", "details": "d"})
+        );
+    }
+
+    #[test]
+    fn a_cni_0_4_0_prev_result_is_read_like_1_0() {
+        // 0.4.0 results carry a `version` per address; the rest is the same.
+        let p = json!({"cniVersion": "0.4.0", "interfaces": [
+            {"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"},
+            {"name": "veth1234", "mac": "aa:bb:cc:dd:ee:02"},
+            {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/run/netns/p"}],
+            "ips": [{"version": "4", "address": "10.22.0.5/16", "gateway": "10.22.0.1", "interface": 2}],
+            "dns": {}});
+        let (host, ips) = endpoint_from_prev(&env("ADD"), &p, drivers, drivers, |_| true).unwrap();
+        assert_eq!(
+            (host.as_str(), ips),
+            ("veth1234", vec!["10.22.0.5".parse::<IpAddr>().unwrap()])
+        );
+        let conf = br#"{"cniVersion": "0.4.0", "name": "n", "type": "septa-cni", "agentSocket": "/nonexistent/septa.sock", "timeoutSeconds": 1}"#;
+        assert!(
+            run(&env("DEL"), conf).is_ok(),
+            "DEL of a 0.4.0 network succeeds"
         );
     }
 
