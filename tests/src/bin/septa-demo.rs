@@ -409,7 +409,7 @@ fn main() -> Result<()> {
             .iter()
             .filter(move |f| f.starts_with(kind) && f.contains(" TCP "))
     };
-    for f in tcp("DENY").take(4).chain(tcp("NEW").take(4)) {
+    for f in tcp("deny").take(4).chain(tcp("new").take(4)) {
         println!("  {f}");
     }
 
