@@ -581,30 +581,6 @@ fn unwritable_flow_log_fails_at_start_with_the_path() {
     );
 }
 
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt package prometheus) must be installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics rejected /metrics:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn metrics_pass_promtool_and_move_with_traffic() {
     let mut n = node("metrics");
@@ -629,7 +605,7 @@ fn metrics_pass_promtool_and_move_with_traffic() {
         .then_some(m)
     })
     .expect("counters move");
-    promtool_check(&after);
+    testbed::node::promtool_check(&after);
     assert!(
         metric(
             &after,

@@ -1,11 +1,6 @@
 //! Every metric the agent can emit, rendered as the agent renders it, passes
 //! `promtool check metrics` (help text, type, names, units).
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-};
-
 use agent::metrics::{install, Kind, METRICS};
 
 #[test]
@@ -25,24 +20,5 @@ fn every_metric_the_agent_can_emit_passes_promtool() {
             "{name} rendered without help text:\n{text}"
         );
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt package prometheus) must be installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testbed::node::promtool_check(&text);
 }
