@@ -574,7 +574,8 @@ impl Builder {
     }
 }
 
-fn service(svc: &K8sService, ns: &str, name: &str) -> Result<Service, (String, String)> {
+/// A Service as the model keeps it; an error names the field path and what is wrong with it.
+pub fn service(svc: &K8sService, ns: &str, name: &str) -> Result<Service, (String, String)> {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let spec = svc
         .spec
@@ -610,6 +611,16 @@ fn service(svc: &K8sService, ns: &str, name: &str) -> Result<Service, (String, S
             protocol,
             port: p.port as u16,
             target,
+            node_port: match p.node_port {
+                None | Some(0) => None,
+                Some(n) if (1..=65535).contains(&n) => Some(n as u16),
+                Some(n) => {
+                    return Err((
+                        format!("{f}.nodePort"),
+                        format!("port {n} is outside 1-65535"),
+                    ))
+                }
+            },
         });
     }
     let mut cluster_ips = Vec::new();
@@ -629,12 +640,36 @@ fn service(svc: &K8sService, ns: &str, name: &str) -> Result<Service, (String, S
             cluster_ips.push(ip);
         }
     }
+    let mut external_ips = Vec::new();
+    let lb = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref());
+    let external = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, s)| (format!("spec.externalIPs[{i}]"), s))
+        .chain(lb.into_iter().flatten().enumerate().filter_map(|(i, g)| {
+            g.ip.as_ref()
+                .map(|s| (format!("status.loadBalancer.ingress[{i}].ip"), s))
+        }));
+    for (f, s) in external {
+        let ip: IpAddr = s.parse().map_err(|_| (f, format!("invalid IP {s:?}")))?;
+        if !external_ips.contains(&ip) {
+            external_ips.push(ip);
+        }
+    }
     Ok(Service {
         namespace: ns.into(),
         name: name.into(),
         selector: spec.selector.clone().unwrap_or_default(),
         cluster_ips,
         ports,
+        external_ips,
+        backends: None,
     })
 }
 

@@ -479,6 +479,20 @@ pub struct ServicePort {
     pub protocol: Protocol,
     pub port: u16,
     pub target: TargetPort,
+    /// The port kube-proxy opens on every node's addresses for it (NodePort and
+    /// LoadBalancer Services).
+    pub node_port: Option<u16>,
+}
+
+/// One backend of a Service, as its EndpointSlices name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: IpAddr,
+    /// The backend's ports: (EndpointSlice port name, protocol, port number). A Service port
+    /// reaches the backend on the port of the same name (unnamed: `None`).
+    pub ports: Vec<(Option<String>, Protocol, u16)>,
+    /// Ready, or serving while terminating: kube-proxy sends new connections to it.
+    pub ready: bool,
 }
 
 /// A Service: which pods it fronts and how its ports map to theirs (used to turn flows to a
@@ -491,6 +505,12 @@ pub struct Service {
     pub selector: Labels,
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
+    /// `spec.externalIPs` and the load balancer's `status.loadBalancer.ingress[].ip`: kube-proxy
+    /// DNATs these too.
+    pub external_ips: Vec<IpAddr>,
+    /// The backends from the Service's EndpointSlices (Kubernetes mode); `None` when only the
+    /// selector is known (manifest files): then its backends are the pods it selects.
+    pub backends: Option<Vec<Backend>>,
 }
 
 impl Service {
