@@ -174,6 +174,7 @@ pub async fn run(
                         error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
                     }
                     agent.sync_feeds(&feed_tx);
+                    agent.adopt_running();
                     agent.retry_parked();
                 }
             }

@@ -757,22 +757,52 @@ mod tests {
     #[test]
     fn the_newest_pod_that_reports_an_address_holds_it() {
         let mut ix = synced();
-        ix.apply_pod(&pod("shop", "old", "web", Some("10.88.1.5"), "2026-01-01T00:00:00Z"))
-            .unwrap();
-        ix.apply_pod(&pod("shop", "new", "db", Some("10.88.1.5"), "2026-01-01T00:01:00Z"))
-            .unwrap();
+        ix.apply_pod(&pod(
+            "shop",
+            "old",
+            "web",
+            Some("10.88.1.5"),
+            "2026-01-01T00:00:00Z",
+        ))
+        .unwrap();
+        ix.apply_pod(&pod(
+            "shop",
+            "new",
+            "db",
+            Some("10.88.1.5"),
+            "2026-01-01T00:01:00Z",
+        ))
+        .unwrap();
         let c = ix.cluster();
         let ips = |n: &str| c.pods.iter().find(|p| p.name == n).unwrap().ips.clone();
         assert_eq!(ips("new"), vec!["10.88.1.5".parse::<IpAddr>().unwrap()]);
         assert!(ips("old").is_empty(), "the older claim is dropped");
         // The same second: arrival order decides, and an update of the older pod that does
         // not change its addresses does not make its claim newer.
-        ix.apply_pod(&pod("shop", "a", "x", Some("10.88.1.6"), "2026-01-01T00:02:00Z"))
-            .unwrap();
-        ix.apply_pod(&pod("shop", "b", "y", Some("10.88.1.6"), "2026-01-01T00:02:00Z"))
-            .unwrap();
-        ix.apply_pod(&pod("shop", "a", "x2", Some("10.88.1.6"), "2026-01-01T00:02:00Z"))
-            .unwrap();
+        ix.apply_pod(&pod(
+            "shop",
+            "a",
+            "x",
+            Some("10.88.1.6"),
+            "2026-01-01T00:02:00Z",
+        ))
+        .unwrap();
+        ix.apply_pod(&pod(
+            "shop",
+            "b",
+            "y",
+            Some("10.88.1.6"),
+            "2026-01-01T00:02:00Z",
+        ))
+        .unwrap();
+        ix.apply_pod(&pod(
+            "shop",
+            "a",
+            "x2",
+            Some("10.88.1.6"),
+            "2026-01-01T00:02:00Z",
+        ))
+        .unwrap();
         let c = ix.cluster();
         let holder: Vec<_> = c
             .pods
@@ -786,7 +816,13 @@ mod tests {
     #[test]
     fn an_ended_pod_holds_no_address_and_a_deleted_one_is_gone() {
         let mut ix = synced();
-        let mut p = pod("shop", "job", "batch", Some("10.88.1.7"), "2026-01-01T00:00:00Z");
+        let mut p = pod(
+            "shop",
+            "job",
+            "batch",
+            Some("10.88.1.7"),
+            "2026-01-01T00:00:00Z",
+        );
         ix.apply_pod(&p).unwrap();
         assert_eq!(ix.cluster().pods[0].ips.len(), 1);
         p.status.as_mut().unwrap().phase = Some("Succeeded".into());
@@ -800,8 +836,19 @@ mod tests {
     #[test]
     fn pods_keep_what_policy_needs_and_share_their_labels() {
         let mut ix = synced();
-        let mut owned = pod("shop", "web-5d8f-abcde", "web", Some("10.88.1.8"), "2026-01-01T00:00:00Z");
-        owned.metadata.labels.as_mut().unwrap().insert("pod-template-hash".into(), "5d8f".into());
+        let mut owned = pod(
+            "shop",
+            "web-5d8f-abcde",
+            "web",
+            Some("10.88.1.8"),
+            "2026-01-01T00:00:00Z",
+        );
+        owned
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("pod-template-hash".into(), "5d8f".into());
         owned.metadata.owner_references = Some(vec![serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f",
             "uid": "u", "controller": true
@@ -810,11 +857,20 @@ mod tests {
         ix.apply_pod(&owned).unwrap();
         let c = ix.cluster();
         let p = &c.pods[0];
-        assert_eq!((p.workload.kind.as_str(), p.workload.name.as_str()), ("Deployment", "web"));
+        assert_eq!(
+            (p.workload.kind.as_str(), p.workload.name.as_str()),
+            ("Deployment", "web")
+        );
         assert_eq!(p.named_ports.get("http"), Some(&(Protocol::Tcp, 8080)));
         for i in 0..10 {
-            ix.apply_pod(&pod("shop", &format!("same-{i}"), "same", None, "2026-01-01T00:00:00Z"))
-                .unwrap();
+            ix.apply_pod(&pod(
+                "shop",
+                &format!("same-{i}"),
+                "same",
+                None,
+                "2026-01-01T00:00:00Z",
+            ))
+            .unwrap();
         }
         // One label set for the ten pods (plus the owned pod's), one port set for all.
         assert_eq!(ix.labels.set.len(), 2);
@@ -885,7 +941,11 @@ mod tests {
         }))
         .unwrap();
         ix.apply_service(&svc).unwrap();
-        assert_eq!(ix.cluster().services[0].backends, Some(vec![]), "no slice: no backend");
+        assert_eq!(
+            ix.cluster().services[0].backends,
+            Some(vec![]),
+            "no slice: no backend"
+        );
         let slice = |name: &str, ip: &str, ready: bool| -> EndpointSlice {
             serde_json::from_value(json!({
                 "metadata": {"namespace": "shop", "name": name,
