@@ -1,5 +1,8 @@
 //! Helpers shared by the benchmark binaries: order statistics, process memory, the kernel
-//! release, and the gnuplot line plot the ns/packet figures use.
+//! release, the gnuplot line plot the ns/packet figures use, and synthetic Kubernetes objects
+//! ([`kube`]).
+
+pub mod kube;
 
 use std::{fmt::Write as _, path::Path, process::Command};
 
