@@ -1,46 +1,19 @@
-//! The agent's sources behind one trait, and the standalone one: a directory of manifests,
-//! re-read when anything in it changes.
-//!
-//! Changes are noticed by polling a fingerprint (paths, sizes, modification times) every
-//! `poll_interval`. The agent applies a load only when it has no errors at all: a policy with a
-//! typo must not vanish and take its isolation with it, so the last good state stays enforced
-//! and the errors are reported until the directory is fixed.
+//! The agent's sources behind one trait: the standalone one ([`dir`]: a directory of
+//! manifests) and the Kubernetes one ([`kube`]: watches of the API server, kept in the compact
+//! [`index`]). Everything below a source (compile, reconcile, DNS, feeds, flows) is the same
+//! whatever the source.
 
-use std::{
-    path::{Path, PathBuf},
-    time::SystemTime,
-};
+pub mod dir;
+pub mod index;
+pub mod kube;
 
-use policies::{load::load_paths, Cluster, Diagnostics};
+pub use dir::DirSource;
 
-use crate::snapshot::{read_texts, Snapshot};
+use policies::{Cluster, Diagnostics};
 
-/// What the directory looks like: changes when a file is added, removed or written.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+use crate::snapshot::Snapshot;
 
-/// Fingerprint every file under `dir`.
-pub fn fingerprint(dir: &Path) -> Fingerprint {
-    let mut v = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(p),
-                Ok(m) => v.push((p, m.len(), m.modified().ok())),
-                Err(_) => {}
-            }
-        }
-    }
-    v.sort();
-    Fingerprint(v)
-}
-
-/// One read of the manifests directory.
+/// One read of a source: the whole input, and its problems.
 pub struct Load {
     pub cluster: Cluster,
     pub problems: Diagnostics,
@@ -48,6 +21,9 @@ pub struct Load {
     /// [`crate::snapshot`]): what to save once the load is applied; else why not. `None`
     /// when the load has problems (nothing is saved then).
     pub snapshot: Option<Result<Snapshot, String>>,
+    /// The objects are the cluster's (the Kubernetes API): every pod with addresses is a peer
+    /// with its identity, and the pods of this node are found by namespace and name.
+    pub from_api: bool,
 }
 
 /// Where the agent's inputs come from. Everything below a source (compile, reconcile, DNS,
@@ -57,59 +33,10 @@ pub struct Load {
 pub trait Source: Send {
     /// Read the inputs if they changed since the last poll.
     fn poll(&mut self) -> Option<Load>;
-}
 
-/// The standalone source: the manifests directory and the last state read from it.
-pub struct DirSource {
-    /// The directory.
-    pub dir: PathBuf,
-    last: Fingerprint,
-}
-
-impl DirSource {
-    /// A source for `dir`, not read yet.
-    pub fn new(dir: PathBuf) -> Self {
-        Self {
-            dir,
-            last: Fingerprint(vec![(PathBuf::from("<never read>"), 0, None)]),
-        }
-    }
-}
-
-impl Source for DirSource {
-    /// Load if the directory changed since the last load.
-    fn poll(&mut self) -> Option<Load> {
-        let now = fingerprint(&self.dir);
-        if now == self.last {
-            return None;
-        }
-        self.last = now;
-        let texts = read_texts(&self.dir);
-        let (cluster, problems) = load_paths(&[&self.dir]);
-        let snapshot = problems.is_empty().then(|| {
-            let s = texts
-                .map(|files| Snapshot {
-                    dir: self.dir.clone(),
-                    saved_at: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                    files,
-                })
-                .filter(|s| s.restores(&cluster));
-            match s {
-                Some(s) => Ok(s),
-                None if fingerprint(&self.dir) != self.last => {
-                    // Read again next time, whatever the fingerprint says then.
-                    self.last = Fingerprint(vec![(PathBuf::from("<changed while read>"), 0, None)]);
-                    Err("the manifests changed while they were read; they are saved once a read sees them unchanged".to_owned())
-                }
-                None => Err("their texts, loaded on their own, do not give what was applied (a file the saved copy cannot reproduce)".to_owned()),
-            }
-        });
-        Some(Load {
-            cluster,
-            problems,
-            snapshot,
-        })
+    /// Whether [`Source::poll`] waits for a change itself (then it is called again at once,
+    /// rather than after the poll interval).
+    fn waits(&self) -> bool {
+        false
     }
 }
