@@ -590,11 +590,11 @@ impl Agent {
         self.finish_batch(&mut batch);
     }
 
-    /// Kubernetes mode: whether an ADD must wait, its pod not being in the applied objects yet
-    /// (its labels and owner come from the API, never from the request).
+    /// Kubernetes mode: whether an ADD must wait, its pod not being in the applied objects yet,
+    /// or nothing listed yet (its labels and owner come from the API, never from the request).
     fn waits_for_pod(&self, ep: &Endpoint) -> bool {
         self.kube.is_some()
-            && self.manifests.as_ref().is_some_and(|m| {
+            && self.manifests.as_ref().is_none_or(|m| {
                 !m.pods
                     .iter()
                     .any(|p| p.namespace == ep.namespace && p.name == ep.name)
