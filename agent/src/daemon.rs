@@ -622,7 +622,9 @@ impl Agent {
                     .kube
                     .as_ref()
                     .is_some_and(|k| k.has_pod(&ep.namespace, &ep.name));
-                let why = if known {
+                let why = if self.manifests.is_none() {
+                    "waits for the agent's first lists of the Kubernetes API"
+                } else if known {
                     "is in the API but not applied yet"
                 } else {
                     "is not in the Kubernetes API"
