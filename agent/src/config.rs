@@ -93,6 +93,14 @@ pub struct Config {
     /// Kubernetes mode: how long a CNI ADD waits for its pod to appear in the API before it fails (the runtime retries the ADD); keep it below septa-cni's timeoutSeconds
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration, help_heading = "Source")]
     pub pod_wait: Duration,
+    /// Kubernetes mode: where container runtimes keep pods' network namespace files, searched for the pods of this node that run before the agent starts (repeatable)
+    #[arg(
+        long = "netns-dir",
+        value_name = "DIR",
+        default_value = "/run/netns",
+        help_heading = "Source"
+    )]
+    pub netns_dirs: Vec<PathBuf>,
     /// Directory of manifests (Namespaces, Pods or workloads, Services, NetworkPolicies, FqdnPolicies, ThreatFeeds), watched for changes
     #[arg(long, value_name = "DIR", help_heading = "Source")]
     pub manifests: Option<PathBuf>,

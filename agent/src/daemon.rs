@@ -72,6 +72,10 @@ pub struct Agent {
     from_api: bool,
     /// ADDs waiting for their pod to appear in the API, with their deadlines.
     parked: Vec<(Endpoint, oneshot::Sender<Response>, std::time::Instant)>,
+    /// Kubernetes mode: whether the pods running before the agent were adopted yet.
+    adopted: bool,
+    /// Pods of this node that run unenforced, and why they could not be adopted.
+    pub unadopted: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -217,6 +221,8 @@ impl Agent {
             kube: None,
             from_api: false,
             parked: Vec::new(),
+            adopted: false,
+            unadopted: Vec::new(),
         };
         if kubernetes {
             // Until the first lists are in, the maps keep what they hold (the last good
@@ -498,6 +504,14 @@ impl Agent {
             Request::Status => match (self.ready.reconciled(), self.ready.problem()) {
                 (true, warning) => Response {
                     warning: warning.unwrap_or_default(),
+                    unadopted: self
+                        .unadopted
+                        .iter()
+                        .map(|(pod, reason)| api::protocol::Unadopted {
+                            pod: pod.clone(),
+                            reason: reason.clone(),
+                        })
+                        .collect(),
                     ..Response::ok()
                 },
                 (false, Some(why)) => Response::err(format!("agent not ready: {why}")),
@@ -576,11 +590,11 @@ impl Agent {
         self.finish_batch(&mut batch);
     }
 
-    /// Kubernetes mode: whether an ADD must wait, its pod not being in the applied objects yet
-    /// (its labels and owner come from the API, never from the request).
+    /// Kubernetes mode: whether an ADD must wait, its pod not being in the applied objects yet,
+    /// or nothing listed yet (its labels and owner come from the API, never from the request).
     fn waits_for_pod(&self, ep: &Endpoint) -> bool {
         self.kube.is_some()
-            && self.manifests.as_ref().is_some_and(|m| {
+            && self.manifests.as_ref().is_none_or(|m| {
                 !m.pods
                     .iter()
                     .any(|p| p.namespace == ep.namespace && p.name == ep.name)
@@ -608,7 +622,9 @@ impl Agent {
                     .kube
                     .as_ref()
                     .is_some_and(|k| k.has_pod(&ep.namespace, &ep.name));
-                let why = if known {
+                let why = if self.manifests.is_none() {
+                    "waits for the agent's first lists of the Kubernetes API"
+                } else if known {
                     "is in the API but not applied yet"
                 } else {
                     "is not in the Kubernetes API"
@@ -625,6 +641,74 @@ impl Agent {
         if !ready.is_empty() {
             self.handle_batch(ready);
         }
+    }
+
+    /// Kubernetes mode, once the first lists are applied: enforce the pods of this node that
+    /// were running before the agent (installed into a live cluster, or started without its
+    /// registry). Each pod's host veth is found from its address (see [`hostnet::adopt`]) and
+    /// registered as a CNI ADD would; a pod that cannot be found is reported (log, the
+    /// `septa_pods_unadopted` gauge, the agent's status) with the reason.
+    pub fn adopt_running(&mut self) {
+        let Some(kube) = self.kube.clone() else {
+            return;
+        };
+        if self.adopted || self.manifests.is_none() {
+            return;
+        }
+        self.adopted = true;
+        let mut unadopted = Vec::new();
+        let mut jobs = Vec::new();
+        for (namespace, name, ips) in kube.pods_on(self.cfg.node()) {
+            let pod = format!("{namespace}/{name}");
+            let registered = self
+                .registry
+                .endpoints
+                .values()
+                .any(|r| r.endpoint.namespace == namespace && r.endpoint.name == name);
+            if registered {
+                continue;
+            }
+            let Some(ip) = ips.first().copied() else {
+                // Not started yet: its CNI ADD is still to come, and registers it.
+                continue;
+            };
+            match hostnet::adopt::find_pod_interface(ip, &self.cfg.netns_dirs) {
+                Ok(found) => {
+                    let ep = Endpoint {
+                        container_id: format!("adopted:{pod}"),
+                        netns: found.netns.display().to_string(),
+                        ifname: found.ifname,
+                        host_ifname: found.host_ifname,
+                        cgroup: None,
+                        namespace,
+                        name,
+                        labels: None,
+                        ips,
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    jobs.push((Request::Add(ep), tx));
+                    unadopted.push((pod, rx));
+                }
+                Err(why) => {
+                    warn!(pod = %pod, ip = %ip, reason = %why, "running pod not adopted: it is not enforced until it restarts");
+                    self.unadopted.push((pod, why));
+                }
+            }
+        }
+        if !jobs.is_empty() {
+            self.handle_batch(jobs);
+        }
+        for (pod, mut rx) in unadopted {
+            match rx.try_recv() {
+                Ok(r) if r.ok => info!(pod = %pod, identity = r.identity, "running pod adopted"),
+                Ok(r) => {
+                    warn!(pod = %pod, reason = %r.error, "running pod not adopted: it is not enforced until it restarts");
+                    self.unadopted.push((pod, r.error));
+                }
+                Err(_) => self.unadopted.push((pod, "no answer".into())),
+            }
+        }
+        metrics::gauge!("septa_pods_unadopted").set(self.unadopted.len() as f64);
     }
 
     /// Whether ADDs are waiting for their pods.

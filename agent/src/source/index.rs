@@ -715,3 +715,270 @@ fn diag(object: &str, field: impl Into<String>, message: impl Into<String>) -> D
         message: message.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(ns: &str, name: &str, app: &str, ip: Option<&str>, created: &str) -> K8sPod {
+        let mut v = json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"app": app},
+                         "creationTimestamp": created,
+                         "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x",
+                     "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running"}
+        });
+        if let Some(ip) = ip {
+            v["status"]["podIP"] = json!(ip);
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn np(name: &str, port: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                     "ingress": [{"ports": [{"port": port}]}]}
+        }))
+        .unwrap()
+    }
+
+    fn synced() -> Index {
+        let mut ix = Index::new(Duration::from_secs(60));
+        for k in Kind::ALL {
+            ix.relist::<()>(k, vec![], |_, _| {});
+        }
+        ix
+    }
+
+    #[test]
+    fn the_newest_pod_that_reports_an_address_holds_it() {
+        let mut ix = synced();
+        ix.apply_pod(&pod(
+            "shop",
+            "old",
+            "web",
+            Some("10.88.1.5"),
+            "2026-01-01T00:00:00Z",
+        ))
+        .unwrap();
+        ix.apply_pod(&pod(
+            "shop",
+            "new",
+            "db",
+            Some("10.88.1.5"),
+            "2026-01-01T00:01:00Z",
+        ))
+        .unwrap();
+        let c = ix.cluster();
+        let ips = |n: &str| c.pods.iter().find(|p| p.name == n).unwrap().ips.clone();
+        assert_eq!(ips("new"), vec!["10.88.1.5".parse::<IpAddr>().unwrap()]);
+        assert!(ips("old").is_empty(), "the older claim is dropped");
+        // The same second: arrival order decides, and an update of the older pod that does
+        // not change its addresses does not make its claim newer.
+        ix.apply_pod(&pod(
+            "shop",
+            "a",
+            "x",
+            Some("10.88.1.6"),
+            "2026-01-01T00:02:00Z",
+        ))
+        .unwrap();
+        ix.apply_pod(&pod(
+            "shop",
+            "b",
+            "y",
+            Some("10.88.1.6"),
+            "2026-01-01T00:02:00Z",
+        ))
+        .unwrap();
+        ix.apply_pod(&pod(
+            "shop",
+            "a",
+            "x2",
+            Some("10.88.1.6"),
+            "2026-01-01T00:02:00Z",
+        ))
+        .unwrap();
+        let c = ix.cluster();
+        let holder: Vec<_> = c
+            .pods
+            .iter()
+            .filter(|p| p.ips.contains(&"10.88.1.6".parse().unwrap()))
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(holder, ["b"]);
+    }
+
+    #[test]
+    fn an_ended_pod_holds_no_address_and_a_deleted_one_is_gone() {
+        let mut ix = synced();
+        let mut p = pod(
+            "shop",
+            "job",
+            "batch",
+            Some("10.88.1.7"),
+            "2026-01-01T00:00:00Z",
+        );
+        ix.apply_pod(&p).unwrap();
+        assert_eq!(ix.cluster().pods[0].ips.len(), 1);
+        p.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        ix.apply_pod(&p).unwrap();
+        assert!(ix.cluster().pods[0].ips.is_empty());
+        ix.delete_pod(&p);
+        assert!(ix.cluster().pods.is_empty());
+        assert!(!ix.has_pod("shop", "job"));
+    }
+
+    #[test]
+    fn pods_keep_what_policy_needs_and_share_their_labels() {
+        let mut ix = synced();
+        let mut owned = pod(
+            "shop",
+            "web-5d8f-abcde",
+            "web",
+            Some("10.88.1.8"),
+            "2026-01-01T00:00:00Z",
+        );
+        owned
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("pod-template-hash".into(), "5d8f".into());
+        owned.metadata.owner_references = Some(vec![serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f",
+            "uid": "u", "controller": true
+        }))
+        .unwrap()]);
+        ix.apply_pod(&owned).unwrap();
+        let c = ix.cluster();
+        let p = &c.pods[0];
+        assert_eq!(
+            (p.workload.kind.as_str(), p.workload.name.as_str()),
+            ("Deployment", "web")
+        );
+        assert_eq!(p.named_ports.get("http"), Some(&(Protocol::Tcp, 8080)));
+        for i in 0..10 {
+            ix.apply_pod(&pod(
+                "shop",
+                &format!("same-{i}"),
+                "same",
+                None,
+                "2026-01-01T00:00:00Z",
+            ))
+            .unwrap();
+        }
+        // One label set for the ten pods (plus the owned pod's), one port set for all.
+        assert_eq!(ix.labels.set.len(), 2);
+        assert_eq!(ix.ports.set.len(), 1);
+        assert_eq!(ix.pods_on("node-1").len(), 11);
+    }
+
+    #[test]
+    fn a_bad_policy_keeps_its_last_good_version_also_across_a_relist() {
+        let mut ix = synced();
+        ix.apply_policy(&np("p", json!(80))).unwrap();
+        let d = ix.apply_policy(&np("p", json!(70000))).unwrap_err();
+        assert_eq!(d.object, "NetworkPolicy shop/p");
+        assert!(d.field.contains("port"), "{d:?}");
+        let c = ix.cluster();
+        assert_eq!(c.policies.len(), 1, "the last good version stays");
+        assert_eq!(ix.problems().len(), 1);
+        // A relist with the bad version still keeps the good one; a policy the list no
+        // longer has is gone.
+        ix.apply_policy(&np("other", json!(81))).unwrap();
+        ix.relist(Kind::NetworkPolicy, vec![np("p", json!(70000))], |ix, o| {
+            let _ = ix.apply_policy(&o);
+        });
+        let c = ix.cluster();
+        assert_eq!(c.policies.len(), 1);
+        assert_eq!(c.policies[0].name, "p");
+        // Fixed: the problem goes.
+        ix.apply_policy(&np("p", json!(90))).unwrap();
+        assert!(ix.problems().is_empty());
+        // A bad first version is no policy at all, and reported.
+        assert!(ix.apply_policy(&np("new", json!(0))).is_err());
+        assert_eq!(ix.cluster().policies.len(), 1);
+    }
+
+    #[test]
+    fn septa_objects_are_validated_and_pruned() {
+        let mut ix = synced();
+        let good = json!({
+            "apiVersion": "septa.dev/v1alpha1", "kind": "FqdnPolicy",
+            "metadata": {"namespace": "shop", "name": "f", "annotations": {"a": "b"}},
+            "spec": {"podSelector": {}, "egress": [{"toFQDNs": [{"matchName": "api.example.com"}]}]}
+        });
+        ix.apply_septa(Kind::FqdnPolicy, &good).unwrap();
+        let mut bad = good.clone();
+        bad["spec"]["egress"][0]["toFQDNs"][0] = json!({"matchNme": "x.example.com"});
+        let d = ix.apply_septa(Kind::FqdnPolicy, &bad).unwrap_err();
+        assert_eq!(d.object, "FqdnPolicy shop/f");
+        assert!(d.field.starts_with("spec.egress"), "{d:?}");
+        let c = ix.cluster();
+        assert_eq!(c.custom.len(), 1);
+        assert_eq!(
+            c.custom[0].value["spec"]["egress"][0]["toFQDNs"][0]["matchName"],
+            "api.example.com"
+        );
+        assert!(c.custom[0].value["metadata"].get("annotations").is_none());
+        ix.delete_septa(Kind::FqdnPolicy, &bad);
+        assert!(ix.cluster().custom.is_empty());
+    }
+
+    #[test]
+    fn services_get_the_backends_of_their_slices() {
+        let mut ix = synced();
+        let svc: K8sService = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}],
+                     "type": "NodePort"}
+        }))
+        .unwrap();
+        ix.apply_service(&svc).unwrap();
+        assert_eq!(
+            ix.cluster().services[0].backends,
+            Some(vec![]),
+            "no slice: no backend"
+        );
+        let slice = |name: &str, ip: &str, ready: bool| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "shop", "name": name,
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+            }))
+            .unwrap()
+        };
+        ix.apply_slice(&slice("web-a", "10.88.1.9", true)).unwrap();
+        ix.apply_slice(&slice("web-b", "10.88.2.9", false)).unwrap();
+        let c = ix.cluster();
+        let s = &c.services[0];
+        assert_eq!(s.ports[0].node_port, Some(30080));
+        let b = s.backends.as_ref().unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].ports, vec![(Some("http".into()), Protocol::Tcp, 8080)]);
+        assert!(b[0].ready && !b[1].ready);
+        let bad = slice("web-c", "not-an-ip", true);
+        let d = ix.apply_slice(&bad).unwrap_err();
+        assert_eq!(d.field, "endpoints[0].addresses[0]");
+    }
+
+    #[test]
+    fn the_index_is_synced_once_every_kind_is_listed() {
+        let mut ix = Index::new(Duration::from_secs(60));
+        assert!(!ix.synced());
+        for k in &Kind::ALL[..6] {
+            ix.relist::<()>(*k, vec![], |_, _| {});
+        }
+        assert_eq!(ix.unsynced(), ["ThreatFeed"]);
+        ix.relist::<()>(Kind::ThreatFeed, vec![], |_, _| {});
+        assert!(ix.synced());
+    }
+}
