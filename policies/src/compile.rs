@@ -41,11 +41,17 @@
 //! Nothing else reaches a Service address: when the client has wildcard-peer entries (a rule
 //! without peers) an any-protocol entry without allow bits stops the lookup at the Service
 //! identity, so a rule "anyone on TCP 80" does not open a ClusterIP's port 80 whose backends
-//! listen on 8080 and are not allowed there. Node ports are entries for the `host` identity,
-//! one port exact, with an entry without allow bits for a denied node port when the client
-//! has wildcard-peer entries; other ports of the node are left to the rules as before. The
-//! kernel looks these up only with the agent's `--policy-host`: by default egress to the
-//! node is exempt from policy, node ports included (see `dataplane_common::policy::evaluate`).
+//! listen on 8080 and are not allowed there.
+//!
+//! Node ports are entries for the `host` identity, one port exact, with an entry without
+//! allow bits for a denied node port when the client has wildcard-peer entries; other ports
+//! of the node are left to the rules as before. Pod egress to the node is exempt from policy
+//! unless the agent runs with `--policy-host`, so each node port also gets its marker entry
+//! (`dataplane_common::policy::node_port_key`), which takes that port, and only it, out of
+//! the exemption: an isolated client reaches a node port only when the Service rule allows
+//! it, with or without `--policy-host`. The entries also decide a connection to that port of
+//! the node that kube-proxy does not DNAT (a node address outside its
+//! `--nodeport-addresses`): allowed or denied like the node port, never exempt.
 //!
 //! Without EndpointSlices (manifests, standalone mode) the backends are the pods the selector
 //! selects, on the target port (a named target resolves per pod); a pod without addresses
@@ -60,7 +66,7 @@
 //! compile Services: resolve each Service port's backends to (identity, port) once, then per
 //! egress-isolated subject identity decide each Service port and node port from the entries
 //! just emitted (the kernel's own lookup, so the decision is the one a direct connection to
-//! the backend would get).
+//! the backend would get), and mark the node ports.
 
 use std::{
     borrow::Cow,
@@ -565,6 +571,15 @@ impl Compiler {
             .collect();
         for (&sid, es) in &subject_states {
             service_entries(&targets, &service_ids, sid, es, &mut st.policy);
+        }
+        for t in targets.iter().filter(|t| t.peer == identity::HOST) {
+            st.policy.insert(
+                dataplane_common::policy::node_port_key(t.proto, t.port),
+                PolicyValue {
+                    rule_id: dataplane_common::rule::DEFAULT_DENY,
+                    flags: 0,
+                },
+            );
         }
         st.services = keys.services;
         st.endpoints = c

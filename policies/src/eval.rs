@@ -369,8 +369,8 @@ pub fn evaluate_service(
 
 /// Decide a connection from `client` to the node's own address on `proto`/`node_port`, which
 /// kube-proxy sends to the backends of every Service port with that node port; `None` when no
-/// Service has it. (The kernel applies this only with the agent's `--policy-host`; without
-/// it, egress to the node is never subject to policy.)
+/// Service has it. (The kernel decides node ports so whether or not the rest of the traffic
+/// with the node is exempt from policy.)
 pub fn evaluate_node_port(
     c: &Cluster,
     client: &Pod,

@@ -487,7 +487,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000), ..ProptestConfig::default() })]
 
     /// From every endpoint to every Service address and port (and to the node on every node
-    /// port, with `--policy-host`), the kernel's lookup on the compiled maps decides as the
+    /// port, with and without `--policy-host`), the kernel's lookup on the compiled maps decides as the
     /// evaluator's Service rule, names the same rule, and connlist agrees; a port the Service
     /// does not have is closed at its address for an isolated client.
     #[test]
@@ -520,10 +520,13 @@ proptest! {
                     }
                     if let Some(np) = sp.node_port {
                         let want = evaluate_node_port(&c, client, sp.protocol, np).unwrap();
-                        let d = policy::evaluate(&st.policy, &ep, EGRESS, identity::HOST, sp.protocol.number(), np, false);
-                        prop_assert_eq!(d.verdict, want.verdict, "{} -> host:{} {}\n{:#?}", client.key(), np, sp.protocol, want);
-                        if let Some(r) = &want.rule {
-                            prop_assert_eq!(st.rules.get(&d.rule_id), Some(r));
+                        // With and without --policy-host (the node-port marker ends the exemption).
+                        for host_exempt in [false, true] {
+                            let d = policy::evaluate(&st.policy, &ep, EGRESS, identity::HOST, sp.protocol.number(), np, host_exempt);
+                            prop_assert_eq!(d.verdict, want.verdict, "{} -> host:{} {} exempt={}\n{:#?}", client.key(), np, sp.protocol, host_exempt, want);
+                            if let Some(r) = &want.rule {
+                                prop_assert_eq!(st.rules.get(&d.rule_id), Some(r));
+                            }
                         }
                     }
                 }

@@ -162,6 +162,10 @@ fn kernel(c: &Cluster, st: &DesiredState, addr: IpAddr, port: u16) -> (u8, u32) 
 
 /// The same for the node's address on `node_port` (`host_exempt`: no `--policy-host`).
 fn kernel_node(st: &DesiredState, c: &Cluster, node_port: u16, host_exempt: bool) -> u8 {
+    assert!(
+        st.policy.contains_key(&policy::node_port_key(6, 30080)),
+        "the node port is marked"
+    );
     let ep = st.endpoints[&c.pods[0].key()].to_info();
     policy::evaluate(
         &st.policy,
@@ -197,8 +201,8 @@ fn decide(c: &Cluster) -> (u8, Option<String>) {
     assert_eq!(kernel_node(&st, c, 30080, false), want.verdict);
     assert_eq!(
         kernel_node(&st, c, 30080, true),
-        FORWARDED,
-        "without --policy-host the node is exempt"
+        want.verdict,
+        "a node port is decided without --policy-host too"
     );
     // connlist says the same (enforcing policy only: audit is allowed).
     let line = connlist(c, &Default::default())
@@ -474,7 +478,17 @@ fn other_ports_of_a_service_address_are_closed() {
     );
     let st = Compiler::default().compile(&c);
     assert_eq!(kernel_node(&st, &c, 30080, false), DROPPED);
+    assert_eq!(kernel_node(&st, &c, 30080, true), DROPPED);
     assert_eq!(kernel_node(&st, &c, 22, false), FORWARDED);
+    // Without --policy-host the node's other ports stay exempt, whatever the rules say.
+    let c2 = cluster(
+        vec![egress("e", false, vec![to(a_only(), &[80])])],
+        TargetPort::Number(80),
+    );
+    let st2 = Compiler::default().compile(&c2);
+    assert_eq!(kernel_node(&st2, &c2, 22, true), FORWARDED);
+    assert_eq!(kernel_node(&st2, &c2, 22, false), DROPPED);
+    assert_eq!(kernel_node(&st2, &c2, 30080, true), DROPPED);
     let d = kernel(&c, &st, ip("10.96.0.10"), 80);
     assert_eq!(d, (DROPPED, rule::DEFAULT_DENY));
 }
