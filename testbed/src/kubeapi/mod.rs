@@ -492,6 +492,15 @@ impl FakeApi {
             .shared
             .conns_closed
             .wait_timeout_while(live, Duration::from_secs(10), |n| *n > 0);
+        // Watch tasks notice their closed connection on the server's thread; wait for
+        // them so `open_watches` is 0 when this returns.
+        let mut open = self.shared.watches_open.subscribe();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            let _ = open.wait_for(|n| *n == 0).await;
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(10));
     }
 
     /// Serve again on the same address (and network namespace) with the same store,
@@ -512,6 +521,28 @@ impl FakeApi {
     /// Cut every open watch stream abruptly (the connection drops mid-stream).
     pub fn drop_watches(&self) {
         self.shared.cut_watches.send_modify(|n| *n += 1);
+    }
+
+    /// How many watch streams are open now.
+    pub fn open_watches(&self) -> usize {
+        *self.shared.watches_open.borrow()
+    }
+
+    /// How many watch streams have been opened since the start.
+    pub fn watches_started(&self) -> u64 {
+        *self.shared.watches_started.borrow()
+    }
+
+    /// Resolves once at least `n` watch streams have been opened since the start (so a
+    /// test knows a watcher is in place before it cuts it); usable from any runtime.
+    pub fn wait_for_watches(
+        &self,
+        n: u64,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.watches_started.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v >= n).await;
+        }
     }
 
     /// Delay every response by `d` (a slow API); zero for none.

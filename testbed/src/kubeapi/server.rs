@@ -56,6 +56,10 @@ pub(crate) struct Shared {
     pub cut_watches: watch::Sender<u64>,
     /// Bumped to close every open connection.
     pub cut_conns: watch::Sender<u64>,
+    /// Watch streams opened so far, for tests to wait on a watch being in place.
+    pub watches_started: watch::Sender<u64>,
+    /// Watch streams open now.
+    pub watches_open: watch::Sender<usize>,
     /// Open connections, to let `stop` wait until they are all closed.
     pub live_conns: Mutex<usize>,
     pub conns_closed: Condvar,
@@ -78,6 +82,8 @@ impl Shared {
             changed: watch::Sender::new(0),
             cut_watches: watch::Sender::new(0),
             cut_conns: watch::Sender::new(0),
+            watches_started: watch::Sender::new(0),
+            watches_open: watch::Sender::new(0),
             live_conns: Mutex::new(0),
             conns_closed: Condvar::new(),
         }
@@ -725,6 +731,11 @@ fn list(
 
 async fn token_review(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let mut body = read_json(req).await?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of the request was not a JSON object",
+        ));
+    }
     let token = body["spec"]["token"].as_str().unwrap_or("").to_string();
     let user = lock(&shared.users).get(&token).cloned();
     body["status"] = match user {
@@ -956,6 +967,8 @@ fn start_watch(
         timeout: p.timeout.unwrap_or(DEFAULT_WATCH_TIMEOUT),
     };
     let (tx, rx) = mpsc::channel(64);
+    shared.watches_open.send_modify(|n| *n += 1);
+    shared.watches_started.send_modify(|n| *n += 1);
     tokio::spawn(run_watch(shared.clone(), t.rt_idx, task, tx, changed, cut));
     let mut r = Response::new(ChannelBody(rx).boxed());
     r.headers_mut()
@@ -1011,6 +1024,17 @@ async fn flush(
     }
 }
 
+/// Counts an open watch stream for as long as its task lives.
+struct OpenWatch(Arc<Shared>);
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0
+            .watches_open
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 async fn run_watch(
     shared: Arc<Shared>,
     rt_idx: usize,
@@ -1019,6 +1043,7 @@ async fn run_watch(
     mut changed: watch::Receiver<u64>,
     mut cut: watch::Receiver<u64>,
 ) {
+    let _open = OpenWatch(shared.clone());
     let deadline = tokio::time::Instant::now() + w.timeout;
     for line in std::mem::take(&mut w.first) {
         if tx.send(Ok(line)).await.is_err() {

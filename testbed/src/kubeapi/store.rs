@@ -576,10 +576,13 @@ impl Store {
     }
 
     /// Forget the history and every list snapshot: watches and continue tokens from before
-    /// now expire (as after an etcd compaction).
+    /// now expire (as after an etcd compaction). The compaction takes a resourceVersion of
+    /// its own, so even a watcher that had seen every change must relist, while a list
+    /// made after it can be watched from.
     pub fn compact(&mut self) {
         self.history.clear();
         self.snapshots.clear();
+        self.rv += 1;
         self.compacted = self.rv;
     }
 
@@ -920,6 +923,11 @@ impl Store {
         body: Value,
         part: Part,
     ) -> Result<Arc<Value>, ApiError> {
+        if !body.is_object() {
+            return Err(ApiError::bad_request(
+                "the body of the request was not a JSON object",
+            ));
+        }
         let key = self.key_for(rt_idx, namespace, Some(name), &body)?;
         let rt = self.types[rt_idx].clone();
         let old = self
@@ -948,11 +956,6 @@ impl Store {
                 b
             }
             Part::Status => {
-                if !body.is_object() {
-                    return Err(ApiError::bad_request(
-                        "the body of the request was not a JSON object",
-                    ));
-                }
                 let mut b = (*old).clone();
                 match body.get("status") {
                     Some(s) => b["status"] = s.clone(),
