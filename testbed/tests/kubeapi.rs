@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Config};
@@ -811,4 +811,74 @@ async fn a_slow_api_still_answers_and_discovery_is_served() {
         .iter()
         .any(|r| r.name == "pods" && r.namespaced));
     assert_eq!(count(&api, "get", "/version"), 1);
+}
+
+#[tokio::test]
+async fn timeout_seconds_ends_the_watch_cleanly() {
+    let (api, client) = setup("timeout").await;
+    api.apply(&pod("default", "a", "web", "n1")).expect("apply");
+    let pods: Api<Pod> = Api::all(client);
+    let s = pods
+        .watch(&WatchParams::default().timeout(1).disable_bookmarks(), "0")
+        .await
+        .expect("watch");
+    let items: Vec<_> = timeout(DEADLINE, s.collect::<Vec<_>>())
+        .await
+        .expect("the stream ends");
+    let kinds: Vec<&str> = items
+        .iter()
+        .map(|e| match e {
+            Ok(WatchEvent::Added(_)) => "ADDED",
+            Ok(_) => "other",
+            Err(_) => "error",
+        })
+        .collect();
+    assert_eq!(kinds, ["ADDED"], "the current state, then a clean end");
+    assert_eq!(api.open_watches(), 0);
+}
+
+#[tokio::test]
+async fn metadata_watchers_and_selectors_get_what_they_ask_for() {
+    let (api, client) = setup("metadata").await;
+    api.apply(&pod("default", "a", "web", "n1")).expect("apply");
+    api.apply(&pod("default", "b", "db", "n1")).expect("apply");
+    let cfg = watcher::Config::default().labels("app=web");
+    let mut s = watcher(Api::<PartialObjectMeta<Pod>>::all(client), cfg).boxed();
+    let mut names = BTreeSet::new();
+    let synced = timeout(DEADLINE, async {
+        while let Some(ev) = s.next().await {
+            match ev.expect("no error") {
+                Event::InitApply(m) => {
+                    assert!(m.metadata.labels.is_some(), "metadata kept");
+                    let kind = m.types.as_ref().map(|t| t.kind.as_str());
+                    assert_eq!(kind, Some("PartialObjectMetadata"), "metadata only");
+                    names.insert(m.metadata.name.unwrap_or_default());
+                }
+                Event::InitDone => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(synced.is_ok(), "initial list within the deadline");
+    assert_eq!(names, BTreeSet::from(["a".to_string()]));
+    // A change that takes an object out of the selector is a deletion for this watch.
+    api.apply(&pod("default", "a", "db", "n1"))
+        .expect("relabel");
+    let next = timeout(DEADLINE, async {
+        loop {
+            match s.next().await {
+                Some(Ok(Event::Delete(m))) => return m.metadata.name,
+                Some(Ok(_)) => continue,
+                other => panic!("unexpected {:?}", other.map(|r| r.map(|_| ()))),
+            }
+        }
+    })
+    .await
+    .expect("a deletion");
+    assert_eq!(next.as_deref(), Some("a"));
+    assert!(api
+        .requests()
+        .iter()
+        .all(|r| r.path.contains("labelSelector=app%3Dweb")));
 }
