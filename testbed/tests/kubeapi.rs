@@ -882,3 +882,45 @@ async fn metadata_watchers_and_selectors_get_what_they_ask_for() {
         .iter()
         .all(|r| r.path.contains("labelSelector=app%3Dweb")));
 }
+
+#[tokio::test]
+async fn kube_recorder_events_and_their_series_are_recorded() {
+    use kube::runtime::events::{Event as Ev, EventType, Recorder, Reporter};
+    let (api, client) = setup("recorder").await;
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "septa-agent".into(),
+            instance: Some("node-1".into()),
+        },
+    );
+    let pod_ref = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some("a".into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    let ev = Ev {
+        type_: EventType::Warning,
+        reason: "PolicyDenied".into(),
+        note: Some("denied egress to 10.1.0.8:80".into()),
+        action: "Enforce".into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&ev, &pod_ref)
+        .await
+        .expect("first publish: create");
+    recorder
+        .publish(&ev, &pod_ref)
+        .await
+        .expect("second publish: merge patch");
+    let recorded = api.events();
+    assert_eq!(recorded.len(), 1, "one Event with a series");
+    assert_eq!(recorded[0]["reason"], "PolicyDenied");
+    assert_eq!(recorded[0]["regarding"]["name"], "a");
+    assert_eq!(recorded[0]["series"]["count"], 2);
+    let verbs: Vec<String> = api.requests().into_iter().map(|r| r.verb).collect();
+    assert_eq!(verbs, ["create", "patch"]);
+}
