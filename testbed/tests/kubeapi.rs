@@ -924,3 +924,45 @@ async fn kube_recorder_events_and_their_series_are_recorded() {
     let verbs: Vec<String> = api.requests().into_iter().map(|r| r.verb).collect();
     assert_eq!(verbs, ["create", "patch"]);
 }
+
+/// Open a raw watch, read until its first event, then let `after` act and read the rest.
+async fn raw_watch(api: &FakeApi, query: &str, after: impl FnOnce()) -> String {
+    let mut s = tokio::net::TcpStream::connect(api.addr())
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /api/v1/pods?watch=true&{query} HTTP/1.1\r\nHost: fake\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let first = timeout(DEADLINE, async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("ADDED") {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the first event");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(first.is_ok(), "a first event");
+    after();
+    let rest = timeout(DEADLINE, s.read_to_end(&mut got)).await;
+    assert!(rest.is_ok(), "the stream ends");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn cut_watches_end_mid_stream_and_timeouts_end_cleanly() {
+    let (api, _client) = setup("cut").await;
+    api.apply(&pod("default", "a", "web", "n1")).expect("apply");
+    // The last chunk of a chunked body that ends properly.
+    let clean_end = "\r\n0\r\n\r\n";
+    let cut = raw_watch(&api, "resourceVersion=0", || api.drop_watches()).await;
+    assert!(cut.contains("200 OK") && cut.contains("\"ADDED\""), "{cut}");
+    assert!(
+        !cut.ends_with(clean_end),
+        "a cut stream has no last chunk: {cut}"
+    );
+    let timed_out = raw_watch(&api, "resourceVersion=0&timeoutSeconds=0", || {}).await;
+    assert!(timed_out.ends_with(clean_end), "{timed_out}");
+}

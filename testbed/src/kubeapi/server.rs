@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -32,7 +32,7 @@ use super::store::{ApiError, Key, Part, PatchKind, ResourceType, Selection, Stor
 use super::{Rbac, RequestRecord};
 
 /// The response body: whole JSON documents, or a watch stream fed by a task.
-pub(crate) type Body = BoxBody<Bytes, io::Error>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// The largest request body accepted (the API server's limit is 3 MiB).
 const MAX_BODY: usize = 3 << 20;
@@ -208,7 +208,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 fn full(bytes: Vec<u8>) -> Body {
     Full::new(Bytes::from(bytes))
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 fn json_response(code: u16, v: &Value) -> Response<Body> {
@@ -818,9 +818,27 @@ fn non_resource(shared: &Shared, segs: &[&str]) -> Option<Value> {
     }
 }
 
-/// A watch response body: lines sent by the watch task; an `Err` aborts the connection
-/// (a cut stream), the channel closing ends it cleanly.
-struct ChannelBody(mpsc::Receiver<Result<Bytes, io::Error>>);
+/// A watch response body: lines sent by the watch task, until the channel closes (a
+/// clean end) or the test cuts watches: then an error aborts the chunked body, and the
+/// client sees the connection drop mid-stream as when an API server goes away. The cut is
+/// checked before every frame and wakes the body itself, so it works even while the
+/// task is blocked on a client that does not read.
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, io::Error>>,
+    cut: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl ChannelBody {
+    fn new(rx: mpsc::Receiver<Result<Bytes, io::Error>>, mut cut: watch::Receiver<u64>) -> Self {
+        let cut = Box::pin(async move {
+            // A dropped sender (the server going away) never cuts.
+            if cut.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+        Self { rx, cut }
+    }
+}
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
@@ -830,7 +848,10 @@ impl hyper::body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+        if self.cut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(io::Error::other("watch cut by the test"))));
+        }
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 }
 
@@ -923,6 +944,7 @@ fn start_watch(
     // Subscribe before reading the store, so no write between the two goes unnoticed.
     let changed = shared.changed.subscribe();
     let cut = shared.cut_watches.subscribe();
+    let body_cut = shared.cut_watches.subscribe();
     let st = lock(&shared.store);
     let mut first = Vec::new();
     let mut end_after_first = false;
@@ -946,7 +968,8 @@ fn start_watch(
                         first.push(event_line(kind, &shape(&obj)));
                     }
                 }
-                st.rv()
+                // A version not written yet: only changes after it are news.
+                st.rv().max(rv)
             }
             None => {
                 first.push(too_old(rv, st.compacted()));
@@ -970,7 +993,7 @@ fn start_watch(
     shared.watches_open.send_modify(|n| *n += 1);
     shared.watches_started.send_modify(|n| *n += 1);
     tokio::spawn(run_watch(shared.clone(), t.rt_idx, task, tx, changed, cut));
-    let mut r = Response::new(ChannelBody(rx).boxed());
+    let mut r = Response::new(ChannelBody::new(rx, body_cut).boxed_unsync());
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
@@ -1001,7 +1024,7 @@ async fn flush(
                         event_line(kind, &obj)
                     })
                     .collect();
-                w.cursor = st.rv();
+                w.cursor = w.cursor.max(st.rv());
                 Ok(lines)
             }
             None => Err(too_old(w.cursor, st.compacted())),
@@ -1058,12 +1081,8 @@ async fn run_watch(
     loop {
         tokio::select! {
             biased;
-            _ = cut.changed() => {
-                // An error aborts the chunked body: the client sees the connection drop
-                // mid-stream, as when an API server goes away.
-                let _ = tx.send(Err(io::Error::other("watch cut by the test"))).await;
-                return;
-            }
+            // The body aborts the response itself (see `ChannelBody`).
+            _ = cut.changed() => return,
             _ = tokio::time::sleep_until(deadline) => return,
             _ = tx.closed() => return,
             r = changed.changed() => {
