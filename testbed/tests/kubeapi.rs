@@ -966,3 +966,41 @@ async fn cut_watches_end_mid_stream_and_timeouts_end_cleanly() {
     let timed_out = raw_watch(&api, "resourceVersion=0&timeoutSeconds=0", || {}).await;
     assert!(timed_out.ends_with(clean_end), "{timed_out}");
 }
+
+#[tokio::test]
+async fn extra_listeners_serve_the_same_store_and_stop_and_restart_together() {
+    fn shareable<T: Send + Sync>(_: &T) {}
+    let (api, first) = setup("listeners").await;
+    shareable(&api);
+    let second_addr = api
+        .add_listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .expect("add a listener");
+    assert_ne!(second_addr, api.addr());
+    let path = scratch("listeners-2").join("kubeconfig");
+    api.kubeconfig_at(&path, TOKEN, second_addr)
+        .expect("kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&path).expect("read"),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
+    let second = Client::try_from(cfg).expect("client");
+    api.apply(&pod("default", "a", "web", "n1")).expect("apply");
+    for client in [first.clone(), second.clone()] {
+        let p = Api::<Pod>::namespaced(client, "default").get("a").await;
+        assert!(p.is_ok(), "{p:?}");
+    }
+    api.stop();
+    for addr in [api.addr(), second_addr] {
+        let e = std::net::TcpStream::connect(addr)
+            .map_err(|e| e.kind())
+            .err();
+        assert_eq!(e, Some(std::io::ErrorKind::ConnectionRefused), "{addr}");
+    }
+    api.restart().expect("restart");
+    for client in [first, second] {
+        let pods = Api::<Pod>::all(client).list(&ListParams::default()).await;
+        assert_eq!(pods.map(|l| l.items.len()).ok(), Some(1));
+    }
+}

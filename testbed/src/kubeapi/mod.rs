@@ -181,11 +181,19 @@ pub struct FakeApi {
     shared: Arc<Shared>,
     runtime: tokio::runtime::Handle,
     addr: SocketAddr,
-    /// The network namespace of the caller's listener, to serve again there on `restart`.
-    netns: Option<OwnedFd>,
-    serving: Mutex<Option<Serving>>,
+    /// Every address served, the first one `addr`: what `restart` binds again.
+    endpoints: Mutex<Vec<Endpoint>>,
+    /// The acceptors while serving; empty when stopped.
+    serving: Mutex<Vec<Serving>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// An address served, and the network namespace of the listener it was first served on (to
+/// serve there again on `restart`).
+struct Endpoint {
+    addr: SocketAddr,
+    netns: Option<OwnedFd>,
 }
 
 /// `ioctl` asking for a socket's network namespace (linux/sockios.h); libc lacks it.
@@ -233,7 +241,6 @@ impl FakeApi {
     /// Serve on `listener` (made by the caller, possibly inside another network namespace).
     pub fn start(listener: std::net::TcpListener) -> anyhow::Result<FakeApi> {
         let addr = listener.local_addr()?;
-        let netns = socket_netns(&listener);
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -262,12 +269,12 @@ impl FakeApi {
             shared: Arc::new(Shared::new(Store::default())),
             runtime,
             addr,
-            netns,
-            serving: Mutex::new(None),
+            endpoints: Mutex::new(Vec::new()),
+            serving: Mutex::new(Vec::new()),
             shutdown: Some(shutdown),
             thread: Some(thread),
         };
-        api.serve(listener)?;
+        api.add_listener(listener)?;
         Ok(api)
     }
 
@@ -290,11 +297,23 @@ impl FakeApi {
             stop_rx,
             done_tx,
         ));
-        *lock(&self.serving) = Some(Serving { stop, done });
+        lock(&self.serving).push(Serving { stop, done });
         Ok(())
     }
 
-    /// The address served.
+    /// Serve the same store on one more listener, e.g. one made inside each node's network
+    /// namespace, so agents there reach the API on their own loopback. Returns its address
+    /// (see [`FakeApi::kubeconfig_at`]). [`FakeApi::stop`] and [`FakeApi::restart`] act on
+    /// every listener.
+    pub fn add_listener(&self, listener: std::net::TcpListener) -> anyhow::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        let netns = socket_netns(&listener);
+        self.serve(listener)?;
+        lock(&self.endpoints).push(Endpoint { addr, netns });
+        Ok(addr)
+    }
+
+    /// The address served (the first listener's).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -308,8 +327,13 @@ impl FakeApi {
     /// bearer `token`, and a current context joining them (namespace `default`). The token
     /// must be known ([`FakeApi::add_user`]) for requests to pass.
     pub fn kubeconfig(&self, path: &Path, token: &str) -> anyhow::Result<()> {
+        self.kubeconfig_at(path, token, self.addr)
+    }
+
+    /// [`FakeApi::kubeconfig`] for the server at `addr` (one of [`FakeApi::add_listener`]'s).
+    pub fn kubeconfig_at(&self, path: &Path, token: &str, addr: SocketAddr) -> anyhow::Result<()> {
         // JSON strings are YAML double-quoted scalars: any token is quoted safely.
-        let server = serde_json::to_string(&self.url())?;
+        let server = serde_json::to_string(&format!("http://{addr}"))?;
         let token = serde_json::to_string(token)?;
         let yaml = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: septa-fake\n  cluster:\n    server: {server}\nusers:\n- name: septa-fake-user\n  user:\n    token: {token}\ncontexts:\n- name: septa-fake\n  context:\n    cluster: septa-fake\n    user: septa-fake-user\n    namespace: default\ncurrent-context: septa-fake\n"
@@ -481,8 +505,8 @@ impl FakeApi {
     /// Stop serving: close the listener (connections are refused) and every open
     /// connection, watches included. The store stays; [`FakeApi::restart`] serves it again.
     pub fn stop(&self) {
-        let serving = lock(&self.serving).take();
-        if let Some(s) = serving {
+        let serving = std::mem::take(&mut *lock(&self.serving));
+        for s in serving {
             let _ = s.stop.send(());
             let _ = s.done.recv_timeout(Duration::from_secs(10));
         }
@@ -503,19 +527,26 @@ impl FakeApi {
         let _ = rx.recv_timeout(Duration::from_secs(10));
     }
 
-    /// Serve again on the same address (and network namespace) with the same store,
+    /// Serve again on the same addresses (and network namespaces) with the same store,
     /// changes made while stopped included. An error if it is serving.
     pub fn restart(&self) -> anyhow::Result<()> {
-        if lock(&self.serving).is_some() {
+        if !lock(&self.serving).is_empty() {
             bail!("the fake API is serving already");
         }
-        let listener = bind_in(self.netns.as_ref(), self.addr)?;
-        self.serve(listener)
+        let endpoints = lock(&self.endpoints);
+        for e in endpoints.iter() {
+            if let Err(err) = bind_in(e.netns.as_ref(), e.addr).and_then(|l| self.serve(l)) {
+                drop(endpoints);
+                self.stop();
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     /// Whether it is serving (not stopped).
     pub fn is_serving(&self) -> bool {
-        lock(&self.serving).is_some()
+        !lock(&self.serving).is_empty()
     }
 
     /// Cut every open watch stream abruptly (the connection drops mid-stream).
