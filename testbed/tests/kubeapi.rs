@@ -1004,3 +1004,30 @@ async fn extra_listeners_serve_the_same_store_and_stop_and_restart_together() {
         assert_eq!(pods.map(|l| l.items.len()).ok(), Some(1));
     }
 }
+
+#[tokio::test]
+async fn token_reviews_check_tokens_against_the_known_users() {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    let (_api, client) = setup("tokenreview").await;
+    let reviews: Api<TokenReview> = Api::all(client);
+    for (token, want) in [(TOKEN, Some(USER)), ("forged", None)] {
+        let tr = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let done = reviews
+            .create(&PostParams::default(), &tr)
+            .await
+            .expect("review");
+        let status = done.status.expect("status");
+        assert_eq!(status.authenticated, Some(want.is_some()), "{token}");
+        assert_eq!(
+            status.user.and_then(|u| u.username).as_deref(),
+            want,
+            "{token}"
+        );
+    }
+}

@@ -26,8 +26,17 @@
 //!   `k8s.io/initial-events-end: "true"`, then changes.
 //! - A watch event that moves an object into or out of a selector is `ADDED` or `DELETED`
 //!   for that watch.
-//! - `Accept: ...;as=PartialObjectMetadata` (kube-rs's `metadata_watcher`) gets metadata
-//!   only.
+//! - `Accept: ...;as=PartialObjectMetadata` (kube-rs's `Api<PartialObjectMeta<K>>`) gets
+//!   metadata only.
+//! - Bearer tokens name users ([`FakeApi::add_user`]); anything else gets 401. An optional
+//!   [`Rbac`] answers 403 with RBAC's message. `POST .../authentication.k8s.io/v1/tokenreviews`
+//!   reviews a token against the same users (for a controller that authenticates agents).
+//! - `/version`, `/api`, `/apis`, `/api/v1` and `/apis/GROUP[/VERSION]` discovery are served.
+//!
+//! For tests: one store can be served on several listeners ([`FakeApi::add_listener`], e.g.
+//! one inside each node's network namespace); [`FakeApi::wait_for_watches`] says when a
+//! watcher is in place (watchers only make requests while polled), and
+//! [`FakeApi::requests`] logs every request with its user, verb and status.
 //!
 //! Simplifications: finalizers are not honoured (deletes are immediate); namespaces need
 //! not exist for objects in them; strategic merge patches and server-side apply are merge
