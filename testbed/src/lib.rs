@@ -6,6 +6,7 @@ pub mod bed;
 pub mod cni;
 pub mod dns;
 pub mod http;
+pub mod kubeapi;
 pub mod nfcapd;
 pub mod node;
 pub mod scenario;
