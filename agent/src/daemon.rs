@@ -422,6 +422,7 @@ impl Agent {
         if let Ok(mut en) = self.enricher.write() {
             en.rules = d.rules;
             en.endpoints = d.endpoints;
+            en.services = d.services;
             en.node = self.cfg.node().to_owned();
         }
         self.next_fqdn_rules = Some(d.fqdn_rules);
