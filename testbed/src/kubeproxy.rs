@@ -168,6 +168,9 @@ fn base32_prefix(bytes: &[u8], n: usize) -> String {
     let mut out = String::with_capacity(n);
     let (mut acc, mut bits) = (0u32, 0);
     for &b in bytes {
+        if out.len() == n {
+            break;
+        }
         acc = (acc << 8) | u32::from(b);
         bits += 8;
         while bits >= 5 && out.len() < n {
@@ -175,6 +178,10 @@ fn base32_prefix(bytes: &[u8], n: usize) -> String {
             out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
         }
         acc &= (1 << bits) - 1;
+    }
+    // A last partial group is padded with zero bits.
+    if out.len() < n && bits > 0 {
+        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
     }
     out
 }

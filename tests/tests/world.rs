@@ -203,9 +203,10 @@ fn services(c: &Cluster, mode: Mode) {
 
     // ClusterIP, TCP: every new connection picks an endpoint at random; poll until both served.
     let cluster_ip = SocketAddr::from((CLUSTER_IP, 80));
+    let before = counts(c);
     let seen = poll_until(DEADLINE, || {
         tcp_echo(&c.client, cluster_ip, 64).ok()?;
-        c.backends.iter().all(|b| b.count() > 0).then_some(())
+        (counts(c).iter().zip(&before).all(|(now, then)| now > then)).then_some(())
     });
     assert!(
         seen.is_some(),
