@@ -727,8 +727,7 @@ mod tests {
         assert!(!svc[2].contains("--probability"), "{text}");
         assert!(
             text.lines()
-                .filter(|l| l.starts_with("-A KUBE-SERVICES"))
-                .last()
+                .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
                 .unwrap()
                 .contains("-j KUBE-NODEPORTS"),
             "the NodePort jump is the last rule of KUBE-SERVICES:\n{text}"

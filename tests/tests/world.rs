@@ -6,7 +6,7 @@
 //! throughout; one world per overlay (building one takes seconds).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::PathBuf,
     time::Duration,
 };
@@ -123,11 +123,12 @@ fn served_by<'a>(c: &'a Cluster, before: &[usize]) -> &'a Backend {
         .expect("a backend served the request")
 }
 
+/// Fields drop in order: servers, then the world (agents, pods, nodes, underlay).
 struct Cluster {
-    world: World,
+    backends: [Backend; 2],
     client: Attachment,
     web: [Attachment; 2],
-    backends: [Backend; 2],
+    world: World,
 }
 
 /// Three nodes with their agents; a client pod on node-0, web pods on node-1 and node-2, each
@@ -143,6 +144,17 @@ fn cluster(tag: &str, overlay: Overlay) -> Cluster {
         .unwrap();
     }
     world.start_agents().unwrap();
+    // Every node reaches the underlay's service address (where the API server will listen).
+    let api = world.api_listener().unwrap();
+    let api_addr = api.local_addr().unwrap();
+    for i in 0..world.nodes.len() {
+        let c = hostnet::netns::in_netns(&world.node_netns(i), || TcpStream::connect(api_addr))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("node-{i} -> {api_addr}: {e}"));
+        let (_, peer) = api.accept().unwrap();
+        assert_eq!(peer.ip(), IpAddr::from(World::node_address(i)));
+        drop(c);
+    }
     let client = world.nodes[0]
         .add_pod("demo", "client", "app=client")
         .unwrap();
@@ -260,6 +272,11 @@ fn services(c: &Cluster, mode: Mode) {
 
     // Re-sync with web-1 not ready: the new rules replace the old, and only web-2 is used.
     kp.sync(&svc, &[slice(&[(w1, false), (w2, true)])]).unwrap();
+    let listing = kp.listing().unwrap();
+    assert!(
+        !listing.contains(&w1.to_string()) && listing.contains(&w2.to_string()),
+        "{mode:?}: the re-sync left only web-2's endpoint chains:\n{listing}"
+    );
     let before1 = c.backends[0].count();
     for _ in 0..8 {
         tcp_echo(&c.client, cluster_ip, 64).expect("ClusterIP after the re-sync");
