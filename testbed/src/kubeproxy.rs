@@ -263,11 +263,12 @@ const IPTABLES_SERVICE_CHAINS: [&str; 5] = [
 ];
 
 /// The nat table of a full iptables-mode sync, as `iptables-restore --noflush` input: every
-/// chain it uses declared (which flushes it), its rules, and `stale` chains (left by an earlier
-/// sync) flushed and deleted. The jumps from the built-in chains (PREROUTING and OUTPUT to
-/// KUBE-SERVICES, POSTROUTING to KUBE-POSTROUTING) are not in it: kube-proxy ensures those with
-/// separate `iptables` calls so as not to own the built-in chains (see [`KubeProxy::sync`]).
-pub fn render_iptables(ports: &[ServicePort], cluster_cidr: &str, stale: &[String]) -> String {
+/// chain it uses declared (which flushes it), its rules, and the service chains of `existing`
+/// (the table's chains now) that it no longer uses flushed and deleted, as kube-proxy deletes
+/// stale chains. The jumps from the built-in chains (PREROUTING and OUTPUT to KUBE-SERVICES,
+/// POSTROUTING to KUBE-POSTROUTING) are not in it: kube-proxy ensures those with separate
+/// `iptables` calls so as not to own the built-in chains (see [`KubeProxy::sync`]).
+pub fn render_iptables(ports: &[ServicePort], cluster_cidr: &str, existing: &[String]) -> String {
     let mut chains: Vec<String> = [
         "KUBE-SERVICES",
         "KUBE-NODEPORTS",
@@ -350,8 +351,13 @@ pub fn render_iptables(ports: &[ServicePort], cluster_cidr: &str, stale: &[Strin
     // Last, so that service IPs match first; localhost NodePorts would need route_localnet.
     rules.push(r#"-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"#.into());
 
+    let stale: Vec<&String> = existing
+        .iter()
+        .filter(|c| IPTABLES_SERVICE_CHAINS.iter().any(|p| c.starts_with(p)))
+        .filter(|c| !chains.contains(c))
+        .collect();
     let mut out = String::from("*nat\n");
-    for c in chains.iter().chain(stale) {
+    for c in chains.iter().chain(stale.iter().copied()) {
         let _ = writeln!(out, ":{c} - [0:0]");
     }
     for r in rules {
@@ -540,16 +546,8 @@ impl KubeProxy {
                 self.run("nft", &["-f", "-"], Some(&rules))?;
             }
             Mode::Iptables => {
-                let stale = self.iptables_chains(&IPTABLES_SERVICE_CHAINS)?;
-                let active: BTreeSet<String> = render_iptables(&ports, &self.cluster_cidr, &[])
-                    .lines()
-                    .filter_map(|l| l.strip_prefix(':'))
-                    .filter_map(|l| l.split(' ').next())
-                    .map(String::from)
-                    .collect();
-                let stale: Vec<String> =
-                    stale.into_iter().filter(|c| !active.contains(c)).collect();
-                let rules = render_iptables(&ports, &self.cluster_cidr, &stale);
+                let existing = self.iptables_chains(&IPTABLES_SERVICE_CHAINS)?;
+                let rules = render_iptables(&ports, &self.cluster_cidr, &existing);
                 self.run("iptables-restore", &["-w", "--noflush"], Some(&rules))?;
                 // After the restore, which created the targets.
                 for (chain, target, comment) in IPTABLES_JUMPS {
@@ -714,9 +712,31 @@ mod tests {
     }
 
     #[test]
-    fn iptables_spreads_with_kube_proxys_probabilities() {
+    fn iptables_spreads_with_kube_proxys_probabilities_and_deletes_stale_chains() {
         let s = sp(&[("10.180.0.1", 80), ("10.180.0.2", 80), ("10.180.0.3", 80)]);
-        let text = render_iptables(&[s], "10.88.0.0/16", &[]);
+        let existing = [
+            "KUBE-SEP-OLDOLDOLDOLDOLDO",
+            "KUBE-SVC-XPGD46QRK7WJZT7O",
+            "CNI-HOSTPORT-DNAT",
+        ]
+        .map(String::from);
+        let text = render_iptables(&[s], "10.88.0.0/16", &existing);
+        assert!(
+            text.contains(":KUBE-SEP-OLDOLDOLDOLDOLDO - [0:0]\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n-X KUBE-SEP-OLDOLDOLDOLDOLDO\n"),
+            "stale chain deleted:\n{text}"
+        );
+        assert!(
+            !text.contains("-X KUBE-SVC-"),
+            "a chain in use stays:\n{text}"
+        );
+        assert!(
+            !text.contains("CNI-HOSTPORT"),
+            "others' chains are left alone:\n{text}"
+        );
         let svc: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains(" -> "))
