@@ -13,7 +13,19 @@ use std::{
 
 use clap::{parser::ValueSource, CommandFactory, FromArgMatches, Parser};
 
+/// Where the agent's workloads and policies come from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The --manifests directory (standalone mode).
+    Dir,
+    /// The Kubernetes API server (Kubernetes mode).
+    Kubernetes,
+}
+
 /// septa node agent: enforces NetworkPolicies in the kernel (TC/TCX on pod veths).
+///
+/// Kubernetes mode (--source kubernetes): Namespaces, Pods, NetworkPolicies, Services,
+/// EndpointSlices, FqdnPolicies and ThreatFeeds come from watches of the API server.
 ///
 /// Standalone mode: workloads and policies come from --manifests (a directory of Kubernetes
 /// YAML/JSON, watched for changes); pods are registered by the septa-cni plugin over --socket.
@@ -51,8 +63,8 @@ pub struct Config {
     /// Run inside this network namespace (a path like /run/netns/node), entered before anything else: --health-addr is that namespace's address, and the IPFIX collector, --dns-server, feed URLs and --xdp-interface names are reached and looked up there, while paths are the file system's as usual [default: the current one]
     #[arg(long, value_name = "PATH", help_heading = "Node")]
     pub netns: Option<PathBuf>,
-    /// This node's name in flow records [default: the host name]
-    #[arg(long, value_name = "NAME", help_heading = "Node")]
+    /// This node's name: in flow records, and in Kubernetes mode the `spec.nodeName` of the pods it adopts [default: the host name]
+    #[arg(long, env = "NODE_NAME", value_name = "NAME", help_heading = "Node")]
     pub node_name: Option<String>,
     /// Attach XDP to this host interface, where threat feeds drop first (repeatable)
     #[arg(
@@ -72,6 +84,23 @@ pub struct Config {
     #[arg(long, help_heading = "Node")]
     pub remove_enforcement: bool,
 
+    /// Where workloads and policies come from: `dir` (the --manifests directory) or `kubernetes` (watches of the API server; see --kubeconfig) [default: kubernetes when the in-cluster service account environment is present and --manifests is not given, else dir]
+    #[arg(long, value_name = "SOURCE", value_enum, help_heading = "Source")]
+    pub source: Option<SourceKind>,
+    /// Kubernetes mode: the kubeconfig to reach the API server with [default: the in-cluster service account]
+    #[arg(long, value_name = "FILE", help_heading = "Source")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: how long a CNI ADD waits for its pod to appear in the API before it fails (the runtime retries the ADD); keep it below septa-cni's timeoutSeconds
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration, help_heading = "Source")]
+    pub pod_wait: Duration,
+    /// Kubernetes mode: where container runtimes keep pods' network namespace files, searched for the pods of this node that run before the agent starts (repeatable)
+    #[arg(
+        long = "netns-dir",
+        value_name = "DIR",
+        default_value = "/run/netns",
+        help_heading = "Source"
+    )]
+    pub netns_dirs: Vec<PathBuf>,
     /// Directory of manifests (Namespaces, Pods or workloads, Services, NetworkPolicies, FqdnPolicies, ThreatFeeds), watched for changes
     #[arg(long, value_name = "DIR", help_heading = "Source")]
     pub manifests: Option<PathBuf>,
@@ -314,6 +343,14 @@ impl Config {
 
     /// The values that come from the node when no option gives them.
     fn fill_in(&mut self) -> Result<(), String> {
+        if self.source.is_none() {
+            let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+            self.source = Some(if in_cluster && self.manifests.is_none() {
+                SourceKind::Kubernetes
+            } else {
+                SourceKind::Dir
+            });
+        }
         if self.node_name.is_none() {
             self.node_name = Some(hostname());
         }
@@ -405,6 +442,21 @@ impl Config {
                 "--events-bytes {}: must be a power of two of at least 4096",
                 self.events_bytes
             ));
+        }
+        match self.source {
+            Some(SourceKind::Kubernetes) if self.manifests.is_some() => {
+                return Err(
+                    "--manifests is the standalone source; with --source kubernetes workloads and policies come from the API server: give one of them"
+                        .into(),
+                )
+            }
+            Some(SourceKind::Dir) if self.kubeconfig.is_some() => {
+                return Err("--kubeconfig is for --source kubernetes".into())
+            }
+            _ => {}
+        }
+        if self.pod_wait.is_zero() {
+            return Err("--pod-wait 0s: must be more than zero (how long an ADD waits for its pod in the API)".into());
         }
         if self.dns_max_ips_per_name == 0 {
             return Err("--dns-max-ips-per-name 0: must be at least 1".into());

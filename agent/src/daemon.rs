@@ -66,6 +66,16 @@ pub struct Agent {
     fqdn_specs: Vec<crate::dns::spec::FqdnSpec>,
     /// Slot rules computed by the last compile, handed to the engine once the maps match.
     next_fqdn_rules: Option<BTreeMap<u32, Vec<crate::dns::engine::SlotRule>>>,
+    /// Kubernetes mode: the source's index, for ADDs that wait for their pod.
+    pub kube: Option<crate::source::kube::KubeHandle>,
+    /// The applied manifests are the API server's (every pod with addresses is a peer).
+    from_api: bool,
+    /// ADDs waiting for their pod to appear in the API, with their deadlines.
+    parked: Vec<(Endpoint, oneshot::Sender<Response>, std::time::Instant)>,
+    /// Kubernetes mode: whether the pods running before the agent were adopted yet.
+    adopted: bool,
+    /// Pods of this node that run unenforced, and why they could not be adopted.
+    pub unadopted: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -140,9 +150,12 @@ impl Agent {
             dp.attach_xdp(iface)?;
             info!(iface = %iface, "XDP attached");
         }
+        let kubernetes = cfg.source == Some(crate::config::SourceKind::Kubernetes);
+        // The Kubernetes source needs the runtime: `run` starts it.
         let source = cfg
             .manifests
             .clone()
+            .filter(|_| !kubernetes)
             .map(|d| Box::new(crate::source::DirSource::new(d)) as Box<dyn Source>);
         let numbers = crate::numbering::Numbering::read(&dirs.state).unwrap_or_else(|e| {
             warn!(error = %e, "identity numbers of the last run unreadable; numbering afresh (every map entry is written again once)");
@@ -205,7 +218,20 @@ impl Agent {
             ready: Default::default(),
             enricher: Default::default(),
             sweeper: Default::default(),
+            kube: None,
+            from_api: false,
+            parked: Vec::new(),
+            adopted: false,
+            unadopted: Vec::new(),
         };
+        if kubernetes {
+            // Until the first lists are in, the maps keep what they hold (the last good
+            // state of a previous run, if any) and pods wait.
+            agent.ready.set_problem(Some(
+                "waiting for the first lists from the Kubernetes API server".into(),
+            ));
+            return Ok(agent);
+        }
         if agent.source.is_none() {
             agent.manifests = Some(Cluster::default());
         }
@@ -239,8 +265,12 @@ impl Agent {
             cluster,
             mut problems,
             snapshot,
+            from_api,
         } = load;
-        let dir = self.cfg.manifests.clone().unwrap_or_default();
+        let dir = match from_api {
+            true => std::path::PathBuf::from("the Kubernetes API server"),
+            false => self.cfg.manifests.clone().unwrap_or_default(),
+        };
         let (feeds, fqdns) = septa_objects(&cluster, self.cfg.feed_min_refresh, &mut problems);
         metrics::gauge!("septa_manifest_errors").set(problems.0.len() as f64);
         for d in problems.warnings() {
@@ -269,7 +299,11 @@ impl Agent {
         self.feeds.set_wanted(feeds);
         self.fqdn_specs = fqdns;
         self.manifests = Some(cluster);
-        self.good_from = format!("the manifests in {}", dir.display());
+        self.from_api = from_api;
+        self.good_from = match from_api {
+            true => "the Kubernetes API server".into(),
+            false => format!("the manifests in {}", dir.display()),
+        };
         self.dir_errors = None;
         self.refresh_readiness();
         true
@@ -374,6 +408,7 @@ impl Agent {
             dns_resolvers: &self.cfg.dns_resolvers,
             registry: &self.registry,
             host_addresses: &hostnet::addrs::host_addresses(),
+            api_pods: self.from_api,
         };
         let (numbers, state_dir) = (&mut self.numbers, &self.dirs.state);
         let d = crate::state::desired(&inputs, &mut self.compiler, |st| {
@@ -469,6 +504,14 @@ impl Agent {
             Request::Status => match (self.ready.reconciled(), self.ready.problem()) {
                 (true, warning) => Response {
                     warning: warning.unwrap_or_default(),
+                    unadopted: self
+                        .unadopted
+                        .iter()
+                        .map(|(pod, reason)| api::protocol::Unadopted {
+                            pod: pod.clone(),
+                            reason: reason.clone(),
+                        })
+                        .collect(),
                     ..Response::ok()
                 },
                 (false, Some(why)) => Response::err(format!("agent not ready: {why}")),
@@ -518,6 +561,12 @@ impl Agent {
                     if batch.has(&ep.container_id) {
                         self.finish_batch(&mut batch);
                     }
+                    if self.waits_for_pod(&ep) {
+                        let deadline = std::time::Instant::now() + self.cfg.pod_wait;
+                        info!(container = %ep.container_id, pod = %format!("{}/{}", ep.namespace, ep.name), wait = ?self.cfg.pod_wait, "ADD waits for its pod to appear in the API");
+                        self.parked.push((ep, reply, deadline));
+                        continue;
+                    }
                     match self.prepare_add(ep) {
                         Ok(p) => batch.adds.push((p, reply)),
                         Err(r) => {
@@ -539,6 +588,132 @@ impl Agent {
             }
         }
         self.finish_batch(&mut batch);
+    }
+
+    /// Kubernetes mode: whether an ADD must wait, its pod not being in the applied objects yet,
+    /// or nothing listed yet (its labels and owner come from the API, never from the request).
+    fn waits_for_pod(&self, ep: &Endpoint) -> bool {
+        self.kube.is_some()
+            && self.manifests.as_ref().is_none_or(|m| {
+                !m.pods
+                    .iter()
+                    .any(|p| p.namespace == ep.namespace && p.name == ep.name)
+            })
+    }
+
+    /// Serve the parked ADDs whose pods have appeared; fail those past their deadline (the
+    /// runtime retries a failed ADD, so the pod starts once the API has it, never without its
+    /// policy).
+    pub fn retry_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut ready = Vec::new();
+        for (ep, reply, deadline) in std::mem::take(&mut self.parked) {
+            if reply.is_closed() {
+                continue;
+            }
+            if !self.waits_for_pod(&ep) {
+                ready.push((Request::Add(ep), reply));
+            } else if now >= deadline {
+                metrics::counter!("septa_cni_pod_wait_timeouts_total").increment(1);
+                let known = self
+                    .kube
+                    .as_ref()
+                    .is_some_and(|k| k.has_pod(&ep.namespace, &ep.name));
+                let why = if self.manifests.is_none() {
+                    "waits for the agent's first lists of the Kubernetes API"
+                } else if known {
+                    "is in the API but not applied yet"
+                } else {
+                    "is not in the Kubernetes API"
+                };
+                warn!(container = %ep.container_id, pod = %format!("{}/{}", ep.namespace, ep.name), "ADD failed: the pod {why} after {:?}", self.cfg.pod_wait);
+                let _ = reply.send(Response::err(format!(
+                    "pod {}/{} {why} (waited {:?}); its labels decide its policy, so it is not started without them: retry",
+                    ep.namespace, ep.name, self.cfg.pod_wait
+                )));
+            } else {
+                self.parked.push((ep, reply, deadline));
+            }
+        }
+        if !ready.is_empty() {
+            self.handle_batch(ready);
+        }
+    }
+
+    /// Kubernetes mode, once the first lists are applied: enforce the pods of this node that
+    /// were running before the agent (installed into a live cluster, or started without its
+    /// registry). Each pod's host veth is found from its address (see [`hostnet::adopt`]) and
+    /// registered as a CNI ADD would; a pod that cannot be found is reported (log, the
+    /// `septa_pods_unadopted` gauge, the agent's status) with the reason.
+    pub fn adopt_running(&mut self) {
+        let Some(kube) = self.kube.clone() else {
+            return;
+        };
+        if self.adopted || self.manifests.is_none() {
+            return;
+        }
+        self.adopted = true;
+        let mut unadopted = Vec::new();
+        let mut jobs = Vec::new();
+        for (namespace, name, ips) in kube.pods_on(self.cfg.node()) {
+            let pod = format!("{namespace}/{name}");
+            let registered = self
+                .registry
+                .endpoints
+                .values()
+                .any(|r| r.endpoint.namespace == namespace && r.endpoint.name == name);
+            if registered {
+                continue;
+            }
+            let Some(ip) = ips.first().copied() else {
+                // Not started yet: its CNI ADD is still to come, and registers it.
+                continue;
+            };
+            match hostnet::adopt::find_pod_interface(ip, &self.cfg.netns_dirs) {
+                Ok(found) => {
+                    let ep = Endpoint {
+                        container_id: format!("adopted:{pod}"),
+                        netns: found.netns.display().to_string(),
+                        ifname: found.ifname,
+                        host_ifname: found.host_ifname,
+                        cgroup: None,
+                        namespace,
+                        name,
+                        labels: None,
+                        ips,
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    jobs.push((Request::Add(ep), tx));
+                    unadopted.push((pod, rx));
+                }
+                Err(why) => {
+                    warn!(pod = %pod, ip = %ip, reason = %why, "running pod not adopted: it is not enforced until it restarts");
+                    self.unadopted.push((pod, why));
+                }
+            }
+        }
+        if !jobs.is_empty() {
+            self.handle_batch(jobs);
+        }
+        for (pod, mut rx) in unadopted {
+            match rx.try_recv() {
+                Ok(r) if r.ok => info!(pod = %pod, identity = r.identity, "running pod adopted"),
+                Ok(r) => {
+                    warn!(pod = %pod, reason = %r.error, "running pod not adopted: it is not enforced until it restarts");
+                    self.unadopted.push((pod, r.error));
+                }
+                Err(_) => self.unadopted.push((pod, "no answer".into())),
+            }
+        }
+        metrics::gauge!("septa_pods_unadopted").set(self.unadopted.len() as f64);
+    }
+
+    /// Whether ADDs are waiting for their pods.
+    pub fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
     }
 
     /// Validate an ADD and put it in the registry; its map entries and programs follow in

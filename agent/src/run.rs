@@ -131,7 +131,24 @@ pub async fn run(
         dataplane_common::agent::HEARTBEAT_INTERVAL_NS,
     ));
     let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
+    if agent.cfg.source == Some(crate::config::SourceKind::Kubernetes) {
+        let client = crate::source::kube::client(agent.cfg.kubeconfig.as_deref())
+            .await
+            .map_err(|reason| Error::Interface {
+                iface: "kubernetes".into(),
+                reason,
+            })?;
+        let (src, handle) = crate::source::kube::KubeSource::start(
+            client,
+            agent.cfg.node(),
+            agent.cfg.feed_min_refresh,
+        );
+        info!(node = %agent.cfg.node(), kubeconfig = ?agent.cfg.kubeconfig, "watching the Kubernetes API server");
+        agent.source = Some(Box::new(src));
+        agent.kube = Some(handle);
+    }
     let (mut loads, load_started) = spawn_loader(agent.source.take(), agent.cfg.poll_interval);
+    let mut parked_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     let mut stalled = false;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Last: nothing below can fail, so an agent that cannot start never replaces the socket.
@@ -153,12 +170,17 @@ pub async fn run(
             }
             Some(load) = loads.recv() => {
                 if agent.apply_load(load) {
+                    // Before the first compile of the API's objects: pods running without a
+                    // registration would otherwise lose their endpoint entries for a moment.
+                    agent.adopt_running();
                     if let Err(e) = agent.reconcile() {
                         error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
                     }
                     agent.sync_feeds(&feed_tx);
+                    agent.retry_parked();
                 }
             }
+            _ = parked_tick.tick(), if agent.has_parked() => agent.retry_parked(),
             Some(r) = resolved_rx.recv() => {
                 if crate::fqdn::handle_resolved(&mut agent.dns, &mut agent.dp, interval, r) {
                     agent.refresh_dns_names();
@@ -252,7 +274,9 @@ pub(crate) fn spawn_loader(
                         return;
                     }
                 }
-                std::thread::sleep(interval);
+                if !src.waits() {
+                    std::thread::sleep(interval);
+                }
             });
         if let Err(e) = spawned {
             error!(error = %e, "cannot start the manifest reader; manifests are not re-read");

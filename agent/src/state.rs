@@ -30,6 +30,10 @@ pub struct Inputs<'a> {
     pub registry: &'a Registry,
     /// This node's own addresses (identity `host`).
     pub host_addresses: &'a [IpAddr],
+    /// The manifests are the cluster's API objects: every pod with addresses that is not an
+    /// endpoint here is a peer with its identity, and registered pods take their labels and
+    /// owner from their Pod object alone.
+    pub api_pods: bool,
 }
 
 /// An address's pod, for flow records: (namespace, pod, workload `Kind/name`, labels).
@@ -69,9 +73,15 @@ pub fn desired(
     ));
     let mut slot_pods = Vec::new();
     for r in inputs.registry.endpoints.values() {
-        let pod = pod_for(&r.endpoint, m);
+        let pod = match inputs.api_pods {
+            true => api_pod_for(&r.endpoint, m),
+            false => pod_for(&r.endpoint, m),
+        };
         slot_pods.push((r.slot, pod.clone()));
         cluster.pods.push(pod);
+    }
+    if inputs.api_pods {
+        cluster.pods.extend(peers(m, inputs.registry));
     }
     let fqdn_rules = crate::fqdn::slot_rules(
         inputs.fqdn_specs,
@@ -181,6 +191,61 @@ fn map_state(
         ms.endpoints.insert(r.slot, info);
     }
     ms
+}
+
+/// Kubernetes mode: the pod an endpoint stands for is its Pod object (labels, owner, named
+/// ports), with the addresses this node gave it. A registration whose pod left the API keeps
+/// only its namespace: it is isolated by whatever selects every pod there, and allowed nothing
+/// by label.
+pub fn api_pod_for(ep: &Endpoint, m: &Cluster) -> Pod {
+    let mut pod = m
+        .pods
+        .iter()
+        .find(|p| p.namespace == ep.namespace && p.name == ep.name)
+        .cloned()
+        .unwrap_or_else(|| Pod {
+            namespace: ep.namespace.clone(),
+            name: ep.name.clone(),
+            workload: WorkloadRef {
+                namespace: ep.namespace.clone(),
+                name: ep.name.clone(),
+                kind: "Pod".into(),
+            },
+            labels: Default::default(),
+            named_ports: Default::default(),
+            ips: Vec::new(),
+            host_network: false,
+        });
+    pod.ips = ep.ips.clone();
+    pod
+}
+
+/// Kubernetes mode: the cluster's other pods, as peers: every pod with addresses that is not
+/// registered here. This node's registrations own their addresses (the node's own IPAM gave
+/// them), whatever the API still says of an older pod.
+fn peers<'a>(m: &'a Cluster, registry: &'a Registry) -> impl Iterator<Item = Pod> + 'a {
+    let local: std::collections::HashSet<(&str, &str)> = registry
+        .endpoints
+        .values()
+        .map(|r| (r.endpoint.namespace.as_str(), r.endpoint.name.as_str()))
+        .collect();
+    let local_ips: std::collections::HashSet<IpAddr> = registry
+        .endpoints
+        .values()
+        .flat_map(|r| r.endpoint.ips.iter().copied())
+        .collect();
+    m.pods
+        .iter()
+        .filter(move |p| {
+            !p.host_network
+                && !p.ips.is_empty()
+                && !local.contains(&(p.namespace.as_str(), p.name.as_str()))
+        })
+        .filter_map(move |p| {
+            let mut p = p.clone();
+            p.ips.retain(|ip| !local_ips.contains(ip));
+            (!p.ips.is_empty()).then_some(p)
+        })
 }
 
 /// The pod an endpoint stands for: its Pod object in the manifests if there is one,

@@ -203,6 +203,19 @@ pub struct Response {
     /// manifests have errors and an older state is enforced.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub warning: String,
+    /// Pods of this node that run unenforced because the agent could not adopt them (Status,
+    /// Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unadopted: Vec<Unadopted>,
+}
+
+/// A running pod the agent could not adopt, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unadopted {
+    /// `namespace/name`.
+    pub pod: String,
+    pub reason: String,
 }
 
 impl Response {
@@ -212,6 +225,7 @@ impl Response {
             error: String::new(),
             identity: None,
             warning: String::new(),
+            unadopted: Vec::new(),
         }
     }
     pub fn err(e: impl Into<String>) -> Self {
@@ -220,6 +234,7 @@ impl Response {
             error: e.into(),
             identity: None,
             warning: String::new(),
+            unadopted: Vec::new(),
         }
     }
 }

@@ -416,35 +416,7 @@ impl Builder {
     }
 
     fn pod(&mut self, p: &K8sPod, ns: &str) -> Result<(), (String, String)> {
-        let name = p.metadata.name.clone().unwrap_or_default();
-        let labels = p.metadata.labels.clone().unwrap_or_default();
-        let workload = owner_of(&p.metadata, ns, &name, &labels);
-        let spec = p
-            .spec
-            .as_ref()
-            .ok_or(("spec".to_owned(), "missing".to_owned()))?;
-        let mut ips = Vec::new();
-        if let Some(st) = &p.status {
-            let listed = st.pod_ips.iter().flatten().map(|i| i.ip.clone());
-            for (i, s) in st.pod_ip.clone().into_iter().chain(listed).enumerate() {
-                let ip: IpAddr = s
-                    .parse()
-                    .map_err(|_| (format!("status.podIPs[{i}]"), format!("invalid IP {s:?}")))?;
-                if !ips.contains(&ip) {
-                    ips.push(ip);
-                }
-            }
-        }
-        let mut pod = pod_from_spec(
-            ns,
-            &name,
-            workload,
-            labels,
-            spec,
-            "spec",
-            &mut self.skipped_ports,
-        );
-        pod.ips = ips;
+        let pod = pod(p, ns, &mut self.skipped_ports)?;
         self.cluster.pods.push(pod);
         Ok(())
     }
@@ -777,6 +749,38 @@ fn cronjob_owner(meta: &ObjectMeta) -> Option<String> {
         .flatten()
         .find(|o| o.kind == "CronJob")
         .map(|o| o.name.clone())
+}
+
+/// A Pod object as the model keeps it: labels, owner workload, named ports, addresses. A
+/// container port that is invalid is left out and added to `skipped` as (field, problem); an
+/// invalid address is an error naming its field.
+pub fn pod(
+    p: &K8sPod,
+    ns: &str,
+    skipped: &mut Vec<(String, String)>,
+) -> Result<Pod, (String, String)> {
+    let name = p.metadata.name.clone().unwrap_or_default();
+    let labels = p.metadata.labels.clone().unwrap_or_default();
+    let workload = owner_of(&p.metadata, ns, &name, &labels);
+    let spec = p
+        .spec
+        .as_ref()
+        .ok_or(("spec".to_owned(), "missing".to_owned()))?;
+    let mut ips = Vec::new();
+    if let Some(st) = &p.status {
+        let listed = st.pod_ips.iter().flatten().map(|i| i.ip.clone());
+        for (i, s) in st.pod_ip.clone().into_iter().chain(listed).enumerate() {
+            let ip: IpAddr = s
+                .parse()
+                .map_err(|_| (format!("status.podIPs[{i}]"), format!("invalid IP {s:?}")))?;
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    let mut pod = pod_from_spec(ns, &name, workload, labels, spec, "spec", skipped);
+    pod.ips = ips;
+    Ok(pod)
 }
 
 /// The workload a real pod belongs to, from its owner references.

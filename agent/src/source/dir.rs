@@ -1,5 +1,4 @@
-//! The agent's sources behind one trait, and the standalone one: a directory of manifests,
-//! re-read when anything in it changes.
+//! The standalone source: a directory of manifests, re-read when anything in it changes.
 //!
 //! Changes are noticed by polling a fingerprint (paths, sizes, modification times) every
 //! `poll_interval`. The agent applies a load only when it has no errors at all: a policy with a
@@ -11,8 +10,9 @@ use std::{
     time::SystemTime,
 };
 
-use policies::{load::load_paths, Cluster, Diagnostics};
+use policies::load::load_paths;
 
+use super::{Load, Source};
 use crate::snapshot::{read_texts, Snapshot};
 
 /// What the directory looks like: changes when a file is added, removed or written.
@@ -38,25 +38,6 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
     }
     v.sort();
     Fingerprint(v)
-}
-
-/// One read of the manifests directory.
-pub struct Load {
-    pub cluster: Cluster,
-    pub problems: Diagnostics,
-    /// The texts that were loaded, when they load to `cluster` on their own (see
-    /// [`crate::snapshot`]): what to save once the load is applied; else why not. `None`
-    /// when the load has problems (nothing is saved then).
-    pub snapshot: Option<Result<Snapshot, String>>,
-}
-
-/// Where the agent's inputs come from. Everything below a source (compile, reconcile, DNS,
-/// feeds, flows) is the same whatever the source: it hands over whole loads, and the agent
-/// applies a load only when it has no errors. A source is polled on a thread of its own, so a
-/// read that hangs stalls only that thread.
-pub trait Source: Send {
-    /// Read the inputs if they changed since the last poll.
-    fn poll(&mut self) -> Option<Load>;
 }
 
 /// The standalone source: the manifests directory and the last state read from it.
@@ -110,6 +91,7 @@ impl Source for DirSource {
             cluster,
             problems,
             snapshot,
+            from_api: false,
         })
     }
 }

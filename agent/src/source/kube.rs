@@ -1,0 +1,395 @@
+//! The Kubernetes source: watches of the API server, kept in the compact [`Index`] and handed
+//! to the agent as whole loads, like the manifests directory's.
+//!
+//! # Phases
+//! 1. **Connect**: a client from `--kubeconfig`, else the in-cluster service account.
+//! 2. **Watch**: one kube-runtime watcher per kind (Namespaces, Pods, NetworkPolicies,
+//!    Services, EndpointSlices, FqdnPolicies, ThreatFeeds), with the default backoff, so a
+//!    disconnect, a slow API server or a `410 Gone` is retried and relisted by the watcher.
+//!    Objects are pruned as they arrive (managed fields, annotations, the status and spec
+//!    fields policy does not read), and a relist replaces its kind in the index at once.
+//! 3. **Load**: [`KubeSource::poll`] waits until every kind is listed once, then hands the
+//!    index's [`Cluster`](policies::Cluster) to the agent after every change.
+//!
+//! Fail mode: the source only ever adds information. While the API server is unreachable the
+//! watchers retry and the agent enforces the last state it applied; nothing is removed because
+//! a connection failed. An object that does not validate keeps its last good version (see
+//! [`super::index`]) and is reported: logged, counted in `septa_kubernetes_object_errors`, and
+//! for septa's own kinds a Kubernetes Event on the object.
+
+use std::{
+    fmt::Debug,
+    path::Path,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod},
+    discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind},
+    runtime::{
+        events::{Event as KEvent, EventType, Recorder, Reporter},
+        watcher::{self, Event},
+        WatchStreamExt,
+    },
+    Client, Resource,
+};
+use policies::{Diagnostic, Diagnostics};
+use serde::de::DeserializeOwned;
+use tracing::{error, info, warn};
+
+use super::{
+    index::{Index, Kind},
+    Load, Source,
+};
+
+/// The index and the signal that it changed, shared by the watch tasks, the source's thread
+/// and the agent.
+pub struct Shared {
+    index: Mutex<Index>,
+    changed: Condvar,
+}
+
+impl Shared {
+    /// The index (a poisoned lock is taken as is: the index is consistent after every call).
+    pub fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changed.notify_all();
+    }
+}
+
+/// The agent's view of the source: which pods the API knows, and whether it is listed.
+#[derive(Clone)]
+pub struct KubeHandle(pub Arc<Shared>);
+
+/// The Kubernetes source (see the module doc).
+pub struct KubeSource {
+    shared: Arc<Shared>,
+    last: u64,
+}
+
+/// A client from a kubeconfig file, or from the in-cluster service account when `None`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::incluster()
+            .map_err(|e| format!("in-cluster configuration (service account): {e}"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+impl KubeSource {
+    /// Start watching with `client` on the current tokio runtime. `node` names this node (in
+    /// Events); ThreatFeeds are validated with `min_refresh`.
+    pub fn start(client: Client, node: &str, min_refresh: Duration) -> (Self, KubeHandle) {
+        let shared = Arc::new(Shared {
+            index: Mutex::new(Index::new(min_refresh)),
+            changed: Condvar::new(),
+        });
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "septa-agent".into(),
+                instance: Some(node.to_owned()),
+            },
+        );
+        let sh = shared.clone();
+        tokio::spawn(watch(
+            Api::<Namespace>::all(client.clone()),
+            Kind::Namespace,
+            sh.clone(),
+            |ix, o| {
+                ix.apply_namespace(o);
+                Ok(())
+            },
+            Index::delete_namespace,
+            |_| {},
+        ));
+        tokio::spawn(watch(
+            Api::<Pod>::all(client.clone()),
+            Kind::Pod,
+            sh.clone(),
+            Index::apply_pod,
+            Index::delete_pod,
+            prune_pod,
+        ));
+        tokio::spawn(watch(
+            Api::<NetworkPolicy>::all(client.clone()),
+            Kind::NetworkPolicy,
+            sh.clone(),
+            Index::apply_policy,
+            Index::delete_policy,
+            |_| {},
+        ));
+        tokio::spawn(watch(
+            Api::<k8s_openapi::api::core::v1::Service>::all(client.clone()),
+            Kind::Service,
+            sh.clone(),
+            Index::apply_service,
+            Index::delete_service,
+            |_| {},
+        ));
+        tokio::spawn(watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            Kind::EndpointSlice,
+            sh.clone(),
+            Index::apply_slice,
+            Index::delete_slice,
+            |_| {},
+        ));
+        for (kind, name) in [
+            (Kind::FqdnPolicy, "fqdnpolicies"),
+            (Kind::ThreatFeed, "threatfeeds"),
+        ] {
+            let gvk = GroupVersionKind::gvk("septa.dev", "v1alpha1", kind.as_str());
+            let ar = ApiResource::from_gvk_with_plural(&gvk, name);
+            tokio::spawn(watch_septa(
+                Api::<DynamicObject>::all_with(client.clone(), &ar),
+                kind,
+                sh.clone(),
+                recorder.clone(),
+                ar,
+            ));
+        }
+        (KubeSource { shared, last: 0 }, KubeHandle(sh))
+    }
+}
+
+impl Source for KubeSource {
+    /// Wait (up to a second) for a change once every kind is listed, and load it.
+    fn poll(&mut self) -> Option<Load> {
+        let g = self.shared.index();
+        let last = self.last;
+        let (g, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(g, Duration::from_secs(1), |ix| {
+                !ix.synced() || ix.generation == last
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if !g.synced() || g.generation == last {
+            return None;
+        }
+        self.last = g.generation;
+        let cluster = g.cluster();
+        metrics::gauge!("septa_kubernetes_pods").set(g.pod_count() as f64);
+        metrics::gauge!("septa_kubernetes_object_errors").set(g.problems().len() as f64);
+        drop(g);
+        Some(Load {
+            cluster,
+            problems: Diagnostics::default(),
+            snapshot: None,
+            from_api: true,
+        })
+    }
+
+    fn waits(&self) -> bool {
+        true
+    }
+}
+
+/// What a watch task keeps of a Pod: what [`Index::apply_pod`] reads.
+fn prune_pod(p: &mut Pod) {
+    if let Some(spec) = p.spec.as_mut() {
+        spec.volumes = None;
+        spec.affinity = None;
+        spec.tolerations = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            let ports = c.ports.take();
+            *c = k8s_openapi::api::core::v1::Container {
+                name: std::mem::take(&mut c.name),
+                ports,
+                ..Default::default()
+            };
+        }
+        spec.ephemeral_containers = None;
+    }
+    if let Some(st) = p.status.as_mut() {
+        *st = k8s_openapi::api::core::v1::PodStatus {
+            phase: st.phase.take(),
+            pod_ip: st.pod_ip.take(),
+            pod_ips: st.pod_ips.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// Fields no kind's conversion reads.
+fn prune_meta<K: Resource>(o: &mut K) {
+    let m = o.meta_mut();
+    m.managed_fields = None;
+    m.annotations = None;
+    m.finalizers = None;
+}
+
+/// Watch one kind into the index.
+async fn watch<K>(
+    api: Api<K>,
+    kind: Kind,
+    shared: Arc<Shared>,
+    apply: fn(&mut Index, &K) -> Result<(), Diagnostic>,
+    delete: fn(&mut Index, &K),
+    prune: fn(&mut K),
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(move |o: &mut K| {
+            prune_meta(o);
+            prune(o);
+        })
+        .boxed();
+    let mut buffer: Vec<K> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let mut problems = Vec::new();
+        match ev {
+            Ok(Event::Init) => buffer.clear(),
+            Ok(Event::InitApply(o)) => {
+                buffer.push(o);
+                continue;
+            }
+            Ok(Event::InitDone) => {
+                let objects = std::mem::take(&mut buffer);
+                let n = objects.len();
+                shared.index().relist(kind, objects, |ix, o| {
+                    if let Err(d) = apply(ix, &o) {
+                        problems.push(d);
+                    }
+                });
+                info!(kind = kind.as_str(), objects = n, "listed");
+                metrics::counter!("septa_kubernetes_lists_total", "kind" => kind.as_str())
+                    .increment(1);
+            }
+            Ok(Event::Apply(o)) => {
+                if let Err(d) = apply(&mut shared.index(), &o) {
+                    problems.push(d);
+                }
+            }
+            Ok(Event::Delete(o)) => delete(&mut shared.index(), &o),
+            Err(e) => {
+                metrics::counter!("septa_kubernetes_watch_errors_total", "kind" => kind.as_str())
+                    .increment(1);
+                warn!(kind = kind.as_str(), error = %e, "watch failed; retrying with backoff, enforcing the last good state meanwhile");
+                continue;
+            }
+        }
+        metrics::counter!("septa_kubernetes_events_total", "kind" => kind.as_str()).increment(1);
+        shared.changed();
+        report(&problems);
+    }
+}
+
+/// Watch FqdnPolicies or ThreatFeeds (as JSON, so that an object that does not decode is one
+/// bad object, not a failed list) into the index; a bad one gets a Warning Event.
+async fn watch_septa(
+    api: Api<DynamicObject>,
+    kind: Kind,
+    shared: Arc<Shared>,
+    recorder: Recorder,
+    ar: ApiResource,
+) {
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(prune_meta)
+        .boxed();
+    let mut buffer: Vec<DynamicObject> = Vec::new();
+    let json = |o: &DynamicObject| serde_json::to_value(o).unwrap_or_default();
+    while let Some(ev) = stream.next().await {
+        let mut problems: Vec<(Diagnostic, DynamicObject)> = Vec::new();
+        match ev {
+            Ok(Event::Init) => buffer.clear(),
+            Ok(Event::InitApply(o)) => {
+                buffer.push(o);
+                continue;
+            }
+            Ok(Event::InitDone) => {
+                let objects = std::mem::take(&mut buffer);
+                shared.index().relist(kind, objects, |ix, o| {
+                    if let Err(d) = ix.apply_septa(kind, &json(&o)) {
+                        problems.push((d, o));
+                    }
+                });
+            }
+            Ok(Event::Apply(o)) => {
+                if let Err(d) = shared.index().apply_septa(kind, &json(&o)) {
+                    problems.push((d, o));
+                }
+            }
+            Ok(Event::Delete(o)) => shared.index().delete_septa(kind, &json(&o)),
+            Err(e) => {
+                metrics::counter!("septa_kubernetes_watch_errors_total", "kind" => kind.as_str())
+                    .increment(1);
+                warn!(kind = kind.as_str(), error = %e, "watch failed; retrying with backoff, enforcing the last good state meanwhile");
+                continue;
+            }
+        }
+        metrics::counter!("septa_kubernetes_events_total", "kind" => kind.as_str()).increment(1);
+        shared.changed();
+        report(&problems.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>());
+        for (d, o) in problems {
+            let ev = KEvent {
+                type_: EventType::Warning,
+                reason: "Invalid".into(),
+                note: Some(format!(
+                    "{}: {}; the last good version stays enforced",
+                    if d.field.is_empty() {
+                        "object"
+                    } else {
+                        &d.field
+                    },
+                    d.message
+                )),
+                action: "Validate".into(),
+                secondary: None,
+            };
+            let reference = o.object_ref(&ar);
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                warn!(object = %d.object, error = %e, "could not post the Event");
+            }
+        }
+    }
+}
+
+/// Log objects that do not validate.
+fn report(problems: &[Diagnostic]) {
+    for d in problems {
+        error!(object = %d.object, field = %d.field, "{}; its last good version (if any) stays enforced", d.message);
+        metrics::counter!("septa_kubernetes_invalid_objects_total").increment(1);
+    }
+}
+
+impl KubeHandle {
+    /// Whether the API has the pod.
+    pub fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.0.index().has_pod(namespace, name)
+    }
+
+    /// Whether every kind is listed, and which are not.
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        self.0.index().unsynced()
+    }
+
+    /// The pods the API places on `node`.
+    pub fn pods_on(&self, node: &str) -> Vec<(String, String, Vec<std::net::IpAddr>)> {
+        self.0.index().pods_on(node)
+    }
+}
