@@ -194,8 +194,15 @@ impl Node {
 
     /// The command [`Node::start_agent`] runs, with `overrides` replacing the values of the
     /// flags they name (`--pin-dir`, `--state-dir`, `--socket`, ...; clap refuses a flag given
-    /// twice) and standard streams left to the caller.
+    /// twice) and standard streams left to the caller. Defaults are left out for flags that
+    /// `agent_args` gives, and `--manifests` (the standalone source's) when `agent_args` choose
+    /// `--source kubernetes`, which refuses it.
     pub fn agent_command(&self, overrides: &[(&str, &str)]) -> Command {
+        let kubernetes = self
+            .agent_args
+            .windows(2)
+            .any(|w| w[0] == "--source" && w[1] == "kubernetes")
+            || self.agent_args.iter().any(|a| a == "--source=kubernetes");
         let state = self.state_dir();
         let node_name = self.node_name.clone().unwrap_or_default();
         let (netns, manifests, pins, socket, state) = (
@@ -219,8 +226,12 @@ impl Node {
         ];
         let mut c = Command::new(&self.bins.agent);
         for (flag, value) in flags {
-            if self.agent_args.iter().any(|a| a == flag)
+            if self
+                .agent_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
                 || (flag == "--node-name" && self.node_name.is_none())
+                || (flag == "--manifests" && kubernetes)
             {
                 continue;
             }
@@ -456,4 +467,46 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The defaults give way to the caller's flags; `--source kubernetes` drops `--manifests`.
+    #[test]
+    fn agent_flags_from_defaults_and_agent_args() {
+        let bins = Binaries {
+            agent: "/bin/true".into(),
+            cni_dir: "/nonexistent".into(),
+        };
+        let mut n = Node::new("flags", bins).unwrap();
+        let a = args(&n.agent_command(&[]));
+        assert!(a.contains(&"--manifests".into()), "{a:?}");
+        assert!(!a.contains(&"--node-name".into()), "{a:?}");
+        n.node_name = Some("node-7".into());
+        n.agent_args = [
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            "/k",
+            "--poll-interval=1s",
+        ]
+        .map(String::from)
+        .into();
+        let a = args(&n.agent_command(&[]));
+        assert!(!a.contains(&"--manifests".into()), "{a:?}");
+        assert!(!a.contains(&"--poll-interval".into()), "{a:?}");
+        let i = a
+            .iter()
+            .position(|x| x == "--node-name")
+            .expect("--node-name");
+        assert_eq!(a[i + 1], "node-7");
+    }
 }
