@@ -49,16 +49,21 @@ pub enum Mode {
 /// One port of one Service with the endpoints traffic to it goes to: kube-proxy's unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
+    /// The Service's namespace.
     pub namespace: String,
+    /// The Service's name.
     pub name: String,
     /// The port's name ("" for an unnamed single port).
     pub port_name: String,
     /// `tcp`, `udp` or `sctp` (lower case, as in rules).
     pub protocol: String,
+    /// `spec.clusterIP`.
     pub cluster_ip: Ipv4Addr,
+    /// The port on the ClusterIP and external IPs.
     pub port: u16,
-    /// 0: none.
+    /// The NodePort on every local address (0: none).
     pub node_port: u16,
+    /// `spec.externalIPs` (IPv4).
     pub external_ips: Vec<Ipv4Addr>,
     /// Ready endpoints (address, port), sorted.
     pub endpoints: Vec<(Ipv4Addr, u16)>,
