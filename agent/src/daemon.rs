@@ -422,6 +422,7 @@ impl Agent {
         if let Ok(mut en) = self.enricher.write() {
             en.rules = d.rules;
             en.endpoints = d.endpoints;
+            en.services = d.services;
             en.node = self.cfg.node().to_owned();
         }
         self.next_fqdn_rules = Some(d.fqdn_rules);
@@ -590,11 +591,11 @@ impl Agent {
         self.finish_batch(&mut batch);
     }
 
-    /// Kubernetes mode: whether an ADD must wait, its pod not being in the applied objects yet
-    /// (its labels and owner come from the API, never from the request).
+    /// Kubernetes mode: whether an ADD must wait, its pod not being in the applied objects yet,
+    /// or nothing listed yet (its labels and owner come from the API, never from the request).
     fn waits_for_pod(&self, ep: &Endpoint) -> bool {
         self.kube.is_some()
-            && self.manifests.as_ref().is_some_and(|m| {
+            && self.manifests.as_ref().is_none_or(|m| {
                 !m.pods
                     .iter()
                     .any(|p| p.namespace == ep.namespace && p.name == ep.name)
@@ -622,7 +623,9 @@ impl Agent {
                     .kube
                     .as_ref()
                     .is_some_and(|k| k.has_pod(&ep.namespace, &ep.name));
-                let why = if known {
+                let why = if self.manifests.is_none() {
+                    "waits for the agent's first lists of the Kubernetes API"
+                } else if known {
                     "is in the API but not applied yet"
                 } else {
                     "is not in the Kubernetes API"

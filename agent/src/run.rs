@@ -170,11 +170,13 @@ pub async fn run(
             }
             Some(load) = loads.recv() => {
                 if agent.apply_load(load) {
+                    // Before the first compile of the API's objects: pods running without a
+                    // registration would otherwise lose their endpoint entries for a moment.
+                    agent.adopt_running();
                     if let Err(e) = agent.reconcile() {
                         error!(error = %e, kind = e.metric_label(), "reconcile failed; will retry on the next change");
                     }
                     agent.sync_feeds(&feed_tx);
-                    agent.adopt_running();
                     agent.retry_parked();
                 }
             }

@@ -49,6 +49,8 @@ pub struct Desired {
     pub rules: BTreeMap<u32, PolicyRef>,
     /// Endpoint addresses to their pods (flow records' peers).
     pub endpoints: BTreeMap<IpAddr, EndpointRef>,
+    /// Service addresses to their Services (flow records' peers).
+    pub services: BTreeMap<IpAddr, (String, String)>,
 }
 
 /// The desired state of `inputs`. `number` gives the compiled state its stable identity and
@@ -92,12 +94,14 @@ pub fn desired(
     number(&mut st);
     let rules = rule_refs(&st, inputs.fqdn_specs);
     let endpoints = endpoint_refs(&cluster.pods);
+    let services = std::mem::take(&mut st.services);
     let maps = map_state(st, inputs, &fqdn_rules);
     Desired {
         maps,
         fqdn_rules,
         rules,
         endpoints,
+        services,
     }
 }
 

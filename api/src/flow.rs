@@ -27,9 +27,13 @@ pub struct FlowPeer {
     pub workload: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub labels: BTreeMap<String, String>,
-    /// `host`, `world` or `cidr` for addresses that are not pods.
+    /// `host`, `world`, `cidr` or `service` for addresses that are not pods.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub entity: Option<String>,
+    /// The Service whose address this is (`entity` `service`; `namespace` is the Service's):
+    /// a connection to a ClusterIP or external IP, judged before kube-proxy's DNAT.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub service: Option<String>,
 }
 
 /// The policy rule that decided.

@@ -11,8 +11,9 @@ use api::{
 use crate::reachability::Format;
 
 fn side(p: &FlowPeer) -> String {
-    match (&p.namespace, &p.pod) {
-        (Some(ns), Some(pod)) => format!("{ns}/{pod}:{}", p.port),
+    match (&p.namespace, &p.pod, &p.service) {
+        (Some(ns), Some(pod), _) => format!("{ns}/{pod}:{}", p.port),
+        (Some(ns), None, Some(svc)) => format!("{ns}/{svc}:{}(service)", p.port),
         _ => format!(
             "{}:{}{}",
             p.ip,

@@ -90,6 +90,7 @@ fn side(ns: &[u8], i: usize, port: u16) -> FlowPeer {
         workload: Some(format!("Deployment/w{i}")),
         labels: BTreeMap::from([("app".into(), format!("w{i}"))]),
         entity: None,
+        service: None,
     }
 }
 

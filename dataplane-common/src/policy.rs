@@ -125,8 +125,27 @@ pub fn decide(isolation_bits: u8, entry: Option<PolicyValue>) -> Decision {
     }
 }
 
+/// The marker entry that says a port of the node is a node port: subject [`identity::ANY`]
+/// (never an endpoint's), egress, peer `host`, the port exact, no allow bits. kube-proxy
+/// DNATs a connection to a node port on the node's own addresses after the pod's egress hook
+/// has judged it, so egress to such a port is decided by policy (the compiler's node-port
+/// entries, by the Service's backends) even where traffic with the node is exempt.
+#[inline(always)]
+pub fn node_port_key(proto: u8, port: u16) -> PolicyKey {
+    PolicyKey::new(
+        identity::ANY,
+        crate::direction::EGRESS,
+        identity::HOST,
+        proto,
+        port,
+        16,
+    )
+}
+
 /// Evaluate a new flow for an endpoint: isolation + lookup + decision. `host_exempt`: traffic
-/// with the node itself is allowed without a lookup (Kubernetes: probes from the node work).
+/// with the node itself is allowed without a lookup (Kubernetes: probes from the node work),
+/// except egress to a node port (see [`node_port_key`]): one more lookup, for new flows from a
+/// pod to its node only.
 #[inline(always)]
 pub fn evaluate<M: PolicyMap + ?Sized>(
     map: &M,
@@ -137,7 +156,10 @@ pub fn evaluate<M: PolicyMap + ?Sized>(
     port: u16,
     host_exempt: bool,
 ) -> Decision {
-    if host_exempt && peer == identity::HOST {
+    if host_exempt
+        && peer == identity::HOST
+        && !(dir == crate::direction::EGRESS && map.get(&node_port_key(proto, port)).is_some())
+    {
         return Decision {
             verdict: verdict::FORWARDED,
             reason: reason::NONE,
@@ -290,6 +312,39 @@ mod tests {
         let m = map(&[]);
         let d = evaluate(&m, &ep, INGRESS, identity::HOST, IPPROTO_TCP, 80, true);
         assert_eq!((d.verdict, d.rule_id), (verdict::FORWARDED, rule::HOST));
+        // A node port is not exempt: egress to it is decided by the entries.
+        let mut np = m.clone();
+        np.insert(node_port_key(IPPROTO_TCP, 30080), PolicyValue::default());
+        let iso = EndpointInfo {
+            isolation: [isolation::ENFORCE; 2],
+            ..ep
+        };
+        let d = evaluate(
+            &np,
+            &iso,
+            crate::direction::EGRESS,
+            identity::HOST,
+            IPPROTO_TCP,
+            30080,
+            true,
+        );
+        assert_eq!(
+            d.verdict,
+            verdict::DROPPED,
+            "a node port without an allowing entry"
+        );
+        let d = evaluate(
+            &np,
+            &iso,
+            crate::direction::EGRESS,
+            identity::HOST,
+            IPPROTO_TCP,
+            30081,
+            true,
+        );
+        assert_eq!(d.rule_id, rule::HOST, "other ports of the node stay exempt");
+        let d = evaluate(&np, &iso, INGRESS, identity::HOST, IPPROTO_TCP, 30080, true);
+        assert_eq!(d.rule_id, rule::HOST, "ingress from the node stays exempt");
         let d = evaluate(&m, &ep, INGRESS, identity::HOST, IPPROTO_TCP, 80, false);
         assert_eq!(d.verdict, verdict::DROPPED);
         // Egress is not isolated for this endpoint.

@@ -19,10 +19,54 @@
 //! (peer, protocol, port range, enforce/audit, rule id), and entries are emitted so that the
 //! first entry the kernel finds already holds the union of every rule that covers the packet.
 //!
+//! # Services
+//! kube-proxy DNATs a connection to a Service address (ClusterIP, external or load-balancer
+//! IP) or to a node port after the client's egress hook has judged it, so that hook sees the
+//! Service address, not the backend. Each Service gets an identity of its own, and each of its
+//! addresses goes into the ipcache as a host prefix with it (more specific than any ipBlock,
+//! so the Service identity wins over an ipBlock that contains the address: ipBlocks never
+//! decide about Service addresses, the backends do). The rule, decided per identity:
+//!
+//! > A client whose egress is isolated may open a Service port (protocol and port, on any of
+//! > the Service's addresses) exactly when its egress policy allows it to reach **every**
+//! > ready backend of that port directly, on that backend's port. If any backend is denied,
+//! > or the port has no ready backend, the connection is denied at the Service address (fail
+//! > closed). It is audit rather than allowed when a backend is allowed only by an audit-mode
+//! > policy, and it names the rule that allows the first backend (backends in address order
+//! > from EndpointSlices; selected pods in input order from manifests). A node port is
+//! > decided the same way over every Service port with that node port.
+//!
+//! Entries: `(client, service, protocol, port)` for every allowed Service port, one port
+//! exact (prefix length 16, which the kernel always probes, so `port_plens` does not change).
+//! Nothing else reaches a Service address: when the client has wildcard-peer entries (a rule
+//! without peers) an any-protocol entry without allow bits stops the lookup at the Service
+//! identity, so a rule "anyone on TCP 80" does not open a ClusterIP's port 80 whose backends
+//! listen on 8080 and are not allowed there.
+//!
+//! Node ports are entries for the `host` identity, one port exact, with an entry without
+//! allow bits for a denied node port when the client has wildcard-peer entries; other ports
+//! of the node are left to the rules as before. Pod egress to the node is exempt from policy
+//! unless the agent runs with `--policy-host`, so each node port also gets its marker entry
+//! (`dataplane_common::policy::node_port_key`), which takes that port, and only it, out of
+//! the exemption: an isolated client reaches a node port only when the Service rule allows
+//! it, with or without `--policy-host`. The entries also decide a connection to that port of
+//! the node that kube-proxy does not DNAT (a node address outside its
+//! `--nodeport-addresses`): allowed or denied like the node port, never exempt.
+//!
+//! Without EndpointSlices (manifests, standalone mode) the backends are the pods the selector
+//! selects, on the target port (a named target resolves per pod); a pod without addresses
+//! counts by its identity (only pod selectors can match it). A backend address that is no pod
+//! counts as the address it is (its ipBlock identity, or `world`). A Service's addresses of
+//! both families share one decision, over the backends of both families.
+//!
 //! # Phases
 //! [`Compiler::compile`] runs these in order: collect the identity keys, number identities
 //! and rules (keeping earlier numbers), fill the ipcache, resolve every rule's peers once,
-//! then per subject identity compute its isolation and emit its policy entries.
+//! then per subject identity compute its isolation and emit its policy entries, and last
+//! compile Services: resolve each Service port's backends to (identity, port) once, then per
+//! egress-isolated subject identity decide each Service port and node port from the entries
+//! just emitted (the kernel's own lookup, so the decision is the one a direct connection to
+//! the backend would get), and mark the node ports.
 
 use std::{
     borrow::Cow,
@@ -34,7 +78,7 @@ use dataplane_common::{allow, identity, isolation, EndpointInfo, PolicyKey, Poli
 use ipnetwork::IpNetwork;
 
 use crate::{
-    eval::{Endpoint, RuleRef},
+    eval::{pods_by_ip, service_backends, Endpoint, RuleRef, ServiceBackend},
     model::{Cluster, Direction, IpBlock, NamespaceScope, Peer, Pod, PortSel, Protocol, Rule},
     ports::prefix_blocks,
     selector::Labels,
@@ -55,6 +99,9 @@ pub enum IdentityKey {
     },
     /// Addresses outside pods that are in exactly these ipBlocks (never empty).
     Cidr { blocks: BTreeSet<IpBlock> },
+    /// A Service's addresses (ClusterIPs, external and load-balancer IPs), where kube-proxy
+    /// sends connections on to the backends (see the module docs).
+    Service { namespace: String, name: String },
 }
 
 impl IdentityKey {
@@ -101,6 +148,9 @@ pub struct DesiredState {
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// Rule id → the rule.
     pub rules: BTreeMap<u32, RuleRef>,
+    /// Every Service address in the ipcache → its Service (namespace, name), so flow records
+    /// can name the Service a connection was opened to.
+    pub services: BTreeMap<IpAddr, (String, String)>,
 }
 
 /// Keeps identity and rule numbers stable across compilations, so a small change to the input
@@ -201,6 +251,10 @@ struct IdentityKeys<'c> {
     addrs: Vec<(IpAddr, IdentityKey)>,
     /// Every ipcache prefix the ipBlocks need, with its key (`None`: in no ipBlock, `world`).
     prefixes: Vec<(IpNetwork, Option<IdentityKey>)>,
+    /// Every Service address with its Service. An address that is also a pod's stays the
+    /// pod's; one claimed by two Services is the first's by (namespace, name), and the other
+    /// Service's ports on it are denied (fail closed).
+    services: BTreeMap<IpAddr, (String, String)>,
 }
 
 impl<'c> IdentityKeys<'c> {
@@ -246,10 +300,22 @@ impl<'c> IdentityKeys<'c> {
                 )
             })
             .collect();
+        let pod_addrs: BTreeSet<IpAddr> = addrs.iter().map(|(ip, _)| *ip).collect();
+        let mut by_name: Vec<&crate::model::Service> = c.services.iter().collect();
+        by_name.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let mut services = BTreeMap::new();
+        for svc in by_name {
+            for ip in svc.addresses().filter(|ip| !pod_addrs.contains(ip)) {
+                services
+                    .entry(ip)
+                    .or_insert_with(|| (svc.namespace.clone(), svc.name.clone()));
+            }
+        }
         Self {
             subjects,
             addrs,
             prefixes,
+            services,
         }
     }
 
@@ -257,6 +323,7 @@ impl<'c> IdentityKeys<'c> {
         let mut wanted: BTreeSet<IdentityKey> = self.subjects.keys().cloned().collect();
         wanted.extend(self.addrs.iter().map(|(_, k)| k.clone()));
         wanted.extend(self.prefixes.iter().filter_map(|(_, k)| k.clone()));
+        wanted.extend(self.services.values().map(service_key));
         wanted
     }
 }
@@ -284,6 +351,8 @@ impl<'a> PeerIndex<'a> {
                     }
                 }
                 IdentityKey::Cidr { .. } => in_blocks.push((k, v)),
+                // No rule names a Service: its backends decide (see the module docs).
+                IdentityKey::Service { .. } => {}
             }
         }
         Self { by_ns, in_blocks }
@@ -494,6 +563,25 @@ impl Compiler {
                 (sid, rules.subject_state(sid, subject, &mut st.policy))
             })
             .collect();
+        let targets = self.service_targets(&c, &keys, &st.ipcache);
+        let service_ids: BTreeSet<u32> = keys
+            .services
+            .values()
+            .map(|s| self.identities[&service_key(s)])
+            .collect();
+        for (&sid, es) in &subject_states {
+            service_entries(&targets, &service_ids, sid, es, &mut st.policy);
+        }
+        for t in targets.iter().filter(|t| t.peer == identity::HOST) {
+            st.policy.insert(
+                dataplane_common::policy::node_port_key(t.proto, t.port),
+                PolicyValue {
+                    rule_id: dataplane_common::rule::DEFAULT_DENY,
+                    flags: 0,
+                },
+            );
+        }
+        st.services = keys.services;
         st.endpoints = c
             .endpoints()
             .map(|p| {
@@ -502,6 +590,85 @@ impl Compiler {
             })
             .collect();
         st
+    }
+
+    /// Every Service port on a Service address, and every node port, with its backends as
+    /// (identity, port): resolved once, for all subjects. `ipcache` holds the pod addresses
+    /// and ipBlock prefixes (a Service address is never a backend).
+    fn service_targets(
+        &self,
+        c: &Cluster,
+        keys: &IdentityKeys,
+        ipcache: &BTreeMap<IpNetwork, u32>,
+    ) -> Vec<ServiceTarget> {
+        let pods = pods_by_ip(c);
+        let blocks: BTreeMap<IpNetwork, u32> = keys
+            .prefixes
+            .iter()
+            .map(|(net, k)| {
+                let id = k.as_ref().map_or(identity::WORLD, |k| self.identities[k]);
+                (*net, id)
+            })
+            .collect();
+        let identity_of = |b: &ServiceBackend| -> u32 {
+            match b.endpoint {
+                Endpoint::Pod(p) => match p.ip_of_family(b.v6) {
+                    Some(ip) => ipcache
+                        .get(&IpNetwork::from(ip))
+                        .copied()
+                        .unwrap_or_else(|| ipcache_lookup(&blocks, ip)),
+                    None => self
+                        .identities
+                        .get(&IdentityKey::subject_of(p))
+                        .copied()
+                        .unwrap_or(identity::WORLD),
+                },
+                Endpoint::External(ip) => ipcache_lookup(&blocks, ip),
+            }
+        };
+        let owners: BTreeSet<&(String, String)> = keys.services.values().collect();
+        // (peer, protocol, port) → backends, in order; grouped so that two Service ports
+        // meeting on one key (only in invalid input) must both allow.
+        let mut grouped: BTreeMap<(u32, Protocol, u16), Vec<(u32, u16)>> = BTreeMap::new();
+        for svc in &c.services {
+            let owned = owners.contains(&(svc.namespace.clone(), svc.name.clone()));
+            let sid = self
+                .identities
+                .get(&service_key(&(svc.namespace.clone(), svc.name.clone())))
+                .copied();
+            for sp in &svc.ports {
+                let backends: Vec<(u32, u16)> =
+                    service_backends(c, &pods, svc, sp.protocol, sp.port)
+                        .iter()
+                        .map(|b| (identity_of(b), b.port))
+                        .collect();
+                if let (true, Some(sid)) = (owned, sid) {
+                    grouped
+                        .entry((sid, sp.protocol, sp.port))
+                        .or_default()
+                        .extend(&backends);
+                }
+                if let Some(np) = sp.node_port {
+                    grouped
+                        .entry((identity::HOST, sp.protocol, np))
+                        .or_default()
+                        .extend(&backends);
+                }
+            }
+        }
+        grouped
+            .into_iter()
+            .map(|((peer, proto, port), mut backends)| {
+                let mut seen = BTreeSet::new();
+                backends.retain(|b| seen.insert(*b));
+                ServiceTarget {
+                    peer,
+                    proto: proto.number(),
+                    port,
+                    backends,
+                }
+            })
+            .collect()
     }
 
     /// Keep the numbers of identities still wanted, drop the others and number new ones.
@@ -550,6 +717,9 @@ impl Compiler {
         for (ip, key) in &keys.addrs {
             ipcache.insert(IpNetwork::from(*ip), self.identities[key]);
         }
+        for (ip, svc) in &keys.services {
+            ipcache.insert(IpNetwork::from(*ip), self.identities[&service_key(svc)]);
+        }
         ipcache
     }
 
@@ -591,6 +761,95 @@ impl Compiler {
             all_pod_peers: peers.all_pods(),
         }
     }
+}
+
+/// A Service port on a Service address, or a node port, and where it leads.
+#[derive(Clone, Debug)]
+struct ServiceTarget {
+    /// The identity the client's egress sees: the Service's, or `host` for a node port.
+    peer: u32,
+    proto: u8,
+    port: u16,
+    /// Every ready backend as (peer identity, port), first occurrences in backend order.
+    backends: Vec<(u32, u16)>,
+}
+
+/// The identity key of a Service (namespace, name).
+fn service_key((namespace, name): &(String, String)) -> IdentityKey {
+    IdentityKey::Service {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    }
+}
+
+/// Add the Service entries of subject identity `sid` (state `es`) to `policy`, which already
+/// holds its other entries: each target is decided by looking its backends up as the kernel
+/// would for a direct connection (see the module docs for the rule). `service_ids`: every
+/// Service identity in the ipcache (each gets a stopping entry when needed, ports or not).
+fn service_entries(
+    targets: &[ServiceTarget],
+    service_ids: &BTreeSet<u32>,
+    sid: u32,
+    es: &EndpointState,
+    policy: &mut BTreeMap<PolicyKey, PolicyValue>,
+) {
+    use dataplane_common::{direction::EGRESS, policy::lookup, rule};
+    let d = EGRESS as usize;
+    if es.isolation[d] == 0 {
+        return; // Not isolated: the kernel never looks up entries.
+    }
+    let start = PolicyKey {
+        subject: sid,
+        peer: identity::ANY,
+        ..PolicyKey::default()
+    };
+    // Whether a lookup that finds nothing for a peer falls through to wildcard-peer entries.
+    let wildcard = policy
+        .range(start..)
+        .take_while(|(k, _)| k.subject == sid && k.peer == identity::ANY)
+        .any(|(k, _)| k.direction == EGRESS);
+    let deny = PolicyValue {
+        rule_id: rule::DEFAULT_DENY,
+        flags: 0,
+    };
+    let mut out: Vec<(PolicyKey, PolicyValue)> = Vec::new();
+    for t in targets {
+        let vals: Vec<Option<PolicyValue>> = t
+            .backends
+            .iter()
+            .map(|&(peer, port)| lookup(policy, sid, EGRESS, peer, t.proto, port, es.port_plens[d]))
+            .collect();
+        let flags_of = |v: &Option<PolicyValue>| v.map_or(0, |v| v.flags);
+        // Every backend must be allowed: enforcing when all are by enforcing rules, audit
+        // when all are by some rule; none at all is a denial.
+        let flags = if vals.is_empty() {
+            0
+        } else if vals.iter().all(|v| flags_of(v) & allow::ENFORCE != 0) {
+            allow::ENFORCE
+        } else if vals.iter().all(|v| flags_of(v) != 0) {
+            allow::AUDIT
+        } else {
+            0
+        };
+        let key = PolicyKey::new(sid, EGRESS, t.peer, t.proto, t.port, 16);
+        match vals.first().copied().flatten() {
+            Some(first) if flags != 0 => out.push((
+                key,
+                PolicyValue {
+                    rule_id: first.rule_id,
+                    flags,
+                },
+            )),
+            _ if t.peer == identity::HOST && wildcard => out.push((key, deny)),
+            _ => {}
+        }
+    }
+    if wildcard {
+        for &svc in service_ids {
+            out.push((PolicyKey::new(sid, EGRESS, svc, 0, 0, 0), deny));
+        }
+    }
+    policy.extend(out);
 }
 
 /// `c` with its FqdnPolicies as the isolation policies they enter the policy map as (the
@@ -637,7 +896,7 @@ fn key_matches(c: &Cluster, pr: &Peer, policy_ns: &str, k: &IdentityKey) -> bool
             };
             ns_ok && pods.matches(labels)
         }
-        (Peer::Pods { .. }, IdentityKey::Cidr { .. }) => false,
+        (Peer::Pods { .. }, IdentityKey::Cidr { .. }) | (_, IdentityKey::Service { .. }) => false,
     }
 }
 

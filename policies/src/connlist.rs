@@ -9,6 +9,14 @@
 //! adjacent ranges have the same connections. FqdnPolicies count as the agent enforces them:
 //! their pods are egress-isolated with DNS to their trusted resolvers, and each name pattern
 //! is a peer of its own (`dns:api.example.com`) with the rule's ports.
+//!
+//! Services with an address (ClusterIP, external or load-balancer IP) are a peer too
+//! (`shop/api[Service]`), with the Service ports the client's egress may open on that address:
+//! the rule of `crate::compile` (every ready backend allowed on its port, see
+//! [`crate::eval::evaluate_service`]). Those lines say only what the client's egress allows at
+//! the Service address; each backend's ingress still applies, as the workload lines show.
+//! [`service_access`] lists each decision with the rule that made it. [`diff`] compares
+//! workload and external lines only.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,8 +27,8 @@ use std::{
 use ipnetwork::IpNetwork;
 
 use crate::{
-    eval::Endpoint,
-    model::{Cluster, Direction, Peer, Pod, PortSel, Protocol},
+    eval::{pods_by_ip, service_backends, service_decision, Endpoint, RuleRef},
+    model::{Cluster, Direction, Peer, Pod, PortSel, Protocol, WorkloadRef},
     ports::PortSet,
 };
 
@@ -127,6 +135,11 @@ pub enum Node {
     /// The resolvers the agent trusts for FqdnPolicies that name none (its `--dns-resolver`),
     /// when they are not known here.
     AgentResolvers,
+    /// A Service's addresses (`namespace/name[Service]`).
+    Service {
+        namespace: String,
+        name: String,
+    },
 }
 
 impl fmt::Display for Node {
@@ -136,6 +149,7 @@ impl fmt::Display for Node {
             Node::External(a, b) => write!(f, "{a}-{b}[External]"),
             Node::Name(n) => write!(f, "dns:{n}"),
             Node::AgentResolvers => f.write_str("dns-resolvers:agent-default"),
+            Node::Service { namespace, name } => write!(f, "{namespace}/{name}[Service]"),
         }
     }
 }
@@ -257,10 +271,68 @@ pub fn connlist(c: &Cluster, extra: &Boundaries) -> Vec<Connection> {
         .into_iter()
         .map(|l| (l.src, l.dst, l.conns))
         .collect();
-    merge_ranges(lines)
+    let mut services: BTreeMap<(Node, Node), ConnSet> = BTreeMap::new();
+    for a in service_access(c).into_iter().filter(|a| a.allowed) {
+        let set = services
+            .entry((Node::Workload(a.client), a.service))
+            .or_default();
+        set.add(a.protocol, &PortSet::range(a.port, a.port));
+    }
+    let mut out: Vec<Connection> = merge_ranges(lines)
         .into_iter()
+        .chain(services.into_iter().map(|((s, d), c)| (s, d, c)))
         .map(|(src, dst, conns)| Connection { src, dst, conns })
-        .collect()
+        .collect();
+    out.sort();
+    out
+}
+
+/// One workload's access to one Service port on the Service's addresses.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceAccess {
+    pub client: WorkloadRef,
+    /// Always [`Node::Service`].
+    pub service: Node,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Enforcing policy lets the client's egress open it (audit-mode policies change no
+    /// verdict, as everywhere in this module).
+    pub allowed: bool,
+    /// The deciding rule when the client's egress is isolated and the port allowed.
+    pub rule: Option<RuleRef>,
+}
+
+/// Every workload's access to every port of every Service that has an address, sorted.
+pub fn service_access(c: &Cluster) -> Vec<ServiceAccess> {
+    let mut reps: BTreeMap<&WorkloadRef, &Pod> = BTreeMap::new();
+    for p in c.endpoints() {
+        reps.entry(&p.workload).or_insert(p);
+    }
+    let pods = pods_by_ip(c);
+    let mut out = Vec::new();
+    for svc in c.services.iter().filter(|s| s.addresses().next().is_some()) {
+        let ports: BTreeSet<(Protocol, u16)> =
+            svc.ports.iter().map(|p| (p.protocol, p.port)).collect();
+        for (proto, port) in ports {
+            let backends = service_backends(c, &pods, svc, proto, port);
+            for (w, p) in &reps {
+                let e = service_decision(c, p, proto, &backends);
+                out.push(ServiceAccess {
+                    client: (*w).clone(),
+                    service: Node::Service {
+                        namespace: svc.namespace.clone(),
+                        name: svc.name.clone(),
+                    },
+                    protocol: proto,
+                    port,
+                    allowed: e.allowed(),
+                    rule: e.rule,
+                });
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The allowed connections with external space split at every boundary, unmerged (so two

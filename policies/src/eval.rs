@@ -1,11 +1,16 @@
 //! The reference evaluator: decides a connection straight from the policy model, with no
 //! identities, no compilation and no fallbacks. The compiler is tested against it.
+//!
+//! Connections to a Service's address ([`evaluate_service`], [`evaluate_node_port`]) are
+//! decided at the client's egress by the Service's backends, the way `crate::compile`
+//! states it: allowed when the client's egress allows every ready backend on that backend's
+//! port, denied when any backend is denied or there is none.
 
-use std::{fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use dataplane_common::verdict;
 
-use crate::model::{Cluster, Direction, Peer, Pod, PortSel, Protocol, Rule};
+use crate::model::{Cluster, Direction, Peer, Pod, PortSel, Protocol, Rule, Service};
 
 /// One side of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -211,4 +216,240 @@ fn rule_port_matches(rule: &Rule, dest: Option<&Pod>, proto: Protocol, port: u16
                     .is_some_and(|&(pp, num)| pp == proto && num == port),
             }
     })
+}
+
+/// One backend of a Service port: where kube-proxy may send a new connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceBackend<'a> {
+    pub endpoint: Endpoint<'a>,
+    /// The backend's port for the Service port.
+    pub port: u16,
+    /// The family of the backend's address. A selected pod without addresses is listed once,
+    /// as IPv4: with no address, only pod selectors can match it, whatever the family.
+    pub v6: bool,
+}
+
+impl ServiceBackend<'_> {
+    /// `namespace/pod` or the address.
+    pub fn name(&self) -> String {
+        match self.endpoint {
+            Endpoint::Pod(p) => p.key(),
+            Endpoint::External(ip) => ip.to_string(),
+        }
+    }
+}
+
+/// Endpoints (not hostNetwork pods) by address; of two pods with one address the later wins,
+/// as in the compiled ipcache.
+pub fn pods_by_ip(c: &Cluster) -> BTreeMap<IpAddr, &Pod> {
+    c.endpoints()
+        .flat_map(|p| p.ips.iter().map(move |&ip| (ip, p)))
+        .collect()
+}
+
+/// The ready backends of the ports of `svc` with protocol `proto` and port `port` (one, in a
+/// valid Service), in a fixed order: the first one names the deciding rule.
+///
+/// With EndpointSlices (`svc.backends` is `Some`): the ready backends, by address, each on its
+/// port named like the Service port (unnamed matches unnamed); a backend without such a port
+/// is no backend of that Service port. The backend is the endpoint with that address, or an
+/// external address. Without them (manifests): the endpoints the selector selects, in cluster
+/// order, on the Service port's target port (a named target resolves per pod; a pod without
+/// that port is no backend), once per address.
+pub fn service_backends<'a>(
+    c: &'a Cluster,
+    pods: &BTreeMap<IpAddr, &'a Pod>,
+    svc: &Service,
+    proto: Protocol,
+    port: u16,
+) -> Vec<ServiceBackend<'a>> {
+    let mut out = Vec::new();
+    for sp in svc
+        .ports
+        .iter()
+        .filter(|sp| sp.protocol == proto && sp.port == port)
+    {
+        match &svc.backends {
+            Some(list) => {
+                let mut ready: Vec<_> = list.iter().filter(|b| b.ready).collect();
+                ready.sort_by_key(|b| b.ip);
+                for b in ready {
+                    let Some(&(_, _, bport)) = b
+                        .ports
+                        .iter()
+                        .find(|(n, pr, _)| *n == sp.name && *pr == sp.protocol)
+                    else {
+                        continue;
+                    };
+                    let endpoint = match pods.get(&b.ip) {
+                        Some(p) => Endpoint::Pod(p),
+                        None => Endpoint::External(b.ip),
+                    };
+                    out.push(ServiceBackend {
+                        endpoint,
+                        port: bport,
+                        v6: b.ip.is_ipv6(),
+                    });
+                }
+            }
+            None => {
+                for p in c.endpoints().filter(|p| svc.selects(p)) {
+                    let Some(target) = svc.target_on(sp, p) else {
+                        continue;
+                    };
+                    let families: Vec<bool> = if p.ips.is_empty() {
+                        vec![false]
+                    } else {
+                        p.ips.iter().map(|ip| ip.is_ipv6()).collect()
+                    };
+                    out.extend(families.into_iter().map(|v6| ServiceBackend {
+                        endpoint: Endpoint::Pod(p),
+                        port: target,
+                        v6,
+                    }));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One backend's part in a Service decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendResult {
+    /// `namespace/pod`, or the address of a backend that is no pod.
+    pub backend: String,
+    pub port: u16,
+    /// The client's egress to it, as if connected to directly.
+    pub egress: DirectionResult,
+}
+
+/// The decision at the client's egress for a connection to a Service address (or a node port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEvaluation {
+    /// `dataplane_common::verdict::{FORWARDED, DROPPED, AUDIT}`.
+    pub verdict: u8,
+    /// An enforcing policy isolates the client's egress.
+    pub enforced: bool,
+    /// An audit-mode policy isolates it.
+    pub audited: bool,
+    /// Every ready backend, in order (empty: none, and an isolated client is denied).
+    pub backends: Vec<BackendResult>,
+    /// When allowed by policy (isolated and not denied): the smallest rule that allowed the
+    /// first backend, enforcing rules first. A fresh compiler numbers rules in this order, so
+    /// it is the rule the compiled entry names.
+    pub rule: Option<RuleRef>,
+}
+
+impl ServiceEvaluation {
+    pub fn allowed(&self) -> bool {
+        self.verdict != verdict::DROPPED
+    }
+}
+
+/// Decide a connection from `client` to an address of `svc` on `proto`/`port`; `None` when
+/// the Service has no such port.
+pub fn evaluate_service(
+    c: &Cluster,
+    client: &Pod,
+    svc: &Service,
+    proto: Protocol,
+    port: u16,
+) -> Option<ServiceEvaluation> {
+    if !svc
+        .ports
+        .iter()
+        .any(|sp| sp.protocol == proto && sp.port == port)
+    {
+        return None;
+    }
+    let backends = service_backends(c, &pods_by_ip(c), svc, proto, port);
+    Some(service_decision(c, client, proto, &backends))
+}
+
+/// Decide a connection from `client` to the node's own address on `proto`/`node_port`, which
+/// kube-proxy sends to the backends of every Service port with that node port; `None` when no
+/// Service has it. (The kernel decides node ports so whether or not the rest of the traffic
+/// with the node is exempt from policy.)
+pub fn evaluate_node_port(
+    c: &Cluster,
+    client: &Pod,
+    proto: Protocol,
+    node_port: u16,
+) -> Option<ServiceEvaluation> {
+    let pods = pods_by_ip(c);
+    let mut backends = Vec::new();
+    let mut found = false;
+    for svc in &c.services {
+        for sp in svc
+            .ports
+            .iter()
+            .filter(|sp| sp.protocol == proto && sp.node_port == Some(node_port))
+        {
+            found = true;
+            backends.extend(service_backends(c, &pods, svc, proto, sp.port));
+        }
+    }
+    found.then(|| service_decision(c, client, proto, &backends))
+}
+
+/// The Service rule over a backend list: every backend must be allowed; none is a denial.
+pub(crate) fn service_decision(
+    c: &Cluster,
+    client: &Pod,
+    proto: Protocol,
+    backends: &[ServiceBackend],
+) -> ServiceEvaluation {
+    let (mut enforced, mut audited) = (false, false);
+    for p in c.enforced_policies() {
+        if p.rules(Direction::Egress).is_some() && p.selects(client) {
+            enforced |= !p.audit;
+            audited |= p.audit;
+        }
+    }
+    let backends: Vec<BackendResult> = backends
+        .iter()
+        .map(|b| BackendResult {
+            backend: b.name(),
+            port: b.port,
+            egress: direction(
+                c,
+                client,
+                &b.endpoint,
+                Direction::Egress,
+                proto,
+                b.port,
+                b.v6,
+            ),
+        })
+        .collect();
+    let isolated = enforced || audited;
+    let some = !backends.is_empty();
+    let enforce_ok = !enforced || (some && backends.iter().all(|b| b.egress.enforce_ok()));
+    let audit_ok = !isolated || (some && backends.iter().all(|b| b.egress.audit_ok()));
+    let verdict = if !enforce_ok {
+        verdict::DROPPED
+    } else if !audit_ok {
+        verdict::AUDIT
+    } else {
+        verdict::FORWARDED
+    };
+    let rule = (isolated && verdict == verdict::FORWARDED)
+        .then(|| backends.first())
+        .flatten()
+        .and_then(|b| {
+            let e = &b.egress;
+            e.enforce_allowed
+                .iter()
+                .min()
+                .or_else(|| e.audit_allowed.iter().min())
+                .cloned()
+        });
+    ServiceEvaluation {
+        verdict,
+        enforced,
+        audited,
+        backends,
+        rule,
+    }
 }

@@ -4,11 +4,13 @@
 //! - [`load`] reads manifests (files, directories, multi-document YAML and JSON) into a
 //!   [`model::Cluster`], reporting bad objects with the file, object and field.
 //! - [`eval`] is the reference evaluator: (source, destination, protocol, port) → verdict and
-//!   the rules that decided it, straight from the policy text.
+//!   the rules that decided it, straight from the policy text; and (client, Service port or
+//!   node port) → verdict, decided by the Service's backends.
 //! - [`compile`] turns a cluster into the desired data-path state (identities, ipcache,
-//!   policy entries, per-endpoint isolation), deterministically, and diffs two states.
-//! - [`connlist`] lists every allowed connection between workloads, external ranges and the
-//!   names of FqdnPolicies.
+//!   policy entries, per-endpoint isolation, Service addresses), deterministically, and diffs
+//!   two states.
+//! - [`connlist`] lists every allowed connection between workloads, external ranges, the
+//!   names of FqdnPolicies and Services.
 //! - [`septa`] validates septa's own kinds (FqdnPolicy, ThreatFeed) for the agent and the CLI.
 //!
 //! The compiler is checked against the evaluator through the kernel's own lookup code

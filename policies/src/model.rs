@@ -526,6 +526,19 @@ impl Service {
         }
     }
 
+    /// The addresses kube-proxy DNATs for this Service: its ClusterIPs, then its external IPs.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.cluster_ips
+            .iter()
+            .chain(self.external_ips.iter())
+            .copied()
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     /// Whether the Service fronts `pod`.
     pub fn selects(&self, pod: &Pod) -> bool {
         !self.selector.is_empty()

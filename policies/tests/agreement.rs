@@ -367,3 +367,179 @@ proptest! {
         }
     }
 }
+
+/// A Service of namespace `ns`: ClusterIPs of one or both families (or none: headless), maybe
+/// an external IP, one or two ports with numbered or named targets and node ports, and
+/// backends from its selector or from EndpointSlices (pods' addresses, addresses of no pod,
+/// ready or not).
+fn service_strategy() -> impl Strategy<Value = Service> {
+    let port = (
+        prop::sample::select(vec![Some("http"), None, Some("b")]),
+        prop::sample::select(vec![Protocol::Tcp, Protocol::Udp]),
+        prop::sample::select(vec![80u16, 53, 443]),
+        prop_oneof![
+            prop::sample::select(vec![80u16, 81, 53, 8080]).prop_map(TargetPort::Number),
+            prop::sample::select(vec!["http", "dns", "alt", "nope"])
+                .prop_map(|n| TargetPort::Named(n.into())),
+        ],
+        prop::option::of(prop::sample::select(vec![30001u16, 30002, 30003])),
+    )
+        .prop_map(|(name, protocol, port, target, node_port)| ServicePort {
+            name: name.map(Into::into),
+            protocol,
+            port,
+            target,
+            node_port,
+        });
+    let backend = (
+        prop::sample::select(vec![
+            "10.0.0.2",
+            "10.0.1.3",
+            "10.0.2.4",
+            "10.0.0.5",
+            "fd00::2",
+            "fd00::4",
+            "10.0.1.99",
+            "192.0.2.7",
+            "203.0.113.5",
+        ]),
+        prop::sample::subsequence(
+            vec![
+                (Some("http"), Protocol::Tcp, 80u16),
+                (Some("http"), Protocol::Tcp, 8080),
+                (None, Protocol::Tcp, 81),
+                (None, Protocol::Udp, 53),
+                (Some("b"), Protocol::Udp, 53),
+                (Some("b"), Protocol::Tcp, 80),
+            ],
+            0..=3,
+        ),
+        prop::bool::weighted(0.8),
+    )
+        .prop_map(|(ip, ports, ready)| Backend {
+            ip: ip.parse().unwrap(),
+            ports: ports
+                .into_iter()
+                .map(|(n, p, port)| (n.map(Into::into), p, port))
+                .collect(),
+            ready,
+        });
+    (
+        prop::sample::select(vec!["x", "y", "z"]),
+        labels_strategy(),
+        prop::sample::select(vec![0usize, 1, 1, 2, 3]),
+        prop::bool::weighted(0.3),
+        prop::collection::vec(port, 1..=2),
+        prop::option::of(prop::collection::vec(backend, 0..=4)),
+    )
+        .prop_map(
+            |(ns, selector, families, external, ports, backends)| Service {
+                namespace: ns.into(),
+                name: "svc".into(),
+                selector,
+                cluster_ips: match families {
+                    0 => vec![],
+                    1 => vec!["10.96.0.1".parse().unwrap()],
+                    2 => vec!["fd00:96::1".parse().unwrap()],
+                    _ => vec!["10.96.0.1".parse().unwrap(), "fd00:96::1".parse().unwrap()],
+                },
+                ports,
+                external_ips: if external {
+                    vec!["192.0.2.50".parse().unwrap()]
+                } else {
+                    vec![]
+                },
+                backends,
+            },
+        )
+}
+
+/// A cluster with Services, each with addresses of its own (`svc{i}`, `…::{i}`).
+fn services_cluster_strategy() -> impl Strategy<Value = Cluster> {
+    (
+        cluster_strategy(),
+        prop::collection::vec(service_strategy(), 1..=3),
+    )
+        .prop_map(|(mut c, services)| {
+            for (i, mut s) in services.into_iter().enumerate() {
+                let n = i as u8 + 1;
+                s.name = format!("svc{i}");
+                for a in s.cluster_ips.iter_mut().chain(s.external_ips.iter_mut()) {
+                    *a = match *a {
+                        IpAddr::V4(v4) => {
+                            let o = v4.octets();
+                            IpAddr::from([o[0], o[1], o[2], o[3] + n])
+                        }
+                        IpAddr::V6(v6) => {
+                            let mut o = v6.octets();
+                            o[15] += n;
+                            IpAddr::from(o)
+                        }
+                    };
+                }
+                c.services.push(s);
+            }
+            c
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000), ..ProptestConfig::default() })]
+
+    /// From every endpoint to every Service address and port (and to the node on every node
+    /// port, with and without `--policy-host`), the kernel's lookup on the compiled maps decides as the
+    /// evaluator's Service rule, names the same rule, and connlist agrees; a port the Service
+    /// does not have is closed at its address for an isolated client.
+    #[test]
+    fn service_entries_agree_with_the_evaluator(c in services_cluster_strategy()) {
+        use dataplane_common::{direction::EGRESS, identity, policy, verdict};
+        use policies::{compile::ipcache_lookup, connlist::{connlist, Node}, eval::{evaluate_node_port, evaluate_service}};
+        let st = Compiler::default().compile(&c);
+        let list = connlist(&c, &Default::default());
+        for client in c.endpoints() {
+            let ep = st.endpoints[&client.key()].to_info();
+            for svc in &c.services {
+                let line = list.iter().find(|l| l.src == Node::Workload(client.workload.clone()) && l.dst == Node::Service { namespace: svc.namespace.clone(), name: svc.name.clone() }).map(|l| l.conns.clone()).unwrap_or_default();
+                for sp in &svc.ports {
+                    let want = evaluate_service(&c, client, svc, sp.protocol, sp.port).unwrap();
+                    for addr in svc.addresses() {
+                        prop_assert_eq!(st.services.get(&addr), Some(&(svc.namespace.clone(), svc.name.clone())));
+                        let peer = ipcache_lookup(&st.ipcache, addr);
+                        let d = policy::evaluate(&st.policy, &ep, EGRESS, peer, sp.protocol.number(), sp.port, false);
+                        prop_assert_eq!(d.verdict, want.verdict, "{} -> {} {} {}\n{:#?}\nservice {:#?}\npolicies {:#?}", client.key(), addr, sp.protocol, sp.port, want, svc, c.policies);
+                        if let Some(r) = &want.rule {
+                            prop_assert_eq!(st.rules.get(&d.rule_id), Some(r));
+                        }
+                        // A port the Service does not have: nothing at this address answers.
+                        let other = policy::evaluate(&st.policy, &ep, EGRESS, peer, sp.protocol.number(), 9999, false);
+                        let closed = if want.enforced { verdict::DROPPED } else if want.audited { verdict::AUDIT } else { verdict::FORWARDED };
+                        prop_assert_eq!(other.verdict, closed);
+                    }
+                    if svc.addresses().next().is_some() {
+                        prop_assert_eq!(line.allows(sp.protocol, sp.port), want.allowed(), "connlist {} -> {}/{} {} {}", client.key(), svc.namespace, svc.name, sp.protocol, sp.port);
+                    }
+                    if let Some(np) = sp.node_port {
+                        let want = evaluate_node_port(&c, client, sp.protocol, np).unwrap();
+                        // With and without --policy-host (the node-port marker ends the exemption).
+                        for host_exempt in [false, true] {
+                            let d = policy::evaluate(&st.policy, &ep, EGRESS, identity::HOST, sp.protocol.number(), np, host_exempt);
+                            prop_assert_eq!(d.verdict, want.verdict, "{} -> host:{} {} exempt={}\n{:#?}", client.key(), np, sp.protocol, host_exempt, want);
+                            if let Some(r) = &want.rule {
+                                prop_assert_eq!(st.rules.get(&d.rule_id), Some(r));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Services leave the rest alone: pod-to-pod and external connections still agree.
+        for (i, s) in c.pods.iter().enumerate() {
+            for d in c.pods.iter().skip(i) {
+                for (proto, port) in [(Protocol::Tcp, 80u16), (Protocol::Udp, 53), (Protocol::Tcp, 8080)] {
+                    let Some(kernel) = kernel_verdict(&c, &st, Endpoint::Pod(s), Endpoint::Pod(d), proto, port, false) else { continue };
+                    prop_assert_eq!(kernel, evaluate(&c, Endpoint::Pod(s), Endpoint::Pod(d), proto, port, false).verdict);
+                }
+            }
+        }
+    }
+}

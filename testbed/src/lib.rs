@@ -1,15 +1,21 @@
 //! Helpers for tests, benchmarks and the demo: a scratch data path, pods as network
 //! namespaces on a bridge ([`bed`]), real sockets ([`traffic`]), a client/server setting
-//! ([`scenario`]) and a CNI runtime that runs real plugin chains ([`cni`]).
+//! ([`scenario`]), a CNI runtime that runs real plugin chains ([`cni`]), a multi-node cluster of
+//! namespaces with routes or a VXLAN overlay between nodes ([`world`]), kube-proxy's NAT rules
+//! written with iptables or nftables ([`kubeproxy`]) and a fake Kubernetes API server
+//! ([`kubeapi`]).
 
 pub mod bed;
 pub mod cni;
 pub mod dns;
 pub mod http;
+pub mod kubeapi;
+pub mod kubeproxy;
 pub mod nfcapd;
 pub mod node;
 pub mod scenario;
 pub mod traffic;
+pub mod world;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,6 +1,7 @@
 //! A node running the real `septa-agent` binary in its own network namespace, with pods
 //! created through a real CNI chain (bridge + host-local + septa-cni). Used by the agent's
-//! end-to-end tests and by the demo.
+//! end-to-end tests, by the demo, and (one per cluster node, each with its own pod subnet) by
+//! the multi-node [`crate::world`].
 
 use std::{
     path::{Path, PathBuf},
@@ -66,6 +67,31 @@ impl Binaries {
 pub const POD_NETWORK: &str = "10.88.0.0/24";
 const NODE_GATEWAY: &str = "10.88.0.1";
 
+/// A node's pod network: what its CNI chain (bridge + host-local + septa-cni) hands out.
+#[derive(Clone, Debug)]
+pub struct PodNetwork {
+    /// The node's pod subnet (e.g. `10.88.3.0/24`); the bridge `cni-septa0` takes its first
+    /// address, the pods' gateway.
+    pub subnet: String,
+    /// MTU of the bridge and the pods' veths (the bridge plugin's `mtu`); `None` keeps the
+    /// kernel's 1500. An overlay needs room for its encapsulation (VXLAN: 50 bytes less).
+    pub mtu: Option<u32>,
+    /// Give pods a default route via the bridge (the bridge plugin's `isDefaultGateway`, as
+    /// flannel configures it), rather than only their subnet route (see [`Node::route_via_node`]).
+    pub default_route: bool,
+}
+
+impl Default for PodNetwork {
+    /// [`POD_NETWORK`], MTU 1500, subnet route only: what [`Node::new`] gives.
+    fn default() -> Self {
+        PodNetwork {
+            subnet: POD_NETWORK.into(),
+            mtu: None,
+            default_route: false,
+        }
+    }
+}
+
 /// The node: namespace, agent process, CNI runtime, and the pods made so far.
 pub struct Node {
     pub bed: Bed,
@@ -83,13 +109,27 @@ pub struct Node {
     pub log_filter: String,
     /// How long `start_agent` waits for readiness.
     pub ready_timeout: Duration,
+    /// The agent's `--node-name` (unless `agent_args` gives it); `None` leaves the flag out.
+    pub node_name: Option<String>,
 }
 
 impl Node {
-    /// A node with an empty manifests directory (write files, then [`Node::start_agent`]).
+    /// A node with an empty manifests directory (write files, then [`Node::start_agent`]), pod
+    /// network [`POD_NETWORK`].
     pub fn new(tag: &str, bins: Binaries) -> Result<Self> {
+        Self::with_pod_network(tag, bins, PodNetwork::default())
+    }
+
+    /// [`Node::new`] with its own pod network (subnet, MTU, default route for pods). IPv4
+    /// forwarding is on in the node namespace: the node routes its pods' traffic.
+    pub fn with_pod_network(tag: &str, bins: Binaries, pods: PodNetwork) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let bed = Bed::new(tag)?;
+        hostnet::netns::in_netns(&bed.node_path(), || {
+            // /proc/sys/net is the opening thread's namespace's.
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })?
+        .context("ip_forward in the node namespace")?;
         let dir = std::env::temp_dir().join(format!(
             "septa-node-{}-{}-{tag}",
             std::process::id(),
@@ -102,13 +142,20 @@ impl Node {
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let socket = dir.join("septa.sock");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/septa-node-{}", bed.id));
-        let network = septa_network(
+        let mut network = septa_network(
             &format!("septa-{tag}"),
             "cni-septa0",
-            POD_NETWORK,
+            &pods.subnet,
             &dir.join("ipam"),
             &socket,
         );
+        let bridge = &mut network["plugins"][0];
+        if let Some(mtu) = pods.mtu {
+            bridge["mtu"] = mtu.into();
+        }
+        if pods.default_route {
+            bridge["isDefaultGateway"] = true.into();
+        }
         let runtime = Runtime {
             node: bed.node_path(),
             cni_path: vec![bins.cni_dir.clone(), PathBuf::from("/usr/lib/cni")],
@@ -128,6 +175,7 @@ impl Node {
             log_filter: "info".into(),
             // A deadline, not a measurement: generous for a loaded two-core machine.
             ready_timeout: Duration::from_secs(60),
+            node_name: None,
         })
     }
 
@@ -146,9 +194,17 @@ impl Node {
 
     /// The command [`Node::start_agent`] runs, with `overrides` replacing the values of the
     /// flags they name (`--pin-dir`, `--state-dir`, `--socket`, ...; clap refuses a flag given
-    /// twice) and standard streams left to the caller.
+    /// twice) and standard streams left to the caller. Defaults are left out for flags that
+    /// `agent_args` gives, and `--manifests` (the standalone source's) when `agent_args` choose
+    /// `--source kubernetes`, which refuses it.
     pub fn agent_command(&self, overrides: &[(&str, &str)]) -> Command {
+        let kubernetes = self
+            .agent_args
+            .windows(2)
+            .any(|w| w[0] == "--source" && w[1] == "kubernetes")
+            || self.agent_args.iter().any(|a| a == "--source=kubernetes");
         let state = self.state_dir();
+        let node_name = self.node_name.clone().unwrap_or_default();
         let (netns, manifests, pins, socket, state) = (
             self.bed.node_path().display().to_string(),
             self.manifests.display().to_string(),
@@ -166,10 +222,17 @@ impl Node {
             ("--health-addr", "127.0.0.1:9876"),
             ("--poll-interval", "50ms"),
             ("--deny-event-interval", "0ms"),
+            ("--node-name", &node_name),
         ];
         let mut c = Command::new(&self.bins.agent);
         for (flag, value) in flags {
-            if self.agent_args.iter().any(|a| a == flag) {
+            if self
+                .agent_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+                || (flag == "--node-name" && self.node_name.is_none())
+                || (flag == "--manifests" && kubernetes)
+            {
                 continue;
             }
             let value = overrides
@@ -287,11 +350,15 @@ impl Node {
         Ok(a)
     }
 
-    /// Give a pod a default route through the node (the bridge's address), for traffic beyond
-    /// the pod network: the test network's IPAM gives pods their subnet route only.
+    /// Give a pod a default route through the node (the bridge's address: the gateway of its
+    /// CNI result), for traffic beyond the pod network: the test network's IPAM gives pods their
+    /// subnet route only (unless [`PodNetwork::default_route`]).
     pub fn route_via_node(a: &Attachment) -> Result<()> {
         let ns = a.netns.file_name().context("pod netns")?.to_string_lossy();
-        ip(&["-n", &ns, "route", "add", "default", "via", NODE_GATEWAY])
+        let gateway = a.result["ips"][0]["gateway"]
+            .as_str()
+            .unwrap_or(NODE_GATEWAY);
+        ip(&["-n", &ns, "route", "add", "default", "via", gateway])
     }
 
     /// The pod's IPv4 address from its CNI result.
@@ -400,4 +467,46 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The defaults give way to the caller's flags; `--source kubernetes` drops `--manifests`.
+    #[test]
+    fn agent_flags_from_defaults_and_agent_args() {
+        let bins = Binaries {
+            agent: "/bin/true".into(),
+            cni_dir: "/nonexistent".into(),
+        };
+        let mut n = Node::new("flags", bins).unwrap();
+        let a = args(&n.agent_command(&[]));
+        assert!(a.contains(&"--manifests".into()), "{a:?}");
+        assert!(!a.contains(&"--node-name".into()), "{a:?}");
+        n.node_name = Some("node-7".into());
+        n.agent_args = [
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            "/k",
+            "--poll-interval=1s",
+        ]
+        .map(String::from)
+        .into();
+        let a = args(&n.agent_command(&[]));
+        assert!(!a.contains(&"--manifests".into()), "{a:?}");
+        assert!(!a.contains(&"--poll-interval".into()), "{a:?}");
+        let i = a
+            .iter()
+            .position(|x| x == "--node-name")
+            .expect("--node-name");
+        assert_eq!(a[i + 1], "node-7");
+    }
 }

@@ -155,6 +155,8 @@ pub struct Enricher {
     pub feeds: BTreeMap<u32, String>,
     /// Addresses learned from DNS answers → the names that gave them.
     pub dns_names: BTreeMap<IpAddr, Vec<String>>,
+    /// Service addresses (ClusterIPs, external IPs) → (namespace, name).
+    pub services: BTreeMap<IpAddr, (String, String)>,
     pub node: String,
     /// CLOCK_MONOTONIC (the kernel's event clock) → wall clock offset, in ns.
     pub wall_offset_ns: i128,
@@ -185,6 +187,12 @@ impl Enricher {
                 p.pod = Some(pod.clone());
                 p.workload = Some(workload.clone());
                 p.labels = labels.clone();
+            }
+            None if self.services.contains_key(&ip) => {
+                let (ns, name) = &self.services[&ip];
+                p.namespace = Some(ns.clone());
+                p.service = Some(name.clone());
+                p.entity = Some("service".into());
             }
             None => {
                 p.entity = Some(
