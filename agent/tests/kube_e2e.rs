@@ -58,6 +58,8 @@ impl Cluster {
                     &kubeconfig.display().to_string(),
                     "--pod-wait",
                     "2s",
+                    "--flow-log",
+                    &n.dir.join("flows.jsonl").display().to_string(),
                 ]
                 .map(String::from),
             );
@@ -305,6 +307,9 @@ fn a_reused_address_never_carries_the_old_identity() {
         ))
         .unwrap();
     let db_addr = addr(&db, 5432);
+    // The policy is in force on node-0 once a guest is refused.
+    let probe = c.pod(1, "shop", "probe", &[("role", "guest")]);
+    until(&c, "db isolated", &probe, db_addr, false);
     for node in [0, 1] {
         let old = c.pod(node, "shop", &format!("old-{node}"), &[("role", "trusted")]);
         until(&c, "trusted pod admitted", &old, db_addr, true);
@@ -352,8 +357,9 @@ fn services_through_kube_proxy_iptables_and_nftables() {
     let mut c = Cluster::new("k8s-svc", 3, Overlay::HostGw);
     let allowed = c.pod(0, "shop", "frontend", &[("app", "frontend")]);
     let denied = c.pod(0, "shop", "batch", &[("app", "batch")]);
-    let web1 = c.pod(1, "shop", "web-1", &[("app", "web")]);
-    let web2 = c.pod(2, "shop", "web-2", &[("app", "web")]);
+    let partial = c.pod(0, "shop", "partial", &[("app", "partial")]);
+    let web1 = c.pod(1, "shop", "web-1", &[("app", "web"), ("zone", "a")]);
+    let web2 = c.pod(2, "shop", "web-2", &[("app", "web"), ("zone", "b")]);
     let b1 = Backend::start(&web1.netns, 8080, 15353).unwrap();
     let b2 = Backend::start(&web2.netns, 8080, 15354).unwrap();
     let cluster_ip = Ipv4Addr::new(10, 96, 0, 10);
@@ -382,7 +388,7 @@ fn services_through_kube_proxy_iptables_and_nftables() {
     // Both clients are egress-isolated; only the frontend may reach app=web on 8080.
     let isolate: NetworkPolicy = serde_json::from_value(json!({
         "metadata": {"namespace": "shop", "name": "clients"},
-        "spec": {"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["frontend", "batch"]}]},
+        "spec": {"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["frontend", "batch", "partial"]}]},
                  "policyTypes": ["Egress"], "egress": []}
     }))
     .unwrap();
@@ -392,8 +398,21 @@ fn services_through_kube_proxy_iptables_and_nftables() {
                  "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 8080}]}]}
     }))
     .unwrap();
+    // `partial` may reach one backend of the two: the Service is denied to it.
+    let zone_a: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"namespace": "shop", "name": "partial-to-zone-a"},
+        "spec": {"podSelector": {"matchLabels": {"app": "partial"}}, "policyTypes": ["Egress"],
+                 "egress": [{"to": [{"podSelector": {"matchLabels": {"zone": "a"}}}], "ports": [{"port": 8080}]}]}
+    }))
+    .unwrap();
     c.api.apply(&isolate).unwrap();
     c.api.apply(&frontend).unwrap();
+    c.api.apply(&zone_a).unwrap();
+    until(&c, "partial isolated", &partial, addr(&web2, 8080), false);
+    assert!(
+        connects(&partial, addr(&web1, 8080)),
+        "partial reaches its backend directly"
+    );
     let vip = SocketAddr::new(cluster_ip.into(), 80);
     let node_port = SocketAddr::new(World::node_address(0).into(), 30080);
     for mode in [Mode::Iptables, Mode::Nftables] {
@@ -415,6 +434,10 @@ fn services_through_kube_proxy_iptables_and_nftables() {
             !connects(&denied, vip),
             "{mode:?}: denied at the ClusterIP\n{}",
             c.logs()
+        );
+        assert!(
+            !connects(&partial, vip),
+            "{mode:?}: a client allowed to one backend of two is denied at the ClusterIP"
         );
         // The backends saw the frontend's own address (ingress after DNAT sees the client).
         let peers: Vec<IpAddr> = b1
@@ -444,6 +467,25 @@ fn services_through_kube_proxy_iptables_and_nftables() {
             p.flush().unwrap();
         }
     }
+    // node-0's flow records name the Service, and the rule that allowed the frontend.
+    let records = testbed::node::flow_records(&c.world.nodes[0].dir.join("flows.jsonl"));
+    let to_web = |r: &&Value| r["destination"]["service"] == "web";
+    assert!(
+        records
+            .iter()
+            .filter(to_web)
+            .any(|r| r["verdict"] == "forwarded"
+                && r["policy"]["name"] == "frontend-to-web"
+                && r["destination"]["entity"] == "service"),
+        "an allowed record names the Service and the rule\n{records:#?}"
+    );
+    assert!(
+        records
+            .iter()
+            .filter(to_web)
+            .any(|r| r["verdict"] == "dropped" && r["source"]["pod"] == "partial"),
+        "a denial names the Service"
+    );
 }
 
 /// The API server goes away for 30 s: enforcement is unchanged meanwhile, a change made
@@ -565,9 +607,13 @@ fn outage_relist_restart_unknown_pods_and_bad_objects() {
         "{err}"
     );
     let late = c.pod(0, "shop", "late", &[("app", "client")]);
-    assert!(
-        connects(&late, web_addr),
-        "the retried ADD is enforced with its API labels"
+    // Admitted once node-1 sees its address in the API (the kubelet reports it after the ADD).
+    until(
+        &c,
+        "the retried ADD, with its API labels",
+        &late,
+        web_addr,
+        true,
     );
 
     // A FqdnPolicy: good, then a typo in an update: the good one stays, and an Event says why.
