@@ -324,11 +324,35 @@ impl Node {
     /// Create a pod: a network namespace, then CNI ADD through the chain. `labels` is
     /// `k=v,k2=v2`.
     pub fn add_pod(&mut self, namespace: &str, name: &str, labels: &str) -> Result<Attachment> {
+        self.add_pod_with(namespace, name, labels, None)
+    }
+
+    /// [`Node::add_pod`] asking host-local IPAM for this address (its `IP` CNI argument), as
+    /// when an address freed by a deleted pod is given to the next one.
+    pub fn add_pod_with_ip(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ip: std::net::IpAddr,
+    ) -> Result<Attachment> {
+        self.add_pod_with(namespace, name, "", Some(ip))
+    }
+
+    fn add_pod_with(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        labels: &str,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<Attachment> {
         let labels = labels.replace('=', ":");
         let netns = format!("septa-{}-{name}", self.bed.id);
         ip(&["netns", "add", &netns])?;
         ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};SEPTA_LABELS={labels}");
+        let mut args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};SEPTA_LABELS={labels}");
+        if let Some(a) = address {
+            args.push_str(&format!(";IP={a}"));
+        }
         let path = PathBuf::from("/run/netns").join(&netns);
         let a = match self.runtime.add(&format!("c-{name}"), &path, "eth0", &args) {
             Ok(a) => a,

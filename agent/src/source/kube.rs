@@ -286,14 +286,11 @@ async fn watch<K>(
             }
             Ok(Event::Delete(o)) => delete(&mut shared.index(), &o),
             Err(e) => {
-                metrics::counter!("septa_kubernetes_watch_errors_total", "kind" => kind.as_str())
-                    .increment(1);
-                warn!(kind = kind.as_str(), error = %e, "watch failed; retrying with backoff, enforcing the last good state meanwhile");
+                watch_failed(kind, &e);
                 continue;
             }
         }
-        metrics::counter!("septa_kubernetes_events_total", "kind" => kind.as_str()).increment(1);
-        shared.changed();
+        applied(kind, &shared);
         report(&problems);
     }
 }
@@ -336,14 +333,11 @@ async fn watch_septa(
             }
             Ok(Event::Delete(o)) => shared.index().delete_septa(kind, &json(&o)),
             Err(e) => {
-                metrics::counter!("septa_kubernetes_watch_errors_total", "kind" => kind.as_str())
-                    .increment(1);
-                warn!(kind = kind.as_str(), error = %e, "watch failed; retrying with backoff, enforcing the last good state meanwhile");
+                watch_failed(kind, &e);
                 continue;
             }
         }
-        metrics::counter!("septa_kubernetes_events_total", "kind" => kind.as_str()).increment(1);
-        shared.changed();
+        applied(kind, &shared);
         report(&problems.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>());
         for (d, o) in problems {
             let ev = KEvent {
@@ -367,6 +361,18 @@ async fn watch_septa(
             }
         }
     }
+}
+
+/// A list or watch failed: kube-runtime's backoff retries it; the index keeps what it has.
+fn watch_failed(kind: Kind, e: &watcher::Error) {
+    metrics::counter!("septa_kubernetes_watch_errors_total", "kind" => kind.as_str()).increment(1);
+    warn!(kind = kind.as_str(), error = %e, "watch failed; retrying with backoff, enforcing the last good state meanwhile");
+}
+
+/// An event went into the index: count it and wake the source's reader.
+fn applied(kind: Kind, shared: &Shared) {
+    metrics::counter!("septa_kubernetes_events_total", "kind" => kind.as_str()).increment(1);
+    shared.changed();
 }
 
 /// Log objects that do not validate.
