@@ -6,7 +6,8 @@
 //!   pods of other nodes, with their Services, EndpointSlices and 100 NetworkPolicies); the
 //!   three agents start side by side with `--source kubernetes`, and each one's time from
 //!   spawn to its socket's `Status` ok (every kind listed, the first state compiled and
-//!   written) is taken. A fresh world per size, so no pinned state helps a start.
+//!   written) is taken, and its memory (VmRSS) then. A fresh world per size, so no pinned
+//!   state helps a start.
 //! - **NetworkPolicy change → enforced on all three nodes**: a server pod on each node (made
 //!   through the real CNI chain, its Pod written to the API first and its address after, as a
 //!   kubelet does) and a client pod on node-0 sending each server a UDP datagram every
@@ -435,19 +436,28 @@ fn main() -> Result<()> {
     let _ = writeln!(md, "Reproduce (as root): `cargo build --release -p agent -p cni -p perf && target/release/septa-perf-kube-world --out perf/results`. Three nodes (network namespaces, host-gw routes), the fake API server on the underlay, each agent with `--source kubernetes`; see the binary's module doc.\n");
     let mut csv = String::from("measure,pods,value,unit\n");
 
-    let _ = writeln!(md, "## Start-up to ready (three agents side by side, fresh world)\n\n| pods in the API | node-0 | node-1 | node-2 |\n|---:|---:|---:|---:|");
+    let _ = writeln!(md, "## Start-up to ready (three agents side by side, fresh world)\n\n| pods in the API | node-0 | node-1 | node-2 | agent RSS once ready (node-0 / 1 / 2) |\n|---:|---:|---:|---:|---:|");
     for &n in &args.startup_pods {
         eprintln!("septa-perf-kube-world: start-up with {n} pods in the API ...");
         let mut c = cluster(&format!("ks{}", n / 1000), n, args.policies)?;
         let t = start(&mut c.world)?;
         keep_logs(&c.world, args.logs.as_deref(), n)?;
+        let rss: Vec<f64> = c
+            .world
+            .nodes
+            .iter()
+            .map(|node| perf::status_mib(node.agent_pid(), "VmRSS"))
+            .collect();
         let _ = writeln!(
             md,
-            "| {n} | {:.2} s | {:.2} s | {:.2} s |",
-            t[0], t[1], t[2]
+            "| {n} | {:.2} s | {:.2} s | {:.2} s | {:.0} / {:.0} / {:.0} MiB |",
+            t[0], t[1], t[2], rss[0], rss[1], rss[2]
         );
         for (i, v) in t.iter().enumerate() {
             let _ = writeln!(csv, "startup_s_node{i},{n},{v:.3},s");
+        }
+        for (i, v) in rss.iter().enumerate() {
+            let _ = writeln!(csv, "rss_mib_node{i},{n},{v:.1},MiB");
         }
     }
 
