@@ -356,9 +356,13 @@ async fn watch_septa(
                 secondary: None,
             };
             let reference = o.object_ref(&ar);
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                warn!(object = %d.object, error = %e, "could not post the Event");
-            }
+            // Not awaited here: a slow Events API must not hold up the watch.
+            let recorder = recorder.clone();
+            tokio::spawn(async move {
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    warn!(object = %d.object, error = %e, "could not post the Event");
+                }
+            });
         }
     }
 }
