@@ -763,6 +763,21 @@ impl Agent {
         metrics::gauge!("septa_pods_unadopted").set(self.unadopted.len() as f64);
     }
 
+    /// Kubernetes mode, before the first load: say which kinds are not listed yet (a missing
+    /// CRD or RBAC rule keeps one from ever listing; the watch errors in the log say why).
+    pub fn report_listing(&self) {
+        let (Some(kube), None) = (&self.kube, &self.manifests) else {
+            return;
+        };
+        let missing = kube.unsynced();
+        if !missing.is_empty() {
+            self.ready.set_problem(Some(format!(
+                "waiting for the first lists from the Kubernetes API server: {} not listed yet",
+                missing.join(", ")
+            )));
+        }
+    }
+
     /// Whether ADDs are waiting for their pods.
     pub fn has_parked(&self) -> bool {
         !self.parked.is_empty()
