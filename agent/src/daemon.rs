@@ -742,7 +742,7 @@ impl Agent {
                     unadopted.push((pod, rx));
                 }
                 Err(why) => {
-                    warn!(pod = %pod, ip = %ip, reason = %why, "running pod not adopted: it is not enforced until it restarts");
+                    warn!(pod = %pod, ip = %ip, reason = %why, "running pod not adopted: until it restarts, septa does not enforce its policy (its traffic is dropped if programs of an earlier run are still attached to its interface)");
                     self.unadopted.push((pod, why));
                 }
             }
@@ -754,7 +754,7 @@ impl Agent {
             match rx.try_recv() {
                 Ok(r) if r.ok => info!(pod = %pod, identity = r.identity, "running pod adopted"),
                 Ok(r) => {
-                    warn!(pod = %pod, reason = %r.error, "running pod not adopted: it is not enforced until it restarts");
+                    warn!(pod = %pod, reason = %r.error, "running pod not adopted: until it restarts, septa does not enforce its policy (its traffic is dropped if programs of an earlier run are still attached to its interface)");
                     self.unadopted.push((pod, r.error));
                 }
                 Err(_) => self.unadopted.push((pod, "no answer".into())),

@@ -7,9 +7,11 @@
 //! holder's veth peer is a host interface here, with the same proof as for a CNI ADD
 //! ([`crate::link::verify_veth_peer`]).
 //!
-//! An address held in more than one namespace is refused, never guessed: a pod with
-//! `NET_ADMIN` can put another pod's address on its own interface, and a namespace file leaked
-//! by a crashed runtime can still hold an address given to a new pod since.
+//! An address held in more than one namespace whose veth leads here is refused, never
+//! guessed: a pod with `NET_ADMIN` can put another pod's address on its own interface, and a
+//! namespace file leaked by a crashed runtime can still hold an address given to a new pod
+//! since. (Holders whose veth leads elsewhere, such as other nodes' pods in a shared directory,
+//! are not candidates.)
 
 use std::{
     collections::BTreeMap,
@@ -69,36 +71,51 @@ impl Holders {
     /// error says what was looked at and why nothing (or more than one) matched.
     pub fn find(&self, ip: IpAddr) -> Result<PodInterface, String> {
         let dirs: Vec<_> = self.dirs.iter().map(|d| d.display().to_string()).collect();
-        let (ns, ifname, peer) = match self.by_ip.get(&ip).map(Vec::as_slice) {
-            None | Some([]) => {
+        let holders = self.by_ip.get(&ip).map(Vec::as_slice).unwrap_or_default();
+        if holders.is_empty() {
+            return Err(format!(
+                "no network namespace in {} ({} looked at) has a veth with {ip}",
+                dirs.join(", "),
+                self.looked_at
+            ));
+        }
+        // Only a holder whose veth peer is an interface here can be a pod of this node (the
+        // directory may hold other nodes' or other hosts' namespaces, as in a test bed).
+        let mut refused = Vec::new();
+        let mut proven = Vec::new();
+        for (ns, ifname, peer) in holders {
+            match crate::link::verify_veth_peer(*peer, ns, ifname) {
+                Ok(()) => proven.push((ns, ifname, *peer)),
+                Err(e) => refused.push(format!("{}: {e}", ns.display())),
+            }
+        }
+        let (ns, ifname, peer) = match proven.as_slice() {
+            [one] => *one,
+            [] => {
                 return Err(format!(
-                    "no network namespace in {} ({} looked at) has a veth with {ip}",
-                    dirs.join(", "),
-                    self.looked_at
+                    "{ip} is held only in namespaces whose interface is not a veth to here: {}",
+                    refused.join("; ")
                 ))
             }
-            Some([one]) => one,
-            Some(many) => {
+            many => {
                 let names: Vec<_> = many
                     .iter()
                     .map(|(n, _, _)| n.display().to_string())
                     .collect();
                 return Err(format!(
-                    "{ip} is held in {} network namespaces ({}): which is the pod's cannot be proven, so none is adopted",
+                    "{ip} is held in {} network namespaces with a veth to here ({}): which is the pod's cannot be proven, so none is adopted",
                     many.len(),
                     names.join(", ")
                 ));
             }
         };
-        crate::link::verify_veth_peer(*peer, ns, ifname)
-            .map_err(|e| format!("{}: {e}", ns.display()))?;
-        let host_ifname = crate::link::link(*peer)
+        let host_ifname = crate::link::link(peer)
             .map(|l| l.name)
             .map_err(|e| format!("host interface {peer}: {e}"))?;
         Ok(PodInterface {
             netns: ns.clone(),
             ifname: ifname.clone(),
-            host_ifindex: *peer,
+            host_ifindex: peer,
             host_ifname,
         })
     }
