@@ -300,6 +300,9 @@ impl Agent {
         self.fqdn_specs = fqdns;
         self.manifests = Some(cluster);
         self.from_api = from_api;
+        if from_api {
+            self.refresh_registered_labels();
+        }
         self.good_from = match from_api {
             true => "the Kubernetes API server".into(),
             false => format!("the manifests in {}", dir.display()),
@@ -579,6 +582,16 @@ impl Agent {
                     if batch.has(&container_id) {
                         self.finish_batch(&mut batch);
                     }
+                    // An ADD still waiting for its pod is over: the runtime gave the sandbox up.
+                    for (ep, reply, _) in self
+                        .parked
+                        .extract_if(.., |(ep, _, _)| ep.container_id == container_id)
+                    {
+                        info!(container = %ep.container_id, "a waiting ADD ends with its DEL");
+                        let _ = reply.send(Response::err(
+                            "the container was deleted while its ADD waited for its pod",
+                        ));
+                    }
                     batch.removed |= self.remove_registration(&container_id);
                     batch.dels.push(reply);
                 }
@@ -589,6 +602,43 @@ impl Agent {
             }
         }
         self.finish_batch(&mut batch);
+    }
+
+    /// The labels of a pod in the applied API objects.
+    fn api_labels(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        self.manifests
+            .as_ref()?
+            .pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+            .map(|p| p.labels.clone())
+    }
+
+    /// Kubernetes mode: keep each registration's labels those of its Pod object, saved with
+    /// the registry, so a pod whose object disappears while it runs keeps its last labels
+    /// (also across a restart) rather than none.
+    fn refresh_registered_labels(&mut self) {
+        let mut changed = false;
+        let updates: Vec<(String, BTreeMap<String, String>)> = self
+            .registry
+            .endpoints
+            .iter()
+            .filter_map(|(cid, r)| {
+                let now = self.api_labels(&r.endpoint.namespace, &r.endpoint.name)?;
+                (r.endpoint.labels.as_ref() != Some(&now)).then(|| (cid.clone(), now))
+            })
+            .collect();
+        for (cid, labels) in updates {
+            if let Some(r) = self.registry.endpoints.get_mut(&cid) {
+                r.endpoint.labels = Some(labels);
+                changed = true;
+            }
+        }
+        if changed {
+            if let Err(e) = self.registry.save() {
+                warn!(error = %e, "saving the registry with the pods' current labels");
+            }
+        }
     }
 
     /// Kubernetes mode: whether an ADD must wait, its pod not being in the applied objects yet,
@@ -659,6 +709,7 @@ impl Agent {
         self.adopted = true;
         let mut unadopted = Vec::new();
         let mut jobs = Vec::new();
+        let holders = hostnet::adopt::scan(&self.cfg.netns_dirs);
         for (namespace, name, ips) in kube.pods_on(self.cfg.node()) {
             let pod = format!("{namespace}/{name}");
             let registered = self
@@ -673,7 +724,7 @@ impl Agent {
                 // Not started yet: its CNI ADD is still to come, and registers it.
                 continue;
             };
-            match hostnet::adopt::find_pod_interface(ip, &self.cfg.netns_dirs) {
+            match holders.find(ip) {
                 Ok(found) => {
                     let ep = Endpoint {
                         container_id: format!("adopted:{pod}"),
@@ -691,7 +742,7 @@ impl Agent {
                     unadopted.push((pod, rx));
                 }
                 Err(why) => {
-                    warn!(pod = %pod, ip = %ip, reason = %why, "running pod not adopted: it is not enforced until it restarts");
+                    warn!(pod = %pod, ip = %ip, reason = %why, "running pod not adopted: until it restarts, septa does not enforce its policy (its traffic is dropped if programs of an earlier run are still attached to its interface)");
                     self.unadopted.push((pod, why));
                 }
             }
@@ -703,13 +754,28 @@ impl Agent {
             match rx.try_recv() {
                 Ok(r) if r.ok => info!(pod = %pod, identity = r.identity, "running pod adopted"),
                 Ok(r) => {
-                    warn!(pod = %pod, reason = %r.error, "running pod not adopted: it is not enforced until it restarts");
+                    warn!(pod = %pod, reason = %r.error, "running pod not adopted: until it restarts, septa does not enforce its policy (its traffic is dropped if programs of an earlier run are still attached to its interface)");
                     self.unadopted.push((pod, r.error));
                 }
                 Err(_) => self.unadopted.push((pod, "no answer".into())),
             }
         }
         metrics::gauge!("septa_pods_unadopted").set(self.unadopted.len() as f64);
+    }
+
+    /// Kubernetes mode, before the first load: say which kinds are not listed yet (a missing
+    /// CRD or RBAC rule keeps one from ever listing; the watch errors in the log say why).
+    pub fn report_listing(&self) {
+        let (Some(kube), None) = (&self.kube, &self.manifests) else {
+            return;
+        };
+        let missing = kube.unsynced();
+        if !missing.is_empty() {
+            self.ready.set_problem(Some(format!(
+                "waiting for the first lists from the Kubernetes API server: {} not listed yet",
+                missing.join(", ")
+            )));
+        }
     }
 
     /// Whether ADDs are waiting for their pods.
@@ -719,7 +785,12 @@ impl Agent {
 
     /// Validate an ADD and put it in the registry; its map entries and programs follow in
     /// [`Agent::finish_batch`].
-    fn prepare_add(&mut self, ep: Endpoint) -> Result<PendingAdd, Response> {
+    fn prepare_add(&mut self, mut ep: Endpoint) -> Result<PendingAdd, Response> {
+        if self.from_api {
+            // The API's labels, kept with the registration: what the pod is judged by should
+            // its object vanish (a forced deletion) while it still runs.
+            ep.labels = self.api_labels(&ep.namespace, &ep.name);
+        }
         if self.manifests.is_none() {
             return Err(Response::err(format!(
                 "agent not ready: {}",

@@ -204,6 +204,7 @@ pub async fn run(
             }
             _ = scrape.tick() => {
                 stalled = check_load_deadline(&load_started, stalled);
+                agent.report_listing();
                 agent.forget_gone();
                 crate::metrics::scrape(&agent.dp);
                 agent.feeds.scrape(&agent.dp);

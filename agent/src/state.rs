@@ -198,9 +198,9 @@ fn map_state(
 }
 
 /// Kubernetes mode: the pod an endpoint stands for is its Pod object (labels, owner, named
-/// ports), with the addresses this node gave it. A registration whose pod left the API keeps
-/// only its namespace: it is isolated by whatever selects every pod there, and allowed nothing
-/// by label.
+/// ports), with the addresses this node gave it. A registration whose pod left the API while it
+/// still runs (a forced deletion) keeps the labels its object last had (kept with the
+/// registration), so the policies that selected it still do.
 pub fn api_pod_for(ep: &Endpoint, m: &Cluster) -> Pod {
     let mut pod = m
         .pods
@@ -215,7 +215,7 @@ pub fn api_pod_for(ep: &Endpoint, m: &Cluster) -> Pod {
                 name: ep.name.clone(),
                 kind: "Pod".into(),
             },
-            labels: Default::default(),
+            labels: ep.labels.clone().unwrap_or_default(),
             named_ports: Default::default(),
             ips: Vec::new(),
             host_network: false,

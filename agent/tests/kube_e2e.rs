@@ -498,6 +498,7 @@ fn outage_relist_restart_unknown_pods_and_bad_objects() {
     let mut c = Cluster::new("k8s-out", 2, Overlay::HostGw);
     let client = c.pod(0, "shop", "client", &[("app", "client")]);
     let guest = c.pod(0, "shop", "guest", &[("app", "guest")]);
+    let rogue = c.pod(0, "shop", "rogue", &[("app", "rogue")]);
     let web = c.pod(1, "shop", "web", &[("app", "web")]);
     let _server = Server::start(&web.netns, &[8080], &[]).unwrap();
     let web_addr = addr(&web, 8080);
@@ -574,12 +575,27 @@ fn outage_relist_restart_unknown_pods_and_bad_objects() {
     // Restart node-0's agent without its registry: its pods are adopted from the API.
     let mut held = tcp_connect(&client.netns, web_addr).unwrap();
     echo(&mut held, b"before").unwrap();
+    // A hostile pod puts the guest's address on its own interface too: neither can be proven
+    // to hold it, so the guest is not adopted (rather than the rogue adopted as the guest).
+    let rogue_ns = rogue
+        .netns
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let guest_ip = format!("{}/32", Node::pod_ip(&guest));
+    testbed::bed::ip(&["-n", &rogue_ns, "addr", "add", &guest_ip, "dev", "eth0"]).unwrap();
     c.world.nodes[0].stop_agent().unwrap();
     for f in ["endpoints.json", "endpoints.json.prev"] {
         let _ = std::fs::remove_file(c.world.nodes[0].state_dir().join(f));
     }
     c.world.nodes[0].start_agent().unwrap();
-    echo(&mut held, b"after").expect("an allowed connection survives the restart");
+    if let Err(e) = echo(&mut held, b"after") {
+        panic!(
+            "an allowed connection survives the restart: {e}\n{}",
+            c.logs()
+        );
+    }
     assert!(connects(&client, web_addr));
     assert!(
         !connects(&guest, web_addr),
@@ -592,10 +608,14 @@ fn outage_relist_restart_unknown_pods_and_bad_objects() {
         Duration::from_secs(5),
     )
     .unwrap();
+    assert!(status.ok, "{status:?}");
+    let unadopted: Vec<_> = status.unadopted.iter().map(|u| u.pod.as_str()).collect();
+    assert_eq!(unadopted, ["shop/guest"], "{status:?}\n{}", c.logs());
     assert!(
-        status.ok && status.unadopted.is_empty(),
-        "{status:?}\n{}",
-        c.logs()
+        status.unadopted[0]
+            .reason
+            .contains("held in 2 network namespaces"),
+        "{status:?}"
     );
     assert!(c.world.nodes[0].agent_log().contains("running pod adopted"));
 

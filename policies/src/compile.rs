@@ -303,11 +303,21 @@ impl<'c> IdentityKeys<'c> {
         let pod_addrs: BTreeSet<IpAddr> = addrs.iter().map(|(ip, _)| *ip).collect();
         let mut by_name: Vec<&crate::model::Service> = c.services.iter().collect();
         by_name.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        // ClusterIPs first: the API server allocates them, so they are the Services' own,
+        // while anyone who may create a Service can write any address into its externalIPs.
+        // An external IP never takes over another Service's ClusterIP (nor a pod's address).
         let mut services = BTreeMap::new();
-        for svc in by_name {
-            for ip in svc.addresses().filter(|ip| !pod_addrs.contains(ip)) {
+        for svc in &by_name {
+            for ip in svc.cluster_ips.iter().filter(|ip| !pod_addrs.contains(ip)) {
                 services
-                    .entry(ip)
+                    .entry(*ip)
+                    .or_insert_with(|| (svc.namespace.clone(), svc.name.clone()));
+            }
+        }
+        for svc in by_name {
+            for ip in svc.external_ips.iter().filter(|ip| !pod_addrs.contains(ip)) {
+                services
+                    .entry(*ip)
                     .or_insert_with(|| (svc.namespace.clone(), svc.name.clone()));
             }
         }

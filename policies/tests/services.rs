@@ -456,6 +456,28 @@ fn service_addresses_and_identity() {
 }
 
 #[test]
+fn an_external_ip_never_takes_another_services_cluster_ip() {
+    // `a/x` sorts before `x/web` and claims web's ClusterIP as an external IP: a namespace
+    // user must not take over kube-dns's address this way.
+    let mut c = cluster(vec![], TargetPort::Number(80));
+    c.services[0].cluster_ips = vec![ip("10.96.0.10")];
+    let mut rogue = c.services[0].clone();
+    rogue.namespace = "a".into();
+    rogue.name = "x".into();
+    rogue.cluster_ips = vec![ip("10.96.0.99")];
+    rogue.external_ips = vec![ip("10.96.0.10"), ip("192.0.2.7")];
+    c.services.push(rogue);
+    let st = Compiler::default().compile(&c);
+    assert_eq!(st.services[&ip("10.96.0.10")], ("x".into(), "web".into()));
+    assert_eq!(st.services[&ip("192.0.2.7")], ("a".into(), "x".into()));
+    let web = st.identities[&IdentityKey::Service {
+        namespace: "x".into(),
+        name: "web".into(),
+    }];
+    assert_eq!(ipcache_lookup(&st.ipcache, ip("10.96.0.10")), web);
+}
+
+#[test]
 fn other_ports_of_a_service_address_are_closed() {
     // Allowed to everything on every port: the wildcard peer has entries, and still only the
     // Service's port is open at its address (kube-proxy forwards nothing else).

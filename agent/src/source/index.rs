@@ -118,7 +118,7 @@ impl<T: Hash + Eq + ?Sized> Interner<T> {
 }
 
 /// What the index keeps of a pod.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct PodEntry {
     labels: Arc<Labels>,
     workload: Arc<(String, String)>,
@@ -351,8 +351,12 @@ impl Index {
             created,
             seq,
         };
-        self.pods.insert(key, entry);
-        self.generation += 1;
+        // Most updates of a pod are its status (conditions, container states): nothing policy
+        // reads, and no reason to recompile on every node.
+        if self.pods.get(&key) != Some(&entry) {
+            self.pods.insert(key, entry);
+            self.generation += 1;
+        }
         Ok(())
     }
 

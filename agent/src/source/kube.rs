@@ -4,7 +4,7 @@
 //! # Phases
 //! 1. **Connect**: a client from `--kubeconfig`, else the in-cluster service account.
 //! 2. **Watch**: one kube-runtime watcher per kind (Namespaces, Pods, NetworkPolicies,
-//!    Services, EndpointSlices, FqdnPolicies, ThreatFeeds), with the default backoff, so a
+//!    Services, EndpointSlices, FqdnPolicies, ThreatFeeds), with a backoff (see [`Retry`]), so a
 //!    disconnect, a slow API server or a `410 Gone` is retried and relisted by the watcher.
 //!    Objects are pruned as they arrive (managed fields, annotations, the status and spec
 //!    fields policy does not read), and a relist replaces its kind in the index at once.
@@ -252,7 +252,7 @@ async fn watch<K>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(Retry::default())
         .modify(move |o: &mut K| {
             prune_meta(o);
             prune(o);
@@ -305,7 +305,7 @@ async fn watch_septa(
     ar: ApiResource,
 ) {
     let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(Retry::default())
         .modify(prune_meta)
         .boxed();
     let mut buffer: Vec<DynamicObject> = Vec::new();
@@ -356,10 +356,52 @@ async fn watch_septa(
                 secondary: None,
             };
             let reference = o.object_ref(&ar);
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                warn!(object = %d.object, error = %e, "could not post the Event");
-            }
+            // Not awaited here: a slow Events API must not hold up the watch.
+            let recorder = recorder.clone();
+            tokio::spawn(async move {
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    warn!(object = %d.object, error = %e, "could not post the Event");
+                }
+            });
         }
+    }
+}
+
+/// How long a failed list or watch waits: kube-runtime's default shape (from 800 ms,
+/// doubling, with jitter), but capped at 5 s rather than 30 s and reset by every event that
+/// arrives rather than after two quiet minutes. A `410 Gone` reaches the backoff as an error:
+/// with the default, the relist right after an outage would wait out the outage's 30 s while
+/// the changes made meanwhile stay unenforced (client-go's reflector relists at once).
+struct Retry {
+    next: Duration,
+}
+
+const RETRY_FIRST: Duration = Duration::from_millis(800);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { next: RETRY_FIRST }
+    }
+}
+
+impl Iterator for Retry {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(RETRY_MAX);
+        // Up to a quarter less, so that the agents of many nodes do not retry in step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Some(now - now.mul_f64(f64::from(nanos % 1000) / 4000.0))
+    }
+}
+
+impl kube::runtime::utils::Backoff for Retry {
+    fn reset(&mut self) {
+        self.next = RETRY_FIRST;
     }
 }
 
