@@ -203,7 +203,7 @@ impl Source for KubeSource {
 }
 
 /// What a watch task keeps of a Pod: what [`Index::apply_pod`] reads.
-fn prune_pod(p: &mut Pod) {
+pub fn prune_pod(p: &mut Pod) {
     if let Some(spec) = p.spec.as_mut() {
         spec.volumes = None;
         spec.affinity = None;
@@ -233,7 +233,7 @@ fn prune_pod(p: &mut Pod) {
 }
 
 /// Fields no kind's conversion reads.
-fn prune_meta<K: Resource>(o: &mut K) {
+pub fn prune_meta<K: Resource>(o: &mut K) {
     let m = o.meta_mut();
     m.managed_fields = None;
     m.annotations = None;

@@ -37,10 +37,7 @@ use std::{
 use agent::source::index::Index;
 use anyhow::{Context, Result};
 use clap::Parser;
-use k8s_openapi::{
-    api::core::v1::{Container, Pod, PodStatus},
-    apimachinery::pkg::apis::meta::v1::WatchEvent,
-};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::WatchEvent};
 use perf::kube::Shape;
 use policies::compile::{Compiler, StateDiff};
 use serde_json::json;
@@ -133,40 +130,11 @@ struct Args {
 /// Events are built (untimed) and applied (timed) in batches of this many.
 const BATCH: usize = 1000;
 
-/// What the agent's watcher keeps of a pod before `apply_pod` (a copy of the private
-/// `prune_meta` and `prune_pod` of `agent/src/source/kube.rs`): what a reflector store with
+/// What the agent's watcher keeps of a pod before `apply_pod`: what a reflector store with
 /// the same `.modify()` would hold.
 fn prune(p: &mut Pod) {
-    let m = &mut p.metadata;
-    m.managed_fields = None;
-    m.annotations = None;
-    m.finalizers = None;
-    if let Some(spec) = p.spec.as_mut() {
-        spec.volumes = None;
-        spec.affinity = None;
-        spec.tolerations = None;
-        for c in spec
-            .containers
-            .iter_mut()
-            .chain(spec.init_containers.iter_mut().flatten())
-        {
-            let ports = c.ports.take();
-            *c = Container {
-                name: std::mem::take(&mut c.name),
-                ports,
-                ..Default::default()
-            };
-        }
-        spec.ephemeral_containers = None;
-    }
-    if let Some(st) = p.status.as_mut() {
-        *st = PodStatus {
-            phase: st.phase.take(),
-            pod_ip: st.pod_ip.take(),
-            pod_ips: st.pod_ips.take(),
-            ..Default::default()
-        };
-    }
+    agent::source::kube::prune_meta(p);
+    agent::source::kube::prune_pod(p);
 }
 
 /// Live heap growth, in bytes and allocations, while `f`'s result is alive.
