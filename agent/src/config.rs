@@ -531,6 +531,28 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_mode_options_are_checked() {
+        let e = load(&["--source", "kubernetes", "--manifests", "/etc/septa"]).unwrap_err();
+        assert!(e.starts_with("--manifests is the standalone source"), "{e}");
+        let e = load(&["--source", "dir", "--kubeconfig", "/root/.kube/config"]).unwrap_err();
+        assert!(
+            e.starts_with("--kubeconfig is for --source kubernetes"),
+            "{e}"
+        );
+        let e = load(&["--source", "kubernetes", "--pod-wait", "0s"]).unwrap_err();
+        assert!(e.starts_with("--pod-wait 0s"), "{e}");
+        let e = load(&["--source", "kubernets"]).unwrap_err();
+        assert!(e.contains("kubernets") && e.contains("kubernetes"), "{e}");
+        let c = load(&["--source", "kubernetes", "--node-name", "node-7"]).unwrap();
+        assert_eq!(
+            (c.source, c.node()),
+            (Some(SourceKind::Kubernetes), "node-7")
+        );
+        assert_eq!(c.pod_wait, Duration::from_secs(5));
+        assert_eq!(c.netns_dirs, [PathBuf::from("/run/netns")]);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
