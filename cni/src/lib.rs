@@ -5,5 +5,6 @@
 //! Fail mode: ADD fails (code 11, try again later) when the agent cannot be reached, so a pod
 //! never starts unprotected; DEL always succeeds, even with the agent down.
 
+pub mod conflist;
 pub mod ethtool;
 pub mod plugin;
