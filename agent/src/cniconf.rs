@@ -356,3 +356,181 @@ fn watch_loop(dir: &Path, tx: &tokio::sync::mpsc::UnboundedSender<()>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    const PRIMARY: &str = "{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"cbr0\",\n  \"plugins\": [\n    {\n      \"type\": \"flannel\",\n      \"delegate\": {\n        \"hairpinMode\": true,\n        \"isDefaultGateway\": true\n      }\n    },\n    {\n      \"type\": \"portmap\",\n      \"capabilities\": {\n        \"portMappings\": true\n      }\n    }\n  ]\n}\n";
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("septa-cniconf-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn conf(args: &[&str]) -> CniConf {
+        let cfg = Config::load(["septa-agent"].iter().chain(args).copied())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        CniConf::new(&cfg).unwrap()
+    }
+
+    fn septa_last(bytes: &[u8]) -> bool {
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        v["plugins"].as_array().unwrap().last().unwrap()["type"] == "septa-cni"
+    }
+
+    #[test]
+    fn splice_writes_once_armed_never_twice_and_uninstalls_exactly() {
+        let dir = tmp("splice");
+        let file = dir.join("10-flannel.conflist");
+        fs::write(&file, PRIMARY).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        let d = dir.display().to_string();
+        let mut c = conf(&["--cni-mode", "splice", "--cni-conf-dir", &d]);
+        assert_eq!(c.reconcile(), Outcome::Idle, "nothing before a good state");
+        assert_eq!(fs::read_to_string(&file).unwrap(), PRIMARY);
+        assert!(!c.status().present);
+        c.arm();
+        assert_eq!(c.reconcile(), Outcome::Written(file.clone()));
+        let spliced = fs::read(&file).unwrap();
+        assert!(septa_last(&spliced));
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "the file's mode is kept"
+        );
+        let ino = fs::metadata(&file).unwrap().ino();
+        assert_eq!(c.reconcile(), Outcome::Unchanged(file.clone()));
+        assert_eq!(fs::metadata(&file).unwrap().ino(), ino, "not rewritten");
+        let st = c.status();
+        assert!(st.present && st.error.is_none(), "{st:?}");
+        assert_eq!(
+            st.file.as_deref(),
+            Some(file.display().to_string().as_str())
+        );
+        // No temporary file is left for a runtime to find.
+        let names = list(&dir).unwrap();
+        assert_eq!(names, ["10-flannel.conflist"]);
+
+        // The primary CNI rewrites its file: the entry goes back in.
+        fs::write(&file, PRIMARY).unwrap();
+        assert_eq!(c.reconcile(), Outcome::Written(file.clone()));
+        assert_eq!(fs::read(&file).unwrap(), spliced);
+
+        assert_eq!(c.uninstall().unwrap(), [file.clone()]);
+        assert_eq!(fs::read_to_string(&file).unwrap(), PRIMARY, "byte for byte");
+        assert!(!c.status().present);
+        assert_eq!(c.uninstall().unwrap(), Vec::<PathBuf>::new(), "idempotent");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_malformed_or_missing_primary_is_reported_and_left_alone() {
+        let dir = tmp("bad");
+        let d = dir.display().to_string();
+        let mut c = conf(&["--cni-mode", "splice", "--cni-conf-dir", &d]);
+        c.arm();
+        assert_eq!(c.reconcile(), Outcome::Idle);
+        let st = c.status();
+        assert!(!st.present && st.error.is_some(), "no network file: {st:?}");
+        let file = dir.join("10-calico.conflist");
+        let broken = b"{\"cniVersion\": \"1.0.0\", \"plugins\": [";
+        fs::write(&file, broken).unwrap();
+        assert_eq!(c.reconcile(), Outcome::Idle);
+        let st = c.status();
+        assert!(!st.present, "{st:?}");
+        assert_eq!(
+            st.file.as_deref(),
+            Some(file.display().to_string().as_str())
+        );
+        assert!(st.error.is_some());
+        assert_eq!(fs::read(&file).unwrap(), broken, "never written to");
+        assert_eq!(c.uninstall().unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(fs::read(&file).unwrap(), broken, "uninstall leaves it too");
+
+        let gone = conf(&[
+            "--cni-mode",
+            "splice",
+            "--cni-conf-dir",
+            "/nonexistent/net.d",
+        ]);
+        let mut gone = gone;
+        gone.arm();
+        assert_eq!(gone.reconcile(), Outcome::Idle);
+        assert!(gone.status().error.unwrap().contains("/nonexistent/net.d"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_named_network_is_spliced_not_the_first() {
+        let dir = tmp("named");
+        fs::write(dir.join("05-other.conflist"), PRIMARY).unwrap();
+        fs::write(dir.join("10-flannel.conflist"), PRIMARY).unwrap();
+        let d = dir.display().to_string();
+        let mut c = conf(&[
+            "--cni-mode",
+            "splice",
+            "--cni-conf-dir",
+            &d,
+            "--cni-network",
+            "10-flannel.conflist",
+        ]);
+        c.arm();
+        assert_eq!(
+            c.reconcile(),
+            Outcome::Written(dir.join("10-flannel.conflist"))
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("05-other.conflist")).unwrap(),
+            PRIMARY
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn own_file_is_installed_kept_and_removed_only_while_unchanged() {
+        let dir = tmp("own");
+        let src = dir.join("src.conflist");
+        let own = "{\"cniVersion\": \"1.0.0\", \"name\": \"pods\", \"plugins\": [{\"type\": \"bridge\", \"bridge\": \"cni0\"}, {\"type\": \"septa-cni\"}]}\n";
+        fs::write(&src, own).unwrap();
+        let net = dir.join("net.d");
+        fs::create_dir_all(&net).unwrap();
+        let (s, n) = (src.display().to_string(), net.display().to_string());
+        let args = [
+            "--cni-mode",
+            "own-file",
+            "--cni-own-file",
+            &s,
+            "--cni-conf-dir",
+            &n,
+        ];
+        let mut c = conf(&args);
+        c.arm();
+        let installed = net.join("05-septa.conflist");
+        assert_eq!(c.reconcile(), Outcome::Written(installed.clone()));
+        assert_eq!(fs::read_to_string(&installed).unwrap(), own);
+        assert_eq!(c.reconcile(), Outcome::Unchanged(installed.clone()));
+        fs::write(&installed, "{}").unwrap();
+        assert_eq!(c.reconcile(), Outcome::Written(installed.clone()));
+        assert_eq!(c.uninstall().unwrap(), [installed.clone()]);
+        assert!(!installed.exists());
+
+        let mut c = conf(&args);
+        c.arm();
+        c.reconcile();
+        fs::write(&installed, "someone else's").unwrap();
+        assert_eq!(c.uninstall().unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(fs::read_to_string(&installed).unwrap(), "someone else's");
+
+        // An own file without septa-cni is refused before anything is written.
+        fs::write(&src, "{\"cniVersion\": \"1.0.0\", \"name\": \"pods\", \"plugins\": [{\"type\": \"bridge\"}]}").unwrap();
+        let cfg = Config::load(["septa-agent"].iter().chain(&args).copied()).unwrap();
+        let e = CniConf::new(&cfg).err().expect("refused");
+        assert!(e.starts_with(&format!("--cni-own-file {s}")), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
