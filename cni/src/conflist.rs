@@ -422,15 +422,22 @@ impl<'a> Doc<'a> {
     fn append(&self, entry: &Map<String, Value>) -> Vec<u8> {
         let items = &self.layout.items;
         let last = &items[items.len() - 1];
+        let style = Style::of(&self.text[last.clone()]);
         let mut insert = match items.len() {
+            // No separator to copy: the space after `[`, or one space if the plugin is
+            // written with spaces and the bracket is not.
             1 => {
+                let after_open = &self.text[self.layout.open + 1..last.start];
                 let mut sep = b",".to_vec();
-                sep.extend_from_slice(&self.text[self.layout.open + 1..last.start]);
+                if after_open.is_empty() && style.spaced && style.lines.is_none() {
+                    sep.push(b' ');
+                }
+                sep.extend_from_slice(after_open);
                 sep
             }
             n => self.text[items[n - 2].end..last.start].to_vec(),
         };
-        Style::of(&self.text[last.clone()]).write_object(entry, 0, &mut insert);
+        style.write_object(entry, 0, &mut insert);
         let mut out = Vec::with_capacity(self.text.len() + insert.len());
         out.extend_from_slice(&self.text[..last.end]);
         out.extend_from_slice(&insert);
