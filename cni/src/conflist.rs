@@ -201,11 +201,16 @@ pub enum ConfError {
     PluginNotObject { index: usize },
     /// `plugins[index]` has no string `type`.
     PluginWithoutType { index: usize },
+    /// `plugins[index]` spells `type` more than one way (`type`, `Type`).
+    AmbiguousType { index: usize },
     /// No `cniVersion`.
     NoCniVersion,
     /// `cniVersion` is not a string.
     CniVersionNotString,
-    /// `cniVersion` is one septa-cni does not speak: every pod ADD would fail.
+    /// `cniVersions` is not a list of `major.minor.patch` strings.
+    CniVersionsMalformed,
+    /// `cniVersion` (or the highest of `cniVersions`) is one septa-cni does not speak: every
+    /// pod ADD would fail.
     UnsupportedVersion { version: String },
     /// Own file: no string `name`.
     NoName,
@@ -258,8 +263,17 @@ impl fmt::Display for ConfError {
             EmptyPlugins => write!(f, "\"plugins\" is empty: there is no primary CNI plugin"),
             PluginNotObject { index } => write!(f, "plugins[{index}] is not an object"),
             PluginWithoutType { index } => write!(f, "plugins[{index}] has no string \"type\""),
+            AmbiguousType { index } => write!(
+                f,
+                "plugins[{index}] spells \"type\" more than one way; Go runtimes match keys \
+                 case-insensitively, so which plugin runs is unclear"
+            ),
             NoCniVersion => write!(f, "no \"cniVersion\""),
             CniVersionNotString => write!(f, "\"cniVersion\" is not a string"),
+            CniVersionsMalformed => write!(
+                f,
+                "\"cniVersions\" is not a list of version strings like \"1.0.0\""
+            ),
             UnsupportedVersion { version } => write!(
                 f,
                 "cniVersion {version:?} is not one septa-cni speaks ({}): every pod's ADD \
@@ -318,6 +332,28 @@ impl fmt::Display for ConfError {
 
 impl std::error::Error for ConfError {}
 
+/// Spec 1.1 runtimes run a conflist at the highest of its `cniVersions` that they speak, not
+/// at `cniVersion`; the highest listed is the one septa-cni may be given.
+fn check_versions_list(list: Option<&Value>) -> Result<(), ConfError> {
+    let Some(list) = list else { return Ok(()) };
+    let parse = |v: &Value| -> Option<(u64, u64, u64, String)> {
+        let s = v.as_str()?;
+        let mut parts = s.split('.').map(|p| p.parse::<u64>().ok());
+        let (a, b, c) = (parts.next()??, parts.next()??, parts.next()??);
+        parts.next().is_none().then(|| (a, b, c, s.to_owned()))
+    };
+    let versions = list
+        .as_array()
+        .and_then(|a| a.iter().map(parse).collect::<Option<Vec<_>>>())
+        .ok_or(ConfError::CniVersionsMalformed)?;
+    match versions.into_iter().max() {
+        Some((.., highest)) if !plugin::SUPPORTED.contains(&highest.as_str()) => {
+            Err(ConfError::UnsupportedVersion { version: highest })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A validated conflist and where its plugins are in the text.
 struct Doc<'a> {
     text: &'a [u8],
@@ -328,10 +364,14 @@ struct Doc<'a> {
 
 impl<'a> Doc<'a> {
     fn parse(text: &'a [u8], check_version: bool) -> Result<Self, ConfError> {
-        let value: Value = serde_json::from_slice(text).map_err(|e| ConfError::NotJson {
-            line: e.line(),
-            column: e.column(),
-            msg: e.to_string(),
+        let value: Value = serde_json::from_slice(text).map_err(|e| {
+            let full = e.to_string();
+            let place = format!(" at line {} column {}", e.line(), e.column());
+            ConfError::NotJson {
+                line: e.line(),
+                column: e.column(),
+                msg: full.strip_suffix(&place).unwrap_or(&full).to_owned(),
+            }
         })?;
         let Value::Object(mut top) = value else {
             return Err(ConfError::NotObject);
@@ -356,6 +396,11 @@ impl<'a> Doc<'a> {
             if !p.get("type").is_some_and(Value::is_string) {
                 return Err(ConfError::PluginWithoutType { index });
             }
+            // Go runtimes decode a plugin's `type` case-insensitively, the last spelling
+            // winning: `"TYPE": "septa-cni"` after `"type"` would be what they run.
+            if p.keys().filter(|k| k.eq_ignore_ascii_case("type")).count() > 1 {
+                return Err(ConfError::AmbiguousType { index });
+            }
         }
         match top.get("cniVersion") {
             None => return Err(ConfError::NoCniVersion),
@@ -365,6 +410,9 @@ impl<'a> Doc<'a> {
                 }
             }
             Some(_) => return Err(ConfError::CniVersionNotString),
+        }
+        if check_version {
+            check_versions_list(top.get("cniVersions"))?;
         }
         let span = members
             .iter()

@@ -361,15 +361,13 @@ pub fn wait_for_agent<T>(
         };
         let spent = clock.elapsed();
         if spent >= budget {
-            let msg = if budget.is_zero() {
-                format!("septa agent not reachable at {}", socket.display())
-            } else {
-                format!(
-                    "the septa agent did not come up within {} s: nothing serves {}",
-                    budget.as_secs_f64().ceil(),
-                    socket.display()
-                )
-            };
+            let mut msg = format!("septa agent not reachable at {}", socket.display());
+            if !budget.is_zero() {
+                msg += &format!(
+                    ": it did not come up within {} s",
+                    budget.as_secs_f64().ceil()
+                );
+            }
             return Err(CniError::new(code::TRY_AGAIN_LATER, msg, why));
         }
         clock.sleep(SOCKET_POLL.min(budget - spent));
@@ -1027,7 +1025,7 @@ mod tests {
         assert_eq!(e.code, code::TRY_AGAIN_LATER);
         assert_eq!(
             e.msg,
-            "the septa agent did not come up within 2 s: nothing serves /run/septa/agent.sock"
+            "septa agent not reachable at /run/septa/agent.sock: it did not come up within 2 s"
         );
         assert_eq!(e.details, "No such file or directory");
         assert_eq!(clock.now, Duration::from_millis(1_100));
@@ -1050,7 +1048,7 @@ mod tests {
             Attempt::NotUp("refused".into())
         })
         .unwrap_err();
-        assert!(e.msg.starts_with("septa agent not reachable at"), "{e:?}");
+        assert_eq!(e.msg, "septa agent not reachable at /run/septa/agent.sock");
     }
 
     #[test]
@@ -1068,7 +1066,7 @@ mod tests {
         );
         assert_eq!(
             e.msg,
-            "the septa agent did not come up within 1 s: nothing serves /nonexistent/septa/agent.sock"
+            "septa agent not reachable at /nonexistent/septa/agent.sock: it did not come up within 1 s"
         );
         assert!(
             took >= Duration::from_secs(1) && took < Duration::from_secs(3),

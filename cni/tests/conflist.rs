@@ -222,6 +222,7 @@ fn malformed_primaries_get_the_precise_error_and_no_bytes() {
         .unwrap_err()
         .to_string();
     assert!(msg.starts_with("not JSON at line 13, column"), "{msg}");
+    assert_eq!(msg.matches("line").count(), 1, "{msg}");
 }
 
 #[test]
@@ -248,6 +249,10 @@ fn hostile_shapes_are_refused_by_name() {
             ConfError::NoCniVersion,
         ),
         (
+            br#"{"cniVersion": "1.0.0", "plugins": [{"type": "bridge", "TYPE": "septa-cni"}]}"#,
+            ConfError::AmbiguousType { index: 0 },
+        ),
+        (
             br#"{"cniVersion": 1.0, "plugins": [{"type": "a"}]}"#,
             ConfError::CniVersionNotString,
         ),
@@ -256,6 +261,20 @@ fn hostile_shapes_are_refused_by_name() {
             ConfError::UnsupportedVersion {
                 version: "0.2.0".into(),
             },
+        ),
+        (
+            br#"{"cniVersion": "1.0.0", "cniVersions": ["0.4.0", "1.0.0", "1.10.0"], "plugins": [{"type": "a"}]}"#,
+            ConfError::UnsupportedVersion {
+                version: "1.10.0".into(),
+            },
+        ),
+        (
+            br#"{"cniVersion": "1.0.0", "cniVersions": ["1.0"], "plugins": [{"type": "a"}]}"#,
+            ConfError::CniVersionsMalformed,
+        ),
+        (
+            br#"{"cniVersion": "1.0.0", "cniVersions": "1.0.0", "plugins": [{"type": "a"}]}"#,
+            ConfError::CniVersionsMalformed,
         ),
         // The same key spelt with an escape is the same key to every JSON reader.
         (
