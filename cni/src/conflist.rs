@@ -21,22 +21,19 @@ use crate::{
 pub const SEPTA_TYPE: &str = "septa-cni";
 /// The extensions libcni's `ConfFiles` reads from the configuration directory.
 pub const CONF_EXTENSIONS: [&str; 3] = [".conf", ".conflist", ".json"];
-/// septa's temp files in the configuration directory start with this ...
-pub const TEMP_PREFIX: &str = ".septa-";
-/// ... and end with this, an extension no runtime reads.
-pub const TEMP_SUFFIX: &str = ".tmp";
+/// septa's temp files in the configuration directory end with this: an extension no runtime
+/// reads, after a leading dot that hides them from listings.
+pub const TEMP_SUFFIX: &str = ".septa-tmp";
 
 /// The temp file to write before renaming it over `target` (a file name, not a path): in the
 /// same directory, so the rename is atomic, and never read by a runtime.
 pub fn temp_name(target: &str) -> String {
-    format!("{TEMP_PREFIX}{target}{TEMP_SUFFIX}")
+    format!(".{target}{TEMP_SUFFIX}")
 }
 
 /// Whether `name` is one of septa's temp files (left behind by a crash, for the agent to remove).
 pub fn is_temp(name: &str) -> bool {
-    name.len() >= TEMP_PREFIX.len() + TEMP_SUFFIX.len()
-        && name.starts_with(TEMP_PREFIX)
-        && name.ends_with(TEMP_SUFFIX)
+    name.len() > 1 + TEMP_SUFFIX.len() && name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
 }
 
 /// Whether a runtime reads the file `name`: libcni keeps names whose extension (from the last
@@ -75,18 +72,17 @@ pub fn choose_primary(names: &[String], by_name: Option<&str>) -> Result<String,
 }
 
 /// septa's plugin object: the keys [`crate::plugin::NetConf`] reads. Durations are rounded up
-/// to whole seconds. The socket path must be UTF-8, because JSON cannot carry other bytes.
-pub fn entry(socket: &Path, socket_wait: Duration, timeout: Duration) -> Result<Value, ConfError> {
-    let socket = socket.to_str().ok_or_else(|| ConfError::SocketNotUtf8 {
-        socket: socket.display().to_string(),
-    })?;
+/// to whole seconds. JSON cannot carry a path that is not UTF-8: such a path is written with
+/// replacement characters, names no socket, and septa-cni then fails closed (code 11), so the
+/// agent should refuse one in its configuration.
+pub fn entry(socket: &Path, socket_wait: Duration, timeout: Duration) -> Value {
     let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    Ok(serde_json::json!({
+    serde_json::json!({
         "type": SEPTA_TYPE,
-        "agentSocket": socket,
+        "agentSocket": socket.to_string_lossy(),
         "socketWaitSeconds": secs(socket_wait),
         "timeoutSeconds": secs(timeout),
-    }))
+    })
 }
 
 /// What [`splice`] found.
@@ -228,8 +224,6 @@ pub enum ConfError {
     OnlySepta,
     /// The entry to splice is not a `septa-cni` plugin object.
     NotSeptaEntry,
-    /// The agent socket's path is not UTF-8.
-    SocketNotUtf8 { socket: String },
     /// No `.conf`, `.conflist` or `.json` file in the directory.
     NoConfFiles,
     /// The named primary is not in the directory.
@@ -305,9 +299,6 @@ impl fmt::Display for ConfError {
                  septa spliced in; remove the file instead"
             ),
             NotSeptaEntry => write!(f, "the entry is not a {SEPTA_TYPE:?} plugin object"),
-            SocketNotUtf8 { socket } => {
-                write!(f, "the agent socket path {socket:?} is not UTF-8")
-            }
             NoConfFiles => write!(
                 f,
                 "no {} file in the CNI configuration directory: the primary CNI has not \
@@ -629,7 +620,6 @@ mod tests {
             Duration::from_secs(30),
             Duration::from_secs(10),
         )
-        .unwrap()
     }
 
     fn written(s: Splice) -> String {
@@ -691,9 +681,9 @@ mod tests {
     #[test]
     fn temp_names_are_hidden_and_never_read_by_a_runtime() {
         let t = temp_name("10-flannel.conflist");
-        assert_eq!(t, ".septa-10-flannel.conflist.tmp");
+        assert_eq!(t, ".10-flannel.conflist.septa-tmp");
         assert!(is_temp(&t) && !is_conf_file(&t));
-        assert!(!is_temp(".septa-.tm") && !is_temp("septa-x.tmp"));
+        assert!(!is_temp(".septa-tmp") && !is_temp("x.septa-tmp"));
         assert!(
             is_conf_file(".hidden.conf"),
             "libcni reads hidden files too"
@@ -701,20 +691,12 @@ mod tests {
         for no in ["x.CONF", "x.conflist.bak", "x", "a/b.conf", "x.conf~", ""] {
             assert!(!is_conf_file(no), "{no}");
         }
-        assert!(matches!(
-            entry(
-                Path::new(std::ffi::OsStr::from_bytes(b"/run/\xff.sock")),
-                Duration::ZERO,
-                Duration::from_millis(1)
-            ),
-            Err(ConfError::SocketNotUtf8 { .. })
-        ));
         let x = entry(
-            Path::new("/s"),
+            Path::new(std::ffi::OsStr::from_bytes(b"/run/\xff.sock")),
             Duration::from_millis(1500),
             Duration::from_millis(1),
-        )
-        .unwrap();
+        );
+        assert_eq!(x["agentSocket"], "/run/\u{fffd}.sock");
         assert_eq!(
             (
                 x["socketWaitSeconds"].as_u64(),
