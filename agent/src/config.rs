@@ -22,6 +22,17 @@ pub enum SourceKind {
     Kubernetes,
 }
 
+/// How the node's CNI configuration runs septa-cni.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CniMode {
+    /// The agent leaves the CNI configuration alone.
+    Off,
+    /// septa's entry is appended to the primary network's conflist.
+    Splice,
+    /// A complete conflist the user provides is installed.
+    OwnFile,
+}
+
 /// septa node agent: enforces NetworkPolicies in the kernel (TC/TCX on pod veths).
 ///
 /// Kubernetes mode (--source kubernetes): Namespaces, Pods, NetworkPolicies, Services,
@@ -101,12 +112,68 @@ pub struct Config {
         help_heading = "Source"
     )]
     pub netns_dirs: Vec<PathBuf>,
+    /// Kubernetes mode: the DaemonSet this agent runs in, as `NAMESPACE/NAME`; on shutdown the agent removes its CNI entry only when this DaemonSet is gone or being deleted (`helm uninstall`), and keeps it on a restart or an upgrade [default: the entry is always kept]
+    #[arg(long, env = "SEPTA_DAEMONSET", value_name = "NS/NAME", value_parser = parse_daemonset, help_heading = "Source")]
+    pub daemonset: Option<(String, String)>,
     /// Directory of manifests (Namespaces, Pods or workloads, Services, NetworkPolicies, FqdnPolicies, ThreatFeeds), watched for changes
     #[arg(long, value_name = "DIR", help_heading = "Source")]
     pub manifests: Option<PathBuf>,
     /// How often the manifests directory is checked for changes
     #[arg(long, value_name = "D", default_value = "100ms", value_parser = parse_duration, help_heading = "Source")]
     pub poll_interval: Duration,
+
+    /// How the node's CNI configuration runs septa-cni: `off` (you wire it yourself), `splice` (append septa's entry as the last plugin of the primary network's conflist, and put it back when the primary CNI rewrites its file) or `own-file` (install the complete conflist of --cni-own-file). Written once the agent enforces a good state, atomically, never when unchanged; kept when the agent stops
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_enum,
+        default_value = "off",
+        help_heading = "CNI"
+    )]
+    pub cni_mode: CniMode,
+    /// The directory the container runtime reads network configurations from
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/etc/cni/net.d",
+        help_heading = "CNI"
+    )]
+    pub cni_conf_dir: PathBuf,
+    /// splice: the file name of the primary network's conflist in --cni-conf-dir [default: the file the runtime uses, the first .conf/.conflist/.json by name]
+    #[arg(long, value_name = "NAME", help_heading = "CNI")]
+    pub cni_network: Option<String>,
+    /// own-file: a complete conflist whose last plugin is septa-cni, installed in --cni-conf-dir as --cni-file-name
+    #[arg(long, value_name = "FILE", help_heading = "CNI")]
+    pub cni_own_file: Option<PathBuf>,
+    /// own-file: the file name it is installed as (it should sort before the primary network's file, which the runtime would use otherwise)
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "05-septa.conflist",
+        help_heading = "CNI"
+    )]
+    pub cni_file_name: String,
+    /// How long septa-cni waits for the agent's socket on ADD before it fails with a retryable error (the runtime retries; the pod never runs unenforced)
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = parse_duration, help_heading = "CNI")]
+    pub cni_socket_wait: Duration,
+    /// Where --prepare-node installs the septa-cni binary
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/opt/cni/bin",
+        help_heading = "CNI"
+    )]
+    pub cni_bin_dir: PathBuf,
+
+    /// Check the options and the --config file, print the configuration and exit (0 when valid, 2 naming the bad option otherwise)
+    #[arg(long, help_heading = "Run modes")]
+    pub check_config: bool,
+    /// Prepare the node and exit (an init container): mount bpffs under --pin-dir when it is not on one, and install the septa-cni binary found beside this one into --cni-bin-dir
+    #[arg(long, help_heading = "Run modes", conflicts_with_all = ["check_config", "cni_uninstall"])]
+    pub prepare_node: bool,
+    /// Remove septa's CNI entry (spliced entry or own file) from --cni-conf-dir and exit, leaving every other byte as it was
+    #[arg(long, help_heading = "Run modes", conflicts_with = "check_config")]
+    pub cni_uninstall: bool,
 
     /// Conntrack map entries
     #[arg(long, value_name = "N", default_value_t = dataplane_common::sizes::CONNTRACK, help_heading = "Maps")]
@@ -227,6 +294,24 @@ fn hostname() -> String {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("invalid duration {s:?} ({e}); e.g. 100ms, 2s, 1m30s, 1h"))
+}
+
+/// Parse `NAMESPACE/NAME` (both DNS labels, as Kubernetes names them).
+fn parse_daemonset(s: &str) -> Result<(String, String), String> {
+    let label = |x: &str| {
+        !x.is_empty()
+            && x.len() <= 253
+            && x.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !x.starts_with(['-', '.'])
+            && !x.ends_with(['-', '.'])
+    };
+    match s.split_once('/') {
+        Some((ns, name)) if label(ns) && label(name) => Ok((ns.to_owned(), name.to_owned())),
+        _ => Err(format!(
+            "{s:?} is not NAMESPACE/NAME of a DaemonSet (lower-case letters, digits, '-' and '.')"
+        )),
+    }
 }
 
 impl Config {
@@ -373,6 +458,54 @@ impl Config {
     pub fn node(&self) -> &str {
         self.node_name.as_deref().unwrap_or("localhost")
     }
+    /// The CNI options agree with --cni-mode and with each other.
+    fn validate_cni(&self) -> Result<(), String> {
+        let mode = self.cni_mode;
+        if mode != CniMode::OwnFile && self.cni_own_file.is_some() {
+            return Err("--cni-own-file is for --cni-mode own-file".into());
+        }
+        if mode == CniMode::OwnFile && self.cni_own_file.is_none() {
+            return Err(
+                "--cni-mode own-file needs --cni-own-file (the conflist to install)".into(),
+            );
+        }
+        if mode != CniMode::Splice && self.cni_network.is_some() {
+            return Err("--cni-network is for --cni-mode splice".into());
+        }
+        for (flag, name) in [
+            ("--cni-network", self.cni_network.as_deref()),
+            ("--cni-file-name", Some(self.cni_file_name.as_str())),
+        ] {
+            let Some(name) = name else { continue };
+            let plain = !name.is_empty()
+                && !name.starts_with('.')
+                && !name.contains(['/', '\\', '\0'])
+                && [".conf", ".conflist", ".json"]
+                    .iter()
+                    .any(|ext| name.ends_with(ext));
+            if !plain {
+                return Err(format!(
+                    "{flag} {name:?}: a file name in --cni-conf-dir ending in .conflist, .conf or .json, without '/' and not hidden"
+                ));
+            }
+        }
+        if self.cni_socket_wait.is_zero() || self.cni_socket_wait > Duration::from_secs(300) {
+            return Err(format!(
+                "--cni-socket-wait {:?}: between 1s and 5m (septa-cni waits this long for the agent on ADD)",
+                self.cni_socket_wait
+            ));
+        }
+        if self.daemonset.is_some() && self.source != Some(SourceKind::Kubernetes) {
+            return Err("--daemonset is for --source kubernetes".into());
+        }
+        if self.cni_uninstall && mode == CniMode::Off {
+            return Err(
+                "--cni-uninstall needs --cni-mode splice or own-file (what to remove)".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Refuse values the agent cannot run with, naming the option: checked before anything is
     /// loaded or written, so a bad option never leaves half a start behind (a zero interval
     /// would otherwise stop the agent after the maps were written).
@@ -455,6 +588,7 @@ impl Config {
             }
             _ => {}
         }
+        self.validate_cni()?;
         if self.pod_wait.is_zero() {
             return Err("--pod-wait 0s: must be more than zero (how long an ADD waits for its pod in the API)".into());
         }
@@ -528,6 +662,71 @@ mod tests {
             e.contains("--poll-interval") && e.contains("invalid duration"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cni_options_are_checked() {
+        let e = load(&["--cni-mode", "own-file"]).unwrap_err();
+        assert!(e.contains("needs --cni-own-file"), "{e}");
+        let e = load(&["--cni-own-file", "/etc/septa/net.conflist"]).unwrap_err();
+        assert!(
+            e.starts_with("--cni-own-file is for --cni-mode own-file"),
+            "{e}"
+        );
+        let e = load(&["--cni-network", "10-flannel.conflist"]).unwrap_err();
+        assert!(
+            e.starts_with("--cni-network is for --cni-mode splice"),
+            "{e}"
+        );
+        for bad in [
+            "../10-flannel.conflist",
+            ".hidden.conflist",
+            "10-flannel",
+            "",
+        ] {
+            let e = load(&["--cni-mode", "splice", "--cni-network", bad]).unwrap_err();
+            assert!(e.starts_with("--cni-network"), "{bad:?}: {e}");
+        }
+        let e = load(&["--cni-file-name", "septa/x.conflist"]).unwrap_err();
+        assert!(e.starts_with("--cni-file-name"), "{e}");
+        for bad in ["0s", "6m"] {
+            let e = load(&["--cni-socket-wait", bad]).unwrap_err();
+            assert!(e.starts_with("--cni-socket-wait"), "{bad}: {e}");
+        }
+        let e = load(&["--cni-mode", "splce"]).unwrap_err();
+        assert!(e.contains("splce") && e.contains("splice"), "{e}");
+        let e = load(&["--cni-uninstall"]).unwrap_err();
+        assert!(e.starts_with("--cni-uninstall needs"), "{e}");
+        let e = load(&["--daemonset", "septa/septa-agent"]).unwrap_err();
+        assert!(
+            e.starts_with("--daemonset is for --source kubernetes"),
+            "{e}"
+        );
+        for bad in ["septa-agent", "Septa/agent", "septa/", "/x", "a/b/c"] {
+            let e = load(&["--source", "kubernetes", "--daemonset", bad]).unwrap_err();
+            assert!(e.contains("NAMESPACE/NAME"), "{bad}: {e}");
+        }
+        let e = load(&["--prepare-node", "--check-config"]).unwrap_err();
+        assert!(e.contains("--check-config"), "{e}");
+        let c = load(&[
+            "--source",
+            "kubernetes",
+            "--cni-mode",
+            "splice",
+            "--cni-network",
+            "10-calico.conflist",
+            "--daemonset",
+            "kube-system/septa-agent",
+        ])
+        .unwrap();
+        assert_eq!(c.cni_mode, CniMode::Splice);
+        assert_eq!(
+            c.daemonset,
+            Some(("kube-system".to_owned(), "septa-agent".to_owned()))
+        );
+        assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(c.cni_socket_wait, Duration::from_secs(30));
+        assert_eq!(load(&[]).unwrap().cni_mode, CniMode::Off);
     }
 
     #[test]

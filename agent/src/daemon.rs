@@ -76,12 +76,23 @@ pub struct Agent {
     adopted: bool,
     /// Pods of this node that run unenforced, and why they could not be adopted.
     pub unadopted: Vec<(String, String)>,
+    /// septa's entry in the node's CNI configuration.
+    pub cni: crate::cniconf::CniConf,
+    /// The kernel's policy revision after the last reconcile.
+    revision: u32,
 }
+
+/// The container id of a registration the agent made for a pod it adopted.
+const ADOPTED_PREFIX: &str = "adopted:";
 
 impl Agent {
     /// Load (or re-open) the data path, adopt registered endpoints, read the manifests.
     pub fn start(cfg: Config) -> Result<Self, Error> {
         // Everything that can refuse the start comes before the first write to pinned state.
+        let cni = crate::cniconf::CniConf::new(&cfg).map_err(|reason| Error::Interface {
+            iface: "cni".into(),
+            reason,
+        })?;
         let dirs = AgentDirs::take(&cfg.state_dir, &cfg.pin_dir, &cfg.socket)?;
         let (mut registry, note) = Registry::load(dirs.state.clone())?;
         if let Some(n) = &note {
@@ -223,6 +234,8 @@ impl Agent {
             parked: Vec::new(),
             adopted: false,
             unadopted: Vec::new(),
+            cni,
+            revision: 0,
         };
         if kubernetes {
             // Until the first lists are in, the maps keep what they hold (the last good
@@ -461,6 +474,7 @@ impl Agent {
         crate::metrics::map_sizes(&self.actual);
         // Current as soon as a change is answered, not at the next scrape of the maps.
         metrics::gauge!("septa_policy_revision").set(stats.revision as f64);
+        self.revision = stats.revision;
         if stats.upserts + stats.removals > 0 {
             info!(
                 upserts = stats.upserts,
@@ -502,25 +516,70 @@ impl Agent {
         }
     }
 
+    /// Once a good state is enforced, put septa's entry into the CNI configuration (and keep
+    /// it there: later calls only check it).
+    pub fn arm_cni(&mut self) {
+        if self.cni.enabled() && self.ready.reconciled() {
+            self.cni.arm();
+            self.cni.reconcile();
+        }
+    }
+
+    /// What `septa status` shows of this node.
+    pub fn node_status(&self) -> api::protocol::NodeStatus {
+        let source = match self.cfg.source {
+            Some(crate::config::SourceKind::Kubernetes) => "kubernetes",
+            _ => "dir",
+        };
+        api::protocol::NodeStatus {
+            node: self.cfg.node().to_owned(),
+            source: source.into(),
+            ready: self.ready.reconciled(),
+            problem: self.ready.problem(),
+            revision: u64::from(self.revision),
+            enforced: self.registry.endpoints.len(),
+            adopted: self
+                .registry
+                .endpoints
+                .keys()
+                .filter(|cid| cid.starts_with(ADOPTED_PREFIX))
+                .count(),
+            cni: self.cni.status(),
+            feeds: self.feeds.status(),
+            dns: api::protocol::DnsStatus {
+                names: self.dns.pattern_count(),
+                addresses: self.dns.len(),
+            },
+        }
+    }
+
     /// Serve one registry request.
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => match (self.ready.reconciled(), self.ready.problem()) {
-                (true, warning) => Response {
-                    warning: warning.unwrap_or_default(),
-                    unadopted: self
-                        .unadopted
-                        .iter()
-                        .map(|(pod, reason)| api::protocol::Unadopted {
-                            pod: pod.clone(),
-                            reason: reason.clone(),
-                        })
-                        .collect(),
-                    ..Response::ok()
-                },
-                (false, Some(why)) => Response::err(format!("agent not ready: {why}")),
-                (false, None) => Response::err("agent not ready: no valid manifests applied yet"),
-            },
+            Request::Status => {
+                let resp = match (self.ready.reconciled(), self.ready.problem()) {
+                    (true, warning) => Response {
+                        warning: warning.unwrap_or_default(),
+                        unadopted: self
+                            .unadopted
+                            .iter()
+                            .map(|(pod, reason)| api::protocol::Unadopted {
+                                pod: pod.clone(),
+                                reason: reason.clone(),
+                            })
+                            .collect(),
+                        ..Response::ok()
+                    },
+                    (false, Some(why)) => Response::err(format!("agent not ready: {why}")),
+                    (false, None) => {
+                        Response::err("agent not ready: no valid manifests applied yet")
+                    }
+                };
+                Response {
+                    node: Some(Box::new(self.node_status())),
+                    ..resp
+                }
+            }
             Request::Check { container_id } => {
                 self.forget_if_gone(&container_id);
                 match self.registry.endpoints.get(&container_id) {
@@ -727,7 +786,7 @@ impl Agent {
             match holders.find(ip) {
                 Ok(found) => {
                     let ep = Endpoint {
-                        container_id: format!("adopted:{pod}"),
+                        container_id: format!("{ADOPTED_PREFIX}{pod}"),
                         netns: found.netns.display().to_string(),
                         ifname: found.ifname,
                         host_ifname: found.host_ifname,

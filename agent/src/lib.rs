@@ -3,6 +3,7 @@
 //! Unix socket. Each change is compiled by the policy engine and reconciled into the maps as a
 //! diff (see [`dataplane::reconcile`]).
 
+pub mod cniconf;
 pub mod config;
 pub mod daemon;
 pub mod dirs;
@@ -13,6 +14,7 @@ pub mod fqdn;
 pub mod health;
 pub mod metrics;
 pub mod numbering;
+pub mod prepare;
 pub mod registry;
 pub mod run;
 pub mod server;

@@ -131,6 +131,7 @@ pub async fn run(
         dataplane_common::agent::HEARTBEAT_INTERVAL_NS,
     ));
     let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
+    let mut kube_client = None;
     if agent.cfg.source == Some(crate::config::SourceKind::Kubernetes) {
         let client = crate::source::kube::client(agent.cfg.kubeconfig.as_deref())
             .await
@@ -139,13 +140,14 @@ pub async fn run(
                 reason,
             })?;
         let (src, handle) = crate::source::kube::KubeSource::start(
-            client,
+            client.clone(),
             agent.cfg.node(),
             agent.cfg.feed_min_refresh,
         );
         info!(node = %agent.cfg.node(), kubeconfig = ?agent.cfg.kubeconfig, "watching the Kubernetes API server");
         agent.source = Some(Box::new(src));
         agent.kube = Some(handle);
+        kube_client = Some(client);
     }
     let (mut loads, load_started) = spawn_loader(agent.source.take(), agent.cfg.poll_interval);
     let mut parked_tick = tokio::time::interval(std::time::Duration::from_millis(100));
@@ -155,6 +157,12 @@ pub async fn run(
     let (listener, bound) = bind_socket(&agent.dirs.socket, &agent.dirs.socket_name)?;
     tokio::spawn(serve_socket(listener, tx, tap.clone()));
     info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
+    // The CNI entry follows the socket: a runtime that runs septa-cni finds an agent.
+    let (cni_tx, mut cni_rx) = mpsc::unbounded_channel::<()>();
+    if agent.cni.enabled() {
+        crate::cniconf::watch(agent.cni.dir().to_owned(), cni_tx);
+        agent.arm_cni();
+    }
     loop {
         tokio::select! {
             Some(job) = rx.recv() => {
@@ -178,7 +186,13 @@ pub async fn run(
                     }
                     agent.sync_feeds(&feed_tx);
                     agent.retry_parked();
+                    agent.arm_cni();
                 }
+            }
+            Some(()) = cni_rx.recv() => {
+                // One look at the directory for every change queued meanwhile.
+                while cni_rx.try_recv().is_ok() {}
+                agent.cni.reconcile();
             }
             _ = parked_tick.tick(), if agent.has_parked() => agent.retry_parked(),
             Some(r) = resolved_rx.recv() => {
@@ -235,6 +249,20 @@ pub async fn run(
     // Answers pass unheld from now on, rather than wait in the ring for a stopped agent; the
     // ones already held are delivered on the way out.
     crate::fqdn::heartbeat(&mut agent.dp, false);
+    if agent.cni.enabled() {
+        if let (Some(client), Some((ns, name))) = (kube_client, agent.cfg.daemonset.clone()) {
+            if crate::source::kube::daemonset_deleted(client, &ns, &name).await {
+                match agent.cni.uninstall() {
+                    Ok(files) => {
+                        info!(files = ?files, daemonset = %format!("{ns}/{name}"), "DaemonSet deleted: septa's CNI entry removed")
+                    }
+                    Err(e) => {
+                        error!(error = %e, "DaemonSet deleted, but septa's CNI entry could not be removed")
+                    }
+                }
+            }
+        }
+    }
     let held = answers.get_mut().drain();
     crate::fqdn::handle_answers(&mut agent.dns, &mut agent.dp, &injector, held);
     // Only the socket this agent bound: a replacement belongs to someone else.

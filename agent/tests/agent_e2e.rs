@@ -212,6 +212,7 @@ fn malformed_cni_input_gets_spec_errors_and_the_agent_is_unaffected() {
         node: n.runtime.node.clone(),
         cni_path: n.runtime.cni_path.clone(),
         network: n.runtime.network.clone(),
+        conf_dir: None,
     };
     rt.network["plugins"][0] = serde_json::json!({"type": "macvlan", "master": "mvparent", "mode": "bridge", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": n.dir.join("ipam-mv")}});
     testbed::bed::ip(&["netns", "add", &format!("septa-{}-mv", n.bed.id)]).unwrap();

@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 use serde_json::{json, Value};
 use testbed::{
     cni::Attachment,
-    kubeapi::FakeApi,
+    kubeapi::{FakeApi, Rbac},
     kubeproxy::{EndpointSlice, KubeProxy, Mode, Service},
     node::{metric, Binaries, Node},
     traffic::{echo, poll_until, tcp_connect, Server},
@@ -31,6 +31,45 @@ use testbed::{
 const DEADLINE: Duration = Duration::from_secs(30);
 const TOKEN: &str = "septa-agent-token";
 
+/// The Helm chart rendered with its default values (`helm template`, as `helm install`
+/// would apply it), as JSON documents.
+fn chart() -> &'static [Value] {
+    static DOCS: std::sync::OnceLock<Vec<Value>> = std::sync::OnceLock::new();
+    DOCS.get_or_init(|| {
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/septa");
+        let out = std::process::Command::new("helm")
+            .args(["template", "septa", chart, "--namespace", "septa"])
+            .output()
+            .unwrap_or_else(|e| panic!("helm: {e} (scripts/setup.sh installs it)"));
+        assert!(
+            out.status.success(),
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("helm prints UTF-8");
+        serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|d| {
+                let v: Value = serde::Deserialize::deserialize(d).expect("helm renders YAML");
+                (!v.is_null()).then_some(v)
+            })
+            .collect()
+    })
+}
+
+/// What the chart's RBAC objects grant the agent's ServiceAccount.
+fn chart_rbac() -> Rbac {
+    Rbac::from_manifests(chart(), "septa", "septa-agent").expect("the chart's RBAC")
+}
+
+/// The chart's agent DaemonSet.
+fn chart_daemonset() -> Value {
+    chart()
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("the chart renders a DaemonSet")
+        .clone()
+}
+
 /// A world of nodes whose agents watch one fake API server.
 struct Cluster {
     world: World,
@@ -39,11 +78,23 @@ struct Cluster {
 
 impl Cluster {
     fn new(tag: &str, nodes: usize, overlay: Overlay) -> Self {
+        Self::with(tag, nodes, overlay, |_, _| {})
+    }
+
+    /// A cluster whose API server authorizes the agents with the RBAC rules of the rendered
+    /// Helm chart; `setup` runs before the agents start (flags, conf dirs, more objects).
+    fn with(
+        tag: &str,
+        nodes: usize,
+        overlay: Overlay,
+        setup: impl FnOnce(&mut World, &FakeApi),
+    ) -> Self {
         testbed::require_root("Kubernetes-mode end-to-end tests");
         let bins = Binaries::for_agent(env!("CARGO_BIN_EXE_septa-agent"));
         let mut world = World::new(tag, nodes, overlay, bins).expect("world");
         let api = FakeApi::start(world.api_listener().expect("listener")).expect("fake API");
         api.add_user(TOKEN, "system:serviceaccount:septa:septa-agent");
+        api.set_rbac(Some(chart_rbac()));
         let kubeconfig = world.nodes[0].dir.join("kubeconfig");
         api.kubeconfig(&kubeconfig, TOKEN).expect("kubeconfig");
         for ns in ["shop", "other"] {
@@ -64,6 +115,7 @@ impl Cluster {
                 .map(String::from),
             );
         }
+        setup(&mut world, &api);
         world.start_agents().expect("agents ready");
         Cluster { world, api }
     }
@@ -665,4 +717,270 @@ fn outage_relist_restart_unknown_pods_and_bad_objects() {
         (metric(&m, "septa_kubernetes_object_errors") >= 1.0).then_some(())
     });
     assert!(errors.is_some(), "the bad object is counted");
+}
+
+/// The agent's answer to `Status` (what `septa status` prints).
+fn status(n: &Node) -> api::protocol::Response {
+    cni::plugin::call_agent(
+        &n.socket,
+        &api::protocol::Request::Status,
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("status: {e:?}\n{}", n.agent_log()))
+}
+
+/// Whether `file` carries septa's entry for `n`'s agent as its network's last plugin, on top
+/// of exactly the primary network `primary`.
+fn spliced(file: &std::path::Path, primary: &[u8], n: &Node) -> bool {
+    let Ok(have) = std::fs::read(file) else {
+        return false;
+    };
+    let (Ok(mut have), Ok(want)) = (
+        serde_json::from_slice::<Value>(&have),
+        serde_json::from_slice::<Value>(primary),
+    ) else {
+        return false;
+    };
+    let Some(last) = have["plugins"].as_array_mut().and_then(|p| p.pop()) else {
+        return false;
+    };
+    last["type"] == "septa-cni"
+        && last["agentSocket"] == n.socket.display().to_string()
+        && have == want
+}
+
+/// The chart's agent container: its capabilities, and the agent configuration file the
+/// chart renders for it.
+fn chart_agent() -> (Vec<String>, String) {
+    let ds = chart_daemonset();
+    let agent = ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "agent"))
+        .expect("the DaemonSet has a container named agent")
+        .clone();
+    let caps: Vec<String> = agent["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .expect("the agent container adds capabilities")
+        .iter()
+        .map(|c| c.as_str().expect("a capability name").to_lowercase())
+        .collect();
+    let config = chart()
+        .iter()
+        .find_map(|d| (d["kind"] == "ConfigMap").then(|| d["data"]["agent.yaml"].as_str())?)
+        .expect("a ConfigMap with agent.yaml")
+        .to_owned();
+    (caps, config)
+}
+
+/// A cluster installed as the chart installs it, on nodes whose runtime reads a CNI
+/// configuration directory holding only the primary network (bridge, host-local, portmap):
+/// the agents run with the chart's configuration file, with only the capabilities of the
+/// chart's security context (setpriv's bounding set) and the chart's RBAC, and splice their
+/// entry into the primary network's file. Returns the cluster, and per node the primary
+/// file and its bytes before septa.
+fn installed(tag: &str, nodes: usize) -> (Cluster, Vec<(std::path::PathBuf, Vec<u8>)>) {
+    let (caps, config) = chart_agent();
+    let bounding = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut primaries = Vec::new();
+    let c = Cluster::with(tag, nodes, Overlay::HostGw, |world, api| {
+        api.apply_json("apps/v1", "DaemonSet", chart_daemonset())
+            .unwrap();
+        for n in &mut world.nodes {
+            let file = n.use_conf_dir().unwrap();
+            primaries.push((file.clone(), std::fs::read(&file).unwrap()));
+            let config_file = n.dir.join("agent.yaml");
+            std::fs::write(&config_file, &config).unwrap();
+            n.agent_prefix = ["setpriv", "--bounding-set", &bounding, "--"]
+                .map(String::from)
+                .to_vec();
+            n.agent_args.extend(
+                [
+                    "--config",
+                    &config_file.display().to_string(),
+                    "--cni-conf-dir",
+                    &file.parent().unwrap().display().to_string(),
+                    "--daemonset",
+                    "septa/septa-agent",
+                ]
+                .map(String::from),
+            );
+        }
+    });
+    (c, primaries)
+}
+
+#[test]
+fn chart_install_splices_enforces_restarts_and_uninstalls() {
+    let (mut c, primaries) = installed("k8s-inst", 2);
+    for (i, (file, primary)) in primaries.iter().enumerate() {
+        let n = &c.world.nodes[i];
+        if poll_until(DEADLINE, || spliced(file, primary, n).then_some(())).is_none() {
+            panic!(
+                "node-{i}: septa's entry never reached {}\n{}",
+                file.display(),
+                c.logs()
+            );
+        }
+    }
+
+    // Pods made through the spliced file are registered and enforced.
+    let client = c.pod(0, "shop", "client", &[("app", "client")]);
+    let guest = c.pod(0, "shop", "guest", &[("app", "guest")]);
+    let web = c.pod(1, "shop", "web", &[("app", "web")]);
+    let _server = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let web_addr = addr(&web, 8080);
+    c.api
+        .apply(&ingress_policy(
+            "web",
+            "shop",
+            "web",
+            json!([{"podSelector": {"matchLabels": {"app": "client"}}}]),
+            8080,
+        ))
+        .unwrap();
+    until(&c, "policy", &guest, web_addr, false);
+    assert!(connects(&client, web_addr), "{}", c.logs());
+    let s = status(&c.world.nodes[0]);
+    let node = s.node.expect("the status describes the node");
+    assert!(node.ready && node.cni.present, "{node:?}");
+    assert_eq!(node.cni.mode, "splice");
+    assert_eq!(
+        node.cni.file.as_deref(),
+        Some(primaries[0].0.display().to_string().as_str())
+    );
+    assert_eq!(node.enforced, 2, "client and guest: {node:?}");
+    assert!(node.revision > 0);
+
+    // The primary CNI rewrites its file (a restart of flannel, say): septa's entry returns.
+    let (file, primary) = &primaries[0];
+    std::fs::write(file, primary).unwrap();
+    let n0 = &c.world.nodes[0];
+    if poll_until(DEADLINE, || spliced(file, primary, n0).then_some(())).is_none() {
+        panic!("the entry was not put back\n{}", c.logs());
+    }
+
+    // A malformed primary file is reported, never written to; once fixed, it is spliced.
+    std::fs::write(file, b"{\"cniVersion\": \"1.0.0\", \"plugins\": [").unwrap();
+    let reported = poll_until(DEADLINE, || {
+        let node = status(&c.world.nodes[0]).node?;
+        (!node.cni.present).then_some(node.cni)
+    })
+    .unwrap_or_else(|| panic!("a malformed primary file is reported\n{}", c.logs()));
+    assert!(
+        reported.error.as_deref().is_some_and(|e| !e.is_empty()),
+        "{reported:?}"
+    );
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        b"{\"cniVersion\": \"1.0.0\", \"plugins\": [",
+        "the malformed file is left as it is"
+    );
+    std::fs::write(file, primary).unwrap();
+    let n0 = &c.world.nodes[0];
+    if poll_until(DEADLINE, || spliced(file, primary, n0).then_some(())).is_none() {
+        panic!("the fixed file was not spliced\n{}", c.logs());
+    }
+
+    // A restart (the DaemonSet still exists) keeps the file: not removed while the agent is
+    // down, not rewritten when it is back.
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::metadata(file).unwrap().ino();
+    let bytes = std::fs::read(file).unwrap();
+    c.world.nodes[0].stop_agent().unwrap();
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        bytes,
+        "kept while the agent is down"
+    );
+    c.world.nodes[0].start_agent().unwrap();
+    let back = poll_until(DEADLINE, || {
+        status(&c.world.nodes[0])
+            .node
+            .filter(|n| n.cni.present)
+            .map(|_| ())
+    });
+    assert!(back.is_some(), "{}", c.logs());
+    assert_eq!(std::fs::read(file).unwrap(), bytes);
+    assert_eq!(
+        std::fs::metadata(file).unwrap().ino(),
+        before,
+        "an unchanged file is not rewritten"
+    );
+    assert!(connects(&client, web_addr));
+    assert!(!connects(&guest, web_addr));
+
+    // helm uninstall: the DaemonSet goes, then its pods; each agent removes exactly its
+    // entry, leaving the primary file byte for byte as the primary CNI wrote it.
+    c.api
+        .delete_json("apps/v1", "DaemonSet", "septa", "septa-agent")
+        .unwrap();
+    for n in &mut c.world.nodes {
+        n.stop_agent().unwrap();
+    }
+    for (i, (file, primary)) in primaries.iter().enumerate() {
+        assert_eq!(
+            std::fs::read(file).unwrap(),
+            *primary,
+            "node-{i}: {} after uninstall\n{}",
+            file.display(),
+            c.logs()
+        );
+    }
+}
+
+#[test]
+fn a_verb_missing_from_the_chart_rbac_fails_loudly() {
+    testbed::require_root("Kubernetes-mode end-to-end tests");
+    let bins = Binaries::for_agent(env!("CARGO_BIN_EXE_septa-agent"));
+    let mut world = World::new("k8s-rbac", 1, Overlay::HostGw, bins).expect("world");
+    let api = FakeApi::start(world.api_listener().expect("listener")).expect("fake API");
+    api.add_user(TOKEN, "system:serviceaccount:septa:septa-agent");
+    let mut rbac = chart_rbac();
+    let mut removed = false;
+    for r in &mut rbac.rules {
+        if r.resources.iter().any(|x| x == "endpointslices") {
+            r.verbs.retain(|v| v != "watch" && v != "list");
+            removed = true;
+        }
+    }
+    assert!(
+        removed,
+        "the chart lets the agent list and watch EndpointSlices"
+    );
+    api.set_rbac(Some(rbac));
+    let kubeconfig = world.nodes[0].dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig, TOKEN).expect("kubeconfig");
+    let n = &mut world.nodes[0];
+    n.ready_timeout = Duration::from_secs(5);
+    n.agent_args.extend(
+        [
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+        ]
+        .map(String::from),
+    );
+    let err = n
+        .start_agent()
+        .expect_err("an agent that cannot list is not ready");
+    assert!(n.agent_running(), "it keeps running and retrying: {err:#}");
+    // Loudly: not ready, with the kind named, on /readyz, in the status and in the log.
+    let readyz = testbed::node::http_get(&n.bed.node_path(), "/readyz");
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("EndpointSlice"), "{readyz}");
+    let s = status(n);
+    assert!(!s.ok && s.error.contains("EndpointSlice"), "{s:?}");
+    let log = n.agent_log();
+    assert!(
+        log.contains("forbidden") && log.contains("endpointslices"),
+        "the log says why: {log}"
+    );
+    assert!(api
+        .requests()
+        .iter()
+        .any(|r| r.status == 403 && r.path.contains("endpointslices")));
 }

@@ -207,6 +207,77 @@ pub struct Response {
     /// Kubernetes mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unadopted: Vec<Unadopted>,
+    /// What the node enforces and how (Status; also when the agent is not ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Box<NodeStatus>>,
+}
+
+/// One node's enforcement, as `septa status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStatus {
+    /// The node's name.
+    pub node: String,
+    /// `dir` (standalone) or `kubernetes`.
+    pub source: String,
+    /// Whether a good state is enforced.
+    pub ready: bool,
+    /// Why not, or what is wrong although an older good state is enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// How many policy states the agent has compiled and enforced since it started; it
+    /// grows by one with every change of workloads or policies that reached the kernel.
+    pub revision: u64,
+    /// Pods registered by septa-cni (or adopted) and enforced in the kernel.
+    pub enforced: usize,
+    /// Of those, pods the agent adopted because they ran before it started.
+    pub adopted: usize,
+    /// septa's entry in the node's CNI configuration.
+    pub cni: CniStatus,
+    /// Threat feeds and their blocklists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedStatus>,
+    /// DNS-aware rules: the names they allow and the addresses learned for them.
+    pub dns: DnsStatus,
+}
+
+/// septa's entry in the node's CNI configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniStatus {
+    /// `off`, `splice` or `own-file`.
+    pub mode: String,
+    /// The file that carries septa's entry (or should).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Whether the file carries septa's entry as the agent wants it.
+    pub present: bool,
+    /// Why the entry is not (or not yet) in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One threat feed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedStatus {
+    /// The ThreatFeed's name.
+    pub name: String,
+    /// Ranges in its blocklist in the kernel.
+    pub entries: usize,
+    /// Why its last fetch failed (the previous blocklist stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// DNS-aware rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsStatus {
+    /// Names and patterns FqdnPolicies allow.
+    pub names: usize,
+    /// Addresses learned from answers to queries pods sent, still alive.
+    pub addresses: usize,
 }
 
 /// A running pod the agent could not adopt, and why.
@@ -226,6 +297,7 @@ impl Response {
             identity: None,
             warning: String::new(),
             unadopted: Vec::new(),
+            node: None,
         }
     }
     pub fn err(e: impl Into<String>) -> Self {
@@ -235,6 +307,7 @@ impl Response {
             identity: None,
             warning: String::new(),
             unadopted: Vec::new(),
+            node: None,
         }
     }
 }

@@ -8,3 +8,4 @@ pub mod objects;
 pub mod output;
 pub mod reachability;
 pub mod recommend;
+pub mod status;

@@ -98,6 +98,21 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Show this node's enforcement, asked of the local agent: whether a good state is
+    /// enforced (and the policy revision), septa's entry in the CNI configuration, pods
+    /// enforced, adopted and running unenforced (with why), threat feeds and DNS-aware rules.
+    ///
+    /// Exit 0 when all is well, 1 when something needs attention (not ready, CNI entry
+    /// missing, pods not adopted, a feed failing), 2 when the agent cannot be asked. In a
+    /// cluster: `kubectl -n septa exec <agent pod> -- septa status`.
+    Status {
+        /// The agent's socket.
+        #[arg(long, default_value = api::protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Propose least-privilege NetworkPolicies from observed flows, one per workload.
     ///
     /// Reads flow records (the agent's JSON-lines flow log, or the live agent) and the
@@ -193,6 +208,12 @@ fn main() {
                 &mut err,
             )
         }),
+        Command::Status { socket, json } => Ok(cli::status::cmd_status(
+            &socket,
+            json,
+            &mut std::io::stdout().lock(),
+            &mut err,
+        )),
         Command::Flows {
             socket,
             namespace,

@@ -2,20 +2,21 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, ErrorKind, Write},
     net::IpAddr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use api::protocol::{Endpoint, Request, Response, DEFAULT_SOCKET};
 
-/// CNI versions this plugin speaks.
-pub const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+/// CNI versions this plugin speaks. 0.3.x results have the 0.4.0 shape and chaining with
+/// `prevResult`; flannel, Calico, kindnet and the AWS VPC CNI still write `0.3.1` conflists.
+pub const SUPPORTED: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The newest of them: what VERSION and errors before a configuration was read speak.
 pub const LATEST: &str = "1.1.0";
 /// A CNI error (spec section "Error").
@@ -56,7 +57,83 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 102;
 }
 
-/// The plugin's network configuration (the keys it reads; others pass through).
+/// Keys the CNI spec defines for a plugin's configuration as the runtime passes it: the
+/// plugin object's own (`type`, `capabilities`, the well-known `ipMasq`, `ipam`, `dns`) and
+/// those the runtime inserts (`cniVersion`, `name`, `prevResult`, `runtimeConfig`, `args`).
+pub const SPEC_KEYS: [&str; 10] = [
+    "cniVersion",
+    "name",
+    "type",
+    "capabilities",
+    "runtimeConfig",
+    "args",
+    "prevResult",
+    "ipMasq",
+    "ipam",
+    "dns",
+];
+/// The spec reserves keys with this prefix for the runtime.
+pub const RESERVED_PREFIX: &str = "cni.dev/";
+/// septa-cni's own keys.
+pub const SEPTA_KEYS: [&str; 3] = ["agentSocket", "timeoutSeconds", "socketWaitSeconds"];
+/// How long ADD and CHECK wait for the agent's socket by default, and at most.
+pub const DEFAULT_SOCKET_WAIT: Duration = Duration::from_secs(30);
+/// See [`DEFAULT_SOCKET_WAIT`]: a longer wait would hold the runtime's sandbox creation.
+pub const MAX_SOCKET_WAIT: Duration = Duration::from_secs(300);
+/// How often a missing or refusing socket is tried again.
+pub const SOCKET_POLL: Duration = Duration::from_millis(200);
+
+/// Keys of `conf` that neither the spec nor septa-cni define, in the object's order.
+pub fn unknown_keys(conf: &Map<String, Value>) -> Vec<&str> {
+    conf.keys()
+        .map(String::as_str)
+        .filter(|k| {
+            !SPEC_KEYS.contains(k) && !SEPTA_KEYS.contains(k) && !k.starts_with(RESERVED_PREFIX)
+        })
+        .collect()
+}
+
+/// A misspelt key (`agentSockte`) would otherwise silently fall back to a default.
+pub fn check_keys(conf: &Map<String, Value>) -> Result<(), CniError> {
+    let unknown = unknown_keys(conf);
+    let Some(first) = unknown.first() else {
+        return Ok(());
+    };
+    let hint = SEPTA_KEYS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(first) || near(k, first))
+        .map(|k| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default();
+    Err(CniError::new(
+        code::INVALID_CONFIG,
+        format!("unknown key {first:?} in septa-cni's configuration{hint}"),
+        format!(
+            "unknown: {}; septa-cni reads {} besides the CNI spec's keys",
+            unknown.join(", "),
+            SEPTA_KEYS.join(", ")
+        ),
+    ))
+}
+
+/// Same length and at most two differing positions, or one letter missing or extra: the
+/// typos worth naming the intended key for.
+fn near(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() == b.len() {
+        return a.iter().zip(b).filter(|(x, y)| x != y).count() <= 2;
+    }
+    let (short, long) = if a.len() < b.len() { (a, b) } else { (b, a) };
+    long.len() == short.len() + 1
+        && (0..long.len()).any(|skip| {
+            long.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, c)| c)
+                .eq(short.iter())
+        })
+}
+
+/// The plugin's network configuration (the keys it reads; [`check_keys`] refuses unknown ones).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetConf {
@@ -65,9 +142,12 @@ pub struct NetConf {
     pub name: String,
     #[serde(default)]
     pub agent_socket: Option<PathBuf>,
-    /// Seconds to wait for the agent.
+    /// Seconds to wait for the agent's answer.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Seconds ADD and CHECK wait for the agent's socket to appear or accept connections.
+    #[serde(default)]
+    pub socket_wait_seconds: Option<u64>,
     #[serde(default)]
     pub prev_result: Option<Value>,
     #[serde(default)]
@@ -132,15 +212,50 @@ impl Env {
     }
 }
 
-/// Parse stdin; returns the conf and the version to report errors with.
+impl NetConf {
+    /// The agent's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.agent_socket
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SOCKET.into())
+    }
+
+    /// How long to wait for the agent's answer.
+    pub fn timeout(&self) -> Duration {
+        answer_timeout(self.timeout_seconds)
+    }
+
+    /// How long ADD and CHECK wait for the socket, capped at [`MAX_SOCKET_WAIT`].
+    pub fn socket_wait(&self) -> Duration {
+        self.socket_wait_seconds
+            .map_or(DEFAULT_SOCKET_WAIT, Duration::from_secs)
+            .min(MAX_SOCKET_WAIT)
+    }
+}
+
+fn answer_timeout(seconds: Option<u64>) -> Duration {
+    Duration::from_secs(seconds.unwrap_or(10).clamp(1, 300))
+}
+
+/// Parse stdin strictly: JSON, an object, only known keys, a supported version.
 pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
-    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+    let decode = |e: serde_json::Error| {
         CniError::new(
             code::DECODE_FAILURE,
             "cannot decode the network configuration",
             e.to_string(),
         )
-    })?;
+    };
+    let value: Value = serde_json::from_slice(stdin).map_err(decode)?;
+    let Value::Object(map) = &value else {
+        return Err(CniError::new(
+            code::DECODE_FAILURE,
+            "the network configuration is not a JSON object",
+            "",
+        ));
+    };
+    check_keys(map)?;
+    let conf: NetConf = serde_json::from_value(value).map_err(decode)?;
     if !SUPPORTED.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -152,23 +267,126 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
 }
 
 /// Talk to the agent: one request, one response, with a deadline. Nothing is sent unless the
-/// process serving the socket runs as this plugin's user (see [`check_peer`]).
+/// process serving the socket runs as this plugin's user (see [`check_peer`]). A socket that
+/// is missing or refuses connections is an error at once; see [`call_agent_waiting`].
 pub fn call_agent(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, CniError> {
-    let unreachable = |e: std::io::Error| {
-        CniError::new(
-            code::TRY_AGAIN_LATER,
-            format!("septa agent not reachable at {}", socket.display()),
-            e.to_string(),
-        )
-    };
-    let mut s = UnixStream::connect(socket).map_err(unreachable)?;
-    check_peer(&s, socket)?;
+    call_agent_waiting(socket, req, timeout, Duration::ZERO)
+}
+
+/// [`call_agent`], but a socket that is missing or refuses connections (the agent is starting
+/// or restarting) is tried again every [`SOCKET_POLL`] until `wait` has passed.
+pub fn call_agent_waiting(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+    wait: Duration,
+) -> Result<Response, CniError> {
+    let s = wait_for_agent(
+        socket,
+        wait,
+        &mut SystemClock::start(),
+        || match UnixStream::connect(socket) {
+            Ok(s) => Attempt::Done(check_peer(&s, socket).map(|()| s)),
+            Err(e) if not_up(&e) => Attempt::NotUp(e.to_string()),
+            Err(e) => Attempt::Done(Err(unreachable(socket, e))),
+        },
+    )?;
+    exchange(s, socket, req, timeout)
+}
+
+/// Errors that mean nobody serves the socket yet: no file, or a file nobody listens on (left
+/// by an agent that is restarting), or a full backlog.
+fn not_up(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused | ErrorKind::WouldBlock
+    )
+}
+
+fn unreachable(socket: &Path, e: std::io::Error) -> CniError {
+    CniError::new(
+        code::TRY_AGAIN_LATER,
+        format!("septa agent not reachable at {}", socket.display()),
+        e.to_string(),
+    )
+}
+
+/// Time for [`wait_for_agent`]: the real clock in the plugin, a fake one in tests.
+pub trait Clock {
+    /// Time since the wait began.
+    fn elapsed(&self) -> Duration;
+    /// Let `d` pass.
+    fn sleep(&mut self, d: Duration);
+}
+
+/// The monotonic clock.
+pub struct SystemClock(Instant);
+
+impl SystemClock {
+    /// A clock whose `elapsed` counts from now.
+    pub fn start() -> Self {
+        SystemClock(Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d)
+    }
+}
+
+/// One try at reaching the agent.
+pub enum Attempt<T> {
+    /// Final: reached (or failed in a way waiting does not fix, such as an impostor).
+    Done(Result<T, CniError>),
+    /// Nobody serves the socket yet; the text says why.
+    NotUp(String),
+}
+
+/// Try `attempt` until it is [`Attempt::Done`] or `budget` has passed, sleeping
+/// [`SOCKET_POLL`] (never past the budget) in between. Running out is code 11, try again later.
+pub fn wait_for_agent<T>(
+    socket: &Path,
+    budget: Duration,
+    clock: &mut impl Clock,
+    mut attempt: impl FnMut() -> Attempt<T>,
+) -> Result<T, CniError> {
+    loop {
+        let why = match attempt() {
+            Attempt::Done(r) => return r,
+            Attempt::NotUp(why) => why,
+        };
+        let spent = clock.elapsed();
+        if spent >= budget {
+            let mut msg = format!("septa agent not reachable at {}", socket.display());
+            if !budget.is_zero() {
+                msg += &format!(
+                    ": it did not come up within {} s",
+                    budget.as_secs_f64().ceil()
+                );
+            }
+            return Err(CniError::new(code::TRY_AGAIN_LATER, msg, why));
+        }
+        clock.sleep(SOCKET_POLL.min(budget - spent));
+    }
+}
+
+fn exchange(
+    s: UnixStream,
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, CniError> {
+    let unreachable = |e| unreachable(socket, e);
     s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     s.set_write_timeout(Some(timeout)).map_err(unreachable)?;
     let mut line = serde_json::to_string(req)
         .map_err(|e| CniError::new(code::IO_FAILURE, "encoding request", e.to_string()))?;
     line.push('\n');
-    s.write_all(line.as_bytes()).map_err(unreachable)?;
+    (&s).write_all(line.as_bytes()).map_err(unreachable)?;
     let mut resp = String::new();
     BufReader::new(s)
         .read_line(&mut resp)
@@ -337,19 +555,23 @@ pub fn labels(env: &Env, conf: &NetConf) -> Result<Option<BTreeMap<String, Strin
 /// Run one command. `Ok(Some(json))` is printed on stdout, `Ok(None)` prints nothing.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)> {
     let fallback_version = LATEST.to_owned();
-    if env.command == "VERSION" {
-        return Ok(Some(
-            json!({ "cniVersion": LATEST, "supportedVersions": SUPPORTED }),
-        ));
+    match env.command.as_str() {
+        "VERSION" => {
+            return Ok(Some(
+                json!({ "cniVersion": LATEST, "supportedVersions": SUPPORTED }),
+            ))
+        }
+        "DEL" => {
+            del(env, stdin);
+            return Ok(None);
+        }
+        _ => {}
     }
     let conf = parse_conf(stdin).map_err(|e| (e, fallback_version.clone()))?;
     let v = conf.cni_version.clone();
     let fail = |e: CniError| (e, v.clone());
-    let socket = conf
-        .agent_socket
-        .clone()
-        .unwrap_or_else(|| DEFAULT_SOCKET.into());
-    let timeout = Duration::from_secs(conf.timeout_seconds.unwrap_or(10).clamp(1, 300));
+    let socket = conf.socket();
+    let timeout = conf.timeout();
     match env.command.as_str() {
         "ADD" => {
             env.require("ADD").map_err(fail)?;
@@ -385,7 +607,8 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
                 ips,
                 cgroup: None,
             };
-            let resp = call_agent(&socket, &Request::Add(ep), timeout).map_err(fail)?;
+            let resp = call_agent_waiting(&socket, &Request::Add(ep), timeout, conf.socket_wait())
+                .map_err(fail)?;
             if !resp.ok {
                 return Err(fail(CniError::new(
                     code::AGENT_REFUSED,
@@ -400,19 +623,6 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
             out["cniVersion"] = Value::String(v.clone());
             Ok(Some(out))
         }
-        "DEL" => {
-            if !env.container_id.is_empty() {
-                // Best effort: DEL must succeed even when the agent is down.
-                let _ = call_agent(
-                    &socket,
-                    &Request::Del {
-                        container_id: env.container_id.clone(),
-                    },
-                    timeout,
-                );
-            }
-            Ok(None)
-        }
         "CHECK" => {
             env.require("CHECK").map_err(fail)?;
             if conf.prev_result.is_none() {
@@ -422,12 +632,13 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
                     "",
                 )));
             }
-            let resp = call_agent(
+            let resp = call_agent_waiting(
                 &socket,
                 &Request::Check {
                     container_id: env.container_id.clone(),
                 },
                 timeout,
+                conf.socket_wait(),
             )
             .map_err(fail)?;
             if resp.ok {
@@ -467,6 +678,28 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)>
             "expected ADD, DEL, CHECK, STATUS, GC or VERSION",
         ))),
     }
+}
+
+/// DEL never fails (the spec: complete a DEL even if resources are missing) and prints
+/// nothing: whatever can be read of the configuration is used to tell the agent, best effort,
+/// without waiting for it. Unknown keys, an unsupported version or no JSON at all change nothing.
+fn del(env: &Env, stdin: &[u8]) {
+    if env.container_id.is_empty() {
+        return;
+    }
+    let conf: Value = serde_json::from_slice(stdin).unwrap_or(Value::Null);
+    let socket = conf
+        .get("agentSocket")
+        .and_then(Value::as_str)
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
+    let timeout = answer_timeout(conf.get("timeoutSeconds").and_then(Value::as_u64));
+    let _ = call_agent(
+        &socket,
+        &Request::Del {
+            container_id: env.container_id.clone(),
+        },
+        timeout,
+    );
 }
 
 #[cfg(test)]
@@ -536,9 +769,12 @@ mod tests {
     }
 
     #[test]
-    fn version_lists_0_4_1_0_and_1_1() {
+    fn version_lists_0_3_to_1_1() {
         let out = run(&env("VERSION"), b"").unwrap().unwrap();
-        assert_eq!(out["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            out["supportedVersions"],
+            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         assert_eq!(out["cniVersion"], "1.1.0");
     }
 
@@ -548,7 +784,7 @@ mod tests {
         assert_eq!((e.code, v.as_str()), (code::DECODE_FAILURE, "1.1.0"));
         let (e, _) = run(
             &env("ADD"),
-            br#"{"cniVersion": "0.3.1", "name": "n", "type": "septa-cni"}"#,
+            br#"{"cniVersion": "0.2.0", "name": "n", "type": "septa-cni"}"#,
         )
         .unwrap_err();
         assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
@@ -667,5 +903,174 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(r.code, code::TRY_AGAIN_LATER);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_them_on_add_check_and_status() {
+        let conf = br#"{"cniVersion": "1.0.0", "name": "n", "type": "septa-cni", "agentSockte": "/run/x.sock", "prevResult": {}}"#;
+        for cmd in ["ADD", "CHECK", "STATUS"] {
+            let (e, v) = run(&env(cmd), conf).unwrap_err();
+            assert_eq!(
+                (e.code, v.as_str()),
+                (code::INVALID_CONFIG, "1.1.0"),
+                "{cmd}"
+            );
+            assert!(e.msg.contains("\"agentSockte\""), "{e:?}");
+            assert!(e.msg.contains("did you mean \"agentSocket\""), "{e:?}");
+        }
+        let e =
+            parse_conf(br#"{"cniVersion": "1.0.0", "Timeoutseconds": 3, "bogus": 1}"#).unwrap_err();
+        assert!(e.msg.contains("Timeoutseconds") && e.msg.contains("timeoutSeconds"));
+        assert!(e.details.contains("Timeoutseconds, bogus"), "{e:?}");
+        // Everything the spec lets a runtime pass, and septa's own keys, is accepted.
+        let all = br#"{"cniVersion": "1.1.0", "name": "n", "type": "septa-cni",
+            "capabilities": {"septa.dev/labels": true}, "runtimeConfig": {}, "args": {},
+            "prevResult": {}, "ipMasq": false, "ipam": {}, "dns": {}, "cni.dev/attachments": [],
+            "agentSocket": "/run/septa/agent.sock", "timeoutSeconds": 5, "socketWaitSeconds": 0}"#;
+        let c = parse_conf(all).unwrap();
+        assert_eq!(c.socket_wait(), Duration::ZERO);
+        assert_eq!(c.timeout(), Duration::from_secs(5));
+        let e = parse_conf(b"[1]").unwrap_err();
+        assert_eq!(e.code, code::DECODE_FAILURE);
+        let e = parse_conf(br#"{"cniVersion": "1.0.0", "socketWaitSeconds": -1}"#).unwrap_err();
+        assert_eq!(e.code, code::DECODE_FAILURE);
+        assert!(!near("agentSocket", "timeoutSeconds") && near("agentSocket", "agentSockt"));
+    }
+
+    #[test]
+    fn socket_wait_defaults_to_30_s_and_is_capped() {
+        let c = parse_conf(br#"{"cniVersion": "1.0.0"}"#).unwrap();
+        assert_eq!(c.socket_wait(), DEFAULT_SOCKET_WAIT);
+        let c = parse_conf(br#"{"cniVersion": "1.0.0", "socketWaitSeconds": 100000}"#).unwrap();
+        assert_eq!(c.socket_wait(), MAX_SOCKET_WAIT);
+        let c =
+            parse_conf(br#"{"cniVersion": "1.0.0", "socketWaitSeconds": 18446744073709551615}"#)
+                .unwrap();
+        assert_eq!(c.socket_wait(), MAX_SOCKET_WAIT);
+    }
+
+    #[test]
+    fn del_never_fails_and_prints_nothing() {
+        let garbage: [&[u8]; 8] = [
+            b"",
+            b"{not json",
+            b"[]",
+            br#"{"cniVersion": "0.1.0"}"#,
+            br#"{"cniVersion": 7, "agentSocket": 5, "timeoutSeconds": "x"}"#,
+            br#"{"cniVersion": "1.0.0", "agentSockte": "/x", "agentSocket": "/nonexistent/s.sock", "timeoutSeconds": 1}"#,
+            br#"{"cniVersion": "9.9.9", "agentSocket": "/nonexistent/s.sock", "timeoutSeconds": 1, "socketWaitSeconds": 300}"#,
+            b"\xff\xfe",
+        ];
+        let mut no_env = env("DEL");
+        no_env.container_id.clear();
+        no_env.ifname.clear();
+        no_env.netns.clear();
+        for conf in garbage {
+            let started = Instant::now();
+            assert_eq!(run(&env("DEL"), conf).unwrap(), None);
+            assert_eq!(run(&no_env, conf).unwrap(), None);
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "DEL does not wait"
+            );
+        }
+    }
+
+    /// Time that passes only when slept, with a record of the sleeps.
+    struct FakeClock {
+        now: Duration,
+        sleeps: Vec<Duration>,
+    }
+
+    impl Clock for FakeClock {
+        fn elapsed(&self) -> Duration {
+            self.now
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.now += d;
+            self.sleeps.push(d);
+        }
+    }
+
+    #[test]
+    fn waiting_retries_until_the_agent_is_up_and_never_sleeps_past_the_budget() {
+        let sock = Path::new("/run/septa/agent.sock");
+        let mut clock = FakeClock {
+            now: Duration::ZERO,
+            sleeps: vec![],
+        };
+        let mut tries = 0;
+        let got = wait_for_agent(sock, Duration::from_secs(30), &mut clock, || {
+            tries += 1;
+            if tries < 4 {
+                Attempt::NotUp("connection refused".into())
+            } else {
+                Attempt::Done(Ok(tries))
+            }
+        });
+        assert_eq!(got.unwrap(), 4);
+        assert_eq!(clock.sleeps, vec![SOCKET_POLL; 3]);
+
+        // Never up: the budget is spent exactly, then code 11 naming it and the socket.
+        let mut clock = FakeClock {
+            now: Duration::ZERO,
+            sleeps: vec![],
+        };
+        let mut tries = 0;
+        let e = wait_for_agent::<()>(sock, Duration::from_millis(1_100), &mut clock, || {
+            tries += 1;
+            Attempt::NotUp("No such file or directory".into())
+        })
+        .unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN_LATER);
+        assert_eq!(
+            e.msg,
+            "septa agent not reachable at /run/septa/agent.sock: it did not come up within 2 s"
+        );
+        assert_eq!(e.details, "No such file or directory");
+        assert_eq!(clock.now, Duration::from_millis(1_100));
+        assert_eq!(clock.sleeps.last(), Some(&Duration::from_millis(100)));
+        assert_eq!(tries, 7);
+
+        // A final failure (an impostor serving the socket) is not waited on.
+        let mut clock = FakeClock {
+            now: Duration::ZERO,
+            sleeps: vec![],
+        };
+        let e = wait_for_agent::<()>(sock, Duration::from_secs(30), &mut clock, || {
+            Attempt::Done(Err(CniError::new(code::IO_FAILURE, "impostor", "")))
+        })
+        .unwrap_err();
+        assert_eq!((e.code, clock.sleeps.len()), (code::IO_FAILURE, 0));
+
+        // No budget: one try, the old message.
+        let e = wait_for_agent::<()>(sock, Duration::ZERO, &mut clock, || {
+            Attempt::NotUp("refused".into())
+        })
+        .unwrap_err();
+        assert_eq!(e.msg, "septa agent not reachable at /run/septa/agent.sock");
+    }
+
+    #[test]
+    fn check_waits_for_a_socket_that_never_appears_then_says_try_again_later() {
+        let conf = br#"{"cniVersion": "1.0.0", "name": "n", "type": "septa-cni",
+            "agentSocket": "/nonexistent/septa/agent.sock", "timeoutSeconds": 1,
+            "socketWaitSeconds": 1, "prevResult": {}}"#;
+        let started = Instant::now();
+        let (e, v) = run(&env("CHECK"), conf).unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(
+            (e.code, v.as_str()),
+            (code::TRY_AGAIN_LATER, "1.0.0"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.msg,
+            "septa agent not reachable at /nonexistent/septa/agent.sock: it did not come up within 1 s"
+        );
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
     }
 }

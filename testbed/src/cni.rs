@@ -54,19 +54,79 @@ pub struct Runtime {
     pub cni_path: Vec<PathBuf>,
     /// The conflist: `{"cniVersion", "name", "plugins": [...]}`.
     pub network: Value,
+    /// When set, the network is read from this directory before every command instead, as
+    /// a runtime reads its CNI configuration directory: the first `.conf`, `.conflist` or
+    /// `.json` file by name (libcni's order).
+    pub conf_dir: Option<PathBuf>,
+}
+
+/// The network file a runtime uses in `dir`: the first `.conf`, `.conflist` or `.json` file
+/// by name.
+pub fn first_network_file(dir: &Path) -> Result<PathBuf, PluginError> {
+    let err = |msg: String| PluginError {
+        plugin: "runtime".into(),
+        code: None,
+        msg,
+        output: String::new(),
+    };
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| err(format!("{}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|x| x == "conf" || x == "conflist" || x == "json")
+        })
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .next()
+        .ok_or_else(|| err(format!("no network configuration in {}", dir.display())))
 }
 
 impl Runtime {
-    fn plugins(&self) -> Vec<Value> {
-        self.network["plugins"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+    /// The network the next command runs: [`Runtime::network`], or the conf dir's first file.
+    pub fn current_network(&self) -> Result<Value, PluginError> {
+        let Some(dir) = &self.conf_dir else {
+            return Ok(self.network.clone());
+        };
+        let path = first_network_file(dir)?;
+        let bytes = std::fs::read(&path).map_err(|e| PluginError {
+            plugin: "runtime".into(),
+            code: None,
+            msg: format!("{}: {e}", path.display()),
+            output: String::new(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| PluginError {
+            plugin: "runtime".into(),
+            code: None,
+            msg: format!("{}: not JSON: {e}", path.display()),
+            output: String::new(),
+        })
+    }
+
+    fn plugins(network: &Value) -> Vec<Value> {
+        network["plugins"].as_array().cloned().unwrap_or_default()
     }
 
     /// Run one plugin with `command`; returns its stdout JSON (if any).
     pub fn exec(
         &self,
+        plugin: &Value,
+        command: &str,
+        a: &Attachment,
+        prev: Option<&Value>,
+    ) -> Result<Option<Value>, PluginError> {
+        let network = self.current_network()?;
+        self.exec_in(&network, plugin, command, a, prev)
+    }
+
+    /// Run one plugin of `network` with `command`.
+    fn exec_in(
+        &self,
+        network: &Value,
         plugin: &Value,
         command: &str,
         a: &Attachment,
@@ -85,8 +145,8 @@ impl Runtime {
                 output: String::new(),
             })?;
         let mut conf = plugin.clone();
-        conf["cniVersion"] = self.network["cniVersion"].clone();
-        conf["name"] = self.network["name"].clone();
+        conf["cniVersion"] = network["cniVersion"].clone();
+        conf["name"] = network["name"].clone();
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
@@ -180,9 +240,10 @@ impl Runtime {
             args: args.into(),
             result: json!(null),
         };
+        let network = self.current_network()?;
         let mut prev: Option<Value> = None;
-        for p in self.plugins() {
-            prev = self.exec(&p, "ADD", &a, prev.as_ref())?;
+        for p in Self::plugins(&network) {
+            prev = self.exec_in(&network, &p, "ADD", &a, prev.as_ref())?;
         }
         a.result = prev.unwrap_or(json!(null));
         Ok(a)
@@ -190,16 +251,18 @@ impl Runtime {
 
     /// CHECK through the chain with the ADD result.
     pub fn check(&self, a: &Attachment) -> Result<(), PluginError> {
-        for p in self.plugins() {
-            self.exec(&p, "CHECK", a, Some(&a.result))?;
+        let network = self.current_network()?;
+        for p in Self::plugins(&network) {
+            self.exec_in(&network, &p, "CHECK", a, Some(&a.result))?;
         }
         Ok(())
     }
 
     /// DEL through the chain in reverse order.
     pub fn del(&self, a: &Attachment) -> Result<(), PluginError> {
-        for p in self.plugins().iter().rev() {
-            self.exec(p, "DEL", a, Some(&a.result))?;
+        let network = self.current_network()?;
+        for p in Self::plugins(&network).iter().rev() {
+            self.exec_in(&network, p, "DEL", a, Some(&a.result))?;
         }
         Ok(())
     }

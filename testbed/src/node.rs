@@ -111,6 +111,10 @@ pub struct Node {
     pub ready_timeout: Duration,
     /// The agent's `--node-name` (unless `agent_args` gives it); `None` leaves the flag out.
     pub node_name: Option<String>,
+    /// A command the agent is run under, which must exec it in its own process (so the pid
+    /// and SIGTERM are the agent's): e.g. `setpriv --bounding-set -all,+bpf,...` to run it
+    /// with only the capabilities a Kubernetes security context would give.
+    pub agent_prefix: Vec<String>,
 }
 
 impl Node {
@@ -160,6 +164,7 @@ impl Node {
             node: bed.node_path(),
             cni_path: vec![bins.cni_dir.clone(), PathBuf::from("/usr/lib/cni")],
             network,
+            conf_dir: None,
         };
         Ok(Node {
             bed,
@@ -176,7 +181,31 @@ impl Node {
             // A deadline, not a measurement: generous for a loaded two-core machine.
             ready_timeout: Duration::from_secs(60),
             node_name: None,
+            agent_prefix: Vec::new(),
         })
+    }
+
+    /// Run pods through a CNI configuration directory, as a container runtime does, holding
+    /// only the primary network (this node's bridge, host-local and portmap, without
+    /// septa-cni): septa's entry gets there only if the agent splices it in (`--cni-mode
+    /// splice --cni-conf-dir <dir>`). Returns the primary network's file. Pretty-printed with
+    /// two-space indentation and a final newline, as primary CNIs write their files.
+    pub fn use_conf_dir(&mut self) -> Result<PathBuf> {
+        let dir = self.dir.join("net.d");
+        std::fs::create_dir_all(&dir)?;
+        let mut network = self.runtime.network.clone();
+        let plugins = network["plugins"]
+            .as_array_mut()
+            .context("the node's network has plugins")?;
+        plugins.retain(|p| p["type"] != "septa-cni");
+        plugins
+            .push(serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}}));
+        let file = dir.join("10-bridge.conflist");
+        let mut text = serde_json::to_string_pretty(&network)?;
+        text.push('\n');
+        std::fs::write(&file, text)?;
+        self.runtime.conf_dir = Some(dir);
+        Ok(file)
     }
 
     /// Write a manifest file (replacing it atomically, as an editor would).
@@ -224,7 +253,14 @@ impl Node {
             ("--deny-event-interval", "0ms"),
             ("--node-name", &node_name),
         ];
-        let mut c = Command::new(&self.bins.agent);
+        let mut c = match self.agent_prefix.split_first() {
+            None => Command::new(&self.bins.agent),
+            Some((wrapper, args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(args).arg(&self.bins.agent);
+                c
+            }
+        };
         for (flag, value) in flags {
             if self
                 .agent_args

@@ -23,6 +23,34 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if cfg.check_config {
+        println!("septa-agent: the configuration is valid\n{cfg:#?}");
+        return;
+    }
+    if cfg.prepare_node {
+        match agent::prepare::prepare_node(&cfg) {
+            Ok(lines) => lines.iter().for_each(|l| println!("septa-agent: {l}")),
+            Err(e) => {
+                eprintln!("septa-agent: --prepare-node: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    if cfg.cni_uninstall {
+        let removed = agent::cniconf::CniConf::new(&cfg).and_then(|mut c| c.uninstall());
+        match removed {
+            Ok(files) if files.is_empty() => println!("septa-agent: no CNI entry of septa found"),
+            Ok(files) => files
+                .iter()
+                .for_each(|f| println!("septa-agent: septa's entry removed from {}", f.display())),
+            Err(e) => {
+                eprintln!("septa-agent: --cni-uninstall: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     // Enter the namespace before any thread exists, so every thread is in it.
     if let Some(ns) = &cfg.netns {
         let f = match std::fs::File::open(ns) {

@@ -399,6 +399,16 @@ impl Engine {
         self.apply(slot, &matched, &ans, now_ns, self.limits.min_ttl)
     }
 
+    /// Distinct names and patterns the endpoints' rules allow.
+    pub fn pattern_count(&self) -> usize {
+        self.rules
+            .values()
+            .flatten()
+            .flat_map(|r| r.rule.patterns.iter().map(ToString::to_string))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
     /// Every exact name some endpoint's rules allow (what the agent pre-resolves).
     pub fn exact_names(&self) -> BTreeSet<String> {
         self.rules

@@ -93,6 +93,8 @@ pub struct Manager {
     client: reqwest::Client,
     tx: Option<mpsc::UnboundedSender<FeedUpdate>>,
     ids_path: PathBuf,
+    /// Why each feed's last refresh failed, until one succeeds (for `septa status`).
+    errors: BTreeMap<String, String>,
 }
 
 impl Manager {
@@ -136,6 +138,7 @@ impl Manager {
             client,
             tx: None,
             ids_path,
+            errors: BTreeMap::new(),
         })
     }
 
@@ -254,6 +257,7 @@ impl Manager {
             Outcome::Failed(e) => {
                 metrics::counter!("septa_feed_refresh_errors_total", "feed" => name.clone(), "reason" => e.metric_label()).increment(1);
                 error!(feed = %name, error = %e, entries_kept = self.store.len(&name), "threat feed fetch failed; keeping the last good list");
+                self.errors.insert(name, e.to_string());
                 return Ok(Applied::default());
             }
             Outcome::Parsed(p) => p,
@@ -273,6 +277,7 @@ impl Manager {
         match self.store.accept(&name, actions, parsed) {
             Ok(n) => {
                 self.pending.remove(&name);
+                self.errors.remove(&name);
                 metrics::counter!("septa_feed_refreshes_total", "feed" => name.clone(), "result" => "updated").increment(1);
                 metrics::gauge!("septa_feed_last_refresh_timestamp_seconds", "feed" => name.clone()).set(now);
                 metrics::gauge!("septa_feed_entries", "feed" => name.clone()).set(n as f64);
@@ -288,6 +293,7 @@ impl Manager {
             Err(refused) => {
                 metrics::counter!("septa_feed_refresh_errors_total", "feed" => name.clone(), "reason" => refused.metric_label()).increment(1);
                 error!(feed = %name, error = %refused, entries_kept = self.store.len(&name), "threat feed refresh refused; keeping the last good list");
+                self.errors.insert(name, refused.to_string());
                 Ok(Applied::default())
             }
         }
@@ -350,6 +356,23 @@ impl Manager {
             removals: d.remove.len(),
             held,
         })
+    }
+
+    /// Each configured feed: the ranges of its last good list, and why its last refresh
+    /// failed, if it did.
+    pub fn status(&self) -> Vec<api::protocol::FeedStatus> {
+        self.wanted
+            .iter()
+            .map(|spec| api::protocol::FeedStatus {
+                name: spec.name.clone(),
+                entries: self.store.len(&spec.name),
+                error: self.errors.get(&spec.name).cloned().or_else(|| {
+                    self.pending
+                        .contains(&spec.name)
+                        .then(|| "no list fetched since the agent started".to_owned())
+                }),
+            })
+            .collect()
     }
 
     /// Export the kernel's per-feed counters.

@@ -441,3 +441,23 @@ impl KubeHandle {
         self.0.index().pods_on(node)
     }
 }
+
+/// Whether the DaemonSet `namespace/name` is gone or being deleted: the agent stops because
+/// septa is uninstalled, not restarted or upgraded. Unknown (the API does not answer within
+/// five seconds, or refuses) counts as not deleted, so the CNI entry stays: a node where
+/// septa-cni waits for an agent fails closed.
+pub async fn daemonset_deleted(client: Client, namespace: &str, name: &str) -> bool {
+    let api = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, namespace);
+    match tokio::time::timeout(Duration::from_secs(5), api.get_opt(name)).await {
+        Ok(Ok(None)) => true,
+        Ok(Ok(Some(ds))) => ds.metadata.deletion_timestamp.is_some(),
+        Ok(Err(e)) => {
+            warn!(daemonset = %format!("{namespace}/{name}"), error = %e, "cannot tell whether septa is being uninstalled; the CNI entry stays");
+            false
+        }
+        Err(_) => {
+            warn!(daemonset = %format!("{namespace}/{name}"), "the API server did not answer within 5s; the CNI entry stays");
+            false
+        }
+    }
+}

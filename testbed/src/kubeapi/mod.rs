@@ -90,6 +90,9 @@ pub struct Rule {
     pub api_groups: Vec<String>,
     /// Resources, `plural` or `plural/subresource`.
     pub resources: Vec<String>,
+    /// When not empty, the rule allows only requests for objects of these names (never a
+    /// list, watch or create, which name no object).
+    pub resource_names: Vec<String>,
 }
 
 /// An authorizer: a request is allowed when some rule allows it; otherwise it gets 403
@@ -125,6 +128,7 @@ impl Rbac {
             verbs: owned(verbs),
             api_groups: owned(api_groups),
             resources: owned(resources),
+            resource_names: Vec::new(),
         });
         self
     }
@@ -144,8 +148,78 @@ impl Rbac {
             verbs: owned(verbs),
             api_groups: owned(api_groups),
             resources: owned(resources),
+            resource_names: Vec::new(),
         });
         self
+    }
+
+    /// The rules that RBAC objects (ClusterRoles, Roles, ClusterRoleBindings, RoleBindings,
+    /// as `helm template` renders them) give the ServiceAccount `namespace/name`: a
+    /// ClusterRoleBinding grants its ClusterRole's rules cluster-wide, a RoleBinding grants
+    /// its Role's (or ClusterRole's) rules in its namespace. Other kinds are ignored.
+    pub fn from_manifests(docs: &[Value], namespace: &str, name: &str) -> anyhow::Result<Self> {
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let strings = |v: &Value, key: &str| -> Vec<String> {
+            v[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        };
+        let role = |kind: &str, role_ns: Option<&str>, role_name: &str| {
+            docs.iter().find(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["name"] == role_name
+                    && role_ns.is_none_or(|ns| d["metadata"]["namespace"] == ns)
+            })
+        };
+        let mut rbac = Rbac::new();
+        for b in docs {
+            let cluster_wide = match b["kind"].as_str() {
+                Some("ClusterRoleBinding") => true,
+                Some("RoleBinding") => false,
+                _ => continue,
+            };
+            let bound = b["subjects"].as_array().into_iter().flatten().any(|s| {
+                s["kind"] == "ServiceAccount" && s["name"] == name && s["namespace"] == namespace
+            });
+            if !bound {
+                continue;
+            }
+            let binding_ns = b["metadata"]["namespace"].as_str().map(str::to_owned);
+            let role_kind = b["roleRef"]["kind"].as_str().unwrap_or_default();
+            let role_name = b["roleRef"]["name"].as_str().unwrap_or_default();
+            let found = match role_kind {
+                "ClusterRole" => role("ClusterRole", None, role_name),
+                "Role" => role("Role", binding_ns.as_deref(), role_name),
+                other => anyhow::bail!(
+                    "binding {:?}: roleRef kind {other:?}",
+                    b["metadata"]["name"]
+                ),
+            }
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "binding {:?}: no {role_kind} {role_name:?} among the manifests",
+                    b["metadata"]["name"]
+                )
+            })?;
+            for r in found["rules"].as_array().into_iter().flatten() {
+                rbac.rules.push(Rule {
+                    user: user.clone(),
+                    namespace: if cluster_wide {
+                        None
+                    } else {
+                        binding_ns.clone()
+                    },
+                    verbs: strings(r, "verbs"),
+                    api_groups: strings(r, "apiGroups"),
+                    resources: strings(r, "resources"),
+                    resource_names: strings(r, "resourceNames"),
+                });
+            }
+        }
+        Ok(rbac)
     }
 
     /// Whether `user` may `verb` the `resource` (`plural` or `plural/sub`) of `group`, in
@@ -157,6 +231,20 @@ impl Rbac {
         group: &str,
         resource: &str,
         namespace: Option<&str>,
+    ) -> bool {
+        self.allows_named(user, verb, group, resource, namespace, None)
+    }
+
+    /// [`Rbac::allows`] for a request that names one object (`get`, `update`, `patch`,
+    /// `delete`): rules with `resourceNames` allow it only for those names.
+    pub fn allows_named(
+        &self,
+        user: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
     ) -> bool {
         let any = |xs: &[String], x: &str| xs.iter().any(|v| v == "*" || v == x);
         let res = |xs: &[String]| {
@@ -175,6 +263,8 @@ impl Rbac {
                 && any(&r.verbs, verb)
                 && any(&r.api_groups, group)
                 && res(&r.resources)
+                && (r.resource_names.is_empty()
+                    || name.is_some_and(|n| r.resource_names.iter().any(|x| x == n)))
         })
     }
 }

@@ -537,12 +537,13 @@ async fn serve(
         } else {
             target.rt.plural.to_string()
         };
-        if !rbac.allows(
+        if !rbac.allows_named(
             &user,
             verb,
             target.rt.group,
             &resource,
             target.namespace.as_deref(),
+            target.name.as_deref(),
         ) {
             return Err(forbidden(&user, verb, &target));
         }

@@ -138,6 +138,8 @@ pub fn default_types() -> Vec<ResourceType> {
             NONE,
         ),
         t("", "v1", "configmaps", "ConfigMap", true, false, NONE),
+        t("apps", "v1", "daemonsets", "DaemonSet", true, true, NONE),
+        t("apps", "v1", "deployments", "Deployment", true, true, NONE),
         t(
             "networking.k8s.io",
             "v1",
