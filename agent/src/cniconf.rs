@@ -430,7 +430,7 @@ mod tests {
         assert_eq!(c.reconcile(), Outcome::Written(file.clone()));
         assert_eq!(fs::read(&file).unwrap(), spliced);
 
-        assert_eq!(c.uninstall().unwrap(), [file.clone()]);
+        assert_eq!(c.uninstall().unwrap(), vec![file.clone()]);
         assert_eq!(fs::read_to_string(&file).unwrap(), PRIMARY, "byte for byte");
         assert!(!c.status().present);
         assert_eq!(c.uninstall().unwrap(), Vec::<PathBuf>::new(), "idempotent");
@@ -525,7 +525,7 @@ mod tests {
         assert_eq!(c.reconcile(), Outcome::Unchanged(installed.clone()));
         fs::write(&installed, "{}").unwrap();
         assert_eq!(c.reconcile(), Outcome::Written(installed.clone()));
-        assert_eq!(c.uninstall().unwrap(), [installed.clone()]);
+        assert_eq!(c.uninstall().unwrap(), vec![installed.clone()]);
         assert!(!installed.exists());
 
         let mut c = conf(&args);
