@@ -37,6 +37,18 @@ pub enum CtTransition {
     Ended,
 }
 
+/// Whether a packet found on an entry starts a new connection instead: a TCP SYN (without
+/// ACK) on the tuple of a closed connection (TIME_WAIT reuse, a client that reuses its port).
+/// Taken as the old connection, it would skip policy evaluation and have no NEW or END
+/// record of its own, and its counters would merge into the old entry.
+#[inline(always)]
+pub fn starts_anew(e: &CtEntry, proto: u8, tcp_flags: u8) -> bool {
+    proto == crate::parse::IPPROTO_TCP
+        && e.state & ct_state::CLOSED != 0
+        && tcp_flags & crate::parse::TCP_SYN != 0
+        && tcp_flags & crate::parse::TCP_ACK == 0
+}
+
 /// Account a packet on an entry: counters, flags, and TCP close tracking.
 #[inline(always)]
 pub fn account(e: &mut CtEntry, reply: bool, tcp_flags: u8, bytes: u64, now: u64) -> CtTransition {
@@ -76,6 +88,34 @@ pub fn account(e: &mut CtEntry, reply: bool, tcp_flags: u8, bytes: u64, now: u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_syn_on_a_closed_tcp_entry_starts_anew() {
+        use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN};
+        let mut e = CtEntry::default();
+        assert!(
+            !starts_anew(&e, IPPROTO_TCP, TCP_SYN),
+            "open: a retransmitted SYN"
+        );
+        e.state = ct_state::FIN_FWD;
+        assert!(!starts_anew(&e, IPPROTO_TCP, TCP_SYN), "half closed");
+        e.state = ct_state::FIN_FWD | ct_state::FIN_REV | ct_state::CLOSED;
+        assert!(starts_anew(&e, IPPROTO_TCP, TCP_SYN));
+        assert!(
+            !starts_anew(&e, IPPROTO_TCP, TCP_SYN | TCP_ACK),
+            "a SYN-ACK answers"
+        );
+        assert!(
+            !starts_anew(&e, IPPROTO_TCP, TCP_ACK),
+            "the last ACK of the old one"
+        );
+        assert!(
+            !starts_anew(&e, IPPROTO_UDP, TCP_SYN),
+            "no TCP flags outside TCP"
+        );
+        e.state = ct_state::CLOSED;
+        assert!(starts_anew(&e, IPPROTO_TCP, TCP_SYN), "after a RST");
+    }
     use crate::parse::{TCP_ACK, TCP_SYN};
 
     #[test]

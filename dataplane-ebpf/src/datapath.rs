@@ -304,11 +304,22 @@ pub(crate) fn handle<P: PacketBytes>(
     f.now = unsafe { bpf_ktime_get_coarse_ns() };
     f.dir = dir;
     if let Some(e) = CT.get_ptr_mut(&f.key) {
-        let action = established(f, &f.key, e, false);
-        return dns_query_or(action, &f.pkt, slot, dir, dns);
+        // SAFETY: a pointer into the map value, read at once.
+        if !conntrack::starts_anew(unsafe { &*e }, f.pkt.proto, f.pkt.tcp_flags) {
+            let action = established(f, &f.key, e, false);
+            return dns_query_or(action, &f.pkt, slot, dir, dns);
+        }
+        // The new connection's entry replaces the closed one under the same key.
     }
     f.rkey = f.key.reversed();
-    if let Some(e) = CT.get_ptr_mut(&f.rkey) {
+    // SAFETY: as above.
+    let reverse = CT.get_ptr_mut(&f.rkey);
+    if reverse.is_some_and(|e| conntrack::starts_anew(unsafe { &*e }, f.pkt.proto, f.pkt.tcp_flags))
+    {
+        // The other side opens a connection on the closed one's tuple: its replies would
+        // find the old entry under their own key first.
+        let _ = CT.remove(&f.rkey);
+    } else if let Some(e) = reverse {
         // SAFETY: a pointer into the map value, read at once.
         let opened_by_pod = unsafe { (*e).direction } == direction::EGRESS;
         let action = established(f, &f.rkey, e, true);

@@ -1095,6 +1095,65 @@ fn connection_end_events() {
     assert_eq!((ends[1].sport, ends[1].packets_rev), (40001, 1));
 }
 
+/// A SYN on the tuple of a closed connection starts a new one, with its own NEW and END and
+/// its own counts, from either side; a SYN-ACK or a late ACK on it does not.
+#[test]
+fn a_reused_tuple_is_a_new_connection() {
+    let mut w = world("reuse", OPEN, &[], 0, true);
+    let pkt = |src, dst, sp, dp, fl| ipv4(src, dst, IPPROTO_TCP, &tcp(sp, dp, fl));
+    let close = |w: &World| {
+        assert_eq!(
+            w.run(FROM, &pkt(POD, PEER4, 40000, 80, TCP_FIN | TCP_ACK)),
+            PASS
+        );
+        assert_eq!(
+            w.run(TO, &pkt(PEER4, POD, 80, 40000, TCP_FIN | TCP_ACK)),
+            PASS
+        );
+        assert_eq!(w.run(FROM, &pkt(POD, PEER4, 40000, 80, TCP_ACK)), PASS);
+    };
+    assert_eq!(w.run(FROM, &pkt(POD, PEER4, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(
+        w.run(TO, &pkt(PEER4, POD, 80, 40000, TCP_SYN | TCP_ACK)),
+        PASS
+    );
+    close(&w);
+    // The pod reuses its port at once (no TIME_WAIT on its side, or SO_REUSEADDR).
+    assert_eq!(w.run(FROM, &pkt(POD, PEER4, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(
+        w.run(TO, &pkt(PEER4, POD, 80, 40000, TCP_SYN | TCP_ACK)),
+        PASS
+    );
+    close(&w);
+    // The peer opens a connection on the same tuple, the other way round.
+    assert_eq!(w.run(TO, &pkt(PEER4, POD, 80, 40000, TCP_SYN)), PASS);
+    assert_eq!(
+        w.run(FROM, &pkt(POD, PEER4, 40000, 80, TCP_SYN | TCP_ACK)),
+        PASS
+    );
+    assert_eq!(w.run(TO, &pkt(PEER4, POD, 80, 40000, TCP_RST)), PASS);
+    // A late ACK of a closed connection is not a new one.
+    assert_eq!(w.run(TO, &pkt(PEER4, POD, 80, 40000, TCP_ACK)), PASS);
+    let evs = w.events();
+    let of = |k| evs.iter().filter(|e| e.kind == k).collect::<Vec<_>>();
+    let (news, ends) = (of(event::NEW), of(event::END));
+    assert_eq!((news.len(), ends.len()), (3, 3), "{:?}", kinds(&evs));
+    assert_eq!(w.stat(stats::CT_CREATED), 3);
+    for (i, end) in ends.iter().take(2).enumerate() {
+        assert_eq!(
+            (end.sport, end.dport, end.packets_fwd, end.packets_rev),
+            (40000, 80, 2, 2),
+            "connection {i} has its own counts"
+        );
+    }
+    assert_eq!(
+        (news[2].sport, news[2].dport, news[2].direction),
+        (80, 40000, IN),
+        "opened by the peer"
+    );
+    assert_eq!((ends[2].packets_fwd, ends[2].packets_rev), (2, 1));
+}
+
 /// Denials of one flow are reported once per interval; the rest are counted.
 #[test]
 fn denial_events_are_rate_limited() {
