@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -625,21 +625,40 @@ fn agent_binary() -> PathBuf {
         })
 }
 
-/// The configuration file each value set produces is one the agent accepts.
+fn check_config(agent: &Path, file: &Path) -> Output {
+    run(Command::new(agent)
+        .arg("--config")
+        .arg(file)
+        .arg("--check-config")
+        .env_remove("SEPTA_CONFIG")
+        .env_remove("SEPTA_DAEMONSET")
+        .env_remove("NODE_NAME"))
+}
+
+/// The configuration file each value set produces is one the agent accepts (and the check
+/// is one that refuses a key the agent does not know).
 #[test]
 fn agent_accepts_the_configuration_the_chart_writes() {
     let agent = agent_binary();
     let dir = Scratch::new("config");
+    let every = default_values();
+    let every_set: Value = serde_yaml::from_str(EVERY_OPTION).unwrap();
+    for (group, _) in GROUPS {
+        for key in every[group].as_object().unwrap().keys() {
+            let reaches_the_file_as_is = !matches!(
+                (group, key.as_str()),
+                ("feeds", "feedCaFile") | ("cni", "ownFile" | "confDir" | "binDir")
+            );
+            assert!(
+                !reaches_the_file_as_is || every_set[group].get(key).is_some(),
+                "the `every agent option` value set leaves out {group}.{key}"
+            );
+        }
+    }
     for set in value_sets() {
         let docs = render(&set);
         let file = dir.write("agent.yaml", &agent_yaml(&docs));
-        let out = run(Command::new(&agent)
-            .arg("--config")
-            .arg(&file)
-            .arg("--check-config")
-            .env_remove("SEPTA_CONFIG")
-            .env_remove("SEPTA_DAEMONSET")
-            .env_remove("NODE_NAME"));
+        let out = check_config(&agent, &file);
         assert!(
             out.status.success(),
             "{}: septa-agent --check-config refused the chart's agent.yaml:\n{}\n{}{}",
@@ -648,6 +667,18 @@ fn agent_accepts_the_configuration_the_chart_writes() {
             text(&out.stdout),
             text(&out.stderr)
         );
+        let bad = dir.write(
+            "bad.yaml",
+            &format!("{}conntrack-entrie: 5\n", agent_yaml(&docs)),
+        );
+        let out = check_config(&agent, &bad);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}: a misspelled key passed",
+            set.name
+        );
+        assert!(text(&out.stderr).contains("conntrack-entrie"));
     }
 }
 
@@ -817,6 +848,10 @@ fn schema_rejects_bad_values_naming_their_path() {
         ("cni.mode=own-file", "/cni/ownFile/conflist"),
         ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
         ("agent.maxUnavailable=0", "/agent/maxUnavailable"),
+        (
+            "cni.mode=off,cni.network=10-flannel.conflist",
+            "/cni/network",
+        ),
     ] {
         let out = helm_template("", &["--set", set]);
         let err = text(&out.stderr);
