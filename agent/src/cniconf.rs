@@ -165,6 +165,11 @@ impl CniConf {
             Splice::Unchanged => Ok(Outcome::Unchanged(path)),
             Splice::Write(new) => {
                 replace(&self.dir, &name, &new).map_err(|e| (Some(path.clone()), e))?;
+                if let Ok(first) = conflist::choose_primary(&names, None) {
+                    if first != name {
+                        warn!(spliced = %name, used = %first, "--cni-network names a file the runtime does not use: it takes the first network file by name");
+                    }
+                }
                 Ok(Outcome::Written(path))
             }
         }
@@ -200,7 +205,10 @@ impl CniConf {
             CniMode::Off => {}
             CniMode::Splice => {
                 let mut problems = Vec::new();
-                for name in list(&self.dir)? {
+                for name in list(&self.dir)?
+                    .into_iter()
+                    .filter(|n| conflist::is_conf_file(n))
+                {
                     let path = self.dir.join(&name);
                     let Ok(bytes) = fs::read(&path) else { continue };
                     match conflist::unsplice(&bytes) {
@@ -247,7 +255,8 @@ fn list(dir: &Path) -> Result<Vec<String>, String> {
     let rd = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut names = Vec::new();
     for entry in rd.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_file()) {
+        // Links count as the runtime follows them (a ConfigMap volume is made of links).
+        if fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
             if let Some(name) = entry.file_name().to_str() {
                 names.push(name.to_owned());
             }
@@ -421,7 +430,7 @@ mod tests {
         assert_eq!(c.reconcile(), Outcome::Written(file.clone()));
         assert_eq!(fs::read(&file).unwrap(), spliced);
 
-        assert_eq!(c.uninstall().unwrap(), [file.clone()]);
+        assert_eq!(c.uninstall().unwrap(), vec![file.clone()]);
         assert_eq!(fs::read_to_string(&file).unwrap(), PRIMARY, "byte for byte");
         assert!(!c.status().present);
         assert_eq!(c.uninstall().unwrap(), Vec::<PathBuf>::new(), "idempotent");
@@ -516,7 +525,7 @@ mod tests {
         assert_eq!(c.reconcile(), Outcome::Unchanged(installed.clone()));
         fs::write(&installed, "{}").unwrap();
         assert_eq!(c.reconcile(), Outcome::Written(installed.clone()));
-        assert_eq!(c.uninstall().unwrap(), [installed.clone()]);
+        assert_eq!(c.uninstall().unwrap(), vec![installed.clone()]);
         assert!(!installed.exists());
 
         let mut c = conf(&args);

@@ -495,6 +495,12 @@ impl Config {
                 self.cni_socket_wait
             ));
         }
+        if mode == CniMode::Splice && self.socket.to_str().is_none() {
+            return Err(format!(
+                "--socket {}: septa-cni reads the socket's path from JSON, which holds only UTF-8",
+                self.socket.display()
+            ));
+        }
         if self.daemonset.is_some() && self.source != Some(SourceKind::Kubernetes) {
             return Err("--daemonset is for --source kubernetes".into());
         }

@@ -129,6 +129,27 @@ mod tests {
     }
 
     #[test]
+    fn bpffs_mounted_where_it_is_missing() {
+        // Tests run as root (scripts/setup.sh): a plain directory gets bpffs, once.
+        let base = std::env::temp_dir().join(format!("septa-bpffs-{}", std::process::id()));
+        fs::create_dir_all(&base).unwrap();
+        let pins = base.join("septa");
+        let first = ensure_bpffs(&pins);
+        let again = ensure_bpffs(&pins);
+        let unmounted = rustix::mount::unmount(&base, rustix::mount::UnmountFlags::empty());
+        let _ = fs::remove_dir_all(&base);
+        assert_eq!(
+            first.unwrap(),
+            format!("bpffs: mounted on {}", base.display())
+        );
+        assert_eq!(
+            again.unwrap(),
+            format!("bpffs: {} is on bpffs", base.display())
+        );
+        unmounted.expect("the test's mount is removed");
+    }
+
+    #[test]
     fn bpffs_found_where_the_pins_go() {
         // Tests run as root on a machine with bpffs on /sys/fs/bpf (scripts/setup.sh).
         let found = ensure_bpffs(Path::new("/sys/fs/bpf/septa-prepare-test")).unwrap();

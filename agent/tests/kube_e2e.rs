@@ -970,7 +970,7 @@ fn a_verb_missing_from_the_chart_rbac_fails_loudly() {
     assert!(n.agent_running(), "it keeps running and retrying: {err:#}");
     // Loudly: not ready, with the kind named, on /readyz, in the status and in the log.
     let readyz = testbed::node::http_get(&n.bed.node_path(), "/readyz");
-    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.starts_with("HTTP/1.0 503"), "{readyz}");
     assert!(readyz.contains("EndpointSlice"), "{readyz}");
     let s = status(n);
     assert!(!s.ok && s.error.contains("EndpointSlice"), "{s:?}");

@@ -282,7 +282,7 @@ pub fn septa_network(
         "plugins": [
             {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": ipam_dir}},
-            {"type": "septa-cni", "agentSocket": socket, "timeoutSeconds": 15}
+            {"type": "septa-cni", "agentSocket": socket, "timeoutSeconds": 15, "socketWaitSeconds": 2}
         ]
     })
 }
