@@ -24,6 +24,11 @@ fn main() {
         }
     };
     if cfg.check_config {
+        // The own conflist is part of the configuration: read and checked as the start would.
+        if let Err(e) = agent::cniconf::CniConf::new(&cfg) {
+            eprintln!("septa-agent: {e}");
+            std::process::exit(2);
+        }
         println!("septa-agent: the configuration is valid\n{cfg:#?}");
         return;
     }
