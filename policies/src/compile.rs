@@ -70,7 +70,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -259,6 +259,7 @@ struct IdentityKeys<'c> {
 
 impl<'c> IdentityKeys<'c> {
     fn of(c: &'c Cluster, blocks: &BTreeSet<IpBlock>) -> Self {
+        let index = BlockIndex::new(blocks);
         let mut subjects: BTreeMap<IdentityKey, &Pod> = BTreeMap::new();
         let mut addrs: Vec<(IpAddr, IdentityKey)> = Vec::new();
         for p in c.endpoints() {
@@ -273,8 +274,11 @@ impl<'c> IdentityKeys<'c> {
                 else {
                     unreachable!()
                 };
-                let inside: BTreeSet<IpBlock> =
-                    blocks.iter().filter(|b| b.contains(ip)).cloned().collect();
+                let inside: BTreeSet<IpBlock> = index
+                    .around(IpNetwork::from(ip))
+                    .filter(|b| b.contains(ip))
+                    .cloned()
+                    .collect();
                 addrs.push((
                     ip,
                     IdentityKey::Pod {
@@ -289,9 +293,9 @@ impl<'c> IdentityKeys<'c> {
         let prefixes = cidr_prefixes(blocks)
             .into_iter()
             .map(|net| {
-                let inside: BTreeSet<IpBlock> = blocks
-                    .iter()
-                    .filter(|b| within(&net, &b.cidr) && !b.except.iter().any(|e| within(&net, e)))
+                let inside: BTreeSet<IpBlock> = index
+                    .around(net)
+                    .filter(|b| !b.except.iter().any(|e| within(&net, e)))
                     .cloned()
                     .collect();
                 (
@@ -338,34 +342,75 @@ impl<'c> IdentityKeys<'c> {
     }
 }
 
+/// ipBlocks by their CIDR (normalised), so the blocks around an address or prefix are found by
+/// looking up its ancestors at the prefix lengths in use (at most 33 or 129 lookups) rather
+/// than by testing every block: linear in the blocks, where all pairs was quadratic.
+struct BlockIndex<'b> {
+    by_cidr: HashMap<IpNetwork, Vec<&'b IpBlock>>,
+    /// Prefix lengths of the CIDRs, per family (IPv4, IPv6).
+    plens: [BTreeSet<u8>; 2],
+}
+
+impl<'b> BlockIndex<'b> {
+    fn new(blocks: &'b BTreeSet<IpBlock>) -> Self {
+        let mut by_cidr: HashMap<IpNetwork, Vec<&IpBlock>> = HashMap::new();
+        let mut plens = [BTreeSet::new(), BTreeSet::new()];
+        for b in blocks {
+            by_cidr.entry(normalised(b.cidr)).or_default().push(b);
+            plens[usize::from(b.cidr.is_ipv6())].insert(b.cidr.prefix());
+        }
+        Self { by_cidr, plens }
+    }
+
+    /// The blocks whose CIDR contains `net` (excepts not applied).
+    fn around(&self, net: IpNetwork) -> impl Iterator<Item = &'b IpBlock> + '_ {
+        self.plens[usize::from(net.is_ipv6())]
+            .iter()
+            .take_while(move |&&p| p <= net.prefix())
+            .filter_map(move |&p| IpNetwork::new(net.network(), p).ok())
+            .filter_map(|anc| self.by_cidr.get(&normalised(anc)))
+            .flatten()
+            .copied()
+    }
+}
+
+/// `net` with its host bits cleared, so equal prefixes compare equal however they were written.
+fn normalised(net: IpNetwork) -> IpNetwork {
+    IpNetwork::new(net.network(), net.prefix()).unwrap_or(net)
+}
+
 /// The numbered identities a rule's peers can match, indexed so each rule is resolved once.
 struct PeerIndex<'a> {
     /// Pod identities by namespace (for pod selectors).
     by_ns: BTreeMap<&'a str, Vec<(&'a IdentityKey, u32)>>,
-    /// Identities inside some ipBlock (for ipBlock peers).
-    in_blocks: Vec<(&'a IdentityKey, u32)>,
+    /// Identities inside each ipBlock (for ipBlock peers).
+    by_block: HashMap<&'a IpBlock, Vec<(&'a IdentityKey, u32)>>,
 }
 
 impl<'a> PeerIndex<'a> {
     fn new(identities: &'a BTreeMap<IdentityKey, u32>) -> Self {
         let mut by_ns: BTreeMap<&str, Vec<(&IdentityKey, u32)>> = BTreeMap::new();
-        let mut in_blocks: Vec<(&IdentityKey, u32)> = Vec::new();
+        let mut by_block: HashMap<&IpBlock, Vec<(&IdentityKey, u32)>> = HashMap::new();
         for (k, &v) in identities {
             match k {
                 IdentityKey::Pod {
                     namespace, blocks, ..
                 } => {
                     by_ns.entry(namespace.as_str()).or_default().push((k, v));
-                    if !blocks.is_empty() {
-                        in_blocks.push((k, v));
+                    for b in blocks {
+                        by_block.entry(b).or_default().push((k, v));
                     }
                 }
-                IdentityKey::Cidr { .. } => in_blocks.push((k, v)),
+                IdentityKey::Cidr { blocks } => {
+                    for b in blocks {
+                        by_block.entry(b).or_default().push((k, v));
+                    }
+                }
                 // No rule names a Service: its backends decide (see the module docs).
                 IdentityKey::Service { .. } => {}
             }
         }
-        Self { by_ns, in_blocks }
+        Self { by_ns, by_block }
     }
 
     /// Every pod identity: the targets of egress to any peer on a named port.
@@ -386,7 +431,7 @@ impl<'a> PeerIndex<'a> {
         let mut v: BTreeMap<u32, &IdentityKey> = BTreeMap::new();
         for pr in list {
             let candidates: Vec<&(&IdentityKey, u32)> = match pr {
-                Peer::Block(_) => self.in_blocks.iter().collect(),
+                Peer::Block(b) => self.by_block.get(b).into_iter().flatten().collect(),
                 Peer::Pods {
                     namespaces: NamespaceScope::Own,
                     ..
@@ -1158,4 +1203,41 @@ pub fn kernel_verdict(
     } else {
         verdict::FORWARDED
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn net(a: u32, plen: u8) -> IpNetwork {
+        IpNetwork::new(IpAddr::from(std::net::Ipv4Addr::from(a)), plen).unwrap()
+    }
+
+    proptest! {
+        /// The index finds exactly the blocks that contain a prefix, as testing every block
+        /// does, whether CIDRs are written with host bits or not.
+        #[test]
+        fn blocks_around_a_prefix_are_those_containing_it(
+            cidrs in prop::collection::vec((any::<u32>(), 0u8..=32), 1..40),
+            probes in prop::collection::vec((any::<u32>(), 0u8..=32), 1..40),
+        ) {
+            // Few distinct high bits, so prefixes nest often.
+            let squash = |a: u32| a & 0xc0ff_00f0;
+            let blocks: BTreeSet<IpBlock> = cidrs
+                .iter()
+                .map(|&(a, p)| IpBlock { cidr: net(squash(a), p), except: Vec::new() })
+                .collect();
+            let index = BlockIndex::new(&blocks);
+            for &(a, p) in &probes {
+                let probe = normalised(net(squash(a), p));
+                let mut fast: Vec<&IpBlock> = index.around(probe).collect();
+                fast.sort();
+                fast.dedup();
+                let slow: Vec<&IpBlock> =
+                    blocks.iter().filter(|b| within(&probe, &b.cidr)).collect();
+                prop_assert_eq!(fast, slow, "probe {}", probe);
+            }
+        }
+    }
 }

@@ -28,9 +28,16 @@ struct Args {
     /// Policy counts.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     policies: Vec<usize>,
+    /// ipBlock counts for the ipBlock sweep (1,000 pods, one policy per ipBlock); `none`
+    /// skips it.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
+    blocks: Vec<String>,
     /// Internal: measure one size in this process and print one JSON line.
     #[arg(long, num_args = 2, hide = true)]
     one: Option<Vec<usize>>,
+    /// Internal: measure one ipBlock count in this process and print one JSON line.
+    #[arg(long, hide = true)]
+    one_blocks: Option<usize>,
 }
 
 /// Deterministic pseudo-random numbers (no seed files, same cluster every run).
@@ -49,6 +56,12 @@ impl Lcg {
 /// namespaces; each policy isolates one app and allows a few others by label, across
 /// namespaces, on numbered, named and ranged ports; some egress to ipBlocks.
 fn synth(pods: usize, policies: usize) -> Result<Cluster> {
+    synth_with_blocks(pods, policies, 10)
+}
+
+/// [`synth`] with an ipBlock egress rule (a distinct /24 with a /25 except) in every
+/// `block_every`th policy.
+fn synth_with_blocks(pods: usize, policies: usize, block_every: usize) -> Result<Cluster> {
     let mut rng = Lcg(42);
     let apps = (pods / 10).max(1);
     let namespaces = (apps / 20).max(1);
@@ -129,7 +142,7 @@ fn synth(pods: usize, policies: usize) -> Result<Cluster> {
                 port: PortSel::Named("http".into()),
             }]),
         }];
-        if p % 10 == 0 {
+        if p % block_every == 0 {
             let base = 0xc000_0000u32 + (p as u32) * 256;
             egress.push(Rule {
                 peers: Some(vec![Peer::Block(IpBlock {
@@ -183,14 +196,99 @@ fn one(pods: usize, policies: usize) -> Result<serde_json::Value> {
     }))
 }
 
+/// Compile a 1,000-pod cluster whose `blocks` policies each egress to an ipBlock (and a CNI
+/// ADD's recompile: one pod more).
+fn one_blocks(blocks: usize) -> Result<serde_json::Value> {
+    let mut c = synth_with_blocks(1000, blocks, 1)?;
+    let mut compiler = Compiler::default();
+    let t = Instant::now();
+    let before = compiler.compile(&c);
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut added = c.pods[0].clone();
+    added.name = "added".into();
+    added.ips = vec![std::net::Ipv4Addr::new(10, 255, 0, 1).into()];
+    c.pods.push(added);
+    let t = Instant::now();
+    let after = compiler.compile(&c);
+    let _ = StateDiff::between(&before, &after);
+    let add_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok(serde_json::json!({
+        "blocks": blocks, "compile_ms": compile_ms, "add_ms": add_ms,
+        "ipcache_entries": before.ipcache.len(), "policy_entries": before.policy.len(),
+    }))
+}
+
+/// The ipBlock sweep, each count in its own process.
+fn sweep_blocks(me: &std::path::Path, counts: &[usize], out: &std::path::Path) -> Result<()> {
+    let mut rows = Vec::new();
+    for &n in counts {
+        eprintln!("septa-perf-policy: 1000 pods, {n} ipBlocks ...");
+        let o = Command::new(me)
+            .args(["--one-blocks", &n.to_string()])
+            .output()
+            .context("child run")?;
+        anyhow::ensure!(
+            o.status.success(),
+            "child failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        rows.push(serde_json::from_slice::<serde_json::Value>(&o.stdout)?);
+    }
+    let mut csv = String::from("blocks,compile_ms,add_ms,ipcache_entries,policy_entries\n");
+    let mut md = String::from("# Policy compiler: ipBlocks\n\nReproduce: `cargo run --release -p perf --bin septa-perf-policy -- --pods 0 --out perf/results` (the ipBlock sweep runs with the default `--blocks 0,1000,10000`).\n\n1,000 pods; every policy isolates one app and egresses to its own ipBlock (a /24 with a /25 except). `add` = the recompile and diff a CNI ADD waits for (one pod more). Each count in its own process.\n\n| ipBlocks | compile | add (recompile + diff) | ipcache entries | policy entries |\n|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        let _ = writeln!(
+            csv,
+            "{},{:.3},{:.3},{},{}",
+            f("blocks"),
+            f("compile_ms"),
+            f("add_ms"),
+            f("ipcache_entries"),
+            f("policy_entries")
+        );
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} ms | {:.1} ms | {} | {} |",
+            f("blocks"),
+            f("compile_ms"),
+            f("add_ms"),
+            f("ipcache_entries"),
+            f("policy_entries")
+        );
+    }
+    std::fs::write(out.join("policy_ipblocks.csv"), csv)?;
+    std::fs::write(out.join("policy_ipblocks.md"), &md)?;
+    print!("{md}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(v) = &args.one {
         println!("{}", one(v[0], v[1])?);
         return Ok(());
     }
-    std::fs::create_dir_all(&args.out)?;
+    if let Some(n) = args.one_blocks {
+        println!("{}", one_blocks(n)?);
+        return Ok(());
+    }
     let me = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.out)?;
+    if args.blocks != ["none"] {
+        let counts = args
+            .blocks
+            .iter()
+            .map(|b| {
+                b.parse::<usize>()
+                    .with_context(|| format!("--blocks {b}: a count, or none"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sweep_blocks(&me, &counts, &args.out)?;
+    }
+    if args.pods == [0] {
+        return Ok(());
+    }
     let mut rows = Vec::new();
     for &pods in &args.pods {
         for &policies in &args.policies {
