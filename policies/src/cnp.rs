@@ -225,10 +225,22 @@ pub fn validate(
     let raw: ClusterNetworkPolicySpec = match serde_path_to_error::deserialize(&spec) {
         Ok(r) => r,
         Err(e) => {
-            errors.push((format!("spec.{}", e.path()), e.into_inner().to_string()));
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "spec".to_owned()
+            } else {
+                format!("spec.{path}")
+            };
+            errors.push((field, e.into_inner().to_string()));
             return Err(errors);
         }
     };
+    // serde takes a list for a struct (fields by position); the API server does not.
+    let kept = serde_json::to_value(&raw).unwrap_or_default();
+    if let Some(at) = list_for_object(&spec, &kept, "spec") {
+        errors.push((at, "a list where an object is expected".to_owned()));
+        return Err(errors);
+    }
     if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&raw.priority) {
         errors.push((
             "spec.priority".to_owned(),
@@ -295,6 +307,24 @@ pub fn validate(
             warnings,
         )),
         _ => Err(errors),
+    }
+}
+
+/// The first place where `input` has a list and `kept` (the decoded value written back) an
+/// object.
+fn list_for_object(input: &Value, kept: &Value, at: &str) -> Option<String> {
+    match (input, kept) {
+        (Value::Array(_), Value::Object(_)) => Some(at.to_owned()),
+        (Value::Object(i), Value::Object(k)) => i.iter().find_map(|(name, iv)| {
+            k.get(name)
+                .and_then(|kv| list_for_object(iv, kv, &format!("{at}.{name}")))
+        }),
+        (Value::Array(i), Value::Array(k)) => i
+            .iter()
+            .zip(k)
+            .enumerate()
+            .find_map(|(n, (iv, kv))| list_for_object(iv, kv, &format!("{at}[{n}]"))),
+        _ => None,
     }
 }
 
@@ -505,7 +535,10 @@ fn peer(
         } else {
             errors.push((
                 format!("{df}[{i}]"),
-                format!("{n:?} is not a domain name (labels of letters, digits, '-' and '_', at least two, optionally starting with \"*.\")"),
+                format!(
+                    "{n:?} is not a domain name (at least two labels of letters, digits, '-' and \
+                     '_', up to 63 bytes each and 253 in all, optionally starting with \"*.\")"
+                ),
             ));
         }
     }
@@ -639,15 +672,18 @@ fn cidr(s: &str) -> Result<IpNetwork, String> {
 }
 
 /// Upstream's pattern: optional `*.`, then two or more labels of letters, digits, `-` and `_`
-/// (not starting or ending with `-` or `_`), optionally a final dot.
+/// (not starting or ending with `-` or `_`), optionally a final dot; and DNS's lengths (labels
+/// up to 63 bytes, names up to 253), which no answer can exceed.
 fn domain_name_ok(n: &str) -> bool {
     let n = n.strip_prefix("*.").unwrap_or(n);
     let n = n.strip_suffix('.').unwrap_or(n);
     let labels: Vec<&str> = n.split('.').collect();
-    labels.len() >= 2
+    n.len() <= 253
+        && labels.len() >= 2
         && labels.iter().all(|l| {
             let b = l.as_bytes();
             !b.is_empty()
+                && b.len() <= 63
                 && b[0].is_ascii_alphanumeric()
                 && b[b.len() - 1].is_ascii_alphanumeric()
                 && b.iter()
