@@ -3,7 +3,10 @@
 //!
 //! Connection sets are computed from the policy text (not by probing): the source's egress
 //! allowance intersected with the destination's ingress allowance. Only enforcing policies
-//! count (audit-mode policies change no verdict). A workload is represented by one of its pods
+//! count (audit-mode policies change no verdict). ClusterNetworkPolicies count with their
+//! tiers, as [`crate::eval`] decides them; their `networks` and the addresses of nodes their
+//! `nodes` peers select split external space like ipBlocks, and `domainNames` peers are not
+//! listed (their addresses are learned at run time). A workload is represented by one of its pods
 //! (pods of one template share labels and ports). External space is IPv4 and IPv6, split at
 //! every ipBlock boundary so each range behaves the same throughout, then joined again where
 //! adjacent ranges have the same connections. FqdnPolicies count as the agent enforces them:

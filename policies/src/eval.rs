@@ -149,6 +149,9 @@ pub enum DecidedBy {
 pub struct Decision {
     pub allowed: bool,
     pub by: DecidedBy,
+    /// The Pass rules that handed the decision on to a later tier, in order (Admin, then
+    /// Baseline).
+    pub passed: Vec<ClusterRuleRef>,
 }
 
 impl DirectionResult {
@@ -170,12 +173,17 @@ impl DirectionResult {
         } else {
             (&self.admin, &self.baseline)
         };
-        let cluster = |r: &ClusterRuleRef| Decision {
+        let mut passed = Vec::new();
+        let decided = |r: &ClusterRuleRef, passed: Vec<ClusterRuleRef>| Decision {
             allowed: r.action == Action::Accept,
             by: DecidedBy::Cluster(r.clone()),
+            passed,
         };
-        if let Some(r) = admin.as_ref().filter(|r| r.action != Action::Pass) {
-            return cluster(r);
+        if let Some(r) = admin {
+            if r.action != Action::Pass {
+                return decided(r, passed);
+            }
+            passed.push(r.clone());
         }
         let isolated = self.enforced || (with_audit && self.audited);
         if isolated {
@@ -187,14 +195,19 @@ impl DirectionResult {
             return Decision {
                 allowed: allowing.is_some(),
                 by: DecidedBy::NetworkPolicy(allowing.cloned()),
+                passed,
             };
         }
-        if let Some(r) = baseline.as_ref().filter(|r| r.action != Action::Pass) {
-            return cluster(r);
+        if let Some(r) = baseline {
+            if r.action != Action::Pass {
+                return decided(r, passed);
+            }
+            passed.push(r.clone());
         }
         Decision {
             allowed: true,
             by: DecidedBy::Default,
+            passed,
         }
     }
 }

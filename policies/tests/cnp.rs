@@ -475,6 +475,20 @@ fn audit_mode_cluster_policies_audit_and_name_the_rule() {
     );
     assert!(by_display(&by)
         .contains("ClusterNetworkPolicy/guard (Admin tier, priority 7) ingress[1] \"rest\": Deny"));
+    // A Pass in front: the NetworkPolicy decides, and the Pass is named on the way.
+    let pass = guard.replace("action: Accept", "action: Pass");
+    let c2 = cluster(&format!("{np}---\n{pass}"));
+    let (web2, db2) = (Endpoint::Pod(&c2.pods[0]), Endpoint::Pod(&c2.pods[1]));
+    let d = evaluate(&c2, web2, db2, Protocol::Tcp, 8080, false)
+        .ingress
+        .unwrap()
+        .decision(true);
+    assert!(
+        d.allowed && matches!(d.by, DecidedBy::NetworkPolicy(Some(_))),
+        "{d:?}"
+    );
+    assert_eq!(d.passed.len(), 1);
+    assert_eq!(d.passed[0].rule, "only-8080");
     let r = evaluate(&c, web, db, Protocol::Tcp, 8080, false);
     assert_eq!(
         r.verdict,
