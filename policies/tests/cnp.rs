@@ -542,3 +542,22 @@ fn connlist_shows_the_tiered_result() {
         "{db_out:?}"
     );
 }
+
+#[test]
+fn diff_shows_what_a_guardrail_takes_away() {
+    let old = cluster("");
+    let new = cluster(&format!(
+        "{HEAD}metadata: {{name: isolate-db}}\nspec: {{tier: Admin, priority: 1, subject: {{pods: {{podSelector: {{matchLabels: {{app: db}}}}}}}}, ingress: [{{name: web-pg, action: Accept, from: [{{pods: {{podSelector: {{matchLabels: {{app: web}}}}}}}}], protocols: [{{tcp: {{destinationPort: {{number: 5432}}}}}}]}}, {{name: rest, action: Deny, from: [{{namespaces: {{}}}}]}}]}}\n"
+    ));
+    let changes = policies::connlist::diff(&old, &new);
+    let web_db = changes
+        .iter()
+        .find(|c| c.src.to_string() == "shop/web[Pod]" && c.dst.to_string() == "shop/db[Pod]")
+        .expect("web -> db changed");
+    assert_eq!(web_db.effect(), "narrows");
+    assert_eq!(web_db.new.as_ref().unwrap().to_string(), "TCP 5432");
+    assert!(
+        changes.iter().all(|c| c.dst.to_string() == "shop/db[Pod]"),
+        "only connections to db change: {changes:?}"
+    );
+}
