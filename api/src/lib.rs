@@ -1,12 +1,15 @@
 //! septa's typed contract, shared by every process and free of the kernel toolchain (no aya,
-//! no tokio): septa's own kinds (`FqdnPolicy`, `ThreatFeed`), the agent socket protocol and the
-//! flow record schema.
+//! no tokio): septa's own kinds (`FqdnPolicy`, `ThreatFeed`), the upstream
+//! `ClusterNetworkPolicy` kind it reads (upstream installs that CRD), the agent socket protocol
+//! and the flow record schema.
 //!
 //! Feature `kube` adds the Kubernetes custom resource derives (group `septa.dev`, version
-//! `v1alpha1`); `crdgen` prints the CRDs the Helm chart installs.
+//! `v1alpha1`, and `policy.networking.k8s.io/v1alpha2` for `ClusterNetworkPolicy`); `crdgen`
+//! prints the CRDs of septa's own kinds, which the Helm chart installs.
 
 #![forbid(unsafe_code)]
 
+pub mod cluster_network_policy;
 #[cfg(feature = "kube")]
 pub mod crd;
 pub mod flow;

@@ -3,7 +3,10 @@
 //!
 //! Connection sets are computed from the policy text (not by probing): the source's egress
 //! allowance intersected with the destination's ingress allowance. Only enforcing policies
-//! count (audit-mode policies change no verdict). A workload is represented by one of its pods
+//! count (audit-mode policies change no verdict). ClusterNetworkPolicies count with their
+//! tiers, as [`crate::eval`] decides them; their `networks` and the addresses of nodes their
+//! `nodes` peers select split external space like ipBlocks, and `domainNames` peers are not
+//! listed (their addresses are learned at run time). A workload is represented by one of its pods
 //! (pods of one template share labels and ports). External space is IPv4 and IPv6, split at
 //! every ipBlock boundary so each range behaves the same throughout, then joined again where
 //! adjacent ranges have the same connections. FqdnPolicies count as the agent enforces them:
@@ -27,6 +30,7 @@ use std::{
 use ipnetwork::IpNetwork;
 
 use crate::{
+    cnp::{ClusterPeer, ProtocolPort},
     eval::{pods_by_ip, service_backends, service_decision, Endpoint, RuleRef},
     model::{Cluster, Direction, Peer, Pod, PortSel, Protocol, WorkloadRef},
     ports::PortSet,
@@ -247,9 +251,25 @@ fn bounds_of(net: &IpNetwork) -> (bool, u128, u128) {
     }
 }
 
-/// Every boundary of the cluster's ipBlocks and FqdnPolicy resolvers, IPv4 and IPv6.
+/// Every boundary of the cluster's ipBlocks, FqdnPolicy resolvers, ClusterNetworkPolicy
+/// networks and node addresses, IPv4 and IPv6.
 pub fn boundaries(c: &Cluster) -> Boundaries {
     let mut b = Boundaries::default();
+    for p in &c.cluster_policies {
+        for rule in p.ingress.iter().chain(p.egress.iter()) {
+            for peer in &rule.peers {
+                match peer {
+                    ClusterPeer::Networks(nets) => nets.iter().for_each(|n| b.add(n)),
+                    ClusterPeer::Nodes(_) => {
+                        for ip in c.nodes.iter().flat_map(|n| n.ips.iter()) {
+                            b.add(&IpNetwork::from(*ip));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
     for p in c.enforced_policies() {
         for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
             for peer in rule.peers.iter().flatten() {
@@ -471,8 +491,79 @@ fn merge_ranges<T: Clone + Ord>(items: Vec<(Node, Node, T)>) -> Vec<(Node, Node,
     out
 }
 
-/// What `subject`'s enforcing policies allow in `dir` with `peer`.
+/// What `subject`'s enforcing policies allow in `dir` with `peer`: with ClusterNetworkPolicies,
+/// the tiered decision of [`crate::eval`] on every stretch of ports that no rule splits.
 pub fn allowance(c: &Cluster, subject: &Pod, peer: &Endpoint, dir: Direction) -> ConnSet {
+    if c.cluster_policies.is_empty() {
+        return network_policy_allowance(c, subject, peer, dir);
+    }
+    let dest = match dir {
+        Direction::Ingress => Some(subject),
+        Direction::Egress => match peer {
+            Endpoint::Pod(q) if !q.host_network => Some(*q),
+            _ => None,
+        },
+    };
+    // Where the decision may change, per protocol: the ends of every port range and named
+    // port of every rule (the destination's named ports resolve to single ports).
+    let mut starts: BTreeMap<Protocol, BTreeSet<u32>> = Protocol::ALL
+        .iter()
+        .map(|p| (*p, BTreeSet::from([1u32])))
+        .collect();
+    let mut split = |proto: Protocol, lo: u16, hi: u16| {
+        let s = starts.entry(proto).or_default();
+        s.insert(lo as u32);
+        s.insert(hi as u32 + 1);
+    };
+    for p in &c.cluster_policies {
+        for rule in p.rules(dir) {
+            for m in rule.protocols.iter().flatten() {
+                if let ProtocolPort::Range(proto, lo, hi) = m {
+                    split(*proto, *lo, *hi);
+                }
+            }
+        }
+    }
+    for p in c.enforced_policies() {
+        for rule in p.rules(dir).into_iter().flatten() {
+            for s in rule.ports.iter().flatten() {
+                if let PortSel::Range(lo, hi) = s.port {
+                    split(s.protocol, lo, hi);
+                }
+            }
+        }
+    }
+    for &(proto, port) in dest.iter().flat_map(|d| d.named_ports.values()) {
+        split(proto, port, port);
+    }
+    let mut set = ConnSet::default();
+    let mut everything = true;
+    for (proto, s) in starts {
+        let bounds: Vec<u32> = s.into_iter().filter(|&b| b <= 65535).collect();
+        for (i, &lo) in bounds.iter().enumerate() {
+            let hi = bounds.get(i + 1).map_or(65535, |n| n - 1);
+            let r = crate::eval::direction(c, subject, peer, dir, proto, lo as u16, false);
+            if r.enforce_ok() {
+                set.add(proto, &PortSet::range(lo as u16, hi as u16));
+            } else {
+                everything = false;
+            }
+        }
+    }
+    if everything {
+        ConnSet::all()
+    } else {
+        set
+    }
+}
+
+/// What `subject`'s enforcing NetworkPolicies allow in `dir` with `peer`.
+fn network_policy_allowance(
+    c: &Cluster,
+    subject: &Pod,
+    peer: &Endpoint,
+    dir: Direction,
+) -> ConnSet {
     let mut isolated = false;
     let mut set = ConnSet::default();
     for p in c

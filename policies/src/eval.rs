@@ -1,6 +1,23 @@
 //! The reference evaluator: decides a connection straight from the policy model, with no
 //! identities, no compilation and no fallbacks. The compiler is tested against it.
 //!
+//! Each direction (the source's egress, the destination's ingress) is decided in tiers, as
+//! ClusterNetworkPolicy defines them, and a connection needs both:
+//!
+//! 1. Admin-tier ClusterNetworkPolicies that select the pod, by priority (lower first; equal
+//!    priorities by name), each one's rules in order: the first rule whose peers and protocols
+//!    match decides. Accept allows and Deny denies, final; Pass skips the rest of the tier.
+//! 2. NetworkPolicies (and FqdnPolicies): when any selects the pod for this direction, the
+//!    connection is allowed if and only if one of their rules allows it.
+//! 3. Baseline-tier ClusterNetworkPolicies, the same way; Pass here skips to the default.
+//! 4. Default: allowed.
+//!
+//! Host-network pods are never subjects nor pod peers (only addresses match them). Audit
+//! mode (`septa.dev/mode: audit`) works for every tier the same way: the verdict is decided
+//! twice, with only enforcing policies and with every policy; a denial only the second makes
+//! is AUDIT. [`DirectionResult::decision`] names what decided (the ClusterNetworkPolicy rule
+//! with tier and priority, the NetworkPolicy rule, isolation, or the default).
+//!
 //! Connections to a Service's address ([`evaluate_service`], [`evaluate_node_port`]) are
 //! decided at the client's egress by the Service's backends, the way `crate::compile`
 //! states it: allowed when the client's egress allows every ready backend on that backend's
@@ -10,7 +27,12 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use dataplane_common::verdict;
 
-use crate::model::{Cluster, Direction, Peer, Pod, PortSel, Protocol, Rule, Service};
+use api::cluster_network_policy::{Action, Tier};
+
+use crate::{
+    cnp::{ClusterPeer, ClusterPolicy, ClusterRule, ProtocolPort},
+    model::{Cluster, Direction, Peer, Pod, PortSel, Protocol, Rule, Service},
+};
 
 /// One side of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -56,27 +78,137 @@ impl fmt::Display for RuleRef {
     }
 }
 
+/// A ClusterNetworkPolicy rule: the `index`-th rule of a policy's ingress or egress list.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterRuleRef {
+    /// The policy's name (cluster-scoped).
+    pub policy: String,
+    pub tier: Tier,
+    pub priority: u16,
+    pub direction: Direction,
+    pub index: usize,
+    /// The rule's name (upstream's optional `name`; may be empty).
+    pub rule: String,
+    /// What the rule does (Deny for a rule that failed closed).
+    pub action: Action,
+    /// The policy is in audit mode.
+    pub audit: bool,
+    /// The rule held a peer septa cannot evaluate and failed closed.
+    pub fail_closed: bool,
+}
+
+impl fmt::Display for ClusterRuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ClusterNetworkPolicy/{} ({:?} tier, priority {}) {}[{}]",
+            self.policy, self.tier, self.priority, self.direction, self.index
+        )?;
+        if !self.rule.is_empty() {
+            write!(f, " {:?}", self.rule)?;
+        }
+        write!(f, ": {:?}", self.action)
+    }
+}
+
 /// The outcome for one direction (the source's egress or the destination's ingress).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirectionResult {
-    /// An enforcing policy selects the endpoint for this direction.
+    /// An enforcing NetworkPolicy selects the endpoint for this direction.
     pub enforced: bool,
-    /// An audit-mode policy selects it.
+    /// An audit-mode NetworkPolicy selects it.
     pub audited: bool,
-    /// Enforcing rules that allow the connection.
+    /// Enforcing NetworkPolicy rules that allow the connection.
     pub enforce_allowed: Vec<RuleRef>,
-    /// Audit-mode rules that allow it.
+    /// Audit-mode NetworkPolicy rules that allow it.
     pub audit_allowed: Vec<RuleRef>,
+    /// The first matching Admin-tier rule of the enforcing ClusterNetworkPolicies.
+    pub admin: Option<ClusterRuleRef>,
+    /// The first matching Admin-tier rule counting audit-mode ClusterNetworkPolicies too.
+    pub admin_audit: Option<ClusterRuleRef>,
+    /// The first matching Baseline-tier rule of the enforcing ClusterNetworkPolicies.
+    pub baseline: Option<ClusterRuleRef>,
+    /// The first matching Baseline-tier rule counting audit-mode ones too.
+    pub baseline_audit: Option<ClusterRuleRef>,
+}
+
+/// What decided one direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// A ClusterNetworkPolicy rule (Accept or Deny) of the Admin or Baseline tier.
+    Cluster(ClusterRuleRef),
+    /// NetworkPolicies isolate the pod: the smallest allowing rule, or `None` when none
+    /// allows (isolation's default deny).
+    NetworkPolicy(Option<RuleRef>),
+    /// No tier decided (no policy, or a Pass through to the end): allowed.
+    Default,
+}
+
+/// The decision for one direction and what made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub by: DecidedBy,
+    /// The Pass rules that handed the decision on to a later tier, in order (Admin, then
+    /// Baseline).
+    pub passed: Vec<ClusterRuleRef>,
 }
 
 impl DirectionResult {
+    /// Allowed by the enforcing policies.
     pub fn enforce_ok(&self) -> bool {
-        !self.enforced || !self.enforce_allowed.is_empty()
+        self.decision(false).allowed
     }
+
+    /// Allowed by every policy, audit-mode ones included.
     pub fn audit_ok(&self) -> bool {
-        !(self.enforced || self.audited)
-            || !self.enforce_allowed.is_empty()
-            || !self.audit_allowed.is_empty()
+        self.decision(true).allowed
+    }
+
+    /// The tiered decision (see the module documentation): with only enforcing policies, or
+    /// (`with_audit`) with audit-mode ones too.
+    pub fn decision(&self, with_audit: bool) -> Decision {
+        let (admin, baseline) = if with_audit {
+            (&self.admin_audit, &self.baseline_audit)
+        } else {
+            (&self.admin, &self.baseline)
+        };
+        let mut passed = Vec::new();
+        let decided = |r: &ClusterRuleRef, passed: Vec<ClusterRuleRef>| Decision {
+            allowed: r.action == Action::Accept,
+            by: DecidedBy::Cluster(r.clone()),
+            passed,
+        };
+        if let Some(r) = admin {
+            if r.action != Action::Pass {
+                return decided(r, passed);
+            }
+            passed.push(r.clone());
+        }
+        let isolated = self.enforced || (with_audit && self.audited);
+        if isolated {
+            let allowing = self.enforce_allowed.iter().min().or_else(|| {
+                with_audit
+                    .then(|| self.audit_allowed.iter().min())
+                    .flatten()
+            });
+            return Decision {
+                allowed: allowing.is_some(),
+                by: DecidedBy::NetworkPolicy(allowing.cloned()),
+                passed,
+            };
+        }
+        if let Some(r) = baseline {
+            if r.action != Action::Pass {
+                return decided(r, passed);
+            }
+            passed.push(r.clone());
+        }
+        Decision {
+            allowed: true,
+            by: DecidedBy::Default,
+            passed,
+        }
     }
 }
 
@@ -133,7 +265,7 @@ pub fn evaluate(
     }
 }
 
-fn direction(
+pub(crate) fn direction(
     c: &Cluster,
     subject: &Pod,
     peer: &Endpoint,
@@ -143,6 +275,18 @@ fn direction(
     v6: bool,
 ) -> DirectionResult {
     let mut r = DirectionResult::default();
+    if !c.cluster_policies.is_empty() {
+        let ordered = ordered_cluster_policies(c);
+        let first = |tier, with_audit| {
+            cluster_match(
+                c, &ordered, tier, with_audit, subject, peer, dir, proto, port, v6,
+            )
+        };
+        r.admin = first(Tier::Admin, false);
+        r.admin_audit = first(Tier::Admin, true);
+        r.baseline = first(Tier::Baseline, false);
+        r.baseline_audit = first(Tier::Baseline, true);
+    }
     for p in c.enforced_policies() {
         let Some(rules) = p.rules(dir) else { continue };
         if !p.selects(subject) {
@@ -177,6 +321,99 @@ fn direction(
         }
     }
     r
+}
+
+/// The cluster's ClusterNetworkPolicies in evaluation order: tier, priority, name.
+pub fn ordered_cluster_policies(c: &Cluster) -> Vec<&ClusterPolicy> {
+    let mut v: Vec<&ClusterPolicy> = c.cluster_policies.iter().collect();
+    v.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    v
+}
+
+/// The first rule of `tier` that matches, in policy order then rule order.
+#[allow(clippy::too_many_arguments)]
+fn cluster_match(
+    c: &Cluster,
+    ordered: &[&ClusterPolicy],
+    tier: Tier,
+    with_audit: bool,
+    subject: &Pod,
+    peer: &Endpoint,
+    dir: Direction,
+    proto: Protocol,
+    port: u16,
+    v6: bool,
+) -> Option<ClusterRuleRef> {
+    let ns = c.namespace_labels(&subject.namespace);
+    let dest = match dir {
+        Direction::Ingress => Some(subject),
+        Direction::Egress => peer.subject(),
+    };
+    ordered
+        .iter()
+        .filter(|p| p.tier == tier && (with_audit || !p.audit) && p.selects(subject, &ns))
+        .find_map(|p| {
+            p.rules(dir).iter().enumerate().find_map(|(index, rule)| {
+                (cluster_peer_matches(c, rule, peer, v6)
+                    && cluster_port_matches(rule, dest, proto, port))
+                .then(|| ClusterRuleRef {
+                    policy: p.name.clone(),
+                    tier: p.tier,
+                    priority: p.priority,
+                    direction: dir,
+                    index,
+                    rule: rule.name.clone(),
+                    action: rule.action,
+                    audit: p.audit,
+                    fail_closed: rule.fail_closed,
+                })
+            })
+        })
+}
+
+/// Whether `peer` is among a ClusterNetworkPolicy rule's peers. Pods match pod peers only when
+/// they are endpoints (not host-network); addresses match networks and nodes peers, whoever
+/// has them.
+pub(crate) fn cluster_peer_matches(
+    c: &Cluster,
+    rule: &ClusterRule,
+    peer: &Endpoint,
+    v6: bool,
+) -> bool {
+    rule.peers.iter().any(|pr| match pr {
+        ClusterPeer::All => true,
+        ClusterPeer::Pods(set) => peer
+            .subject()
+            .is_some_and(|q| set.matches(q, &c.namespace_labels(&q.namespace))),
+        ClusterPeer::Networks(nets) => peer
+            .addr(v6)
+            .is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
+        ClusterPeer::Nodes(sel) => peer.addr(v6).is_some_and(|ip| {
+            c.nodes
+                .iter()
+                .any(|n| n.ips.contains(&ip) && sel.matches(&n.labels))
+        }),
+        ClusterPeer::DomainNames(_) => false,
+    })
+}
+
+/// Whether a ClusterNetworkPolicy rule's protocols match. Named ports resolve against the
+/// destination pod's container ports (an address has none).
+pub(crate) fn cluster_port_matches(
+    rule: &ClusterRule,
+    dest: Option<&Pod>,
+    proto: Protocol,
+    port: u16,
+) -> bool {
+    let Some(list) = &rule.protocols else {
+        return true;
+    };
+    list.iter().any(|m| match m {
+        ProtocolPort::Range(p, a, b) => *p == proto && *a <= port && port <= *b,
+        ProtocolPort::Named(n) => dest
+            .and_then(|d| d.named_ports.get(n))
+            .is_some_and(|&(pp, num)| pp == proto && num == port),
+    })
 }
 
 /// Whether `peer` is among a rule's peers (`None` peers: everyone).
@@ -425,8 +662,10 @@ pub(crate) fn service_decision(
         .collect();
     let isolated = enforced || audited;
     let some = !backends.is_empty();
-    let enforce_ok = !enforced || (some && backends.iter().all(|b| b.egress.enforce_ok()));
-    let audit_ok = !isolated || (some && backends.iter().all(|b| b.egress.audit_ok()));
+    // Every backend must be allowed (a ClusterNetworkPolicy may deny one even where no
+    // NetworkPolicy isolates the client); an isolated client with no backend is denied.
+    let enforce_ok = (!enforced || some) && backends.iter().all(|b| b.egress.enforce_ok());
+    let audit_ok = (!isolated || some) && backends.iter().all(|b| b.egress.audit_ok());
     let verdict = if !enforce_ok {
         verdict::DROPPED
     } else if !audit_ok {

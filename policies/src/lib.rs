@@ -11,6 +11,7 @@
 //!   two states.
 //! - [`connlist`] lists every allowed connection between workloads, external ranges, the
 //!   names of FqdnPolicies and Services.
+//! - [`cnp`] validates ClusterNetworkPolicies (admin and baseline tiers) into the model.
 //! - [`septa`] validates septa's own kinds (FqdnPolicy, ThreatFeed) for the agent and the CLI.
 //!
 //! The compiler is checked against the evaluator through the kernel's own lookup code
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cnp;
 pub mod compile;
 pub mod connlist;
 pub mod error;

@@ -5,9 +5,10 @@
 //! `NetworkPolicyList`, ...: their items' kind and apiVersion are implied by the list). Only regular files are read (a link to one is followed; a FIFO, device
 //! or socket is reported, never opened in a way that blocks), each up to [`MAX_FILE_BYTES`]
 //! counted while reading, not taken from its metadata; links to directories are not followed
-//! (so a `self -> .` link is no loop). Kinds used: Namespace, Pod, Service (core), Deployment,
-//! ReplicaSet, StatefulSet, DaemonSet (apps), Job, CronJob (batch; their pod templates stand
-//! for their pods), NetworkPolicy (networking.k8s.io); objects of septa's own group
+//! (so a `self -> .` link is no loop). Kinds used: Namespace, Node, Pod, Service (core),
+//! Deployment, ReplicaSet, StatefulSet, DaemonSet (apps), Job, CronJob (batch; their pod
+//! templates stand for their pods), NetworkPolicy (networking.k8s.io), ClusterNetworkPolicy
+//! (policy.networking.k8s.io/v1alpha2, validated by [`crate::cnp`]); objects of septa's own group
 //! (`septa.dev/...`) are kept as they are for their owners. Hidden entries (names starting
 //! with `.`: a ConfigMap volume's `..data`, `.git/`, `.github/`) are not read. A document with
 //! neither apiVersion nor kind is another tool's and a warning; with only one of them, an
@@ -33,7 +34,7 @@ use k8s_openapi::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
         core::v1::{
-            Namespace as K8sNamespace, Pod as K8sPod, PodSpec, PodTemplateSpec,
+            Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod, PodSpec, PodTemplateSpec,
             Service as K8sService,
         },
         networking::v1::NetworkPolicy,
@@ -44,6 +45,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 use crate::{
+    cnp::{self, NodeInfo, UnknownPeers},
     error::Diagnostics,
     model::{
         Cluster, Namespace, Pod, Policy, Protocol, Service, ServicePort, TargetPort, WorkloadRef,
@@ -248,8 +250,9 @@ impl Builder {
             .and_then(|n| n.as_str())
             .unwrap_or_default()
             .to_owned();
-        let object = if kind == "Namespace" {
-            format!("Namespace {name}")
+        let cluster_scoped = matches!(kind.as_str(), "Namespace" | "Node" | "ClusterNetworkPolicy");
+        let object = if cluster_scoped {
+            format!("{kind} {name}")
         } else {
             format!("{kind} {ns}/{name}")
         };
@@ -316,7 +319,7 @@ impl Builder {
         }
         let key = (
             kind.clone(),
-            if kind == "Namespace" {
+            if cluster_scoped {
                 String::new()
             } else {
                 ns.clone()
@@ -335,6 +338,15 @@ impl Builder {
         self.seen.insert(key, at.to_owned());
         let r = match kind.as_str() {
             "Namespace" => typed::<K8sNamespace>(v).map(|n| self.namespace(&n.metadata)),
+            "Node" => typed::<K8sNode>(v).and_then(|n| {
+                let node = node(&n)?;
+                self.cluster.nodes.push(node);
+                Ok(())
+            }),
+            "ClusterNetworkPolicy" => {
+                self.cluster_policy(at, &object, &api, &v);
+                Ok(())
+            }
             "NetworkPolicy" => typed::<NetworkPolicy>(v).and_then(|np| {
                 let p = Policy::from_k8s(&np, &ns).map_err(|e| (e.field, e.message))?;
                 self.cluster.policies.push(p);
@@ -403,6 +415,42 @@ impl Builder {
         }
         for (field, message) in std::mem::take(&mut self.skipped_ports) {
             self.diags.push(at, &object, &field, message);
+        }
+    }
+
+    /// A ClusterNetworkPolicy: every problem is reported; fail-closed peers are warnings.
+    fn cluster_policy(&mut self, at: &str, object: &str, api: &str, v: &Value) {
+        if api != api::cluster_network_policy::API_VERSION {
+            self.diags.push(
+                at,
+                object,
+                "apiVersion",
+                format!(
+                    "septa reads ClusterNetworkPolicy as {}, not {api}",
+                    api::cluster_network_policy::API_VERSION
+                ),
+            );
+            return;
+        }
+        match cnp::validate(v, UnknownPeers::Error) {
+            Ok((p, warnings)) => {
+                for (field, message) in warnings {
+                    self.diags.warn(at, object, &field, message);
+                }
+                self.diags.warn(
+                    at,
+                    object,
+                    "",
+                    "evaluated by connlist, diff and the reference evaluator; this version's \
+                     data path does not enforce ClusterNetworkPolicies yet",
+                );
+                self.cluster.cluster_policies.push(p);
+            }
+            Err(errors) => {
+                for (field, message) in errors {
+                    self.diags.push(at, object, &field, message);
+                }
+            }
         }
     }
 
@@ -542,6 +590,10 @@ impl Builder {
         self.cluster
             .services
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.cluster
+            .cluster_policies
+            .sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        self.cluster.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         (self.cluster, self.diags)
     }
 }
@@ -659,10 +711,11 @@ enum KindUse {
 
 fn kind_in_group(group: &str, kind: &str) -> KindUse {
     let analysed: &[&str] = match group {
-        "" => &["Namespace", "Service", "Pod"],
+        "" => &["Namespace", "Service", "Pod", "Node"],
         "apps" => &["Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"],
         "batch" => &["Job", "CronJob"],
         "networking.k8s.io" => &["NetworkPolicy"],
+        "policy.networking.k8s.io" => &["ClusterNetworkPolicy"],
         _ => &[],
     };
     if analysed.contains(&kind) {
@@ -676,9 +729,7 @@ fn kind_in_group(group: &str, kind: &str) -> KindUse {
             ),
         },
         "policy.networking.k8s.io" => match kind {
-            "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
-                KindUse::NotEnforced
-            }
+            "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => KindUse::NotEnforced,
             _ => KindUse::Unknown(
                 "ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy",
             ),
@@ -741,6 +792,31 @@ fn dropped_field(input: &Value, kept: &Value, at: &str) -> Option<(String, Strin
             .find_map(|(n, (iv, kv))| dropped_field(iv, kv, &format!("{at}[{n}]"))),
         _ => None,
     }
+}
+
+/// A Node as `nodes` peers see it: its labels and its internal and external addresses.
+pub fn node(n: &K8sNode) -> Result<NodeInfo, (String, String)> {
+    let mut ips = Vec::new();
+    let addresses = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for (i, a) in addresses.into_iter().flatten().enumerate() {
+        if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+            continue;
+        }
+        let ip: IpAddr = a.address.parse().map_err(|_| {
+            (
+                format!("status.addresses[{i}].address"),
+                format!("invalid IP {:?}", a.address),
+            )
+        })?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(NodeInfo {
+        name: n.metadata.name.clone().unwrap_or_default(),
+        labels: n.metadata.labels.clone().unwrap_or_default(),
+        ips,
+    })
 }
 
 fn cronjob_owner(meta: &ObjectMeta) -> Option<String> {

@@ -568,6 +568,11 @@ pub struct Cluster {
     /// The resolvers FqdnPolicies without `spec.resolvers` trust (the agent's
     /// `--dns-resolver`); `None` when not known here (analysis off the node).
     pub dns_resolvers: Option<Vec<IpAddr>>,
+    /// ClusterNetworkPolicies, validated, in evaluation order
+    /// ([`crate::cnp::ClusterPolicy::order_key`]).
+    pub cluster_policies: Vec<crate::cnp::ClusterPolicy>,
+    /// Nodes (their addresses are what `nodes` peers of ClusterNetworkPolicies match).
+    pub nodes: Vec<crate::cnp::NodeInfo>,
 }
 
 /// An object of septa's API group, as loaded.

@@ -317,7 +317,7 @@ fn unknown_and_foreign_policy_kinds() {
         ("cilium.io/v2", "CiliumNetworkPolicy"),
         ("projectcalico.org/v3", "NetworkPolicy"),
         ("crd.projectcalico.org/v1", "GlobalNetworkPolicy"),
-        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy"),
+        ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
     ] {
         let (c, d) = load_str(
             "foreign.yaml",
