@@ -101,4 +101,6 @@ for containerfile in images/*/Containerfile; do
   built=$((built + 1))
 done
 [ "$built" -gt 0 ] || fail "no images/*/Containerfile found"
+# The binaries stay in cargo's target directory and in the images; the staged copies go.
+rm -rf "$CONTEXT"
 echo "images: buildah storage is $STORAGE (push from it with: buildah --storage-driver vfs --root $STORAGE/storage --runroot $STORAGE/run push ...)"

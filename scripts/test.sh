@@ -6,7 +6,7 @@ set -euo pipefail
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cd "$(dirname "$0")/.."
 # A fresh build needs about 2.5 GB under target/, and the static binaries of the container
-# images 1.1 GB more; say so up front rather than as a linker error twenty binaries later.
+# images 1.2 GB more; say so up front rather than as a linker error twenty binaries later.
 free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
 echo "disk: $((free_kb / 1024)) MiB free under $(pwd)"
 if [ "$free_kb" -lt $((4 * 1024 * 1024)) ]; then
