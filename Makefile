@@ -1,5 +1,5 @@
 # The two commands a user needs are `make demo` and `make test`; both install what they need.
-.PHONY: setup demo test perf build
+.PHONY: setup demo test perf build images
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +14,10 @@ demo: setup
 	cargo build --release -p septa-tests --bin septa-demo
 	@echo "==> running the demo"
 	./target/release/septa-demo
+
+# OCI archives of the container images under target/images/ (see README "Container images").
+images: setup
+	@bash scripts/images.sh
 
 test: setup
 	@bash scripts/test.sh

@@ -25,7 +25,13 @@ APT_PACKAGES=(
   nfdump
   # dnsmasq (binary only, no service), the DNS server of the FQDN tests
   dnsmasq-base
+  # container images: buildah builds them FROM scratch offline; musl-gcc compiles ring's C
+  # code for the static (musl) binaries they hold
+  buildah musl-tools
 )
+
+# The target of the static binaries in the container images (scripts/images.sh).
+MUSL_TARGET=x86_64-unknown-linux-musl
 
 log() { echo "setup: $*" >&2; }
 
@@ -56,6 +62,11 @@ fi
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^${c}" || rustup component add "$c" >/dev/null 2>&1
 done
+
+if ! rustup target list --installed 2>/dev/null | grep -qx "${MUSL_TARGET}"; then
+  log "adding rust target ${MUSL_TARGET}"
+  rustup target add "${MUSL_TARGET}" >/dev/null 2>&1
+fi
 
 if ! bpf-linker --version >/dev/null 2>&1; then
   log "building bpf-linker against LLVM ${LLVM_MAJOR} (about 2 minutes)"

@@ -72,14 +72,15 @@ impl Injector {
     /// The MTU of `ifindex`, asked through this socket (so in its network namespace).
     fn mtu(&self, ifindex: u32) -> io::Result<usize> {
         // SAFETY: zeroed ifreq is a valid starting value; both ioctls fill it in place and
-        // their results are checked.
+        // their results are checked. The request type is c_ulong in glibc and c_int in musl
+        // (the static binaries of the container images).
         unsafe {
             let mut ifr: libc::ifreq = std::mem::zeroed();
             ifr.ifr_ifru.ifru_ifindex = ifindex as i32;
-            if libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFNAME, &mut ifr) != 0 {
+            if libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFNAME as _, &mut ifr) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) != 0 {
+            if libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFMTU as _, &mut ifr) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(ifr.ifr_ifru.ifru_mtu.max(0) as usize)
