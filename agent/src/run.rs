@@ -132,6 +132,7 @@ pub async fn run(
     ));
     let mut sweep_tick = tokio::time::interval(agent.cfg.flow_update_interval);
     let mut kube_client = None;
+    let mut owner: Option<crate::source::kube::OwnerWatch> = None;
     if agent.cfg.source == Some(crate::config::SourceKind::Kubernetes) {
         let client = crate::source::kube::client(agent.cfg.kubeconfig.as_deref())
             .await
@@ -147,6 +148,13 @@ pub async fn run(
         info!(node = %agent.cfg.node(), kubeconfig = ?agent.cfg.kubeconfig, "watching the Kubernetes API server");
         agent.source = Some(Box::new(src));
         agent.kube = Some(handle);
+        if let (true, Some((ns, name))) = (agent.cni.enabled(), &agent.cfg.daemonset) {
+            owner = Some(crate::source::kube::OwnerWatch::start(
+                client.clone(),
+                ns,
+                name,
+            ));
+        }
         kube_client = Some(client);
     }
     let (mut loads, load_started) = spawn_loader(agent.source.take(), agent.cfg.poll_interval);
@@ -251,7 +259,11 @@ pub async fn run(
     crate::fqdn::heartbeat(&mut agent.dp, false);
     if agent.cni.enabled() {
         if let (Some(client), Some((ns, name))) = (kube_client, agent.cfg.daemonset.clone()) {
-            if crate::source::kube::daemonset_deleted(client, &ns, &name).await {
+            let deleted = match owner.as_ref().and_then(|o| o.deleted()) {
+                Some(d) => d,
+                None => crate::source::kube::daemonset_deleted(client, &ns, &name).await,
+            };
+            if deleted {
                 match agent.cni.uninstall() {
                     Ok(files) => {
                         info!(files = ?files, daemonset = %format!("{ns}/{name}"), "DaemonSet deleted: septa's CNI entry removed")

@@ -912,11 +912,26 @@ fn chart_install_splices_enforces_restarts_and_uninstalls() {
     assert!(connects(&client, web_addr));
     assert!(!connects(&guest, web_addr));
 
-    // helm uninstall: the DaemonSet goes, then its pods; each agent removes exactly its
-    // entry, leaving the primary file byte for byte as the primary CNI wrote it.
+    // helm uninstall: the DaemonSet goes, then at once the agent's RoleBinding and
+    // ServiceAccount (nothing it asks is answered any more), then its pods stop. Each agent
+    // saw the deletion on its watch and removes exactly its entry, leaving the primary file
+    // byte for byte as the primary CNI wrote it.
     c.api
         .delete_json("apps/v1", "DaemonSet", "septa", "septa-agent")
         .unwrap();
+    for (i, n) in c.world.nodes.iter().enumerate() {
+        let seen = poll_until(DEADLINE, || {
+            n.agent_log()
+                .contains("septa is being uninstalled")
+                .then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "node-{i} saw its DaemonSet deleted\n{}",
+            c.logs()
+        );
+    }
+    c.api.set_rbac(Some(Rbac::new()));
     for n in &mut c.world.nodes {
         n.stop_agent().unwrap();
     }

@@ -580,7 +580,11 @@ fn rbac_is_exactly_what_the_agent_uses() {
     assert_eq!(rules("ClusterRole"), expect(&cluster), "ClusterRole rules");
     assert_eq!(
         rules("Role"),
-        expect(&[("apps", "daemonsets", "get", "septa-agent")]),
+        expect(&[
+            ("apps", "daemonsets", "get", "septa-agent"),
+            ("apps", "daemonsets", "list", "septa-agent"),
+            ("apps", "daemonsets", "watch", "septa-agent"),
+        ]),
         "Role rules"
     );
     assert_eq!(

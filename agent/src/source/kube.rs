@@ -442,10 +442,75 @@ impl KubeHandle {
     }
 }
 
+/// What the agent knows of its own DaemonSet, from a watch of it: whether septa is being
+/// uninstalled. Watched, not asked at shutdown: `helm uninstall` deletes the DaemonSet and
+/// then, without waiting, the agent's RoleBinding and ServiceAccount, so by the time the
+/// agent is stopped a request would be refused; a watch that is already open still delivers
+/// the deletion.
+#[derive(Clone, Default)]
+pub struct OwnerWatch(Arc<std::sync::atomic::AtomicU8>);
+
+impl OwnerWatch {
+    const UNKNOWN: u8 = 0;
+    const PRESENT: u8 = 1;
+    const DELETED: u8 = 2;
+
+    /// Watch `namespace/name` on the current tokio runtime (a list and watch narrowed to the
+    /// one name, which RBAC's `resourceNames` allows).
+    pub fn start(client: Client, namespace: &str, name: &str) -> Self {
+        let owner = OwnerWatch::default();
+        let api = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let (state, what) = (owner.0.clone(), format!("{namespace}/{name}"));
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(api, config)
+                .backoff(Retry::default())
+                .boxed();
+            let mut listed = false;
+            while let Some(ev) = stream.next().await {
+                let now = match ev {
+                    Ok(Event::Init) => {
+                        listed = false;
+                        continue;
+                    }
+                    Ok(Event::InitApply(ds) | Event::Apply(ds)) => {
+                        listed = true;
+                        if ds.metadata.deletion_timestamp.is_some() {
+                            Self::DELETED
+                        } else {
+                            Self::PRESENT
+                        }
+                    }
+                    Ok(Event::InitDone) if listed => continue,
+                    Ok(Event::InitDone | Event::Delete(_)) => Self::DELETED,
+                    Err(e) => {
+                        warn!(daemonset = %what, error = %e, "watching the agent's own DaemonSet failed; retrying");
+                        continue;
+                    }
+                };
+                let was = state.swap(now, std::sync::atomic::Ordering::Relaxed);
+                if now == Self::DELETED && was != Self::DELETED {
+                    info!(daemonset = %what, "the agent's DaemonSet is gone or being deleted: septa is being uninstalled; its CNI entry is removed when this agent stops");
+                }
+            }
+        });
+        owner
+    }
+
+    /// `Some(true)`: the DaemonSet is gone or being deleted; `Some(false)`: it exists;
+    /// `None`: not known yet.
+    pub fn deleted(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Self::UNKNOWN => None,
+            s => Some(s == Self::DELETED),
+        }
+    }
+}
+
 /// Whether the DaemonSet `namespace/name` is gone or being deleted: the agent stops because
-/// septa is uninstalled, not restarted or upgraded. Unknown (the API does not answer within
-/// five seconds, or refuses) counts as not deleted, so the CNI entry stays: a node where
-/// septa-cni waits for an agent fails closed.
+/// septa is uninstalled, not restarted or upgraded. Asked when its watch has not answered
+/// yet. Unknown (the API does not answer within five seconds, or refuses) counts as not
+/// deleted, so the CNI entry stays: a node where septa-cni waits for an agent fails closed.
 pub async fn daemonset_deleted(client: Client, namespace: &str, name: &str) -> bool {
     let api = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, namespace);
     match tokio::time::timeout(Duration::from_secs(5), api.get_opt(name)).await {

@@ -537,13 +537,24 @@ async fn serve(
         } else {
             target.rt.plural.to_string()
         };
+        // A list or watch narrowed to one name by `fieldSelector=metadata.name=NAME` is
+        // authorized as a request for that name (RBAC's resourceNames), as Kubernetes does.
+        let selected = params
+            .field_selector
+            .as_deref()
+            .filter(|_| verb == "list" || verb == "watch")
+            .and_then(|f| {
+                f.strip_prefix("metadata.name==")
+                    .or_else(|| f.strip_prefix("metadata.name="))
+            })
+            .filter(|n| !n.contains(','));
         if !rbac.allows_named(
             &user,
             verb,
             target.rt.group,
             &resource,
             target.namespace.as_deref(),
-            target.name.as_deref(),
+            target.name.as_deref().or(selected),
         ) {
             return Err(forbidden(&user, verb, &target));
         }
