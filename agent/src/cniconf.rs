@@ -106,8 +106,16 @@ impl CniConf {
         self.state.clone()
     }
 
-    /// The agent enforces a good state: from now on reconciles write.
+    /// The agent enforces a good state: from now on reconciles write. Temporary files a
+    /// crashed agent left behind are removed first.
     pub fn arm(&mut self) {
+        if !self.armed && self.enabled() {
+            for name in list(&self.dir).unwrap_or_default() {
+                if conflist::is_temp(&name) {
+                    let _ = fs::remove_file(self.dir.join(&name));
+                }
+            }
+        }
         self.armed = true;
     }
 
@@ -158,18 +166,15 @@ impl CniConf {
         let name = conflist::choose_primary(&names, self.network.as_deref())
             .map_err(|e| (None, format!("{}: {e}", self.dir.display())))?;
         let path = self.dir.join(&name);
-        let bytes = fs::read(&path).map_err(|e| (Some(path.clone()), e.to_string()))?;
+        runtime_uses(&names, &name).map_err(|e| (Some(path.clone()), e))?;
+        let bytes = read_network(&path).map_err(|e| (Some(path.clone()), e))?;
         match conflist::splice(&bytes, &self.entry)
             .map_err(|e| (Some(path.clone()), e.to_string()))?
         {
             Splice::Unchanged => Ok(Outcome::Unchanged(path)),
             Splice::Write(new) => {
-                replace(&self.dir, &name, &new).map_err(|e| (Some(path.clone()), e))?;
-                if let Ok(first) = conflist::choose_primary(&names, None) {
-                    if first != name {
-                        warn!(spliced = %name, used = %first, "--cni-network names a file the runtime does not use: it takes the first network file by name");
-                    }
-                }
+                replace(&self.dir, &name, &new, Some(&bytes))
+                    .map_err(|e| (Some(path.clone()), e))?;
                 Ok(Outcome::Written(path))
             }
         }
@@ -180,19 +185,16 @@ impl CniConf {
             return Ok(Outcome::Idle);
         };
         let path = self.dir.join(name);
-        match fs::read(&path) {
+        let mut names = list(&self.dir).map_err(|e| (Some(path.clone()), e))?;
+        names.push(name.clone());
+        runtime_uses(&names, name).map_err(|e| (Some(path.clone()), e))?;
+        let have = match read_network(&path) {
             Ok(have) if &have == want => return Ok(Outcome::Unchanged(path)),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err((Some(path), e.to_string())),
-        }
-        if !self.dir.is_dir() {
-            return Err((
-                Some(path),
-                format!("{} is not a directory", self.dir.display()),
-            ));
-        }
-        replace(&self.dir, name, want).map_err(|e| (Some(path.clone()), e))?;
+            Ok(have) => Some(have),
+            Err(_) if !path.exists() && fs::symlink_metadata(&path).is_err() => None,
+            Err(e) => return Err((Some(path), e)),
+        };
+        replace(&self.dir, name, want, have.as_deref()).map_err(|e| (Some(path.clone()), e))?;
         Ok(Outcome::Written(path))
     }
 
@@ -212,10 +214,12 @@ impl CniConf {
                     let path = self.dir.join(&name);
                     let Ok(bytes) = fs::read(&path) else { continue };
                     match conflist::unsplice(&bytes) {
-                        Ok(Some(without)) => match replace(&self.dir, &name, &without) {
-                            Ok(()) => changed.push(path),
-                            Err(e) => problems.push(format!("{}: {e}", path.display())),
-                        },
+                        Ok(Some(without)) => {
+                            match replace(&self.dir, &name, &without, Some(&bytes)) {
+                                Ok(()) => changed.push(path),
+                                Err(e) => problems.push(format!("{}: {e}", path.display())),
+                            }
+                        }
                         Ok(None) => {}
                         // Not a conflist septa could have written to: not septa's to change.
                         Err(_) => {}
@@ -250,6 +254,47 @@ impl CniConf {
     }
 }
 
+/// Largest network configuration file read: real ones are a few hundred bytes.
+const MAX_NETWORK_FILE: u64 = 1 << 20;
+
+/// Read a network file, refusing a symbolic link (writing septa's entry would replace the
+/// link with a copy, and the file it points to would change unseen) and a file over
+/// [`MAX_NETWORK_FILE`].
+fn read_network(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if meta.file_type().is_symlink() {
+        let to = fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        return Err(format!(
+            "is a symbolic link (to {to}): septa does not write through links; name the file it points to, or use own-file mode"
+        ));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_NETWORK_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_NETWORK_FILE {
+        return Err(format!(
+            "larger than {MAX_NETWORK_FILE} bytes: not a network configuration"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `name` must be the file the runtime loads (the first network file by name): an entry in
+/// any other file is never run, and `septa status` must not call it present.
+fn runtime_uses(names: &[String], name: &str) -> Result<(), String> {
+    match conflist::choose_primary(names, None) {
+        Ok(first) if first == name => Ok(()),
+        Ok(first) => Err(format!(
+            "the runtime uses {first}, the first network file by name, not {name}: pods would not run septa-cni"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The network configuration files of `dir` (file names only; libcni reads no subdirectory).
 fn list(dir: &Path) -> Result<Vec<String>, String> {
     let rd = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -267,7 +312,10 @@ fn list(dir: &Path) -> Result<Vec<String>, String> {
 }
 
 /// Replace `dir/name` with `bytes` atomically, keeping the file's mode (0644 for a new one).
-fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+/// `was` is what the file held when `bytes` were made from it: if it holds something else
+/// just before the rename (the primary CNI rewrote it meanwhile), nothing is replaced, and
+/// the change's own notification brings the next reconcile.
+fn replace(dir: &Path, name: &str, bytes: &[u8], was: Option<&[u8]>) -> Result<(), String> {
     let path = dir.join(name);
     let mode = fs::metadata(&path)
         .map(|m| m.permissions().mode() & 0o7777)
@@ -284,6 +332,12 @@ fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
         f.write_all(bytes)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
+        let now = fs::read(&path).ok();
+        if now.as_deref() != was {
+            return Err(std::io::Error::other(
+                "the file changed while septa was writing it; taken up again at the next change",
+            ));
+        }
         fs::rename(&tmp, &path)?;
         Ok(())
     };
@@ -311,12 +365,13 @@ pub fn watch(dir: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<()>) {
         .name("cni-watch".into())
         .spawn(move || watch_loop(&dir, &tx));
     if let Err(e) = spawned {
-        warn!(error = %e, "cannot watch the CNI configuration directory; it is checked every second instead");
+        warn!(error = %e, "cannot watch the CNI configuration directory; the agent checks it every 10 s instead");
     }
 }
 
 fn watch_loop(dir: &Path, tx: &tokio::sync::mpsc::UnboundedSender<()>) {
     use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+    let mut failing = false;
     loop {
         let watched = inotify::init(CreateFlags::CLOEXEC).and_then(|fd| {
             inotify::add_watch(
@@ -333,13 +388,25 @@ fn watch_loop(dir: &Path, tx: &tokio::sync::mpsc::UnboundedSender<()>) {
             )
             .map(|_| fd)
         });
-        let Ok(fd) = watched else {
-            if tx.is_closed() {
-                return;
+        let fd = match watched {
+            Ok(fd) => fd,
+            Err(e) => {
+                if tx.is_closed() {
+                    return;
+                }
+                if !failing {
+                    warn!(dir = %dir.display(), error = %e, "cannot watch the CNI configuration directory; retrying every second, and the agent checks it every 10 s meanwhile");
+                    metrics::counter!("septa_cni_errors_total").increment(1);
+                    failing = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
             }
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            continue;
         };
+        if failing {
+            info!(dir = %dir.display(), "watching the CNI configuration directory");
+            failing = false;
+        }
         // The directory may have changed before the watch began.
         if tx.send(()).is_err() {
             return;
@@ -475,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn the_named_network_is_spliced_not_the_first() {
+    fn a_file_the_runtime_does_not_use_is_not_called_present() {
         let dir = tmp("named");
         fs::write(dir.join("05-other.conflist"), PRIMARY).unwrap();
         fs::write(dir.join("10-flannel.conflist"), PRIMARY).unwrap();
@@ -489,14 +556,56 @@ mod tests {
             "10-flannel.conflist",
         ]);
         c.arm();
+        assert_eq!(c.reconcile(), Outcome::Idle);
+        let st = c.status();
+        assert!(!st.present, "{st:?}");
+        assert!(
+            st.error
+                .unwrap()
+                .contains("the runtime uses 05-other.conflist"),
+            "named"
+        );
+        fs::remove_file(dir.join("05-other.conflist")).unwrap();
         assert_eq!(
             c.reconcile(),
             Outcome::Written(dir.join("10-flannel.conflist"))
         );
-        assert_eq!(
-            fs::read_to_string(dir.join("05-other.conflist")).unwrap(),
-            PRIMARY
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_huge_files_and_leftover_temporaries() {
+        let dir = tmp("links");
+        let elsewhere = dir.join("elsewhere.json.txt");
+        fs::write(&elsewhere, PRIMARY).unwrap();
+        let net = dir.join("net.d");
+        fs::create_dir_all(&net).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, net.join("10-flannel.conflist")).unwrap();
+        fs::write(net.join(".10-flannel.conflist.septa-tmp"), "half").unwrap();
+        let n = net.display().to_string();
+        let mut c = conf(&["--cni-mode", "splice", "--cni-conf-dir", &n]);
+        c.arm();
+        assert!(
+            !net.join(".10-flannel.conflist.septa-tmp").exists(),
+            "a crashed agent's temporary file is removed"
         );
+        assert_eq!(c.reconcile(), Outcome::Idle);
+        assert!(c.status().error.unwrap().contains("symbolic link"));
+        assert_eq!(
+            fs::read_to_string(&elsewhere).unwrap(),
+            PRIMARY,
+            "not written through"
+        );
+        assert!(fs::symlink_metadata(net.join("10-flannel.conflist"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        fs::remove_file(net.join("10-flannel.conflist")).unwrap();
+        let mut huge = PRIMARY.trim_end().to_owned();
+        huge.push_str(&" ".repeat(2 << 20));
+        fs::write(net.join("10-flannel.conflist"), &huge).unwrap();
+        assert_eq!(c.reconcile(), Outcome::Idle);
+        assert!(c.status().error.unwrap().contains("larger than"));
         fs::remove_dir_all(&dir).unwrap();
     }
 

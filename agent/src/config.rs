@@ -495,7 +495,7 @@ impl Config {
                 self.cni_socket_wait
             ));
         }
-        if mode == CniMode::Splice && self.socket.to_str().is_none() {
+        if mode != CniMode::Off && self.socket.to_str().is_none() {
             return Err(format!(
                 "--socket {}: septa-cni reads the socket's path from JSON, which holds only UTF-8",
                 self.socket.display()

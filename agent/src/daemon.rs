@@ -15,7 +15,10 @@
 //! are attached after the map entries, and an ADD that fails is undone. An endpoint whose
 //! interface disappears is forgotten with its links; CHECK answers from the kernel's view.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use dataplane_common::Config as DpConfig;
 use policies::{compile::Compiler, Cluster};
@@ -76,11 +79,16 @@ pub struct Agent {
     adopted: bool,
     /// Pods of this node that run unenforced, and why they could not be adopted.
     pub unadopted: Vec<(String, String)>,
+    /// Pods of this node that started after the agent without registering (`namespace/name`).
+    unregistered: Vec<String>,
     /// septa's entry in the node's CNI configuration.
     pub cni: crate::cniconf::CniConf,
     /// The kernel's policy revision after the last reconcile.
     revision: u32,
 }
+
+/// Why a pod found running without a registration is not enforced.
+const UNREGISTERED: &str = "running without septa: its CNI ADD did not run septa-cni (the CNI entry was not in place when it started); restart the pod to enforce its policy";
 
 /// The container id of a registration the agent made for a pod it adopted.
 const ADOPTED_PREFIX: &str = "adopted:";
@@ -234,6 +242,7 @@ impl Agent {
             parked: Vec::new(),
             adopted: false,
             unadopted: Vec::new(),
+            unregistered: Vec::new(),
             cni,
             revision: 0,
         };
@@ -557,24 +566,31 @@ impl Agent {
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
             Request::Status => {
-                let resp = match (self.ready.reconciled(), self.ready.problem()) {
-                    (true, warning) => Response {
-                        warning: warning.unwrap_or_default(),
-                        unadopted: self
-                            .unadopted
-                            .iter()
-                            .map(|(pod, reason)| api::protocol::Unadopted {
-                                pod: pod.clone(),
-                                reason: reason.clone(),
-                            })
-                            .collect(),
-                        ..Response::ok()
-                    },
-                    (false, Some(why)) => Response::err(format!("agent not ready: {why}")),
-                    (false, None) => {
-                        Response::err("agent not ready: no valid manifests applied yet")
-                    }
-                };
+                let resp =
+                    match (self.ready.reconciled(), self.ready.problem()) {
+                        (true, warning) => Response {
+                            warning: warning.unwrap_or_default(),
+                            unadopted: self
+                                .unadopted
+                                .iter()
+                                .map(|(pod, reason)| api::protocol::Unadopted {
+                                    pod: pod.clone(),
+                                    reason: reason.clone(),
+                                })
+                                .chain(self.unregistered.iter().map(|pod| {
+                                    api::protocol::Unadopted {
+                                        pod: pod.clone(),
+                                        reason: UNREGISTERED.into(),
+                                    }
+                                }))
+                                .collect(),
+                            ..Response::ok()
+                        },
+                        (false, Some(why)) => Response::err(format!("agent not ready: {why}")),
+                        (false, None) => {
+                            Response::err("agent not ready: no valid manifests applied yet")
+                        }
+                    };
                 Response {
                     node: Some(Box::new(self.node_status())),
                     ..resp
@@ -820,6 +836,40 @@ impl Agent {
             }
         }
         metrics::gauge!("septa_pods_unadopted").set(self.unadopted.len() as f64);
+    }
+
+    /// Kubernetes mode, after the adoption at start: find the pods of this node that run with
+    /// an address but no registration. The kubelet learns a pod's address from the CNI
+    /// `ADD`, which septa-cni answers only once registered: such a pod's `ADD` did not run
+    /// septa-cni (the CNI entry was not in place when it started). Reported (log, status,
+    /// `septa_pods_unadopted`), not adopted: it is enforced once it restarts.
+    pub fn find_unregistered(&mut self) {
+        let Some(kube) = &self.kube else { return };
+        if !self.adopted {
+            return;
+        }
+        let known: BTreeSet<String> = self
+            .registry
+            .endpoints
+            .values()
+            .map(|r| &r.endpoint)
+            .chain(self.parked.iter().map(|(ep, _, _)| ep))
+            .map(|ep| format!("{}/{}", ep.namespace, ep.name))
+            .chain(self.unadopted.iter().map(|(pod, _)| pod.clone()))
+            .collect();
+        let now: Vec<String> = kube
+            .pods_on(self.cfg.node())
+            .into_iter()
+            .filter(|(_, _, ips)| !ips.is_empty())
+            .map(|(ns, name, _)| format!("{ns}/{name}"))
+            .filter(|pod| !known.contains(pod))
+            .collect();
+        for pod in now.iter().filter(|p| !self.unregistered.contains(p)) {
+            warn!(pod = %pod, "{UNREGISTERED}");
+        }
+        self.unregistered = now;
+        metrics::gauge!("septa_pods_unadopted")
+            .set((self.unadopted.len() + self.unregistered.len()) as f64);
     }
 
     /// Kubernetes mode, before the first load: say which kinds are not listed yet (a missing

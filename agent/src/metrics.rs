@@ -59,7 +59,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("septa_kubernetes_watch_errors_total", Kind::Counter, "Failed lists or watches of a kind (retried with backoff; the last good state stays enforced)."),
     ("septa_kubernetes_events_total", Kind::Counter, "Watch events (and completed lists) applied to the index, by kind."),
     ("septa_cni_pod_wait_timeouts_total", Kind::Counter, "CNI ADDs failed because their pod did not appear in the Kubernetes API within --pod-wait."),
-    ("septa_pods_unadopted", Kind::Gauge, "Pods of this node that were running before the agent and could not be adopted (not enforced until they restart)."),
+    ("septa_pods_unadopted", Kind::Gauge, "Pods of this node running unenforced until they restart: from before the agent and not adoptable, or started without septa-cni while the CNI entry was not in place."),
     ("septa_cni_entry_present", Kind::Gauge, "1 while septa's entry is in the node's CNI configuration as the agent wants it."),
     ("septa_cni_writes_total", Kind::Counter, "Writes of the CNI configuration: septa's entry put in, or back after the primary CNI rewrote its file."),
     ("septa_cni_errors_total", Kind::Counter, "New reasons septa's CNI entry cannot be put in place (a malformed primary file, no network file)."),

@@ -167,6 +167,8 @@ pub async fn run(
     info!(socket = %sock.display(), health = %agent.cfg.health_addr, "septa-agent running");
     // The CNI entry follows the socket: a runtime that runs septa-cni finds an agent.
     let (cni_tx, mut cni_rx) = mpsc::unbounded_channel::<()>();
+    // A safety net under the directory watch (which may fail, or miss a replaced mount).
+    let mut cni_tick = tokio::time::interval(std::time::Duration::from_secs(10));
     if agent.cni.enabled() {
         crate::cniconf::watch(agent.cni.dir().to_owned(), cni_tx);
         agent.arm_cni();
@@ -197,6 +199,7 @@ pub async fn run(
                     agent.arm_cni();
                 }
             }
+            _ = cni_tick.tick(), if agent.cni.enabled() => agent.arm_cni(),
             Some(()) = cni_rx.recv() => {
                 // One look at the directory for every change queued meanwhile.
                 while cni_rx.try_recv().is_ok() {}
@@ -227,6 +230,7 @@ pub async fn run(
             _ = scrape.tick() => {
                 stalled = check_load_deadline(&load_started, stalled);
                 agent.report_listing();
+                agent.find_unregistered();
                 agent.forget_gone();
                 crate::metrics::scrape(&agent.dp);
                 agent.feeds.scrape(&agent.dp);

@@ -884,6 +884,40 @@ fn chart_install_splices_enforces_restarts_and_uninstalls() {
         panic!("the fixed file was not spliced\n{}", c.logs());
     }
 
+    // A primary file the runtime reads but septa refuses to splice (two `name` keys): a pod
+    // started meanwhile runs without septa-cni, and the status says so until it is gone.
+    let text = String::from_utf8(primary.clone()).unwrap();
+    let twice = text.replacen('{', "{\n  \"name\": \"shadow\",", 1);
+    std::fs::write(file, &twice).unwrap();
+    poll_until(DEADLINE, || {
+        (!status(&c.world.nodes[0]).node?.cni.present).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the refused file is reported\n{}", c.logs()));
+    let _late = c.pod(0, "shop", "late", &[("app", "late")]);
+    let listed = poll_until(DEADLINE, || {
+        status(&c.world.nodes[0])
+            .unadopted
+            .into_iter()
+            .find(|u| u.pod == "shop/late")
+    })
+    .unwrap_or_else(|| panic!("a pod started without septa-cni is reported\n{}", c.logs()));
+    assert!(
+        listed.reason.contains("did not run septa-cni"),
+        "{listed:?}"
+    );
+    std::fs::write(file, primary).unwrap();
+    let n0 = &c.world.nodes[0];
+    if poll_until(DEADLINE, || spliced(file, primary, n0).then_some(())).is_none() {
+        panic!("the fixed file was not spliced\n{}", c.logs());
+    }
+    c.api.delete::<Pod>("shop", "late").unwrap();
+    c.world.nodes[0].del_pod("late").unwrap();
+    poll_until(DEADLINE, || {
+        let s = status(&c.world.nodes[0]);
+        s.unadopted.is_empty().then_some(())
+    })
+    .unwrap_or_else(|| panic!("a deleted pod is no longer reported\n{}", c.logs()));
+
     // A restart (the DaemonSet still exists) keeps the file: not removed while the agent is
     // down, not rewritten when it is back.
     use std::os::unix::fs::MetadataExt;

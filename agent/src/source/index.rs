@@ -128,6 +128,9 @@ struct PodEntry {
     host_network: bool,
     /// Phase `Succeeded` or `Failed`: it holds no address.
     ended: bool,
+    /// Being deleted (its containers stop within the grace period; it keeps its address
+    /// until then).
+    terminating: bool,
     /// Creation time (seconds since the epoch) and arrival order: the newest claim of an
     /// address wins.
     created: i64,
@@ -222,12 +225,13 @@ impl Index {
             .contains_key(&(Arc::from(namespace), Box::from(name)))
     }
 
-    /// The pods the API places on `node`, with their addresses: what a starting agent adopts.
+    /// The pods the API places on `node` that run (not ended, not being deleted), with their
+    /// addresses: what a starting agent adopts, and what must be registered once it runs.
     pub fn pods_on(&self, node: &str) -> Vec<(String, String, Vec<IpAddr>)> {
         let mut v: Vec<_> = self
             .pods
             .iter()
-            .filter(|(_, p)| &*p.node == node && !p.host_network && !p.ended)
+            .filter(|(_, p)| &*p.node == node && !p.host_network && !p.ended && !p.terminating)
             .map(|((ns, name), p)| (ns.to_string(), name.to_string(), p.ips.to_vec()))
             .collect();
         v.sort();
@@ -348,6 +352,7 @@ impl Index {
             ips: pod.ips.into_boxed_slice(),
             host_network: pod.host_network,
             ended,
+            terminating: p.metadata.deletion_timestamp.is_some(),
             created,
             seq,
         };
