@@ -66,10 +66,18 @@ pub fn health(r: &Response) -> Health {
     }
 }
 
-/// The status as text, one aspect per line.
+/// `s` with control characters (a terminal escape in a feed's error text, say) shown as `?`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// The status as text, one aspect per line; what the agent reports is printed without
+/// control characters.
 pub fn render(r: &Response) -> String {
     let mut out = String::new();
-    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<9} {v}\n"));
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<9} {}\n", printable(&v)));
     let Some(n) = &r.node else {
         line(
             "state",
@@ -249,6 +257,15 @@ mod tests {
         n.problem = Some("waiting for the first lists".into());
         assert_eq!(health(&r), Health::Attention);
         assert!(render(&r).contains("not ready: waiting for the first lists"));
+    }
+
+    #[test]
+    fn terminal_escapes_from_the_agent_are_not_printed() {
+        let mut r = good();
+        r.node.as_mut().unwrap().feeds[0].error = Some("\u{1b}]0;owned\u{7}\u{1b}[2J".into());
+        let t = render(&r);
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+        assert!(t.contains("?]0;owned??[2J"), "{t}");
     }
 
     #[test]
