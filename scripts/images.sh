@@ -17,7 +17,12 @@ TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")"
 cd "$ROOT"
 
 MUSL_TARGET=x86_64-unknown-linux-musl
-PROFILE=image
+# `make test` sets image-test (unoptimised, see Cargo.toml); images for use are `image`.
+PROFILE="${SEPTA_IMAGE_PROFILE:-image}"
+case "$PROFILE" in
+  image | image-test) ;;
+  *) fail "SEPTA_IMAGE_PROFILE=$PROFILE: image (the default) or image-test" ;;
+esac
 # Every binary any image holds, as package:binary. An image copies the ones it needs from
 # the shared build context.
 BINARIES=(agent:septa-agent cni:septa-cni cli:septa)
@@ -45,7 +50,7 @@ REPO="${SEPTA_IMAGE_REPO:-localhost}"
 REPO="${REPO%/}"
 TAG="${SEPTA_IMAGE_TAG:-$VERSION}"
 
-labels=()
+labels=(--label "dev.septa.build-profile=$PROFILE")
 [ -z "$SOURCE" ] || labels+=(--label "org.opencontainers.image.source=$SOURCE")
 if revision="$(git rev-parse HEAD 2>/dev/null)"; then
   labels+=(--label "org.opencontainers.image.revision=$revision")

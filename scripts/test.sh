@@ -25,8 +25,8 @@ done
 SEPTA_NO_EBPF=1 cargo build -q -p cli -p cni
 cargo clippy --workspace --all-targets -q -- -D warnings
 # tests/tests/images.rs unpacks the images and runs their binaries: build them first.
-echo "==> building container images (static release binaries)"
-bash scripts/images.sh
+echo "==> building container images (static binaries, unoptimised: make images builds the optimised ones)"
+SEPTA_IMAGE_PROFILE=image-test bash scripts/images.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

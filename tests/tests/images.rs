@@ -227,6 +227,13 @@ fn images_hold_static_binaries_that_run() {
         assert_eq!(labels["org.opencontainers.image.title"], image.as_str());
         assert_eq!(labels["org.opencontainers.image.version"], VERSION);
         assert_eq!(labels["org.opencontainers.image.licenses"], LICENSE);
+        let profile = labels["dev.septa.build-profile"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            profile == "image" || profile == "image-test",
+            "{image}: built with a profile of scripts/images.sh, not {profile:?}"
+        );
 
         let rootfs = scratch.0.join("rootfs");
         std::fs::create_dir_all(&rootfs).unwrap();
