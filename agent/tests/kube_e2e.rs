@@ -1017,17 +1017,21 @@ fn a_verb_missing_from_the_chart_rbac_fails_loudly() {
         .start_agent()
         .expect_err("an agent that cannot list is not ready");
     assert!(n.agent_running(), "it keeps running and retrying: {err:#}");
-    // Loudly: not ready, with the kind named, on /readyz, in the status and in the log.
-    let readyz = testbed::node::http_get(&n.bed.node_path(), "/readyz");
+    // Loudly: not ready, with the kind named, on /readyz, in the status and in the log (each
+    // once the agent has started and tried, which a loaded machine may take a while to do).
+    let readyz = poll_until(DEADLINE, || {
+        let r = testbed::node::http_get(&n.bed.node_path(), "/readyz");
+        r.contains("EndpointSlice").then_some(r)
+    })
+    .unwrap_or_else(|| panic!("/readyz names the kind not listed\n{}", n.agent_log()));
     assert!(readyz.starts_with("HTTP/1.0 503"), "{readyz}");
-    assert!(readyz.contains("EndpointSlice"), "{readyz}");
     let s = status(n);
     assert!(!s.ok && s.error.contains("EndpointSlice"), "{s:?}");
-    let log = n.agent_log();
-    assert!(
-        log.contains("forbidden") && log.contains("endpointslices"),
-        "the log says why: {log}"
-    );
+    let log = poll_until(DEADLINE, || {
+        let log = n.agent_log();
+        (log.contains("forbidden") && log.contains("endpointslices")).then_some(log)
+    });
+    assert!(log.is_some(), "the log says why: {}", n.agent_log());
     assert!(api
         .requests()
         .iter()

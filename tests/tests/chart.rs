@@ -631,10 +631,11 @@ fn agent_binary() -> PathBuf {
         })
 }
 
-fn check_config(agent: &Path, file: &Path) -> Output {
+fn check_config(agent: &Path, file: &Path, extra: &[&std::ffi::OsStr]) -> Output {
     run(Command::new(agent)
         .arg("--config")
         .arg(file)
+        .args(extra)
         .arg("--check-config")
         .env_remove("SEPTA_CONFIG")
         .env_remove("SEPTA_DAEMONSET")
@@ -664,7 +665,17 @@ fn agent_accepts_the_configuration_the_chart_writes() {
     for set in value_sets() {
         let docs = render(&set);
         let file = dir.write("agent.yaml", &agent_yaml(&docs));
-        let out = check_config(&agent, &file);
+        // The own conflist is mounted from the chart's ConfigMap in the pod; here it is that
+        // ConfigMap's text at a path of the test's, which the check reads and validates.
+        let own = docs
+            .iter()
+            .find_map(|d| d["data"]["conflist.json"].as_str())
+            .map(|text| dir.write("conflist.json", text));
+        let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some(own) = &own {
+            extra.extend([std::ffi::OsStr::new("--cni-own-file"), own.as_os_str()]);
+        }
+        let out = check_config(&agent, &file, &extra);
         assert!(
             out.status.success(),
             "{}: septa-agent --check-config refused the chart's agent.yaml:\n{}\n{}{}",
@@ -677,7 +688,7 @@ fn agent_accepts_the_configuration_the_chart_writes() {
             "bad.yaml",
             &format!("{}conntrack-entrie: 5\n", agent_yaml(&docs)),
         );
-        let out = check_config(&agent, &bad);
+        let out = check_config(&agent, &bad, &extra);
         assert_eq!(
             out.status.code(),
             Some(2),
