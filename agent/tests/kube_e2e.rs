@@ -238,6 +238,40 @@ fn until(c: &Cluster, what: &str, from: &Attachment, to: SocketAddr, want: bool)
     }
 }
 
+/// Pods `client` and `guest` on node 0, `web` on node 1 serving TCP 8080, and a policy that
+/// lets only `client` reach it, enforced.
+struct Scene {
+    client: Attachment,
+    guest: Attachment,
+    web_addr: SocketAddr,
+    _server: Server,
+}
+
+fn client_only_to_web(c: &mut Cluster) -> Scene {
+    let client = c.pod(0, "shop", "client", &[("app", "client")]);
+    let guest = c.pod(0, "shop", "guest", &[("app", "guest")]);
+    let web = c.pod(1, "shop", "web", &[("app", "web")]);
+    let server = Server::start(&web.netns, &[8080], &[]).unwrap();
+    let web_addr = addr(&web, 8080);
+    c.api
+        .apply(&ingress_policy(
+            "web",
+            "shop",
+            "web",
+            json!([{"podSelector": {"matchLabels": {"app": "client"}}}]),
+            8080,
+        ))
+        .unwrap();
+    until(c, "policy", &guest, web_addr, false);
+    assert!(connects(&client, web_addr), "{}", c.logs());
+    Scene {
+        client,
+        guest,
+        web_addr,
+        _server: server,
+    }
+}
+
 fn addr(a: &Attachment, port: u16) -> SocketAddr {
     SocketAddr::new(Node::pod_ip(a), port)
 }
@@ -548,23 +582,13 @@ fn services_through_kube_proxy_iptables_and_nftables() {
 #[test]
 fn outage_relist_restart_unknown_pods_and_bad_objects() {
     let mut c = Cluster::new("k8s-out", 2, Overlay::HostGw);
-    let client = c.pod(0, "shop", "client", &[("app", "client")]);
-    let guest = c.pod(0, "shop", "guest", &[("app", "guest")]);
+    let Scene {
+        client,
+        guest,
+        web_addr,
+        _server,
+    } = client_only_to_web(&mut c);
     let rogue = c.pod(0, "shop", "rogue", &[("app", "rogue")]);
-    let web = c.pod(1, "shop", "web", &[("app", "web")]);
-    let _server = Server::start(&web.netns, &[8080], &[]).unwrap();
-    let web_addr = addr(&web, 8080);
-    c.api
-        .apply(&ingress_policy(
-            "web",
-            "shop",
-            "web",
-            json!([{"podSelector": {"matchLabels": {"app": "client"}}}]),
-            8080,
-        ))
-        .unwrap();
-    until(&c, "policy", &guest, web_addr, false);
-    assert!(connects(&client, web_addr));
 
     // Outage: 30 s of probes, every one as before.
     c.api.stop();
@@ -827,22 +851,12 @@ fn chart_install_splices_enforces_restarts_and_uninstalls() {
     }
 
     // Pods made through the spliced file are registered and enforced.
-    let client = c.pod(0, "shop", "client", &[("app", "client")]);
-    let guest = c.pod(0, "shop", "guest", &[("app", "guest")]);
-    let web = c.pod(1, "shop", "web", &[("app", "web")]);
-    let _server = Server::start(&web.netns, &[8080], &[]).unwrap();
-    let web_addr = addr(&web, 8080);
-    c.api
-        .apply(&ingress_policy(
-            "web",
-            "shop",
-            "web",
-            json!([{"podSelector": {"matchLabels": {"app": "client"}}}]),
-            8080,
-        ))
-        .unwrap();
-    until(&c, "policy", &guest, web_addr, false);
-    assert!(connects(&client, web_addr), "{}", c.logs());
+    let Scene {
+        client,
+        guest,
+        web_addr,
+        _server,
+    } = client_only_to_web(&mut c);
     let s = status(&c.world.nodes[0]);
     let node = s.node.expect("the status describes the node");
     assert!(node.ready && node.cni.present, "{node:?}");
