@@ -106,6 +106,11 @@ impl CniConf {
         self.state.clone()
     }
 
+    /// Whether reconciles write (the agent enforced a good state).
+    pub fn armed(&self) -> bool {
+        self.armed
+    }
+
     /// The agent enforces a good state: from now on reconciles write. Temporary files a
     /// crashed agent left behind are removed first.
     pub fn arm(&mut self) {

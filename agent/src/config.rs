@@ -63,7 +63,7 @@ pub struct Config {
         help_heading = "Node"
     )]
     pub state_dir: PathBuf,
-    /// `GET /healthz` (up), `GET /readyz` (200 once a good state is enforced and the manifests have no errors; 503 with the reason in words otherwise), `GET /metrics`
+    /// `GET /healthz` (up), `GET /readyz` (200 once a good state is enforced, the manifests have no errors and septa's CNI entry is in place when the agent manages it; 503 with the reason in words otherwise), `GET /metrics`
     #[arg(
         long,
         value_name = "ADDR",

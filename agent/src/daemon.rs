@@ -530,7 +530,19 @@ impl Agent {
     pub fn arm_cni(&mut self) {
         if self.cni.enabled() && self.ready.reconciled() {
             self.cni.arm();
-            self.cni.reconcile();
+            self.reconcile_cni();
+        }
+    }
+
+    /// Check septa's CNI entry (writing it when needed) and say in `/readyz` whether it is
+    /// in place.
+    pub fn reconcile_cni(&mut self) {
+        self.cni.reconcile();
+        if self.cni.armed() {
+            let st = self.cni.status();
+            self.ready.set_cni_problem(
+                (!st.present).then(|| st.error.unwrap_or_else(|| "not written".into())),
+            );
         }
     }
 

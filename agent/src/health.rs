@@ -60,6 +60,8 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 pub struct Readiness {
     reconciled: AtomicBool,
     problem: Mutex<Option<String>>,
+    /// Why septa's CNI entry is not in place, when the agent manages it.
+    cni: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -86,12 +88,22 @@ impl Readiness {
             .clone()
     }
 
-    /// `Ok` when ready: reconciled, and the inputs are as applied; else why not.
+    /// Why septa's CNI entry is not in place (`None`: it is, or the agent does not manage
+    /// it). Only `/readyz` reports it: the node enforces, but new pods would not run
+    /// septa-cni, which a rollout must not take for ready.
+    pub fn set_cni_problem(&self, problem: Option<String>) {
+        *self.cni.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// `Ok` when ready: reconciled, the inputs are as applied, and the CNI entry (when the
+    /// agent manages it) is in place; else why not.
     pub fn check(&self) -> Result<(), String> {
-        match (self.reconciled(), self.problem()) {
-            (true, None) => Ok(()),
-            (_, Some(p)) => Err(p),
-            (false, None) => Err("the first reconciliation is not done yet".into()),
+        let cni = self.cni.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match (self.reconciled(), self.problem(), cni) {
+            (true, None, None) => Ok(()),
+            (_, Some(p), _) => Err(p),
+            (false, None, _) => Err("the first reconciliation is not done yet".into()),
+            (true, None, Some(c)) => Err(format!("septa's CNI entry is not in place: {c}")),
         }
     }
 }

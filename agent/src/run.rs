@@ -203,7 +203,7 @@ pub async fn run(
             Some(()) = cni_rx.recv() => {
                 // One look at the directory for every change queued meanwhile.
                 while cni_rx.try_recv().is_ok() {}
-                agent.cni.reconcile();
+                agent.reconcile_cni();
             }
             _ = parked_tick.tick(), if agent.has_parked() => agent.retry_parked(),
             Some(r) = resolved_rx.recv() => {

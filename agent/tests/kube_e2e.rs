@@ -892,11 +892,23 @@ fn chart_install_splices_enforces_restarts_and_uninstalls() {
         b"{\"cniVersion\": \"1.0.0\", \"plugins\": [",
         "the malformed file is left as it is"
     );
+    let node0 = c.world.nodes[0].bed.node_path();
+    let readyz = testbed::node::http_get(&node0, "/readyz");
+    assert!(
+        readyz.starts_with("HTTP/1.0 503") && readyz.contains("CNI entry is not in place"),
+        "a rollout must not take this node for ready: {readyz}"
+    );
     std::fs::write(file, primary).unwrap();
     let n0 = &c.world.nodes[0];
     if poll_until(DEADLINE, || spliced(file, primary, n0).then_some(())).is_none() {
         panic!("the fixed file was not spliced\n{}", c.logs());
     }
+    poll_until(DEADLINE, || {
+        testbed::node::http_get(&node0, "/readyz")
+            .starts_with("HTTP/1.0 200")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("ready again once the entry is back\n{}", c.logs()));
 
     // A primary file the runtime reads but septa refuses to splice (two `name` keys): a pod
     // started meanwhile runs without septa-cni, and the status says so until it is gone.
