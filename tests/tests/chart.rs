@@ -865,6 +865,11 @@ fn schema_rejects_bad_values_naming_their_path() {
         ("cni.mode=own-file", "/cni/ownFile/conflist"),
         ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
         ("agent.maxUnavailable=0", "/agent/maxUnavailable"),
+        // What the agent would refuse at start (a crash loop after an upgrade), refused at
+        // install instead.
+        ("cni.socketWait=10m", "/cni/socketWait"),
+        ("cni.socketWait=0s", "/cni/socketWait"),
+        ("source.podWait=0s", "/source/podWait"),
         (
             "cni.mode=off,cni.network=10-flannel.conflist",
             "/cni/network",
