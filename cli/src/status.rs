@@ -31,6 +31,17 @@ pub fn ask(socket: &Path, timeout: Duration) -> std::io::Result<Response> {
             format!("septa agent at {}: {e}", socket.display()),
         )
     })?;
+    // A process of another user bound where the agent's socket should be (while the agent
+    // was down) must not be able to report a node as enforcing.
+    let peer = rustix::net::sockopt::socket_peercred(&s).map_err(std::io::Error::from)?;
+    if peer.uid != rustix::process::geteuid() {
+        return Err(std::io::Error::other(format!(
+            "{} is served by a process of uid {}, not by the septa agent (uid {})",
+            socket.display(),
+            peer.uid.as_raw(),
+            rustix::process::geteuid().as_raw()
+        )));
+    }
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(&Request::Status)?;

@@ -120,3 +120,44 @@ fn no_agent_or_a_bad_answer_exits_2_naming_the_socket() {
         assert!(err.contains("septa.sock"), "{tag}: {err}");
     }
 }
+
+/// A socket bound by a process of another user (one that took the agent's place while it was
+/// down) is not believed: exit 2, naming the uid.
+#[test]
+fn a_socket_served_by_another_user_is_not_believed() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    // Tests run as root (scripts/setup.sh); the stand-in runs as nobody, with Debian's python3.
+    let dir = std::env::temp_dir().join(format!("septa-status-foreign-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.join("septa.sock");
+    let serve = "import socket, sys\n\
+                 s = socket.socket(socket.AF_UNIX)\n\
+                 s.bind(sys.argv[1])\n\
+                 s.listen()\n\
+                 while True:\n\
+                 \x20   c, _ = s.accept()\n\
+                 \x20   c.recv(100)\n\
+                 \x20   c.sendall(b'{\"ok\": true}\\n')\n";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", serve])
+        .arg(&path)
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .expect("/usr/bin/python3 (Debian's python3-minimal)");
+    let bound = (0..500).any(|_| {
+        path.exists() || {
+            std::thread::park_timeout(std::time::Duration::from_millis(10));
+            false
+        }
+    });
+    let (code, out, err) = status(&path, &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(bound, "the stand-in never bound {}", path.display());
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("uid 65534"), "{err}");
+}
